@@ -1,0 +1,102 @@
+"""Checkpoints and exports. Nothing is ever unpickled: torch.load(weights_only=True) or safetensors only.
+
+An export directory holds:
+  model.safetensors  weights            config.json   the whole Config
+  model.ts           TorchScript graph  metrics.json  test metrics and the decision threshold
+  SHA256SUMS         checksums of all of the above; a mismatch refuses to load
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import Config
+from .errors import InputError
+from .model import SiameseNet, build_model
+
+CHECKSUMS = "SHA256SUMS"
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Atomic save of a training state (tensors, numbers, strings, dicts and lists only)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("checkpoint not found", path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling refusal or corruption is bad input
+        raise InputError(f"not a loadable checkpoint ({exc.__class__.__name__}: {str(exc)[:200]})", path) from None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_model(model: SiameseNet, config: Config, out_dir: str | Path, metrics: dict[str, Any] | None = None,
+                 threshold_logit: float = 0.0) -> Path:
+    """Write weights, config, a TorchScript graph, metrics and checksums to `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.to("cpu", memory_format=torch.contiguous_format).eval()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+    config.save(out / "config.json")
+    (out / "metrics.json").write_text(json.dumps({"threshold_logit": threshold_logit, **(metrics or {})},
+                                                 indent=2) + "\n")
+    size = config.model_input_size
+    example = torch.rand(2, 1, size, size)
+    with torch.no_grad():
+        traced = torch.jit.trace(model, (example, example))
+    traced.save(str(out / "model.ts"))
+    files = ["model.safetensors", "config.json", "metrics.json", "model.ts"]
+    (out / CHECKSUMS).write_text("".join(f"{_sha256(out / name)}  {name}\n" for name in files))
+    return out
+
+
+def verify_checksums(export_dir: Path) -> None:
+    sums = export_dir / CHECKSUMS
+    if not sums.is_file():
+        raise InputError(f"no {CHECKSUMS} in the export; refusing to load it", export_dir)
+    for number, line in enumerate(sums.read_text().splitlines(), start=1):
+        digest, _, name = line.partition("  ")
+        target = export_dir / name
+        if not target.is_file():
+            raise InputError(f"{name} listed in {CHECKSUMS} is missing", sums, number)
+        if _sha256(target) != digest:
+            raise InputError(f"checksum mismatch for {name}: the export was modified or corrupted", sums, number)
+
+
+def load_model(source: str | Path) -> tuple[SiameseNet, Config, float]:
+    """(model, config, decision threshold as a logit) from an export directory or a checkpoint file."""
+    source = Path(source)
+    if source.is_dir():
+        verify_checksums(source)
+        config = Config.load(source / "config.json")
+        model = build_model(config)
+        model.load_state_dict(load_file(str(source / "model.safetensors")))
+        threshold = float(json.loads((source / "metrics.json").read_text()).get("threshold_logit", 0.0))
+        return model.eval(), config, threshold
+    state = load_checkpoint(source)
+    if "config" not in state or "model" not in state:
+        raise InputError("checkpoint holds no config and model", source)
+    config = Config.from_dict(state["config"], source=str(source))
+    model = build_model(config)
+    model.load_state_dict(state["model"])
+    return model.eval(), config, float(state.get("threshold_logit", 0.0))

@@ -1,0 +1,259 @@
+"""Training and evaluation in plain PyTorch: train_one_epoch, evaluate, fit. Nothing here knows about Ray."""
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from .augment import koch_affine
+from .config import Config
+from .data import PairData, PairMiner
+from .errors import InputError
+from .model import SiameseNet, build_model
+
+EpochCallback = Callable[[dict[str, Any], Callable[[], dict[str, Any]]], None]
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite (e.g. a learning rate that is far too high)."""
+
+
+def resolve_device(config: Config) -> torch.device:
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"option device={config.device!r} but CUDA is not available")
+    return device
+
+
+def use_bf16(config: Config, device: torch.device) -> bool:
+    return config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def setup(config: Config) -> torch.device:
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)  # one trial's share of the cores, so trials don't oversubscribe
+    seed_everything(config.seed)
+    return resolve_device(config)
+
+
+def make_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    raise InputError(f"unknown optimizer {config.optimizer!r}; use sgd, adam or adamw")
+
+
+def make_scheduler(config: Config, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    if config.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.max_epochs)
+    return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
+
+
+def images_on(device: torch.device, images: np.ndarray) -> torch.Tensor:
+    """The uint8 images go to the device once; batches are gathered and converted there."""
+    return torch.from_numpy(np.ascontiguousarray(images)).to(device)
+
+
+def to_input(images: torch.Tensor, index: torch.Tensor, config: Config) -> torch.Tensor:
+    x = images[index].unsqueeze(1).float().div_(255.0)
+    size = config.model_input_size
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x
+
+
+def _format(x: torch.Tensor, config: Config) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if config.channels_last else x
+
+
+def train_one_epoch(model: SiameseNet, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+                    pairs: np.ndarray, config: Config, generator: torch.Generator) -> float:
+    model.train()
+    device = images.device
+    pairs_t = torch.from_numpy(pairs).to(device)
+    order = torch.randperm(len(pairs_t), generator=generator, device="cpu").to(device)
+    bf16 = use_bf16(config, device)
+    total, count = torch.zeros((), device=device), 0
+    for start in range(0, len(order), config.batch_size):
+        batch = pairs_t[order[start:start + config.batch_size]]
+        if len(batch) < 2 and config.batchnorm:
+            continue  # BatchNorm cannot train on a single pair
+        a, b = to_input(images, batch[:, 0], config), to_input(images, batch[:, 1], config)
+        if config.augment:
+            a = koch_affine(a, generator if device.type == "cpu" else None, config.augment_strength)
+            b = koch_affine(b, generator if device.type == "cpu" else None, config.augment_strength)
+        target = batch[:, 2].float()
+        if config.label_smoothing:
+            target = target * (1 - config.label_smoothing) + 0.5 * config.label_smoothing
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(_format(a, config), _format(b, config))
+        loss = F.binary_cross_entropy_with_logits(logits.float(), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach() * len(batch)
+        count += len(batch)
+    value = float(total) / max(count, 1)  # one device sync per epoch, not per batch
+    if not math.isfinite(value):
+        raise Diverged(f"training loss is {value}")
+    return value
+
+
+@torch.no_grad()
+def predict(model: SiameseNet, images: torch.Tensor, pairs: np.ndarray, config: Config) -> np.ndarray:
+    """Logits for every pair, in large batches without autograd; optionally averaged with the mirrored pair."""
+    model.eval()
+    device = images.device
+    pairs_t = torch.from_numpy(pairs).to(device)
+    bf16 = use_bf16(config, device)
+    out = []
+    for start in range(0, len(pairs_t), config.eval_batch_size):
+        batch = pairs_t[start:start + config.eval_batch_size]
+        a, b = to_input(images, batch[:, 0], config), to_input(images, batch[:, 1], config)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(_format(a, config), _format(b, config)).float()
+            if config.tta_flip:
+                logits = 0.5 * (logits + model(_format(a.flip(-1), config), _format(b.flip(-1), config)).float())
+        out.append(logits)
+    return torch.cat(out).cpu().numpy().astype(np.float64)
+
+
+def best_threshold(labels: np.ndarray, logits: np.ndarray) -> float:
+    """The logit threshold that maximises accuracy on these (validation) pairs."""
+    fpr, tpr, thresholds = roc_curve(labels, logits)
+    positives = labels.sum()
+    accuracy = (tpr * positives + (1 - fpr) * (len(labels) - positives)) / len(labels)
+    return float(np.clip(thresholds[int(np.argmax(accuracy))], -1e6, 1e6))
+
+
+def pair_metrics(labels: np.ndarray, logits: np.ndarray, threshold: float | None = None,
+                 with_roc: bool = False) -> dict[str, Any]:
+    labels = labels.astype(np.float64)
+    loss = float(np.mean(np.logaddexp(0, logits) - labels * logits))  # BCE with logits, numerically stable
+    metrics: dict[str, Any] = {"loss": loss, "accuracy": float(np.mean((logits > 0) == (labels > 0.5)))}
+    metrics["auc"] = float(roc_auc_score(labels, logits)) if 0 < labels.sum() < len(labels) else float("nan")
+    if threshold is not None:
+        metrics["threshold_logit"] = threshold
+        metrics["accuracy_at_threshold"] = float(np.mean((logits >= threshold) == (labels > 0.5)))
+    if with_roc:
+        fpr, tpr, _ = roc_curve(labels, logits)
+        metrics["roc_fpr"], metrics["roc_tpr"] = fpr.tolist(), tpr.tolist()
+    return metrics
+
+
+def evaluate(model: SiameseNet, images: torch.Tensor, pairs: np.ndarray, config: Config,
+             threshold: float | None = None, with_roc: bool = False) -> dict[str, Any]:
+    return pair_metrics(pairs[:, 2], predict(model, images, pairs, config), threshold, with_roc)
+
+
+@dataclass
+class FitResult:
+    model: SiameseNet
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_loss: float = float("inf")
+    stopped_early: bool = False
+
+
+def fit(config: Config, data: PairData, on_epoch: EpochCallback | None = None,
+        resume: dict[str, Any] | None = None, validate: bool = True) -> FitResult:
+    """Train with early stopping on val loss; returns the model restored to its best epoch.
+
+    `on_epoch(metrics, state)` is called after every epoch; `state()` builds a resumable training state
+    (model, optimizer, scheduler, RNGs, history) that `resume=` accepts. With `validate=False` (retraining on
+    train + val) it trains exactly `max_epochs` epochs and keeps the last weights.
+    """
+    device = setup(config)
+    model = build_model(config).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(config, model)
+    scheduler = make_scheduler(config, optimizer)
+    generator = torch.Generator().manual_seed(config.seed)
+    miner = PairMiner(data, np.random.default_rng(config.seed)) if config.mined_pairs else None
+    images = images_on(device, data.images)
+    result = FitResult(model)
+    best_state: dict[str, torch.Tensor] | None = None
+    bad_epochs, start_epoch = 0, 1
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        generator.set_state(resume["generator"])
+        torch.set_rng_state(resume["torch_rng"])
+        if miner is not None:
+            miner.rng.bit_generator.state = resume["miner_rng"]
+        result.history = list(resume["history"])
+        result.best_epoch, result.best_val_loss = resume["best_epoch"], resume["best_val_loss"]
+        best_state, bad_epochs, start_epoch = resume["best_model"], resume["bad_epochs"], resume["epoch"] + 1
+
+    def state() -> dict[str, Any]:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+                "torch_rng": torch.get_rng_state(), "miner_rng": miner.rng.bit_generator.state if miner else {},
+                "history": result.history, "best_epoch": result.best_epoch,
+                "best_val_loss": result.best_val_loss, "best_model": best_state or model.state_dict(),
+                "bad_epochs": bad_epochs, "epoch": result.history[-1]["epoch"] if result.history else 0,
+                "config": config.to_dict()}
+
+    for epoch in range(start_epoch, config.max_epochs + 1):
+        started = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        pairs = data.train if miner is None else np.concatenate([data.train, miner.sample(config.mined_pairs)])
+        train_loss = train_one_epoch(model, optimizer, images, pairs, config, generator)
+        scheduler.step()
+        metrics: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "lr": lr}
+        if validate:
+            val = evaluate(model, images, data.val, config)
+            metrics.update(val_loss=val["loss"], val_accuracy=val["accuracy"], val_auc=val["auc"])
+            if not math.isfinite(val["loss"]):
+                raise Diverged(f"validation loss is {val['loss']} at epoch {epoch}")
+            if val["loss"] < result.best_val_loss:
+                result.best_val_loss, result.best_epoch, bad_epochs = val["loss"], epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad_epochs += 1
+        metrics["epoch_seconds"] = time.perf_counter() - started
+        result.history.append(metrics)
+        if on_epoch is not None:
+            on_epoch(metrics, state)
+        if validate and bad_epochs >= config.patience:
+            result.stopped_early = True
+            break
+    if validate and best_state is not None:
+        model.load_state_dict(best_state)
+    elif not validate:
+        result.best_epoch = len(result.history)
+    return result
+
+
+def train_and_test(config: Config, data: PairData, on_epoch: EpochCallback | None = None) -> tuple[FitResult, dict]:
+    """fit, then score val and test pairs; the test threshold is the one chosen on validation."""
+    result = fit(config, data, on_epoch)
+    images = images_on(next(result.model.parameters()).device, data.images)
+    val_logits = predict(result.model, images, data.val, config)
+    threshold = best_threshold(data.val[:, 2], val_logits)
+    report = {"val": pair_metrics(data.val[:, 2], val_logits, threshold),
+              "test": evaluate(result.model, images, data.test, config, threshold, with_roc=True),
+              "best_epoch": result.best_epoch, "epochs": len(result.history)}
+    return result, report

@@ -1,0 +1,91 @@
+"""Koch et al. (2015) twin CNN with a weighted-L1 head, with width, BatchNorm and head switches."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import Config
+
+# (out_channels, kernel) of Koch's four conv layers at width 1.0; all but the last are followed by max-pool 2.
+KOCH_CONVS = ((64, 10), (128, 7), (128, 4), (256, 4))
+
+
+def _scaled(channels: int, width: float) -> int:
+    return max(1, round(channels * width))
+
+
+class SiameseNet(nn.Module):
+    """Twin embedding network; `forward(a, b)` returns one logit per pair (same person > 0)."""
+
+    def __init__(self, width: float = 1.0, input_size: int = 105, batchnorm: bool = False,
+                 embedding: int = 4096, head: str = "l1", dropout: float = 0.0, init: str = "koch"):
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_ch = 1
+        for index, (out_ch, kernel) in enumerate(KOCH_CONVS):
+            out_ch = _scaled(out_ch, width)
+            last = index == len(KOCH_CONVS) - 1
+            layers.append(nn.Conv2d(in_ch, out_ch, kernel))
+            if batchnorm and not last:  # BatchNorm before each max-pool, as in the reference study
+                layers.append(nn.BatchNorm2d(out_ch))
+            layers.append(nn.ReLU(inplace=True))
+            if not last:
+                layers.append(nn.MaxPool2d(2))
+            in_ch = out_ch
+        self.features = nn.Sequential(*layers)
+        with torch.no_grad():  # the flatten size follows from the input size; nothing is hard-coded
+            flat = self.features(torch.zeros(1, 1, input_size, input_size)).numel()
+        self.embed_dim = _scaled(embedding, width)
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(flat, self.embed_dim), nn.Sigmoid())
+        self.head_kind = head
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.head = nn.Linear(self.embed_dim * (2 if head == "l1_sq" else 1), 1)
+        if init == "koch":
+            self._koch_init()
+
+    def _koch_init(self) -> None:
+        # Koch et al.: conv weights N(0, 1e-2), all biases N(0.5, 1e-2), fully connected weights N(0, 2e-1).
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.normal_(module.weight, 0.0, 1e-2)
+                nn.init.normal_(module.bias, 0.5, 1e-2)
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0.0, 2e-1)
+                nn.init.normal_(module.bias, 0.5, 1e-2)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+    def score(self, ea: torch.Tensor, eb: torch.Tensor) -> torch.Tensor:
+        diff = ea - eb
+        dist = diff.abs() if self.head_kind == "l1" else torch.cat([diff.abs(), diff * diff], dim=1)
+        return self.head(self.dropout(dist)).squeeze(1)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        # One pass over both halves: twice the batch, half the kernel launches.
+        emb = self.embed(torch.cat([a, b], dim=0))
+        ea, eb = emb.chunk(2, dim=0)
+        return self.score(ea, eb)
+
+
+def build_model(config: Config) -> SiameseNet:
+    return SiameseNet(width=config.width, input_size=config.model_input_size, batchnorm=config.batchnorm,
+                      embedding=config.embedding, head=config.head, dropout=config.dropout, init=config.init)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def forward_flops(model: SiameseNet, input_size: int) -> int:
+    """Multiply-adds x2 of one image's embedding plus the head, counted from the layer shapes."""
+    flops = 0
+    x = torch.zeros(1, 1, input_size, input_size)
+    for layer in model.features:
+        y = layer(x)
+        if isinstance(layer, nn.Conv2d):
+            k = layer.kernel_size[0] * layer.kernel_size[1] * layer.in_channels
+            flops += 2 * k * y.numel()
+        x = y
+    flops += 2 * x.numel() * model.embed_dim
+    return flops
