@@ -1,0 +1,159 @@
+"""Named search-space presets: plain dicts of Ray Tune distributions over `tune_siamese.Config` fields.
+
+A preset also names fixed Config values (e.g. the image size) and defaults for run_search.py's options.
+A user's own space works the same way: `--space my_module:SPACE` or `--space path/to/file.py:SPACE`, where
+SPACE is a dict of distributions or a `Preset`.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from tune_siamese.config import Config
+from tune_siamese.errors import InputError
+
+
+@dataclass
+class Preset:
+    space: dict[str, Any]
+    points: list[dict[str, Any]] = field(default_factory=list)  # starting points for the searcher
+    fixed: dict[str, Any] = field(default_factory=dict)  # Config values shared by every trial
+    run: dict[str, Any] = field(default_factory=dict)  # defaults for run_search options (num_samples, ...)
+    doc: str = ""
+
+
+# The reference configuration of the paper, as a first point for the searcher.
+PAPER_POINT = {"batch_size": 128, "optimizer": "sgd", "lr": 1e-2, "width": 1.0, "batchnorm": False,
+               "weight_decay": 1e-4, "augment": True}
+
+PRESETS: dict[str, Preset] = {
+    "default": Preset(
+        space={
+            "batch_size": tune.choice([32, 64, 128]),
+            "optimizer": tune.choice(["sgd", "adam"]),
+            "lr": tune.loguniform(1e-5, 1e-1),
+            "width": tune.choice([1.0, 0.5, 0.25, 0.125]),
+            "batchnorm": tune.choice([True, False]),
+            "weight_decay": tune.loguniform(1e-6, 1e-2),
+            "augment": tune.choice([True, False]),
+        },
+        points=[PAPER_POINT],
+        run={"num_samples": 16, "max_epochs": 30, "grace_period": 3},
+        doc="batch size, optimizer, learning rate, width, BatchNorm, weight decay, augmentation",
+    ),
+    "default-cpu": Preset(
+        space={
+            "batch_size": tune.choice([32, 64, 128]),
+            "optimizer": tune.choice(["sgd", "adam"]),
+            "lr": tune.loguniform(1e-5, 1e-1),
+            "width": tune.choice([0.25, 0.125, 0.0625]),
+            "batchnorm": tune.choice([True, False]),
+            "weight_decay": tune.loguniform(1e-6, 1e-2),
+            "augment": tune.choice([True, False]),
+        },
+        points=[{**PAPER_POINT, "width": 0.25, "optimizer": "adam", "lr": 1e-3, "batch_size": 32,
+                 "batchnorm": True}],
+        run={"num_samples": 16, "max_epochs": 20, "grace_period": 2},
+        doc="default's space at the widths a 2-core CPU can afford (1/4, 1/8, 1/16)",
+    ),
+    "paper": Preset(
+        space={
+            "lr": tune.loguniform(1e-4, 1e-1),
+            "momentum": tune.uniform(0.0, 1.0),
+            "weight_decay": tune.uniform(0.0, 0.1),
+        },
+        fixed={"optimizer": "sgd", "batch_size": 128},
+        points=[{"lr": 1e-2, "momentum": 0.5, "weight_decay": 1e-4}],
+        run={"num_samples": 16, "max_epochs": 50, "grace_period": 3},
+        doc="Koch et al.'s ranges: SGD, batch 128, learning rate, momentum, L2",
+    ),
+    "seed": Preset(
+        space={"optimizer": tune.choice(["sgd", "adam"]), "width": tune.choice([1.0, 0.25])},
+        fixed={"batch_size": 32, "batchnorm": True, "lr": 1e-4, "init": "koch"},
+        points=[{"optimizer": "sgd", "width": 1.0}, {"optimizer": "adam", "width": 1.0},
+                {"optimizer": "adam", "width": 0.25}],
+        run={"num_samples": 3, "max_epochs": 100, "grace_period": 100},
+        doc="the reference study's three runs: SGD full width, Adam full width, Adam reduced width",
+    ),
+    "quick": Preset(
+        space={
+            "batch_size": tune.choice([32, 64]),
+            "optimizer": tune.choice(["sgd", "adam"]),
+            "lr": tune.loguniform(1e-4, 3e-2),
+            "width": tune.choice([0.0625, 0.125]),
+            "batchnorm": tune.choice([True, False]),
+            "augment": tune.choice([True, False]),
+        },
+        fixed={"image_size": 80, "momentum": 0.9},
+        points=[{"batch_size": 32, "optimizer": "adam", "lr": 1e-3, "width": 0.125, "batchnorm": True,
+                 "augment": False}],
+        run={"num_samples": 8, "max_epochs": 8, "grace_period": 2},
+        doc="small widths and 80 px images: a whole search in a few minutes on 2 CPU cores",
+    ),
+    "smoke": Preset(
+        space={
+            "batch_size": tune.choice([32, 64]),
+            "optimizer": tune.choice(["sgd", "adam"]),
+            "lr": tune.loguniform(1e-4, 1e-2),
+            "batchnorm": tune.choice([True, False]),
+        },
+        fixed={"image_size": 72, "width": 0.0625, "embedding": 1024},
+        run={"num_samples": 4, "max_epochs": 3, "grace_period": 1},
+        doc="tiny: tests and CPU demos",
+    ),
+}
+
+
+def _validate(preset: Preset, source: str) -> Preset:
+    known = set(Config().to_dict())
+    for where, keys in (("space", preset.space), ("fixed", preset.fixed),
+                        *((f"point {i + 1}", p) for i, p in enumerate(preset.points))):
+        unknown = sorted(set(keys) - known)
+        if unknown:
+            raise InputError(f"search space {source}: {where} names unknown option(s) {', '.join(unknown)}")
+    for i, point in enumerate(preset.points):
+        missing = sorted(set(preset.space) - set(point))
+        if missing:
+            raise InputError(f"search space {source}: point {i + 1} lacks {', '.join(missing)}")
+    return preset
+
+
+def get_preset(name: str) -> Preset:
+    """A preset by name, or a user's space given as `module:ATTR`, `file.py:ATTR` or `file.py` (SPACE)."""
+    if name in PRESETS:
+        return PRESETS[name]
+    if ":" not in name and not name.endswith(".py"):
+        raise InputError(f"option --space: unknown preset {name!r}; available: {', '.join(PRESETS)} "
+                         "(or module:SPACE, or file.py:SPACE)")
+    target, _, attr = name.partition(":") if ":" in name else (name, ":", "SPACE")
+    attr = attr or "SPACE"
+    try:
+        if target.endswith(".py"):
+            path = Path(target)
+            if not path.is_file():
+                raise InputError("search-space file not found", path)
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's module failed to import
+        raise InputError(f"option --space: cannot import {target!r} ({exc.__class__.__name__}: {exc})") from None
+    value = getattr(module, attr, None)
+    if isinstance(value, Preset):
+        return _validate(value, name)
+    if isinstance(value, dict):
+        return _validate(Preset(space=value), name)
+    raise InputError(f"option --space: {target!r} has no dict or Preset named {attr}")
+
+
+def describe() -> str:
+    return "\n".join(f"  {name:8s} {preset.doc}" for name, preset in PRESETS.items())

@@ -2,11 +2,12 @@
 
 An export directory holds:
   model.safetensors  weights            config.json   the whole Config
-  model.ts           TorchScript graph  metrics.json  test metrics and the decision threshold
+  model.pt2          torch.export graph metrics.json  test metrics and the decision threshold
   SHA256SUMS         checksums of all of the above; a mismatch refuses to load
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -52,20 +53,22 @@ def _sha256(path: Path) -> str:
 
 def export_model(model: SiameseNet, config: Config, out_dir: str | Path, metrics: dict[str, Any] | None = None,
                  threshold_logit: float = 0.0) -> Path:
-    """Write weights, config, a TorchScript graph, metrics and checksums to `out_dir`."""
+    """Write weights, config, a torch.export graph (dynamic batch size), metrics and checksums to `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = model.to("cpu", memory_format=torch.contiguous_format).eval()
+    model = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).eval()  # caller's stays put
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
     config.save(out / "config.json")
     (out / "metrics.json").write_text(json.dumps({"threshold_logit": threshold_logit, **(metrics or {})},
                                                  indent=2) + "\n")
     size = config.model_input_size
-    example = torch.rand(2, 1, size, size)
-    with torch.no_grad():
-        traced = torch.jit.trace(model, (example, example))
-    traced.save(str(out / "model.ts"))
-    files = ["model.safetensors", "config.json", "metrics.json", "model.ts"]
+    # Two distinct tensors: given the same tensor twice, torch.export aliases the inputs and the graph
+    # scores b against b, whatever a is.
+    example = tuple(torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(i)) for i in (1, 2))
+    batch = torch.export.Dim("batch", min=1)
+    graph = torch.export.export(model, example, dynamic_shapes=({0: batch}, {0: batch}))
+    torch.export.save(graph, str(out / "model.pt2"))  # torch.export.load(...).module()(a, b) -> logits
+    files = ["model.safetensors", "config.json", "metrics.json", "model.pt2"]
     (out / CHECKSUMS).write_text("".join(f"{_sha256(out / name)}  {name}\n" for name in files))
     return out
 

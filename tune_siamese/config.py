@@ -149,9 +149,11 @@ def _coerce(name: str, value: Any, annotation: str, source: str) -> Any:
                 if value.lower() in ("0", "false", "no", "off"):
                     return False
                 raise ValueError(value)
-            return bool(value)
+            if value in (0, 1):  # True, False, 0, 1 (numpy bools and ints compare equal too)
+                return bool(value)
+            raise ValueError(value)
         if kind is int:
-            if isinstance(value, float) and not value.is_integer():
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError(value)
             return int(value)
         if kind is float:

@@ -26,8 +26,12 @@ DEFAULT_LFW_ROOT = "../shared/data/lfw-a"
 
 
 def default_lfw_root() -> Path:
-    """The real LFW-a folder used by tests and benchmarks: $TUNE_SIAMESE_LFW or ../shared/data/lfw-a."""
-    return Path(os.environ.get("TUNE_SIAMESE_LFW", DEFAULT_LFW_ROOT))
+    """The real LFW-a folder used by tests and benchmarks: $TUNE_SIAMESE_LFW, else ../shared/data/lfw-a beside
+    the repository root (found from this source checkout, so it does not depend on the working directory)."""
+    if "TUNE_SIAMESE_LFW" in os.environ:
+        return Path(os.environ["TUNE_SIAMESE_LFW"])
+    beside_checkout = (Path(__file__).resolve().parents[1] / DEFAULT_LFW_ROOT).resolve()
+    return beside_checkout if beside_checkout.is_dir() else Path(DEFAULT_LFW_ROOT)
 
 
 def cache_dir() -> Path:
@@ -348,8 +352,12 @@ def load_identity_folder(root: Path, config: Config) -> "RawData":
     key = "idf-" + _content_key([f"idf v{CACHE_VERSION} {config.image_size} {config.crop}", *_file_bytes(paths)])
     arrays = _cached(key, lambda: {"images": decode_images(paths, config.image_size, config.crop)})
     n_pairs = int(min(6000, max(40, 2 * len(paths))))
-    return _generated(arrays["images"], identity, names, config, n_pairs, test_share=0.2,
-                      info={"source": f"identity folder {root}"})
+    try:
+        return _generated(arrays["images"], identity, names, config, n_pairs, test_share=0.2,
+                          info={"source": f"identity folder {root}"})
+    except InputError as exc:  # a train/val/test identity group came out too small: say where and why
+        raise InputError(f"{exc} in one of the train/val/test identity groups that {len(names)} identities "
+                         f"split into (val_fraction={config.val_fraction}); add identities", root) from None
 
 
 def _generated(images: np.ndarray, identity: np.ndarray, names: list[str], config: Config, n_pairs: int,

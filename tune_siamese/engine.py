@@ -5,6 +5,7 @@ import copy
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -29,7 +30,10 @@ class Diverged(RuntimeError):
 def resolve_device(config: Config) -> torch.device:
     if config.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(config.device)
+    try:
+        device = torch.device(config.device)
+    except RuntimeError:  # torch's message lists every device type; ours names the option
+        raise InputError(f"option device={config.device!r} is not auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"option device={config.device!r} but CUDA is not available")
     return device
@@ -70,8 +74,14 @@ def make_scheduler(config: Config, optimizer: torch.optim.Optimizer) -> torch.op
 
 
 def images_on(device: torch.device, images: np.ndarray) -> torch.Tensor:
-    """The uint8 images go to the device once; batches are gathered and converted there."""
-    return torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    """The uint8 images go to the device once; batches are gathered and converted there.
+
+    On the CPU this is zero-copy: arrays from Ray's object store are read-only shared memory, which torch
+    warns about; the tensor is only ever read (gathered into new batches), never written.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(images)).to(device)
 
 
 def to_input(images: torch.Tensor, index: torch.Tensor, config: Config) -> torch.Tensor:
@@ -233,6 +243,7 @@ def fit(config: Config, data: PairData, on_epoch: EpochCallback | None = None,
                 best_state = copy.deepcopy(model.state_dict())
             else:
                 bad_epochs += 1
+            metrics["best_val_loss"] = result.best_val_loss  # what the searcher ranks a trial by
         metrics["epoch_seconds"] = time.perf_counter() - started
         result.history.append(metrics)
         if on_epoch is not None:

@@ -64,8 +64,8 @@ class SiameseNet(nn.Module):
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         # One pass over both halves: twice the batch, half the kernel launches.
         emb = self.embed(torch.cat([a, b], dim=0))
-        ea, eb = emb.chunk(2, dim=0)
-        return self.score(ea, eb)
+        n = a.shape[0]  # slicing, not chunk(2): keeps the batch size dynamic for torch.export
+        return self.score(emb[:n], emb[n:])
 
 
 def build_model(config: Config) -> SiameseNet:

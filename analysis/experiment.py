@@ -1,0 +1,287 @@
+"""Read a run_search.py experiment folder straight from its files: no Ray cluster, finished or still running.
+
+Tune's own files are the source of truth: `experiment_state-*.json` for each trial's status and folder,
+each trial's `result.json` for its epochs, `params.json` for its config; ours add `search_settings.json`
+(the space and ASHA settings) and `final.json` (the retrained model's test scores).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.fs
+
+from tune_siamese.errors import InputError
+
+# The same names as in tune_siamese.search, which is not imported: it would load torch for every report.
+SETTINGS_FILE = "search_settings.json"
+FINAL_FILE = "final.json"
+METRIC = "val_loss"
+DIVERGED_LOSS = 10.0
+
+# Trial statuses (see `trial_status` for the rule).
+FINISHED, ASHA_STOPPED, DIVERGED, ERRORED, RUNNING, PENDING = (
+    "finished", "asha_stopped", "diverged", "errored", "running", "pending")
+
+# Columns of `Experiment.trials`; the hyperparameters come right after trial_id.
+TRIAL_COLUMNS = ["trial_id", "status", "tune_status", "epochs", "best_val_loss", "best_epoch", "last_val_loss",
+                 "best_val_accuracy", "best_val_auc", "wall_time_s", "node"]
+
+
+def trial_status(tune_status: str | None, epochs: int, best_epoch: int | None, diverged: bool,
+                 max_epochs: int, patience: int) -> str:
+    """Our status from Tune's recorded one, which says TERMINATED for every trial that ended without error.
+
+    ERROR -> errored; PENDING -> pending; RUNNING, PAUSED or not yet in Tune's state file -> running (also
+    after an interrupted search). TERMINATED -> diverged if the trial reported diverged=1; finished if it ran
+    max_epochs or its own early stopping ended it (patience epochs without a better val loss); otherwise only
+    ASHA can have ended it sooner -> asha_stopped.
+    """
+    if tune_status == "ERROR":
+        return ERRORED
+    if tune_status == "PENDING":
+        return PENDING
+    if tune_status != "TERMINATED":
+        return RUNNING
+    if diverged:
+        return DIVERGED
+    if epochs >= max_epochs or (best_epoch is not None and epochs - best_epoch >= patience):
+        return FINISHED
+    return ASHA_STOPPED
+
+
+class _Folder:
+    """A local folder or a storage URI (s3://..., gs://...) read through pyarrow.fs, as Ray's storage is."""
+
+    def __init__(self, path: str | Path):
+        path = str(path)
+        if "://" in path:
+            self.fs, self.root = pyarrow.fs.FileSystem.from_uri(path.rstrip("/"))
+            self.display = path.rstrip("/")
+        else:
+            self.fs, self.root = pyarrow.fs.LocalFileSystem(), str(Path(path).expanduser().resolve())
+            self.display = self.root
+
+    def kind(self, rel: str = "") -> pyarrow.fs.FileType:
+        return self.fs.get_file_info(self._at(rel)).type
+
+    def text(self, rel: str) -> str | None:
+        if self.kind(rel) != pyarrow.fs.FileType.File:
+            return None
+        with self.fs.open_input_stream(self._at(rel)) as stream:
+            return stream.read().decode()
+
+    def json(self, rel: str) -> Any:
+        text = self.text(rel)
+        if text is None:
+            return None
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"not valid JSON ({exc.msg})", f"{self.display}/{rel}", exc.lineno) from None
+
+    def entries(self, rel: str = "") -> dict[str, pyarrow.fs.FileType]:
+        infos = self.fs.get_file_info(pyarrow.fs.FileSelector(self._at(rel), allow_not_found=True))
+        return {info.base_name: info.type for info in infos}
+
+    def _at(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if rel else self.root
+
+
+def _result_rows(text: str | None) -> list[dict[str, Any]]:
+    """result.json's lines; a line still being written by a running trial is skipped."""
+    rows = []
+    for line in (text or "").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+@dataclass
+class Experiment:
+    """One loaded experiment: per-trial and per-epoch tables, the search settings and the final test scores."""
+
+    path: str
+    name: str
+    settings: dict[str, Any]  # search_settings.json
+    summary: dict[str, Any] | None  # final.json, once the search has finished
+    hyperparameters: list[str]
+    trials: pd.DataFrame  # one row per trial: TRIAL_COLUMNS plus one column per hyperparameter
+    history: pd.DataFrame  # one row per trial per reported epoch, every reported metric
+    configs: dict[str, dict[str, Any]]  # trial id -> full trial config, values as Tune passed them
+    space: dict[str, Any] | None  # the preset's Ray Tune space when settings name a known preset
+
+    @property
+    def final(self) -> dict[str, Any] | None:
+        """The retrained model's test metrics and ROC points (final.json's "test"), None before or without."""
+        return (self.summary or {}).get("test")
+
+    def best(self, n: int = 1) -> pd.DataFrame:
+        """The n trials with the lowest val loss at any epoch, best first."""
+        return self.trials.dropna(subset=["best_val_loss"]).nsmallest(n, "best_val_loss")
+
+    def importance(self, evaluator: Any = None) -> pd.Series:
+        """Hyperparameter importances for the best val loss, largest first, summing to 1 (see analysis.importance)."""
+        from .importance import importances
+
+        return importances(self, evaluator)
+
+
+def load(experiment_path: str | Path) -> Experiment:
+    """Load an experiment folder written by run_search.py (a local path or a storage URI)."""
+    folder = _Folder(experiment_path)
+    kind = folder.kind()
+    if kind == pyarrow.fs.FileType.NotFound:
+        raise InputError("no such experiment folder", folder.display)
+    if kind != pyarrow.fs.FileType.Directory:
+        raise InputError("not a folder; give an experiment folder written by run_search.py", folder.display)
+    settings = folder.json(SETTINGS_FILE)
+    if not isinstance(settings, dict):
+        raise InputError(f"not an experiment folder written by run_search.py ({SETTINGS_FILE} missing)",
+                         folder.display)
+    summary = folder.json(FINAL_FILE)
+
+    records = _trial_records(folder)
+    frames, configs = [], {}
+    for trial_id, record in records.items():
+        rows = _result_rows(folder.text(f"{record['folder']}/result.json")) if record["folder"] else []
+        params = folder.json(f"{record['folder']}/params.json") if record["folder"] else None
+        configs[trial_id] = params if isinstance(params, dict) else record["config"]
+        if rows:
+            frame = pd.DataFrame([{k: v for k, v in row.items() if k != "config"} for row in rows])
+            frame["trial_id"] = trial_id
+            frames.append(frame)
+    if not frames:
+        raise InputError("no trial results yet: no trial has reported an epoch", folder.display)
+    history = _history(pd.concat(frames, ignore_index=True))
+
+    space = _preset_space(settings.get("space"))
+    if space is not None and all(set(space) <= set(c) for c in configs.values() if c):
+        hyperparameters = list(space)
+    else:
+        space = None
+        hyperparameters = _varying(configs, records)
+    trials = _trials(records, configs, history, hyperparameters, settings)
+    name = folder.display.rstrip("/").rsplit("/", 1)[-1]  # the folder's name, as --resume takes it
+    return Experiment(folder.display, name, settings, summary if isinstance(summary, dict) else None,
+                      hyperparameters, trials, history, configs, space)
+
+
+def _trial_records(folder: _Folder) -> dict[str, dict[str, Any]]:
+    """trial id -> {folder, tune_status, config, params}: from Tune's newest state file, then any trial folder
+    the state file does not list yet (it is written every few seconds while a search runs)."""
+    records: dict[str, dict[str, Any]] = {}
+    entries = folder.entries()
+    states = sorted(n for n, t in entries.items()
+                    if n.startswith("experiment_state-") and n.endswith(".json") and t == pyarrow.fs.FileType.File)
+    state = folder.json(states[-1]) if states else None  # the timestamp in the name sorts as text
+    for trial_json, _runtime_json in (state or {}).get("trial_data", []):
+        trial = json.loads(trial_json)
+        config = trial.get("config")
+        records[str(trial["trial_id"])] = {
+            "folder": trial.get("relative_logdir"), "tune_status": trial.get("status"),
+            "config": config if isinstance(config, dict) else {},
+            "params": trial.get("evaluated_params") if isinstance(trial.get("evaluated_params"), dict) else {}}
+    known = {r["folder"] for r in records.values()}
+    for name, kind in sorted(entries.items()):
+        if kind == pyarrow.fs.FileType.Directory and name not in known and (
+                folder.kind(f"{name}/result.json") == pyarrow.fs.FileType.File):
+            rows = _result_rows(folder.text(f"{name}/result.json"))
+            trial_id = str(rows[0]["trial_id"]) if rows and "trial_id" in rows[0] else name.removeprefix("trial_")
+            records[trial_id] = {"folder": name, "tune_status": None, "config": {}, "params": {}}
+    return records
+
+
+def _history(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per trial per epoch. A restarted trial may repeat an epoch: its last report wins. The row of a
+    diverged trial carries no epoch of its own: it takes its training_iteration."""
+    if "epoch" not in frame:
+        frame["epoch"] = frame["training_iteration"]
+    frame["epoch"] = frame["epoch"].fillna(frame["training_iteration"]).astype(int)
+    frame = frame.drop_duplicates(["trial_id", "epoch"], keep="last").sort_values(["trial_id", "epoch"])
+    first = ["trial_id", "epoch"]
+    return frame[first + [c for c in frame.columns if c not in first]].reset_index(drop=True)
+
+
+def _preset_space(name: Any) -> dict[str, Any] | None:
+    try:
+        from search_spaces import PRESETS
+    except ImportError:
+        return None
+    preset = PRESETS.get(name) if isinstance(name, str) else None
+    return dict(preset.space) if preset is not None else None
+
+
+def _varying(configs: dict[str, dict[str, Any]], records: dict[str, dict[str, Any]]) -> list[str]:
+    """Hyperparameters of a space that is not a known preset: what the searcher sampled, as Tune recorded it,
+    else the config keys whose values differ between trials."""
+    sampled = [k for r in records.values() for k in r["params"]]
+    if sampled:
+        return list(dict.fromkeys(sampled))
+    keys = list(dict.fromkeys(k for c in configs.values() for k in c))
+    return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs.values() if c}) > 1]
+
+
+def _trials(records: dict[str, dict[str, Any]], configs: dict[str, dict[str, Any]], history: pd.DataFrame,
+            hyperparameters: list[str], settings: dict[str, Any]) -> pd.DataFrame:
+    by_trial = dict(tuple(history.groupby("trial_id", sort=False)))
+    rows = []
+    for trial_id, record in records.items():
+        config = configs.get(trial_id) or {}
+        reported = by_trial.get(trial_id, history.iloc[:0])
+        diverged = reported["diverged"].eq(1) if "diverged" in reported else pd.Series(False, reported.index)
+        epochs_ok = reported[~diverged & reported[METRIC].notna()] if METRIC in reported else reported.iloc[:0]
+        best = epochs_ok.loc[epochs_ok[METRIC].idxmin()] if len(epochs_ok) else None
+        epochs = int(epochs_ok["epoch"].max()) if len(epochs_ok) else 0
+        best_epoch = int(best["epoch"]) if best is not None else None
+        max_epochs = int(config.get("max_epochs", settings.get("max_epochs", 0)))
+        patience = int(config.get("patience", 5))  # Config's default when the trial does not set it
+        last = reported.iloc[-1] if len(reported) else None
+        node = None
+        if last is not None:
+            node = next((last[k] for k in ("node_id", "hostname") if k in last and pd.notna(last[k])), None)
+        rows.append({
+            "trial_id": trial_id, **{h: config.get(h) for h in hyperparameters},
+            "status": trial_status(record["tune_status"], epochs, best_epoch, bool(diverged.any()),
+                                   max_epochs, patience),
+            "tune_status": record["tune_status"] or "UNKNOWN",
+            "epochs": epochs,
+            "best_val_loss": float(best[METRIC]) if best is not None else math.nan,
+            "best_epoch": best_epoch,
+            "last_val_loss": float(epochs_ok[METRIC].iloc[-1]) if len(epochs_ok) else math.nan,
+            "best_val_accuracy": float(best.get("val_accuracy", math.nan)) if best is not None else math.nan,
+            "best_val_auc": float(best.get("val_auc", math.nan)) if best is not None else math.nan,
+            "wall_time_s": float(reported["time_total_s"].max()) if "time_total_s" in reported else math.nan,
+            "node": node,
+        })
+    columns = ["trial_id", *hyperparameters, *TRIAL_COLUMNS[1:]]
+    trials = pd.DataFrame(rows, columns=columns)
+    trials["best_epoch"] = trials["best_epoch"].astype("Int64")
+    return trials
+
+
+def compare(paths: list[str | Path]) -> pd.DataFrame:
+    """One row per experiment, e.g. the `seed` preset against `default`: its best trial and final test scores."""
+    rows = []
+    for path in paths:
+        exp = load(path)
+        best = exp.best(1)
+        top = best.iloc[0] if len(best) else None
+        test = exp.final or {}
+        rows.append({
+            "experiment": exp.name, "space": exp.settings.get("space"), "trials": len(exp.trials),
+            "statuses": ", ".join(f"{n} {s}" for s, n in exp.trials["status"].value_counts().items()),
+            "best_val_loss": float(top["best_val_loss"]) if top is not None else math.nan,
+            "best_trial": top["trial_id"] if top is not None else None,
+            "best_config": {h: exp.configs[top["trial_id"]].get(h) for h in exp.hyperparameters}
+            if top is not None else None,
+            "test_accuracy": test.get("accuracy", math.nan), "test_auc": test.get("auc", math.nan),
+            "path": exp.path,
+        })
+    return pd.DataFrame(rows)

@@ -1,0 +1,103 @@
+"""Hyperparameter importances by Optuna's own evaluators, on a study rebuilt from the trials' results.
+
+The study gets one finished trial per Tune trial: its hyperparameters, their distributions (the preset's Ray
+Tune space converted by OptunaSearch's own converter, or inferred from the values seen), and as value the
+best val loss the trial reached, or DIVERGED_LOSS for a trial that diverged before any (what TPE saw too).
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import optuna
+import pandas as pd
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+
+from tune_siamese.errors import InputError
+
+from .experiment import DIVERGED, DIVERGED_LOSS
+
+if TYPE_CHECKING:
+    from .experiment import Experiment
+
+
+def ray_to_optuna(space: dict[str, Any]) -> dict[str, BaseDistribution]:
+    """Ray Tune distributions -> Optuna ones (choice -> Categorical, loguniform -> Float log, randint -> Int)."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch.convert_search_space(space)
+
+
+def infer_distributions(values: dict[str, list[Any]]) -> dict[str, BaseDistribution]:
+    """Distributions spanning the values seen, for a space we cannot import. Numbers spanning two decades or
+    more (all positive) are taken as log-uniform; anything not numeric is categorical."""
+    out: dict[str, BaseDistribution] = {}
+    for name, seen in values.items():
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in seen)
+        low, high = (min(seen), max(seen)) if numeric else (None, None)
+        if not numeric or low == high:
+            out[name] = CategoricalDistribution(list(dict.fromkeys(seen)))
+        elif all(isinstance(v, int) for v in seen):
+            out[name] = IntDistribution(int(low), int(high))
+        else:
+            out[name] = FloatDistribution(float(low), float(high), log=low > 0 and high / low >= 100)
+    return out
+
+
+def distributions(exp: Experiment) -> dict[str, BaseDistribution]:
+    """Each hyperparameter's distribution: from the preset's space when the experiment names one, else inferred
+    from the trials' values. Also tells the plots which axes are categorical or logarithmic."""
+    seen = {h: [c[h] for c in exp.configs.values() if c and h in c] for h in exp.hyperparameters}
+    inferred = infer_distributions({h: v for h, v in seen.items() if v})
+    if exp.space is None:
+        return inferred
+    from_space = ray_to_optuna({h: exp.space[h] for h in exp.hyperparameters})
+    fits = all(_contains(from_space[h], v) for h, values in seen.items() for v in values)
+    return from_space if fits else inferred  # the preset may have changed since the search ran
+
+
+def _contains(distribution: BaseDistribution, value: Any) -> bool:
+    if isinstance(distribution, CategoricalDistribution):
+        return value in distribution.choices
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return numeric and distribution.low <= value <= distribution.high  # type: ignore[attr-defined]
+
+
+def importances(exp: Experiment, evaluator: optuna.importance.BaseImportanceEvaluator | None = None) -> pd.Series:
+    """One importance per hyperparameter (0 for one that never varied), largest first, summing to 1.
+
+    The default evaluator is fANOVA with a fixed seed, so a report is reproducible; pass any other of
+    optuna.importance's evaluators to compare.
+    """
+    params, values = [], []
+    for _, row in exp.trials.iterrows():
+        value = DIVERGED_LOSS if row["status"] == DIVERGED and math.isnan(row["best_val_loss"]) \
+            else row["best_val_loss"]
+        config = exp.configs.get(row["trial_id"]) or {}
+        if math.isfinite(value) and all(h in config for h in exp.hyperparameters):
+            params.append({h: config[h] for h in exp.hyperparameters})
+            values.append(float(value))
+    if len(params) < 2 or len(set(values)) < 2 or not exp.hyperparameters:
+        raise InputError("cannot rank hyperparameters: it takes at least two trials with different val losses",
+                         exp.path)
+    study = _study(params, values, distributions(exp))
+    try:
+        scores = optuna.importance.get_param_importances(
+            study, evaluator=evaluator or optuna.importance.FanovaImportanceEvaluator(seed=0))
+    except RuntimeError as exc:  # fANOVA: "zero total variance" when no hyperparameter ever varied
+        raise InputError(f"cannot rank hyperparameters ({exc})", exp.path) from None
+    series = pd.Series({h: float(scores.get(h, 0.0)) for h in exp.hyperparameters}, name="importance")
+    return series.sort_values(ascending=False)
+
+
+def _study(params: list[dict[str, Any]], values: list[float],
+           distributions: dict[str, BaseDistribution]) -> optuna.Study:
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" line in a report run
+    try:
+        study = optuna.create_study(direction="minimize")
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    for p, value in zip(params, values):
+        study.add_trial(optuna.trial.create_trial(params=p, distributions=distributions, value=value))
+    return study

@@ -1,0 +1,203 @@
+"""PNG pictures of an experiment, drawn on plain matplotlib Figures (Agg canvas, no pyplot state, no display).
+
+Each function writes one file and returns its path.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import LogNorm, Normalize
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from tune_siamese.errors import InputError
+
+from .experiment import ASHA_STOPPED, DIVERGED, ERRORED, FINISHED, PENDING, RUNNING, Experiment
+
+LOSS_LABEL = "validation loss (binary cross-entropy, nats)"
+# How each status is drawn on the learning curves: line style and the marker at the trial's last epoch.
+STYLES = {FINISHED: ("-", None), ASHA_STOPPED: ("--", "o"), DIVERGED: (":", "X"), ERRORED: (":", "s"),
+          RUNNING: ("-.", ">"), PENDING: ("-.", None)}
+STATUS_COLOURS = {FINISHED: "tab:blue", ASHA_STOPPED: "tab:orange", DIVERGED: "tab:red", ERRORED: "black",
+                  RUNNING: "tab:purple", PENDING: "tab:grey"}
+LABELS = {FINISHED: "finished (max epochs or patience)", ASHA_STOPPED: "stopped early by ASHA",
+          DIVERGED: "diverged", ERRORED: "errored", RUNNING: "running", PENDING: "pending"}
+
+
+def axis_kinds(exp: Experiment) -> dict[str, str]:
+    """Each hyperparameter's axis: "categorical" (tune.choice), "log" (log-uniform) or "linear"."""
+    from optuna.distributions import CategoricalDistribution
+
+    from .importance import distributions
+
+    return {h: "categorical" if isinstance(d, CategoricalDistribution) else "log" if d.log else "linear"
+            for h, d in distributions(exp).items()}
+
+
+def categories(exp: Experiment, name: str, values: pd.Series) -> list[str]:
+    """The choices present in `values`, as text, in the space's order (else in order of appearance)."""
+    from .importance import distributions
+
+    choices = getattr(distributions(exp).get(name), "choices", ())
+    present = {str(v) for v in values}
+    return list(dict.fromkeys([*(str(c) for c in choices if str(c) in present), *(str(v) for v in values)]))
+
+
+def default_color_by(exp: Experiment) -> str | None:
+    """The first continuous hyperparameter (usually the learning rate), else the first one."""
+    kinds = axis_kinds(exp)
+    continuous = [h for h in exp.hyperparameters if kinds.get(h, "categorical") != "categorical"]
+    return (continuous or exp.hyperparameters or [None])[0]
+
+
+def check_color_by(exp: Experiment, name: str | None) -> str | None:
+    if name is not None and name not in exp.hyperparameters:
+        raise InputError(f"option --color-by: {name!r} is not a hyperparameter of this search; "
+                         f"choose one of {', '.join(exp.hyperparameters)}", exp.path)
+    return name
+
+
+def learning_curves(exp: Experiment, path: str | Path, color_by: str | None = None) -> Path:
+    """Val loss per epoch for every trial, coloured by `color_by`; ASHA-stopped trials dashed with an end dot."""
+    color_by = check_color_by(exp, color_by) or default_color_by(exp)
+    fig = Figure(figsize=(9, 5.5), layout="constrained")
+    ax = fig.add_subplot()
+    trials = exp.trials.set_index("trial_id")
+    colour = _colours(exp, color_by, fig, ax)
+    history = exp.history[exp.history["val_loss"].notna()]
+    if "diverged" in history:
+        history = history[history["diverged"].ne(1)]  # its DIVERGED_LOSS row is a stand-in, not a loss
+    for trial_id, rows in history.groupby("trial_id", sort=False):
+        status = trials.at[trial_id, "status"]
+        style, marker = STYLES[status]
+        c = colour(trials.at[trial_id, color_by] if color_by else None)
+        ax.plot(rows["epoch"], rows["val_loss"], linestyle=style, color=c, linewidth=1.6, alpha=0.9)
+        if marker:
+            ax.plot(rows["epoch"].iloc[-1], rows["val_loss"].iloc[-1], marker=marker, color=c, markersize=7,
+                    markeredgecolor="black")
+    best = exp.best(1)
+    if len(best):
+        top = best.iloc[0]
+        ax.plot(top["best_epoch"], top["best_val_loss"], marker="*", markersize=16, color="gold",
+                markeredgecolor="black", linestyle="none", zorder=5)
+    handles = [Line2D([], [], color="grey", linestyle=STYLES[s][0], marker=STYLES[s][1], label=LABELS[s])
+               for s in STYLES if s in set(exp.trials["status"])]
+    handles.append(Line2D([], [], marker="*", color="gold", markeredgecolor="black", markersize=12,
+                          linestyle="none", label="best trial's best epoch"))
+    ax.legend(handles=handles, loc="upper right", fontsize=8, title="trial status")  # next to _colours' legend
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(LOSS_LABEL)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"Learning curves of {len(exp.trials)} trials, {exp.name}"
+                 + (f" (colour: {color_by})" if color_by else ""))
+    return _save(fig, path)
+
+
+def _colours(exp: Experiment, name: str | None, fig: Figure, ax: Any) -> Any:
+    """A value -> colour function, with a colour bar (numbers) or a legend (categories) explaining it."""
+    if name is None:
+        return lambda _: "tab:blue"
+    values = exp.trials[name]
+    kind = axis_kinds(exp).get(name, "categorical")
+    if kind != "categorical":
+        present = values.dropna().astype(float)
+        low, high = float(present.min()), float(present.max())
+        if low == high:
+            low, high = low * 0.9 or -1.0, high * 1.1 or 1.0
+        log = kind == "log" and low > 0
+        mappable = ScalarMappable(LogNorm(low, high) if log else Normalize(low, high), "viridis")
+        fig.colorbar(mappable, ax=ax, label=name + (" (log scale)" if log else ""))
+        return lambda v: mappable.to_rgba(float(v)) if v is not None and not pd.isna(v) else "grey"
+    names = categories(exp, name, values)
+    palette = {c: f"C{i % 10}" for i, c in enumerate(names)}
+    ax.add_artist(ax.legend(handles=[Line2D([], [], color=palette[c], label=c) for c in names],
+                            title=name, loc="upper center", fontsize=8))
+    return lambda v: palette[str(v)]
+
+
+def loss_vs_hyperparameters(exp: Experiment, path: str | Path) -> Path:
+    """Best val loss of each trial against each hyperparameter: scatter for numbers, box + points for choices."""
+    names = exp.hyperparameters
+    if not names:
+        raise InputError("no hyperparameters to plot", exp.path)
+    trials = exp.trials.dropna(subset=["best_val_loss"])
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig = Figure(figsize=(4.2 * cols, 3.6 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    kinds = axis_kinds(exp)
+    for ax, name in zip(axes, names):
+        status_colour = [STATUS_COLOURS[s] for s in trials["status"]]
+        kind = kinds.get(name, "categorical")
+        if kind != "categorical":
+            ax.scatter(trials[name].astype(float), trials["best_val_loss"], c=status_colour, edgecolors="black",
+                       linewidths=0.5, zorder=3)
+            if kind == "log":
+                ax.set_xscale("log")
+            ax.set_xlabel(name + (" (log scale)" if kind == "log" else ""))
+        else:
+            names_ = categories(exp, name, trials[name])
+            groups = [trials.loc[trials[name].astype(str) == c, "best_val_loss"].to_numpy() for c in names_]
+            ax.boxplot(groups, tick_labels=names_, widths=0.5, showfliers=False,
+                       medianprops={"color": "black"})
+            jitter = np.random.default_rng(0).uniform(-0.12, 0.12, len(trials))
+            x = [names_.index(str(v)) + 1 + j for v, j in zip(trials[name], jitter)]
+            ax.scatter(x, trials["best_val_loss"], c=status_colour, edgecolors="black", linewidths=0.5, zorder=3)
+            ax.set_xlabel(name)
+        ax.set_ylabel("best val loss (BCE)")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    present = [s for s in STYLES if s in set(trials["status"])]
+    fig.legend(handles=[Line2D([], [], marker="o", linestyle="none", color=STATUS_COLOURS[s], markeredgecolor="black",
+                               label=LABELS[s]) for s in present], loc="outside lower center", ncols=len(present))
+    fig.suptitle(f"Best validation loss of each trial against each hyperparameter, {exp.name}")
+    return _save(fig, path)
+
+
+def importance_chart(importance: pd.Series, path: str | Path, title: str = "") -> Path:
+    """Horizontal bars, the most important hyperparameter on top."""
+    fig = Figure(figsize=(7, 0.5 * len(importance) + 1.6), layout="constrained")
+    ax = fig.add_subplot()
+    ordered = importance.sort_values()
+    bars = ax.barh(list(ordered.index), ordered.to_numpy(), color="tab:blue")
+    ax.bar_label(bars, fmt="%.2f", padding=3)
+    ax.set_xlim(0, max(1.0, float(ordered.max()) * 1.15))
+    ax.set_xlabel("importance for the best val loss (share, sums to 1)")
+    ax.set_title(title or "Hyperparameter importance")
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def roc_curve(final: dict[str, Any], path: str | Path, title: str = "") -> Path:
+    """The retrained model's ROC on the test pairs, with its AUC and accuracies."""
+    fig = Figure(figsize=(5.5, 5.5), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(final["roc_fpr"], final["roc_tpr"], color="tab:blue", linewidth=2,
+            label=f"retrained model (AUC {final['auc']:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="chance (AUC 0.5)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("false positive rate (different-person pairs accepted)")
+    ax.set_ylabel("true positive rate (same-person pairs accepted)")
+    accuracy = f"test accuracy {final['accuracy']:.3f}"
+    if "accuracy_at_threshold" in final:
+        accuracy += f", {final['accuracy_at_threshold']:.3f} at the val threshold"
+    ax.set_title(f"{title or 'Test ROC'}\nAUC {final['auc']:.3f}, {accuracy}", fontsize=10)
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path

@@ -1,0 +1,112 @@
+"""One folder that tells how a search went: report.md with tables and pictures, trials.csv, history.csv."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tune_siamese.errors import InputError
+
+from . import plots
+from .experiment import Experiment, load
+
+TOP = 5  # best trials shown in report.md; trials.csv has them all
+SETTING_KEYS = ["space", "num_samples", "max_epochs", "grace_period", "reduction_factor", "cpus_per_trial",
+                "gpus_per_trial", "max_concurrent", "max_failures", "seed"]
+
+
+def report(experiment_path: str | Path, out_dir: str | Path | None = None, color_by: str | None = None) -> Path:
+    """Write report.md, trials.csv, history.csv and the PNGs into out_dir (default EXPERIMENT/report, or
+    ./NAME-report for an experiment in remote storage); returns out_dir."""
+    exp = load(experiment_path)
+    if out_dir is None:
+        out_dir = Path(f"{exp.name}-report") if "://" in exp.path else Path(exp.path) / "report"
+    out = Path(out_dir)
+    plots.check_color_by(exp, color_by)  # before writing anything
+    out.mkdir(parents=True, exist_ok=True)
+    exp.trials.to_csv(out / "trials.csv", index=False)
+    exp.history.to_csv(out / "history.csv", index=False)
+
+    lines = [f"# Search report: {exp.name}", "", f"Experiment `{exp.path}`, search space "
+             f"`{exp.settings.get('space')}`: {_counts(exp)}.", ""]
+    if exp.summary is None:
+        lines += ["No final.json yet: the search is still running, was interrupted, or failed before picking "
+                  "its best trial.", ""]
+    lines += ["## Best trials", "",
+             _table(_best_table(exp)), "",
+             "Every trial: [trials.csv](trials.csv); every epoch of every trial: [history.csv](history.csv). "
+             "Status: finished = ran max epochs or its own early stopping; asha_stopped = ended sooner by ASHA.",
+             ""]
+    lines += _final_section(exp, out)
+    curves = plots.learning_curves(exp, out / "learning_curves.png", color_by)
+    lines += ["## Learning curves", "", f"![Validation loss per epoch of every trial]({curves.name})", ""]
+    if exp.hyperparameters:
+        scatter = plots.loss_vs_hyperparameters(exp, out / "loss_vs_hyperparameters.png")
+        lines += ["## Validation loss against each hyperparameter", "",
+                  f"![Best validation loss against each hyperparameter]({scatter.name})", ""]
+    lines += ["## Hyperparameter importance", ""]
+    try:
+        importance = exp.importance()
+    except InputError as exc:
+        lines += [f"Not computed: {exc}", ""]
+    else:
+        chart = plots.importance_chart(importance, out / "importance.png", f"Hyperparameter importance, {exp.name}")
+        lines += ["fANOVA (Optuna) on each trial's best val loss; shares of the explained variance.", "",
+                  _table(pd.DataFrame({"hyperparameter": importance.index,
+                                       "importance": importance.to_numpy()})), "",
+                  f"![Hyperparameter importance]({chart.name})", ""]
+    lines += ["## Search settings", "", _table(pd.DataFrame(
+        [{"setting": k, "value": exp.settings[k]} for k in SETTING_KEYS if k in exp.settings])), "",
+        "Fixed config of every trial: " + ", ".join(f"`{k}={v}`" for k, v in exp.settings.get("base", {}).items())
+        + ".", ""]
+    (out / "report.md").write_text("\n".join(lines))
+    return out
+
+
+def _counts(exp: Experiment) -> str:
+    counts = exp.trials["status"].value_counts()
+    return f"{len(exp.trials)} trials (" + ", ".join(f"{n} {s}" for s, n in counts.items()) + ")"
+
+
+def _best_table(exp: Experiment) -> pd.DataFrame:
+    best = exp.best(TOP)
+    table = best[["trial_id", *exp.hyperparameters, "best_val_loss", "best_epoch", "best_val_accuracy",
+                  "best_val_auc", "epochs", "status", "wall_time_s"]]
+    return table.rename(columns={"best_val_loss": "best val loss", "best_epoch": "at epoch",
+                                 "best_val_accuracy": "val acc", "best_val_auc": "val AUC",
+                                 "wall_time_s": "wall time (s)"})
+
+
+def _final_section(exp: Experiment, out: Path) -> list[str]:
+    summary, test = exp.summary, exp.final
+    if summary is None:
+        return []
+    lines = ["## Final model", "", f"Best trial's config (val loss {summary['best_val_loss']:.4f} at epoch "
+             f"{summary['best_epoch']}): " + ", ".join(
+                 f"`{h}={summary['best_config'].get(h)}`" for h in exp.hyperparameters) + ".", ""]
+    if test is None:
+        return lines + ["Not retrained (run with --no-retrain): no test scores.", ""]
+    other = summary.get("train_only_model_test") or {}
+    rows = [("test loss (BCE)", "loss"), ("test accuracy (logit > 0)", "accuracy"),
+            ("test accuracy at the val-chosen threshold", "accuracy_at_threshold"), ("test AUC", "auc")]
+    table = pd.DataFrame([{"metric": label, "retrained on train + val": test.get(key, math.nan),
+                           "trained on train only": other.get(key, math.nan)} for label, key in rows])
+    roc = plots.roc_curve(test, out / "roc.png", f"Test ROC of the retrained model, {exp.name}")
+    return lines + [f"Retrained on train + val for {summary.get('epochs')} epoch(s), then scored once on the test "
+                    f"pairs; exported to `{summary.get('export')}`.", "", _table(table), "",
+                    f"![Test ROC curve]({roc.name})", ""]
+
+
+def _table(frame: pd.DataFrame) -> str:
+    """A Markdown table (pandas' to_markdown needs the optional tabulate package)."""
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "" if math.isnan(v) else f"{v:.4g}"
+        return "" if v is None or v is pd.NA else str(v).replace("|", "\\|")
+
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])

@@ -1,0 +1,131 @@
+"""Shared fixtures. Core fixtures first; the Ray section (one Ray instance for the whole session) last."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tune_siamese.config import Config
+
+REPO = Path(__file__).resolve().parents[1]
+
+# ========================================= Core (no Ray) ==========================================
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Every test (and every subprocess it starts) caches decoded data in one temporary folder, never in
+    ~/.cache; a test that must see an empty cache points TUNE_SIAMESE_CACHE elsewhere itself."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("TUNE_SIAMESE_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    patch.undo()
+
+
+def tiny(**changes) -> Config:
+    """A model small enough for 2 CPU cores: width 1/16 of Koch's, 72 px, one thread, a few epochs."""
+    values = dict(data="synthetic", image_size=72, width=0.0625, init="torch", batchnorm=True, lr=1e-3,
+                  max_epochs=2, patience=10, batch_size=32, device="cpu", threads=1)
+    return Config(**{**values, **changes})
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> Callable[..., Config]:
+    return tiny
+
+
+def write_image(path: Path, seed: int, size: int = 32, mode: str = "L") -> Path:
+    """A small random PIL image (never a copy of real data); the format follows the suffix."""
+    rng = np.random.default_rng(seed)
+    shape = (size, size) if mode == "L" else (size, size, 3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(path)
+    return path
+
+
+def write_fake_lfw(root: Path, people: int = 12, per_person: int = 3, train_n: int = 6, test_n: int = 2) -> Path:
+    """An LFW-a shaped folder: lfw2/<Name>/<Name>_000i.jpg, pairsDevTrain.txt over the first people and
+    pairsDevTest.txt over the last 4, in the real tab-separated format."""
+    names = [f"Person_{chr(65 + i)}" for i in range(people)]
+    for p, name in enumerate(names):
+        for i in range(1, per_person + 1):
+            write_image(root / "lfw2" / name / f"{name}_{i:04d}.jpg", seed=100 * p + i)
+
+    def pair_list(group: list[str], n: int) -> str:
+        same = [f"{group[k % len(group)]}\t{1 + k // len(group) % per_person}\t"
+                f"{1 + (1 + k // len(group)) % per_person}" for k in range(n)]
+        diff = [f"{group[k % len(group)]}\t{1 + k % per_person}\t{group[(k + 1) % len(group)]}\t"
+                f"{1 + (k + 1) % per_person}" for k in range(n)]
+        return "\n".join([str(n), *same, *diff]) + "\n"
+
+    (root / "pairsDevTrain.txt").write_text(pair_list(names[:-4], train_n))
+    (root / "pairsDevTest.txt").write_text(pair_list(names[-4:], test_n))
+    return root
+
+
+def write_identity_folder(root: Path, people: int = 24, per_person: int = 3) -> Path:
+    """One sub-folder per identity, mixing png / pgm / bmp and colour / grayscale files."""
+    kinds = [(".png", "RGB"), (".pgm", "L"), (".bmp", "RGB"), (".png", "L")]
+    for p in range(people):
+        for i in range(per_person):
+            suffix, mode = kinds[(p + i) % len(kinds)]
+            write_image(root / f"id{p:03d}" / f"img{i}{suffix}", seed=1000 + 10 * p + i, size=24 + p % 5, mode=mode)
+    return root
+
+
+@pytest.fixture(scope="session")
+def make_image() -> Callable[..., Path]:
+    return write_image
+
+
+@pytest.fixture
+def fake_lfw(tmp_path) -> Path:
+    return write_fake_lfw(tmp_path / "lfw")
+
+
+@pytest.fixture
+def identity_folder(tmp_path) -> Path:
+    return write_identity_folder(tmp_path / "faces")
+
+
+@pytest.fixture(scope="session")
+def synthetic_small():
+    """Synthetic data at 72 px, cut to 240 train / 100 val / 200 test pairs so an epoch takes a moment."""
+    import dataclasses
+
+    from tune_siamese.data import load_data
+
+    data = load_data(tiny())
+    return dataclasses.replace(data, train=data.train[:240], val=data.val[:100], test=data.test[:200])
+
+
+# ======================================= Ray (session-wide) =======================================
+
+@pytest.fixture(scope="session")
+def ray_session(tmp_path_factory):
+    """One local Ray for all tests: 4 logical CPUs and one declared GPU, so fractional-GPU scheduling
+    (0.25 per trial) is exercised on a CPU-only machine; the trials themselves run on the CPU."""
+    import ray
+
+    os.environ.setdefault("TUNE_SIAMESE_CACHE", str(tmp_path_factory.mktemp("ray-cache")))
+    ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def smoke_search(ray_session, tmp_path_factory):
+    """One real search on synthetic data (6 trials, 0.25 GPU each on the declared GPU), shared by the search
+    and analysis tests."""
+    import run_search
+
+    storage = tmp_path_factory.mktemp("ray_results")
+    args = run_search.parse_args(["--space", "smoke", "--seed", "0", "--num-samples", "6", "--max-epochs", "3",
+                                  "--grace-period", "1", "--reduction-factor", "2", "--cpus-per-trial", "1",
+                                  "--gpus-per-trial", "0.25", "--storage-path", str(storage), "--name", "smoke"])
+    summary, model = run_search.run(args)
+    return {"experiment": storage / "smoke", "summary": summary, "model": model}

@@ -1,0 +1,219 @@
+"""analysis: tables, statuses, best trial, importances, report and CLI, on the session's real smoke search."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+import analysis
+from analysis.__main__ import main
+from analysis.experiment import TRIAL_COLUMNS, trial_status
+from search_spaces import PRESETS
+from tune_siamese import search
+from tune_siamese.errors import InputError
+
+PNG = b"\x89PNG\r\n\x1a\n"
+TUNE_STATUS = {"finished": "TERMINATED", "asha_stopped": "TERMINATED", "diverged": "TERMINATED",
+               "errored": "ERROR", "pending": "PENDING", "running": "RUNNING"}
+
+
+def result_rows(trial_folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (trial_folder / "result.json").read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def experiment(smoke_search) -> Path:
+    return Path(smoke_search["experiment"])
+
+
+@pytest.fixture(scope="module")
+def exp(experiment):
+    return analysis.load(experiment)
+
+
+@pytest.fixture(scope="module")
+def report_dir(experiment, tmp_path_factory) -> Path:
+    return analysis.report(experiment, tmp_path_factory.mktemp("report"))
+
+
+def test_constants_match_the_search_layer():
+    from analysis import experiment as ex
+
+    assert (ex.SETTINGS_FILE, ex.FINAL_FILE, ex.METRIC, ex.DIVERGED_LOSS) == (
+        search.SETTINGS_FILE, search.FINAL_FILE, search.METRIC, search.DIVERGED_LOSS)
+
+
+def test_trials_one_row_per_trial_with_documented_columns(exp, experiment):
+    folders = sorted(experiment.glob("trial_*/result.json"))
+    assert exp.hyperparameters == list(PRESETS["smoke"].space)
+    assert list(exp.trials.columns) == ["trial_id", *exp.hyperparameters, *TRIAL_COLUMNS[1:]]
+    assert len(exp.trials) == len(folders) == 6
+    assert sorted(exp.trials["trial_id"]) == sorted(result_rows(f.parent)[0]["trial_id"] for f in folders)
+    for _, row in exp.trials.iterrows():
+        params = json.loads((experiment / f"trial_{row['trial_id']}" / "params.json").read_text())
+        assert {h: row[h] for h in exp.hyperparameters} == {h: params[h] for h in exp.hyperparameters}
+        if row["status"] == "diverged":  # a stand-in loss, maybe no real epoch: nothing more to check
+            continue
+        assert 1 <= row["best_epoch"] <= row["epochs"] <= 3
+        assert row["best_val_loss"] <= row["last_val_loss"]
+        assert row["wall_time_s"] > 0 and row["node"]
+
+
+def test_history_one_row_per_trial_epoch_with_every_metric(exp, experiment):
+    rows = {f.parent.name.removeprefix("trial_"): result_rows(f.parent) for f in experiment.glob("trial_*/result.json")}
+    assert len(exp.history) == sum(len(r) for r in rows.values())
+    assert {"trial_id", "epoch", "train_loss", "val_loss", "val_accuracy", "val_auc", "lr", "epoch_seconds",
+            "node_id", "training_iteration", "time_total_s"} <= set(exp.history.columns)
+    epochs = dict(zip(exp.trials["trial_id"], exp.trials["epochs"]))
+    for trial_id, frame in exp.history.groupby("trial_id"):
+        # the row of a diverged trial has no epoch: it takes its training_iteration
+        assert list(frame["epoch"]) == [r.get("epoch", r["training_iteration"]) for r in rows[trial_id]]
+        assert list(frame["val_loss"]) == pytest.approx([r["val_loss"] for r in rows[trial_id]])
+        if "diverged" not in frame or frame["diverged"].ne(1).all():
+            assert epochs[trial_id] == len(frame)
+
+
+def test_statuses_follow_what_tune_recorded(exp, experiment):
+    from ray.tune import ExperimentAnalysis
+
+    recorded = {t.trial_id: t.status for t in ExperimentAnalysis(str(experiment)).trials}
+    ours = dict(zip(exp.trials["trial_id"], exp.trials["status"]))
+    assert recorded == dict(zip(exp.trials["trial_id"], exp.trials["tune_status"]))
+    assert all(TUNE_STATUS[ours[t]] == status for t, status in recorded.items())
+    # 3 epochs at most and patience 5: a trial that ended sooner without diverging was stopped by ASHA
+    for _, row in exp.trials.iterrows():
+        if row["status"] != "diverged":
+            assert row["status"] == ("finished" if row["epochs"] == 3 else "asha_stopped")
+    assert {"finished", "asha_stopped"} <= set(ours.values())
+
+
+@pytest.mark.parametrize("tune_status, epochs, best_epoch, diverged, expected", [
+    ("TERMINATED", 3, 2, False, "finished"),       # ran max_epochs
+    ("TERMINATED", 7, 2, False, "finished"),       # its own early stopping: 5 epochs without a better loss
+    ("TERMINATED", 6, 2, False, "asha_stopped"),
+    ("TERMINATED", 2, None, True, "diverged"),
+    ("ERROR", 4, 1, False, "errored"),
+    ("RUNNING", 2, 2, False, "running"),
+    ("PAUSED", 2, 2, False, "running"),
+    (None, 1, 1, False, "running"),                # not in Tune's state file yet
+    ("PENDING", 0, None, False, "pending"),
+])
+def test_status_rule(tune_status, epochs, best_epoch, diverged, expected):
+    max_epochs = 3 if epochs == 3 else 10
+    assert trial_status(tune_status, epochs, best_epoch, diverged, max_epochs, patience=5) == expected
+
+
+def test_best_trial_is_tunes_best(exp, smoke_search):
+    summary = smoke_search["summary"]
+    best = exp.best()
+    assert len(best) == 1
+    top = best.iloc[0]
+    assert top["best_val_loss"] == pytest.approx(summary["best_val_loss"])
+    assert top["best_epoch"] == summary["best_epoch"]
+    assert {h: top[h] for h in exp.hyperparameters} == {h: summary["best_config"][h] for h in exp.hyperparameters}
+    three = exp.best(3)
+    assert len(three) == 3 and list(three["best_val_loss"]) == sorted(three["best_val_loss"])
+    assert three.iloc[0]["trial_id"] == top["trial_id"]
+
+
+def test_final_test_scores(exp, smoke_search):
+    test = smoke_search["summary"]["test"]
+    assert exp.final["accuracy"] == pytest.approx(test["accuracy"])
+    assert exp.final["auc"] == pytest.approx(test["auc"])
+    assert len(exp.final["roc_fpr"]) == len(exp.final["roc_tpr"]) > 2
+
+
+def test_importance_one_value_per_hyperparameter_summing_to_one(exp):
+    importance = exp.importance()
+    assert sorted(importance.index) == sorted(exp.hyperparameters)
+    assert (importance >= 0).all()
+    assert importance.sum() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_compare_one_row_per_experiment(experiment, smoke_search):
+    table = analysis.compare([experiment, experiment])
+    assert len(table) == 2
+    assert {"experiment", "space", "trials", "best_val_loss", "best_config", "test_accuracy",
+            "test_auc"} <= set(table.columns)
+    row = table.iloc[0]
+    assert (row["experiment"], row["space"], row["trials"]) == (experiment.name, "smoke", 6)
+    assert row["best_val_loss"] == pytest.approx(smoke_search["summary"]["best_val_loss"])
+    assert row["test_auc"] == pytest.approx(smoke_search["summary"]["test"]["auc"])
+
+
+def test_report_writes_tables_and_valid_pngs(report_dir, exp):
+    text = (report_dir / "report.md").read_text()
+    assert "## Best trials" in text and "## Final model" in text and "## Search settings" in text
+    assert exp.best().iloc[0]["trial_id"] in text
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert sorted(links) == ["importance.png", "learning_curves.png", "loss_vs_hyperparameters.png", "roc.png"]
+    for name in links:
+        data = (report_dir / name).read_bytes()
+        assert data.startswith(PNG) and len(data) > 5000, name
+    assert len((report_dir / "trials.csv").read_text().splitlines()) == len(exp.trials) + 1
+    assert len((report_dir / "history.csv").read_text().splitlines()) == len(exp.history) + 1
+
+
+def test_cli_writes_a_report(experiment, tmp_path, capsys):
+    assert main([str(experiment), "--out", str(tmp_path / "out"), "--color-by", "optimizer"]) == 0
+    assert str(tmp_path / "out" / "report.md") in capsys.readouterr().out
+    assert (tmp_path / "out" / "learning_curves.png").read_bytes().startswith(PNG)
+
+
+def test_a_running_search_loads(experiment, tmp_path):
+    """No final.json, a trial half way with a line still being written, one not yet in Tune's state file."""
+    copy = tmp_path / "running"
+    shutil.copytree(experiment, copy, ignore=shutil.ignore_patterns("export", "checkpoint_*", search.FINAL_FILE))
+    [state_file] = copy.glob("experiment_state-*.json")
+    state = json.loads(state_file.read_text())
+    first = json.loads(state["trial_data"][0][0])
+    first["status"] = "RUNNING"
+    state["trial_data"][0][0] = json.dumps(first)
+    state["trial_data"] = state["trial_data"][:-1]  # the newest trial is not in the state file yet
+    state_file.write_text(json.dumps(state))
+    result = copy / first["relative_logdir"] / "result.json"
+    result.write_text(result.read_text().splitlines()[0] + '\n{"epoch": 2, "train_lo')
+
+    running = analysis.load(copy)
+    assert running.final is None and running.summary is None
+    assert len(running.trials) == 6
+    row = running.trials.set_index("trial_id").loc[first["trial_id"]]
+    assert (row["status"], row["tune_status"], row["epochs"]) == ("running", "RUNNING", 1)
+    assert list(running.trials["status"]).count("running") == 2
+    assert (running.trials["tune_status"] == "UNKNOWN").sum() == 1
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "no such experiment folder"),
+    ("empty folder", "not an experiment folder written by run_search.py"),
+    ("a file", "not a folder"),
+    ("settings only", "no trial results yet"),
+    ("empty result.json", "no trial results yet"),
+])
+def test_missing_or_half_written_experiment_is_one_clear_error(case, message, experiment, tmp_path, capsys):
+    path = tmp_path / "exp"
+    if case == "a file":
+        path.write_text("{}")
+    elif case != "missing":
+        path.mkdir()
+    if case in ("settings only", "empty result.json"):
+        shutil.copy(experiment / search.SETTINGS_FILE, path)
+    if case == "empty result.json":
+        (path / "trial_0001").mkdir()
+        (path / "trial_0001" / "result.json").write_text("")
+    with pytest.raises(InputError, match=message) as caught:
+        analysis.load(path)
+    assert str(path) in str(caught.value)
+    assert main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(path) in err and "Traceback" not in err
+    assert not (path / "report").exists()
+
+
+def test_unknown_color_by_is_an_input_error(experiment, tmp_path, capsys):
+    assert main([str(experiment), "--out", str(tmp_path / "out"), "--color-by", "nope"]) == 2
+    assert "'nope' is not a hyperparameter" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,177 @@
+"""`tune-siamese` train / evaluate / verify end to end, and one-line exit-2 errors for bad input."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tune_siamese import cli
+from tune_siamese.checkpoint import load_checkpoint, load_model
+from tune_siamese.data import decode_image
+from tune_siamese.engine import images_on, predict
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"image_size": 72, "width": 0.0625, "init": "torch", "batchnorm": True, "lr": 3e-3, "max_epochs": 3,
+        "device": "cpu", "threads": 1}
+
+
+def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One `train --export` run on synthetic data (1 epoch, set on the command line over the file's 3)."""
+    root = tmp_path_factory.mktemp("cli")
+    config_file = root / "tiny.json"
+    config_file.write_text(json.dumps(TINY))
+    out = root / "run"
+    stdout, stderr = io.StringIO(), io.StringIO()  # capsys is function-scoped: capture by hand
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = cli.main(["train", "--data", "synthetic", "--config", str(config_file), "--out", str(out),
+                         "--set", "max_epochs=1", "--set", "seed=3", "--export"])
+    assert code == 0, stderr.getvalue()
+    return {"out": out, "summary": json.loads(stdout.getvalue()), "root": root}
+
+
+def test_train_writes_checkpoint_and_metrics(trained):
+    out, summary = trained["out"], trained["summary"]
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert set(state) == {"model", "config", "threshold_logit"}
+    assert state["config"]["max_epochs"] == 1 and state["config"]["seed"] == 3  # --set over the file
+    assert state["config"]["lr"] == 3e-3 and state["config"]["data"] == "synthetic"  # the file, --data
+    assert state["threshold_logit"] == summary["threshold_logit"]
+    with open(out / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 1 and rows[0]["epoch"] == "1"
+    assert {"train_loss", "val_loss", "val_auc", "val_accuracy", "lr"} <= set(rows[0])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["auc"] == pytest.approx(summary["test"]["auc"])
+    assert metrics["data"]["test_pairs"] == 1000 and metrics["config"]["width"] == 0.0625
+    assert summary["epochs"] == 1 and 0.0 <= summary["test"]["accuracy_at_threshold"] <= 1.0
+    assert (out / "export" / "SHA256SUMS").is_file() and summary["export"] == str(out / "export")
+
+
+def test_evaluate_checkpoint_reproduces_the_test_metrics(trained, capsys):
+    code, out, _ = run_main(["evaluate", trained["out"] / "checkpoint.pt", "--data", "synthetic"], capsys)
+    assert code == 0
+    result = json.loads(out)
+    test = trained["summary"]["test"]
+    assert result["n_pairs"] == 1000
+    assert result["auc"] == pytest.approx(test["auc"], abs=1e-6)
+    assert result["accuracy_at_threshold"] == pytest.approx(test["accuracy_at_threshold"])
+    assert result["threshold_logit"] == trained["summary"]["threshold_logit"]
+
+
+def test_evaluate_export_on_a_pair_list(trained, fake_lfw, capsys):
+    code, out, _ = run_main(["evaluate", trained["out"] / "export", "--data", fake_lfw,
+                             "--pairs", fake_lfw / "pairsDevTest.txt"], capsys)
+    assert code == 0
+    result = json.loads(out)
+    assert result["n_pairs"] == 4 and 0.0 <= result["accuracy_at_threshold"] <= 1.0
+
+
+def test_evaluate_one_shot(trained, identity_folder, capsys):
+    argv = ["evaluate", trained["out"] / "export", "--one-shot", identity_folder, "--ways", 4, "--trials", 30,
+            "--seed", 1]
+    code, out, _ = run_main(argv, capsys)
+    assert code == 0
+    result = json.loads(out)
+    assert result["ways"] == 4 and result["trials"] == 30 and 0.0 <= result["accuracy"] <= 1.0
+    assert json.loads(run_main(argv, capsys)[1]) == result  # seeded
+
+
+def test_verify_two_images(trained, tmp_path, make_image, capsys):
+    a = make_image(tmp_path / "a.jpg", seed=1, size=60)
+    b = make_image(tmp_path / "b.png", seed=2, size=90, mode="RGB")
+    export = trained["out"] / "export"
+    code, out, _ = run_main(["verify", export, a, b], capsys)
+    assert code == 0
+    result = json.loads(out)
+    assert 0.0 < result["probability_same"] < 1.0
+    assert result["same_person"] == (result["logit"] >= result["threshold_logit"])
+    # the same numbers by hand: decode like the data layer, score with the loaded model
+    model, config, threshold = load_model(export)
+    images = np.stack([decode_image(p, config.image_size, config.crop) for p in (a, b)])
+    logit = predict(model, images_on(torch.device("cpu"), images), np.array([[0, 1, 0]]), config)[0]
+    assert result["logit"] == pytest.approx(logit, abs=1e-6) and result["threshold_logit"] == threshold
+
+
+def test_help_explains_every_command(capsys):
+    for command, option in (("train", "--set"), ("evaluate", "--one-shot"), ("verify", "EXPORT_DIR")):
+        code, out, _ = run_main([command, "--help"], capsys)
+        assert code == 0 and option in out
+
+
+@pytest.fixture
+def bad_inputs(tmp_path, trained, make_image):
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text('{"lr": 0.1,\n "width": }\n')
+    tampered = tmp_path / "tampered"
+    shutil.copytree(trained["out"] / "export", tampered)
+    (tampered / "config.json").write_text((tampered / "config.json").read_text().replace('"lr"', ' "lr"'))
+    image = make_image(tmp_path / "a.jpg", seed=0)
+    garbage = tmp_path / "garbage.jpg"
+    garbage.write_bytes(b"nope" * 10)
+    return {"bad_json": bad_json, "tampered": tampered, "image": image, "garbage": garbage,
+            "ckpt": trained["out"] / "checkpoint.pt", "export": trained["out"] / "export"}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--data", "synthetic", "--set", "optimizer=rmsprop"], "optimizer='rmsprop' is not one of"),
+    (["train", "--data", "synthetic", "--set", "epochs=3"], "unknown option(s) epochs"),
+    (["train", "--data", "synthetic", "--set", "lr"], "--set 'lr' must look like KEY=VALUE"),
+    (["train", "--data", "synthetic", "--set", "batch_size=big"], "batch_size='big' is not a valid int"),
+    (["train", "--data", "synthetic", "--set", "device=gpu"], "option device='gpu'"),
+    (["train", "--data", "{tmp}/nowhere"], "data folder not found"),
+    (["train", "--data", "synthetic", "--config", "{bad_json}"], "bad.json:2: not valid JSON"),
+    (["train", "--data", "synthetic", "--config", "{tmp}/none.json"], "config file not found"),
+    (["train", "--config", "{bad_json}"], "required: --data"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["evaluate", "{tmp}/none.pt", "--data", "synthetic"], "checkpoint not found"),
+    (["evaluate", "{garbage}", "--data", "synthetic"], "not a loadable checkpoint"),
+    (["evaluate", "{tampered}", "--data", "synthetic"], "checksum mismatch for config.json"),
+    (["evaluate", "{ckpt}", "--pairs", "{tmp}/pairs.txt"], "--pairs needs --data"),
+    (["evaluate", "{ckpt}", "--data", "{tmp}", "--pairs", "{tmp}/pairs.txt"], "pair list not found"),
+    (["evaluate", "{ckpt}", "--one-shot", "{tmp}", "--ways", "1"], "--ways: 1 is less than 2"),
+    (["evaluate", "{ckpt}", "--one-shot", "{tmp}"], "identity folder needs at least 4 identities"),
+    (["evaluate", "{ckpt}", "--one-shot", "{tmp}", "--pairs", "x"], "not allowed with argument"),
+    (["verify", "{export}", "{image}", "{tmp}/missing.jpg"], "missing.jpg: image not found"),
+    (["verify", "{export}", "{image}", "{garbage}"], "garbage.jpg: unreadable or corrupt image"),
+    (["verify", "{export}", "{image}"], "required: B"),
+])
+def test_bad_input_exits_2_with_one_line(argv, message, bad_inputs, tmp_path, capsys):
+    argv = [a.format(tmp=tmp_path, **bad_inputs) for a in argv]
+    code, out, err = run_main(argv + ["--out", tmp_path / "run"] if argv[0] == "train" else argv, capsys)
+    assert code == 2
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1 and err.startswith("tune-siamese: error: "), err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # refused before any training
+
+
+def test_output_folder_holding_a_run_is_refused(trained, capsys):
+    code, _, err = run_main(["train", "--data", "synthetic", "--out", trained["out"]], capsys)
+    assert code == 2 and "already holds a run" in err
+
+
+def test_module_entry_point_reports_bad_input_without_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "tune_siamese", "train", "--data", "synthetic", "--set",
+                             "optimizer=rmsprop", "--out", str(tmp_path / "run")],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.strip() == ("tune-siamese: error: option optimizer='rmsprop' is not one of sgd, adam, "
+                                     "adamw")
+

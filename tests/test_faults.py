@@ -1,0 +1,168 @@
+"""Faults during a search: errored and diverged trials, a killed worker, a killed driver, a lost node.
+
+Every test checks that the search finishes and that no finished trial is lost or run again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import run_search
+from test_search import REPO, SMOKE, _reap, _spawn, trial_frames
+from tune_siamese.search import FINAL_FILE
+
+FAULTY_SPACE = '''
+from ray import tune
+from search_spaces import PRESETS, Preset
+
+smoke = PRESETS["smoke"]
+SPACE = Preset(
+    space={"device": tune.choice(["cpu", "cuda:7"]), "lr": tune.choice([1e-3, 1e30]),
+           "optimizer": tune.choice(["sgd"])},
+    fixed=smoke.fixed,
+    # cuda:7 does not exist on a CPU worker (the trial raises); lr=1e30 with SGD turns the weights to NaN in the first epoch.
+    points=[{"device": "cuda:7", "lr": 1e-3, "optimizer": "sgd"}, {"device": "cpu", "lr": 1e30, "optimizer": "sgd"},
+            {"device": "cpu", "lr": 1e-3, "optimizer": "sgd"}],
+)
+'''
+
+
+def test_errored_and_diverged_trials_leave_the_search_standing(ray_session, tmp_path):
+    space = tmp_path / "faulty.py"
+    space.write_text(FAULTY_SPACE)
+    summary, _ = run_search.run(run_search.parse_args([
+        "--space", f"{space}:SPACE", "--num-samples", "3", "--max-epochs", "2", "--grace-period", "2",
+        "--max-failures", "0", "--storage-path", str(tmp_path), "--name", "faulty", "--no-retrain"]))
+    frames = trial_frames(tmp_path / "faulty")
+    by_config = {}
+    for frame in frames.values():
+        by_config[(frame["config"].iloc[0]["device"] if "config" in frame else None,
+                   frame["config"].iloc[0]["lr"] if "config" in frame else None)] = frame
+    assert summary["trials"] == 3 and summary["errored_trials"] == 1
+    diverged = by_config[("cpu", 1e30)]
+    assert diverged["diverged"].iloc[-1] == 1 and diverged["val_loss"].iloc[-1] == 10.0
+    good = by_config[("cpu", 1e-3)]
+    assert list(good["epoch"]) == [1, 2]  # the healthy trial ran to the end
+    assert summary["best_config"]["lr"] == 1e-3 and summary["best_config"]["device"] == "cpu"
+    assert json.loads((tmp_path / "faulty" / FINAL_FILE).read_text())["errored_trials"] == 1
+
+
+def _kill_worker_after_first_epoch(experiment: Path, killed: list[int], stop: threading.Event) -> None:
+    while not stop.is_set():
+        for frame in trial_frames(experiment).values() if experiment.exists() else []:
+            if len(frame) >= 1 and not killed:
+                pid = int(frame["pid"].iloc[-1])
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+        time.sleep(0.2)
+
+
+def test_killed_worker_restarts_from_its_last_checkpoint(ray_session, tmp_path):
+    experiment = tmp_path / "killed"
+    killed: list[int] = []
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_worker_after_first_epoch, args=(experiment, killed, stop), daemon=True)
+    killer.start()
+    try:
+        summary, _ = run_search.run(run_search.parse_args([
+            *SMOKE, "--num-samples", "1", "--max-epochs", "3", "--grace-period", "3",
+            "--storage-path", str(tmp_path), "--name", "killed", "--no-retrain"]))
+    finally:
+        stop.set()
+        killer.join()
+    assert killed, "the worker was never killed"
+    (frame,) = trial_frames(experiment).values()
+    assert list(frame["epoch"]) == [1, 2, 3]  # continued at epoch 2, not from zero
+    assert killed[0] in set(frame["pid"]) and len(set(frame["pid"])) == 2  # a new worker took over
+    assert summary["errored_trials"] == 0
+
+
+def test_killed_driver_resumes_with_no_finished_trial_repeated(tmp_path):
+    experiment = tmp_path / "crashed"
+    argv = ["run_search.py", *SMOKE, "--num-samples", "3", "--max-epochs", "2", "--grace-period", "2",
+            "--max-concurrent", "1", "--storage-path", str(tmp_path), "--name", "crashed", "--no-retrain"]
+    proc = _spawn(argv, tmp_path / "first.log")
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            frames = trial_frames(experiment) if experiment.exists() else {}
+            if any(f["epoch"].max() >= 2 for f in frames.values()) and len(frames) >= 2:
+                break
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            time.sleep(0.3)
+        else:
+            pytest.fail("no trial finished in time")
+    finally:
+        _reap(proc)  # SIGKILL the driver and the Ray it started: nothing gets to save or clean up
+    before = {n: len(f) for n, f in trial_frames(experiment).items()}
+    finished = [n for n, rows in before.items() if rows >= 2]
+    proc = _spawn(["run_search.py", "--resume", str(experiment), "--no-retrain"], tmp_path / "second.log")
+    try:
+        assert proc.wait(timeout=300) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    finally:
+        _reap(proc)
+    after = trial_frames(experiment)
+    assert len(after) == 3
+    for name in finished:
+        assert len(after[name]) == before[name]  # not run again
+    assert all(list(f["epoch"]) == [1, 2] for f in after.values())
+
+
+NODE_LOSS_SCRIPT = """
+import json, sys, threading, time
+from pathlib import Path
+import ray
+from ray.cluster_utils import Cluster
+import run_search
+from test_search import trial_frames
+
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+worker = cluster.add_node(num_cpus=1)
+ray.init(address=cluster.address)
+worker_id = worker.node_id
+experiment = Path(sys.argv[1]) / "nodeloss"
+
+def remove_worker_after_first_epoch():
+    while True:
+        frames = trial_frames(experiment) if experiment.exists() else {}
+        rows = [f for f in frames.values() if (f["node_id"] == worker_id).any()]
+        if rows:
+            cluster.remove_node(worker)
+            print("REMOVED", worker_id, flush=True)
+            return
+        time.sleep(0.2)
+
+threading.Thread(target=remove_worker_after_first_epoch, daemon=True).start()
+summary, _ = run_search.run(run_search.parse_args(sys.argv[2:]))
+print("RESULT", json.dumps({"worker": worker_id, "errored": summary["errored_trials"]}), flush=True)
+ray.shutdown()
+cluster.shutdown()
+"""
+
+
+def test_trials_of_a_removed_node_continue_on_the_remaining_node(tmp_path):
+    script = tmp_path / "nodeloss.py"
+    script.write_text(NODE_LOSS_SCRIPT)
+    argv = [str(script), str(tmp_path), *SMOKE, "--num-samples", "2", "--max-epochs", "3", "--grace-period", "3",
+            "--storage-path", str(tmp_path), "--name", "nodeloss", "--no-retrain"]
+    log = tmp_path / "nodeloss.log"
+    proc = _spawn(argv, log, {"PYTHONPATH": f"{REPO}:{REPO / 'tests'}"})
+    try:
+        assert proc.wait(timeout=400) == 0, log.read_text()[-4000:]
+    finally:
+        _reap(proc)
+    result = json.loads(log.read_text().split("RESULT ", 1)[1].splitlines()[0])
+    frames = trial_frames(tmp_path / "nodeloss")
+    assert len(frames) == 2 and result["errored"] == 0
+    moved = [f for f in frames.values() if (f["node_id"] == result["worker"]).any()]
+    assert moved, "no trial ever ran on the removed node"
+    for frame in frames.values():
+        assert list(frame["epoch"]) == [1, 2, 3]  # every trial finished, none restarted from zero
+    assert (moved[0]["node_id"].iloc[-1] != result["worker"])  # it finished on the head node

@@ -1,0 +1,169 @@
+"""Koch's net (sizes, switches) and its checkpoints and exports (round trips, checksums, no unpickling)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from tune_siamese.checkpoint import export_model, load_checkpoint, load_model, save_checkpoint
+from tune_siamese.config import Config
+from tune_siamese.errors import InputError
+from tune_siamese.model import SiameseNet, build_model, count_parameters
+
+
+def koch_flatten(size: int, channels: int = 256) -> int:
+    """Flatten size worked out by hand: conv 10, pool, conv 7, pool, conv 4, pool, conv 4."""
+    size = (size - 9) // 2
+    size = (size - 6) // 2
+    size = (size - 3) // 2
+    size = size - 3
+    return channels * size * size
+
+
+@pytest.mark.parametrize("init", ["koch", "torch"])
+def test_koch_parameter_count(init):
+    model = build_model(Config(width=1.0, image_size=105, batchnorm=False, init=init))
+    assert count_parameters(model) == 38_951_745  # Koch et al.'s 38.95M
+    assert model.fc[1].in_features == 9216 == koch_flatten(105)
+
+
+@pytest.mark.parametrize("size", [72, 80, 96, 128])
+def test_flatten_size_follows_the_input(size):
+    model = SiameseNet(width=0.25, input_size=size)
+    assert model.fc[1].in_features == koch_flatten(size, channels=64)
+    x = torch.rand(3, 1, size, size)
+    assert model(x, x.flip(0)).shape == (3,)
+
+
+def test_width_scales_channels_and_embedding():
+    model = SiameseNet(width=0.0625, input_size=72)
+    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [4, 8, 8, 16]
+    assert [c.in_channels for c in convs] == [1, 4, 8, 8]
+    assert model.embed_dim == 256 and model.head.in_features == 256
+    assert SiameseNet(width=0.0625, input_size=72, head="l1_sq").head.in_features == 512
+
+
+def test_batchnorm_sits_before_each_pool():
+    layers = list(SiameseNet(width=0.125, input_size=72, batchnorm=True).features)
+    pools = [i for i, layer in enumerate(layers) if isinstance(layer, nn.MaxPool2d)]
+    assert len(pools) == 3
+    for i in pools:
+        between = layers[max(j for j in range(i) if isinstance(layers[j], nn.Conv2d)):i]
+        assert any(isinstance(layer, nn.BatchNorm2d) for layer in between)
+    assert sum(isinstance(layer, nn.BatchNorm2d) for layer in layers) == 3  # none after the last conv
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in SiameseNet(width=0.125, input_size=72).modules())
+
+
+def test_koch_init_statistics():
+    torch.manual_seed(0)
+    model = SiameseNet(width=0.25, input_size=80, init="koch")
+    conv = model.features[0]
+    assert conv.weight.std().item() == pytest.approx(1e-2, rel=0.2)
+    assert conv.bias.mean().item() == pytest.approx(0.5, abs=0.01)
+    assert model.fc[1].weight.std().item() == pytest.approx(0.2, rel=0.05)
+
+
+# --------------------------------------------------------------------------------------------------
+# checkpoints and exports
+
+@pytest.fixture
+def trained_like(tiny_config):
+    """A tiny model in eval mode with non-default weights and BatchNorm statistics."""
+    config = tiny_config(batchnorm=True)
+    torch.manual_seed(1)
+    model = build_model(config)
+    model.train()
+    x = torch.rand(8, 1, 72, 72)
+    model(x, x.flip(0))  # moves the BatchNorm running statistics off their defaults
+    return model.eval(), config, torch.rand(5, 1, 72, 72), torch.rand(5, 1, 72, 72)
+
+
+def test_export_round_trip_gives_identical_logits(trained_like, tmp_path):
+    model, config, a, b = trained_like
+    expected = model(a, b)
+    out = export_model(model, config, tmp_path / "export", {"auc": 0.9}, threshold_logit=0.25)
+    loaded, loaded_config, threshold = load_model(out)
+    assert loaded_config == config and threshold == 0.25
+    assert torch.equal(loaded(a, b), expected)
+    assert json.loads((out / "metrics.json").read_text())["auc"] == 0.9
+
+
+def test_exported_graph_loads_without_the_python_class(trained_like, tmp_path):
+    model, config, a, b = trained_like
+    expected = model(a, b)
+    out = export_model(model, config, tmp_path / "export")
+    if (out / "model.pt2").exists():
+        graph = torch.export.load(str(out / "model.pt2")).module()
+    else:
+        graph = torch.jit.load(str(out / "model.ts"))
+    torch.testing.assert_close(graph(a, b), expected)
+    torch.testing.assert_close(graph(a[:1], b[:1]), expected[:1])  # another batch size than the example
+
+
+def test_checkpoint_round_trip(trained_like, tmp_path):
+    model, config, a, b = trained_like
+    path = tmp_path / "run" / "checkpoint.pt"
+    save_checkpoint({"model": model.state_dict(), "config": config.to_dict(), "threshold_logit": -0.5}, path)
+    loaded, loaded_config, threshold = load_model(path)
+    assert loaded_config == config and threshold == -0.5
+    assert torch.equal(loaded(a, b), model(a, b))
+
+
+def test_tampered_export_is_refused(trained_like, tmp_path):
+    model, config, _, _ = trained_like
+    out = export_model(model, config, tmp_path / "export")
+    weights = out / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-3] ^= 0x01  # one bit of one weight
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(InputError, match="checksum mismatch for model.safetensors"):
+        load_model(out)
+
+
+def test_export_without_checksums_or_with_missing_file_is_refused(trained_like, tmp_path):
+    model, config, _, _ = trained_like
+    out = export_model(model, config, tmp_path / "export")
+    (out / "config.json").unlink()
+    with pytest.raises(InputError, match="config.json listed in SHA256SUMS is missing"):
+        load_model(out)
+    (out / "SHA256SUMS").unlink()
+    with pytest.raises(InputError, match="no SHA256SUMS"):
+        load_model(out)
+
+
+class _Payload:
+    """Unpickling this would write a file: the proof that a loader executed pickled code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "unpickled"))
+
+
+def test_checkpoint_with_pickled_object_is_refused(tmp_path):
+    marker = tmp_path / "marker"
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "config": Config().to_dict(), "extra": _Payload(marker)}, path)
+    with pytest.raises(InputError, match="not a loadable checkpoint"):
+        load_checkpoint(path)
+    with pytest.raises(InputError, match="not a loadable checkpoint"):
+        load_model(path)
+    assert not marker.exists()
+
+
+def test_missing_or_garbage_checkpoint_is_input_error(tmp_path):
+    with pytest.raises(InputError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(InputError, match="not a loadable checkpoint"):
+        load_checkpoint(junk)
+    partial = tmp_path / "partial.pt"
+    save_checkpoint({"epoch": 3}, partial)
+    with pytest.raises(InputError, match="no config and model"):
+        load_model(partial)

@@ -1,0 +1,221 @@
+"""The Ray layer end to end: search, ASHA, concurrency, fractional GPUs, export round trip, resume, two nodes."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import run_search
+from tune_siamese.checkpoint import load_model
+from tune_siamese.search import FINAL_FILE
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = ["--space", "smoke", "--seed", "0"]
+
+
+def trial_frames(experiment: Path) -> dict[str, pd.DataFrame]:
+    """Every trial's reported rows, read back from Tune's own result.json files."""
+    frames = {}
+    for result in sorted(experiment.glob("trial_*/result.json")):
+        rows = []
+        for line in result.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line Tune is still writing
+        frames[result.parent.name] = pd.DataFrame(rows)
+    return frames
+
+
+def max_overlap(frames: dict[str, pd.DataFrame]) -> int:
+    """Most trials training at one instant: each trial spans its first epoch's start to its last report."""
+    events = []
+    for frame in frames.values():
+        start = frame["timestamp"].iloc[0] - frame["time_this_iter_s"].iloc[0]
+        events += [(start, 1), (frame["timestamp"].iloc[-1], -1)]
+    running = best = 0
+    for _, step in sorted(events, key=lambda e: (e[0], e[1])):
+        running += step
+        best = max(best, running)
+    return best
+
+
+def test_search_runs_every_trial_and_asha_stops_some(smoke_search):
+    frames = trial_frames(smoke_search["experiment"])
+    assert len(frames) == 6
+    epochs = [int(f["training_iteration"].max()) for f in frames.values()]
+    assert max(epochs) == 3
+    # patience (5) cannot end a 3-epoch trial, so a shorter one was stopped by ASHA
+    assert min(epochs) < 3, epochs
+    for frame in frames.values():
+        assert {"val_loss", "val_accuracy", "val_auc", "train_loss", "epoch"} <= set(frame.columns)
+        assert list(frame["epoch"]) == list(range(1, len(frame) + 1))  # reported every epoch
+
+
+def test_trials_run_side_by_side_on_a_shared_gpu(smoke_search):
+    # The session's Ray node declares 4 CPUs and 1 GPU; at 0.25 GPU per trial four can share it. Without an
+    # explicit concurrency limit OptunaSearch would keep only one trial pending (ray #46965).
+    assert max_overlap(trial_frames(smoke_search["experiment"])) >= 3
+
+
+def test_best_trial_retrained_tested_and_exported(smoke_search):
+    summary = smoke_search["summary"]
+    frames = trial_frames(smoke_search["experiment"])
+    best_loss = min(float(f["val_loss"].min()) for f in frames.values())
+    assert summary["best_val_loss"] == pytest.approx(best_loss)
+    final = json.loads((smoke_search["experiment"] / FINAL_FILE).read_text())
+    assert final["best_config"] == summary["best_config"]
+    test = final["test"]
+    assert 0.0 <= test["accuracy"] <= 1.0 and 0.0 <= test["auc"] <= 1.0
+    assert len(test["roc_fpr"]) == len(test["roc_tpr"]) > 2
+    export = Path(summary["export"])
+    assert {"model.safetensors", "config.json", "metrics.json", "model.pt2", "SHA256SUMS"} <= {
+        p.name for p in export.iterdir()}
+
+
+def test_export_round_trip_matches_in_memory_model(smoke_search, tmp_path):
+    from PIL import Image
+
+    from tune_siamese import cli
+    from tune_siamese.data import decode_image
+    from tune_siamese.engine import to_input
+
+    model = smoke_search["model"].cpu().eval()
+    export = Path(smoke_search["summary"]["export"])
+    loaded, config, _ = load_model(export)
+    rng = np.random.default_rng(0)
+    files = []
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 255, (120, 100), dtype=np.uint8)).save(tmp_path / name)
+        files.append(tmp_path / name)
+    images = torch.from_numpy(np.stack([decode_image(f, config.image_size, config.crop) for f in files]))
+    a, b = (to_input(images, torch.tensor([i]), config) for i in (0, 1))
+    with torch.no_grad():
+        expected = torch.sigmoid(model(a, b)).item()
+        assert torch.sigmoid(loaded(a, b)).item() == pytest.approx(expected, abs=1e-6)
+        graph = torch.export.load(str(export / "model.pt2")).module()
+        assert torch.sigmoid(graph(a, b)).item() == pytest.approx(expected, abs=1e-5)
+    printed = cli_json(cli.main, ["verify", str(export), str(files[0]), str(files[1])])
+    assert printed["probability"] == pytest.approx(expected, abs=1e-6)
+
+
+def cli_json(main, argv):
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(argv) == 0
+    return json.loads(out.getvalue())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--space", "nope"], "unknown preset 'nope'"),
+    (["--gpus-per-trial", "0.3"], "does not divide a GPU"),
+    (["--gpus-per-trial", "2"], "the cluster has 1 GPU"),
+    (["--cpus-per-trial", "64"], "the cluster has 4 CPUs"),
+    (["--storage-path", "/proc/forbidden"], "--storage-path is not writable"),
+    (["--set", "optimizer=rmsprop"], "optimizer='rmsprop'"),
+    (["--num-samples", "0"], "--num-samples=0"),
+])
+def test_bad_options_exit_2_with_one_message(ray_session, argv, message, capsys, tmp_path):
+    storage = [] if "--storage-path" in argv else ["--storage-path", str(tmp_path)]
+    assert run_search.main([*SMOKE, *storage, *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not list(tmp_path.glob("*/trial_*"))  # no trial ever started
+
+
+def test_resume_of_a_folder_without_experiment(tmp_path, capsys):
+    assert run_search.main(["--resume", str(tmp_path)]) == 2
+    assert "no experiment here" in capsys.readouterr().err
+
+
+def _spawn(argv: list[str], log: Path, env_extra: dict[str, str] | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    return subprocess.Popen([sys.executable, *argv], cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            env=env, start_new_session=True)
+
+
+def _reap(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # Ray's helper processes live in the same session
+    except ProcessLookupError:
+        pass
+
+
+def test_resume_after_interrupt_repeats_no_finished_trial(tmp_path):
+    experiment = tmp_path / "interrupted"
+    argv = ["run_search.py", *SMOKE, "--num-samples", "4", "--max-epochs", "2", "--grace-period", "2",
+            "--max-concurrent", "1", "--storage-path", str(tmp_path), "--name", "interrupted", "--no-retrain"]
+    proc = _spawn(argv, tmp_path / "first.log")
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:  # interrupt once one trial has finished and another has begun
+            frames = trial_frames(experiment) if experiment.exists() else {}
+            done = [n for n, f in frames.items() if f["training_iteration"].max() >= 2]
+            if done and len(frames) >= 2:
+                break
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            time.sleep(0.5)
+        else:
+            pytest.fail("no trial finished in time:\n" + (tmp_path / "first.log").read_text()[-3000:])
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130, (tmp_path / "first.log").read_text()[-3000:]
+    finally:
+        _reap(proc)
+    before = {n: len(f) for n, f in trial_frames(experiment).items()}
+    finished_before = [n for n, rows in before.items() if rows >= 2]
+    assert finished_before
+    assert len(before) < 4 or any(rows < 2 for rows in before.values())  # really interrupted
+
+    proc = _spawn(["run_search.py", "--resume", str(experiment), "--no-retrain"], tmp_path / "second.log")
+    try:
+        assert proc.wait(timeout=300) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    finally:
+        _reap(proc)
+    after = trial_frames(experiment)
+    assert len(after) == 4
+    for name in finished_before:  # finished trials were not run again: same rows, no new epoch 1
+        assert len(after[name]) == before[name]
+    for frame in after.values():
+        assert list(frame["epoch"]) == [1, 2]
+    assert json.loads((experiment / FINAL_FILE).read_text())["trials"] == 4
+
+
+CLUSTER_SCRIPT = """
+import json, sys
+import ray
+from ray.cluster_utils import Cluster
+import run_search
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+cluster.add_node(num_cpus=1)
+ray.init(address=cluster.address)
+summary, _ = run_search.run(run_search.parse_args(sys.argv[1:]))
+print("RESULT", json.dumps({"nodes": len(ray.nodes())}))
+ray.shutdown()
+cluster.shutdown()
+"""
+
+
+def test_two_node_cluster_places_trials_on_both_nodes(tmp_path):
+    script = tmp_path / "cluster.py"
+    script.write_text(CLUSTER_SCRIPT)
+    argv = [str(script), *SMOKE, "--num-samples", "2", "--max-epochs", "1", "--cpus-per-trial", "1",
+            "--storage-path", str(tmp_path), "--name", "cluster", "--no-retrain"]
+    proc = _spawn(argv, tmp_path / "cluster.log", {"PYTHONPATH": str(REPO)})
+    try:
+        assert proc.wait(timeout=300) == 0, (tmp_path / "cluster.log").read_text()[-3000:]
+    finally:
+        _reap(proc)
+    nodes = {f["node_id"].iloc[0] for f in trial_frames(tmp_path / "cluster").values()}
+    assert len(nodes) == 2  # one CPU per node and one CPU per trial: the two trials must use both nodes

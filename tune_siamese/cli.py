@@ -1,0 +1,275 @@
+"""`tune-siamese` command line: train one configuration, evaluate a model, verify a pair of images.
+
+Bad input of any kind (options, config files, data, models) ends with one line on stderr and exit code 2,
+always before training starts; a diverged training run ends with exit code 1.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn, Sequence
+
+import numpy as np
+import torch
+
+from . import data as data_mod
+from .checkpoint import export_model, load_model, save_checkpoint
+from .config import Config
+from .engine import Diverged, images_on, pair_metrics, predict, resolve_device, train_and_test
+from .errors import InputError
+from .oneshot import one_shot_accuracy
+
+PROG = "tune-siamese"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (exit 2) instead of usage text plus the error."""
+
+    def error(self, message: str) -> NoReturn:
+        raise InputError(f"{message} (see {self.prog} --help)")
+
+
+def _data_help(default: str) -> str:
+    return (f"'synthetic' (procedural faces, offline), 'lfw' (torchvision download) or a folder: LFW/LFW-a with "
+            f"pairsDevTrain.txt + pairsDevTest.txt or pairs.txt, or one sub-folder of images per identity; "
+            f"{default}")
+
+
+def _at_least(low: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is less than {low}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Koch-style Siamese networks for face verification: train one "
+                     "configuration, evaluate a trained model, or verify a pair of images. Hyperparameter search "
+                     "is run_search.py.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train one configuration, then test it",
+                           description="Train with early stopping on validation loss, pick the decision threshold "
+                           "on validation pairs, score the test pairs, and write checkpoint.pt, metrics.csv "
+                           "(one row per epoch) and metrics.json into --out.")
+    train.add_argument("--data", required=True, metavar="PATH|synthetic|lfw", help=_data_help("required"))
+    train.add_argument("--config", metavar="FILE.json",
+                       help="JSON object of Config options (default: the built-in defaults); --data and --set "
+                            "override it")
+    train.add_argument("--out", metavar="DIR", help="output folder (default: runs/train-<timestamp>); must not "
+                       "already hold a run")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                       help="override one Config option, e.g. --set lr=3e-4 --set batchnorm=true (repeatable)")
+    train.add_argument("--export", action="store_true",
+                       help="also write an export folder (safetensors, graph, config, checksums) to OUT/export, "
+                            "usable by `verify`")
+
+    evaluate = sub.add_parser("evaluate", help="score a trained model on test pairs, a pair list or one-shot",
+                              description="Score a checkpoint file or an export folder. Default: the test pairs of "
+                              "--data (loaded with the model's own image settings), at the model's stored "
+                              "decision threshold. --pairs scores an LFW pair list instead; --one-shot runs "
+                              "Koch's N-way one-shot evaluation on an identity-folder dataset.")
+    evaluate.add_argument("source", metavar="SOURCE", help="checkpoint file (checkpoint.pt) or export folder")
+    evaluate.add_argument("--data", metavar="PATH|synthetic|lfw",
+                          help=_data_help("default: the data the model was trained on"))
+    mode = evaluate.add_mutually_exclusive_group()
+    mode.add_argument("--pairs", metavar="FILE", help="LFW pair list (pairsDevTest.txt format: header N, N same "
+                      "then N different lines); images come from --data's LFW folder")
+    mode.add_argument("--one-shot", metavar="ROOT", dest="one_shot",
+                      help="identity-folder dataset (one sub-folder of images per identity) for N-way one-shot")
+    evaluate.add_argument("--ways", type=_at_least(2), default=20, help="candidates per one-shot trial (default 20)")
+    evaluate.add_argument("--trials", type=_at_least(1), default=400, help="one-shot trials (default 400)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed that draws the one-shot trials (default 0)")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
+
+    verify = sub.add_parser("verify", help="same person or not, for two image files",
+                            description="Decode both images exactly as training data is decoded (grayscale, the "
+                            "model's crop and image size), score the pair and compare the logit with the stored "
+                            "decision threshold.")
+    verify.add_argument("source", metavar="EXPORT_DIR", help="export folder (or checkpoint file)")
+    verify.add_argument("image_a", metavar="A", help="first image file")
+    verify.add_argument("image_b", metavar="B", help="second image file")
+    return parser
+
+
+# --------------------------------------------------------------------------------------------------
+# train
+
+def parse_overrides(items: Sequence[str]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"option --set {item!r} must look like KEY=VALUE")
+        values[key.strip()] = value.strip()
+    return values
+
+
+def build_config(config_file: str | None, data: str | None, overrides: Sequence[str]) -> Config:
+    """File values, then --data, then --set; every layer is validated by Config.from_dict."""
+    base = Config.load(config_file) if config_file else Config()
+    changes: dict[str, Any] = parse_overrides(overrides)
+    if data is not None:
+        changes = {"data": data, **changes}
+    return Config.from_dict({**base.to_dict(), **changes}, source="command line")
+
+
+def _prepare_out(out: str | None) -> Path:
+    path = Path(out) if out else Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
+    if path.exists() and not path.is_dir():
+        raise InputError("output path exists and is not a folder", path)
+    if path.is_dir() and any((path / name).exists() for name in ("checkpoint.pt", "metrics.json")):
+        raise InputError("output folder already holds a run; choose another --out", path)
+    return path
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or Infinity; write null for them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write_history(history: list[dict[str, Any]], path: Path) -> None:
+    columns: list[str] = []
+    for row in history:
+        columns += [key for key in row if key not in columns]
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config = build_config(args.config, args.data, args.overrides)
+    out = _prepare_out(args.out)
+    resolve_device(config)  # an unusable device is bad input: refuse it before loading anything
+    data = data_mod.load_data(config)
+    print(data.summary(), file=sys.stderr)
+    try:
+        result, report = train_and_test(config, data)
+    except Diverged as exc:
+        print(f"{PROG}: training diverged: {exc}", file=sys.stderr)
+        return 1
+    threshold = float(report["val"]["threshold_logit"])
+    out.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().to("cpu").contiguous() for k, v in result.model.state_dict().items()}
+    save_checkpoint({"model": weights, "config": config.to_dict(), "threshold_logit": threshold},
+                    out / "checkpoint.pt")
+    write_history(result.history, out / "metrics.csv")
+    summary = {"out": str(out), "best_epoch": report["best_epoch"], "epochs": report["epochs"],
+               "stopped_early": result.stopped_early, "threshold_logit": threshold,
+               "val": report["val"], "test": {k: v for k, v in report["test"].items() if not k.startswith("roc_")}}
+    (out / "metrics.json").write_text(json.dumps(_finite({**report, "data": data_mod.describe(data),
+                                                          "config": config.to_dict()}), indent=2) + "\n")
+    if args.export:
+        export_model(result.model, config, out / "export", summary["test"], threshold)
+        summary["export"] = str(out / "export")
+    print(json.dumps(_finite(summary), indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluate and verify
+
+def pair_list_data(pair_file: Path, lfw_root: Path, config: Config) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images, pair rows) for every pair of an LFW pair list, images from an LFW folder."""
+    lines = [p for fold in data_mod.parse_pair_list(pair_file) for p in fold]
+    if not lfw_root.is_dir():
+        raise InputError("LFW folder for --pairs not found (give it with --data)", lfw_root)
+    image_dir = data_mod._lfw_image_dir(lfw_root)
+    index: dict[tuple[str, int], int] = {}
+    paths: list[Path] = []
+    for pair in lines:
+        for key in ((pair.name_a, pair.index_a), (pair.name_b, pair.index_b)):
+            if key not in index:
+                path = data_mod.lfw_image_path(image_dir, *key)
+                if not path.is_file():
+                    raise InputError(f"pair names image {path} which does not exist", pair_file, pair.line)
+                index[key] = len(paths)
+                paths.append(path)
+    rows = [(index[(p.name_a, p.index_a)], index[(p.name_b, p.index_b)], int(p.same)) for p in lines]
+    return data_mod.decode_images(paths, config.image_size, config.crop), np.array(rows, dtype=np.int64)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    model, config, threshold = load_model(args.source)
+    config = config.replace(device=args.device)
+    device = resolve_device(config)
+    model = model.to(device)
+    if args.one_shot is not None:
+        files = data_mod.identity_folder_files(Path(args.one_shot))
+        paths = [p for name in files for p in files[name]]
+        identity = np.array([i for i, name in enumerate(files) for _ in files[name]], dtype=np.int64)
+        images = data_mod.decode_images(paths, config.image_size, config.crop)
+        metrics = one_shot_accuracy(model, images_on(device, images), identity, config, args.ways, args.trials,
+                                    args.seed)
+        metrics = {"source": str(args.source), "data": str(args.one_shot), **metrics}
+    elif args.pairs is not None:
+        if args.data is None:
+            raise InputError("option --pairs needs --data, the LFW folder that holds the images")
+        images, pairs = pair_list_data(Path(args.pairs), Path(args.data), config)
+        logits = predict(model, images_on(device, images), pairs, config)
+        metrics = {"source": str(args.source), "pairs": str(args.pairs), "n_pairs": len(pairs),
+                   **pair_metrics(pairs[:, 2], logits, threshold)}
+    else:
+        if args.data is not None:
+            config = config.replace(data=args.data)
+        data = data_mod.load_data(config)
+        logits = predict(model, images_on(device, data.images), data.test, config)
+        metrics = {"source": str(args.source), "data": config.data, "n_pairs": len(data.test),
+                   **pair_metrics(data.test[:, 2], logits, threshold)}
+    print(json.dumps(_finite(metrics), indent=2))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    model, config, threshold = load_model(args.source)
+    config = config.replace(device="cpu")
+    decoded = []
+    for name in (args.image_a, args.image_b):
+        path = Path(name)
+        if not path.is_file():
+            raise InputError("image not found", path)
+        decoded.append(data_mod.decode_image(path, config.image_size, config.crop))
+    images = images_on(torch.device("cpu"), np.stack(decoded))
+    logit = float(predict(model, images, np.array([[0, 1, 0]], dtype=np.int64), config)[0])
+    print(json.dumps({"probability_same": 1.0 / (1.0 + math.exp(-logit)), "logit": logit,
+                      "threshold_logit": threshold, "same_person": logit >= threshold}, indent=2))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "verify": cmd_verify}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `tune-siamese` console script and of `python -m tune_siamese`."""
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except InputError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help and --version
+        return exc.code if isinstance(exc.code, int) else 0
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

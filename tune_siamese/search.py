@@ -1,0 +1,211 @@
+"""The thin Ray layer: a function trainable around `engine.fit`, and the Tuner (OptunaSearch + ASHA).
+
+The trainable reads only its config; the dataset reaches every trial once through Ray's object store.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pyarrow.fs
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from .checkpoint import export_model, load_checkpoint, save_checkpoint
+from .config import Config
+from .data import PairData
+from .engine import Diverged, best_threshold, evaluate, fit, images_on, pair_metrics, predict, resolve_device
+from .model import build_model
+from .errors import InputError
+
+METRIC, MODE = "val_loss", "min"
+SEARCH_METRIC = "best_val_loss"
+DIVERGED_LOSS = 10.0  # reported for a diverged trial: finite, so TPE ranks it as bad instead of failing
+SETTINGS_FILE = "search_settings.json"
+FINAL_FILE = "final.json"
+STATE_FILE = "state.pt"
+
+
+def train_siamese(config: dict[str, Any], data: PairData) -> None:
+    """Ray Tune function trainable: fit one configuration, report every epoch, resume from a checkpoint."""
+    cfg = Config.from_dict(config, source="trial config")
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume = load_checkpoint(Path(folder) / STATE_FILE)
+
+    node = ray.get_runtime_context().get_node_id()
+
+    def on_epoch(metrics: dict[str, Any], state: Any) -> None:
+        # A checkpoint every epoch (Tune keeps only the newest), so a killed worker loses one epoch at most.
+        with tempfile.TemporaryDirectory() as folder:
+            save_checkpoint(state(), Path(folder) / STATE_FILE)
+            tune.report({**metrics, "node_id": node}, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    try:
+        fit(cfg, data, on_epoch=on_epoch, resume=resume)
+    except Diverged as exc:
+        # End cleanly with a bad-but-finite loss so the searcher learns "this region diverges".
+        tune.report({METRIC: DIVERGED_LOSS, SEARCH_METRIC: DIVERGED_LOSS, "val_accuracy": 0.5, "val_auc": 0.5,
+                     "diverged": 1,
+                     "diverged_reason": str(exc)})
+
+
+@dataclass
+class SearchSettings:
+    """Everything the driver needs to run, resume and finish a search; saved in the experiment folder."""
+
+    base: dict[str, Any]  # fixed Config values shared by every trial (data settings, max_epochs, threads)
+    space: str
+    num_samples: int
+    max_epochs: int
+    grace_period: int
+    reduction_factor: float
+    cpus_per_trial: float
+    gpus_per_trial: float
+    max_concurrent: int
+    seed: int
+    storage_path: str
+    name: str
+    max_failures: int = 3
+
+    @property
+    def experiment_path(self) -> str:
+        return join(self.storage_path, self.name)
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def _fs(path: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    """A pyarrow filesystem for a local path or a URI such as s3://bucket/path (as Ray's storage uses)."""
+    if "://" in path:
+        return pyarrow.fs.FileSystem.from_uri(path)
+    return pyarrow.fs.LocalFileSystem(), str(Path(path).resolve())
+
+
+def write_text(path: str, text: str) -> None:
+    fs, where = _fs(path)
+    fs.create_dir(where.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(where) as out:
+        out.write(text.encode())
+
+
+def read_text(path: str) -> str | None:
+    fs, where = _fs(path)
+    if fs.get_file_info(where).type == pyarrow.fs.FileType.NotFound:
+        return None
+    with fs.open_input_stream(where) as stream:
+        return stream.read().decode()
+
+
+def build_trainable(settings: SearchSettings, data: PairData) -> Any:
+    resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
+    return tune.with_resources(tune.with_parameters(train_siamese, data=data), resources)
+
+
+def build_tuner(settings: SearchSettings, data: PairData, space: dict[str, Any],
+                points: list[dict[str, Any]]) -> tune.Tuner:
+    # Fixed values ride along as constants in the param space, so each trial's config is complete.
+    param_space = {**settings.base, **space}
+    sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=max(2, settings.num_samples // 4))
+    # TPE learns from a trial's best val loss (a trial that later overfits still found a good point);
+    # ASHA compares trials at the same epoch, by that epoch's val loss.
+    searcher = OptunaSearch(sampler=sampler, points_to_evaluate=points or None, metric=SEARCH_METRIC, mode=MODE)
+    scheduler = ASHAScheduler(time_attr="training_iteration", metric=METRIC, mode=MODE, max_t=settings.max_epochs,
+                              grace_period=settings.grace_period, reduction_factor=settings.reduction_factor)
+    return tune.Tuner(
+        build_trainable(settings, data),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                    num_samples=settings.num_samples,
+                                    # Explicit: OptunaSearch alone keeps one trial pending (ray #46965).
+                                    max_concurrent_trials=settings.max_concurrent,
+                                    trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
+        run_config=tune.RunConfig(
+            name=settings.name, storage_path=settings.storage_path,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+        ),
+    )
+
+
+def restore_tuner(settings: SearchSettings, data: PairData) -> tune.Tuner:
+    return tune.Tuner.restore(settings.experiment_path, trainable=build_trainable(settings, data),
+                              resume_unfinished=True, resume_errored=True)
+
+
+# ------------------------------------------------------------------------------------------------------
+# After the search: pick, retrain, test, export
+
+def best_trial(results: tune.ResultGrid) -> tuple[tune.Result, int, float]:
+    """(result, epoch of its best val loss, that loss) of the trial with the lowest val loss at any epoch."""
+    best = results.get_best_result(metric=METRIC, mode=MODE, scope="all")
+    frame = best.metrics_dataframe
+    frame = frame[frame[METRIC].notna()]
+    row = frame.loc[frame[METRIC].idxmin()]
+    return best, int(row["epoch"]), float(row[METRIC])
+
+
+def searched_model(result: tune.Result, config: Config) -> Any:
+    """The best trial's own model at its best epoch, from its last checkpoint (trained on the train part only)."""
+    if result.checkpoint is None:
+        return None
+    with result.checkpoint.as_directory() as folder:
+        state = load_checkpoint(Path(folder) / STATE_FILE)
+    model = build_model(config)
+    model.load_state_dict(state["best_model"])
+    return model
+
+
+def retrain_and_test(config: Config, data: PairData, epochs: int, searched: Any = None) -> tuple[Any, dict[str, Any]]:
+    """Retrain on train + val pairs for `epochs` epochs, then score the test pairs.
+
+    The decision threshold is chosen on the validation pairs by the searched model (trained on the train part
+    only, so it never saw them) and applied to the retrained model's logits. Without that model, a train-only
+    model is fitted for the same epochs to choose it.
+    """
+    cfg = config.replace(max_epochs=epochs)
+    if searched is None:
+        searched = fit(cfg, data, validate=False).model
+    device = resolve_device(cfg)
+    searched = searched.to(device)
+    images = images_on(device, data.images)
+    threshold = best_threshold(data.val[:, 2], predict(searched, images, data.val, cfg))
+    full = replace(data, train=np.concatenate([data.train, data.val]))
+    model = fit(cfg, full, validate=False).model
+    test = evaluate(model, images, data.test, cfg, threshold=threshold, with_roc=True)
+    searched_test = pair_metrics(data.test[:, 2], predict(searched, images, data.test, cfg), threshold)
+    return model, {"test": test, "searched_model_test": searched_test, "epochs": epochs}
+
+
+def finish(settings: SearchSettings, results: tune.ResultGrid, data: PairData, export_dir: str | None,
+           retrain: bool = True) -> tuple[dict[str, Any], Any]:
+    """Pick the best trial, retrain, test, export; write final.json. Returns (summary, retrained model)."""
+    best, epoch, loss = best_trial(results)
+    config = Config.from_dict(dict(best.config), source="best trial")
+    summary: dict[str, Any] = {"best_config": config.to_dict(), "best_epoch": epoch, "best_val_loss": loss,
+                               "experiment": settings.experiment_path,
+                               "trials": len(results), "errored_trials": len(results.errors)}
+    model = None
+    if retrain:
+        model, scores = retrain_and_test(config, data, epoch, searched_model(best, config))
+        summary.update(scores)
+        target = export_dir or join(settings.experiment_path, "export")
+        if "://" in target:
+            raise InputError("option --export-dir must be a local folder", target)
+        export_model(model, config.replace(max_epochs=epoch), target,
+                     metrics={k: v for k, v in scores["test"].items() if not k.startswith("roc_")},
+                     threshold_logit=scores["test"]["threshold_logit"])
+        summary["export"] = str(Path(target).resolve())
+    write_text(join(settings.experiment_path, FINAL_FILE), json.dumps(summary, indent=2) + "\n")
+    return summary, model
