@@ -191,19 +191,8 @@ def pair_list_data(pair_file: Path, lfw_root: Path, config: Config) -> tuple[np.
     lines = [p for fold in data_mod.parse_pair_list(pair_file) for p in fold]
     if not lfw_root.is_dir():
         raise InputError("LFW folder for --pairs not found (give it with --data)", lfw_root)
-    image_dir = data_mod._lfw_image_dir(lfw_root)
-    index: dict[tuple[str, int], int] = {}
-    paths: list[Path] = []
-    for pair in lines:
-        for key in ((pair.name_a, pair.index_a), (pair.name_b, pair.index_b)):
-            if key not in index:
-                path = data_mod.lfw_image_path(image_dir, *key)
-                if not path.is_file():
-                    raise InputError(f"pair names image {path} which does not exist", pair_file, pair.line)
-                index[key] = len(paths)
-                paths.append(path)
-    rows = [(index[(p.name_a, p.index_a)], index[(p.name_b, p.index_b)], int(p.same)) for p in lines]
-    return data_mod.decode_images(paths, config.image_size, config.crop), np.array(rows, dtype=np.int64)
+    index, paths = data_mod.index_pair_images(data_mod._lfw_image_dir(lfw_root), [(pair_file, lines)])
+    return data_mod.decode_images(paths, config.image_size, config.crop), data_mod.pair_rows(lines, index)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -114,7 +114,10 @@ class Config:
         kwargs: dict[str, Any] = {}
         for name, value in values.items():
             kwargs[name] = _coerce(name, value, known[name].type, source)
-        return cls(**kwargs)
+        try:
+            return cls(**kwargs)
+        except InputError as exc:
+            raise InputError(f"{source}: {exc}") from None
 
     def replace(self, **changes: Any) -> "Config":
         return Config.from_dict({**self.to_dict(), **changes})

@@ -212,6 +212,29 @@ def find_pair_lists(root: Path) -> tuple[Path, Path | None] | None:
     return None
 
 
+def index_pair_images(image_dir: Path, sources: list[tuple[Path, list[PairLine]]]
+                      ) -> tuple[dict[tuple[str, int], int], list[Path]]:
+    """Number every image the pair lines name, once; a missing image is an error naming its list and line."""
+    index: dict[tuple[str, int], int] = {}
+    paths: list[Path] = []
+    for source, lines in sources:
+        for pair in lines:
+            for key in ((pair.name_a, pair.index_a), (pair.name_b, pair.index_b)):
+                if key in index:
+                    continue
+                path = lfw_image_path(image_dir, *key)
+                if not path.is_file():
+                    raise InputError(f"pair names image {path} which does not exist", source, pair.line)
+                index[key] = len(paths)
+                paths.append(path)
+    return index, paths
+
+
+def pair_rows(lines: list[PairLine], index: dict[tuple[str, int], int]) -> np.ndarray:
+    rows = [(index[(p.name_a, p.index_a)], index[(p.name_b, p.index_b)], int(p.same)) for p in lines]
+    return np.array(rows, dtype=np.int64).reshape(-1, 3)
+
+
 def load_lfw_folder(root: Path, config: Config) -> "RawData":
     """LFW-a / LFW folder with DevTrain + DevTest lists, or View 2 pairs.txt (folds 1-9 train, fold 10 test)."""
     lists = find_pair_lists(root)
@@ -228,23 +251,8 @@ def load_lfw_folder(root: Path, config: Config) -> "RawData":
     else:
         raise InputError("a single-fold pair list needs pairsDevTest.txt beside it for the test pairs", train_path)
 
-    image_dir = _lfw_image_dir(root)
-    index: dict[tuple[str, int], int] = {}
-    paths: list[Path] = []
-    for source, lines in ((train_path, trainval_lines), (test_path or train_path, test_lines)):
-        for pair in lines:
-            for name, number in ((pair.name_a, pair.index_a), (pair.name_b, pair.index_b)):
-                if (name, number) in index:
-                    continue
-                path = lfw_image_path(image_dir, name, number)
-                if not path.is_file():
-                    raise InputError(f"pair names image {path} which does not exist", source, pair.line)
-                index[(name, number)] = len(paths)
-                paths.append(path)
-
-    def to_array(lines: list[PairLine]) -> np.ndarray:
-        rows = [(index[(p.name_a, p.index_a)], index[(p.name_b, p.index_b)], int(p.same)) for p in lines]
-        return np.array(rows, dtype=np.int64).reshape(-1, 3)
+    index, paths = index_pair_images(_lfw_image_dir(root), [(train_path, trainval_lines),
+                                                            (test_path or train_path, test_lines)])
 
     names = sorted({name for name, _ in index})
     name_id = {name: i for i, name in enumerate(names)}
@@ -253,8 +261,8 @@ def load_lfw_folder(root: Path, config: Config) -> "RawData":
                                     train_path.read_bytes(), test_path.read_bytes() if test_path else b""]
     key = "lfw-" + _content_key([*key_parts, *_file_bytes(paths)])
     arrays = _cached(key, lambda: {"images": decode_images(paths, config.image_size, config.crop)})
-    return RawData(arrays["images"], identity, names, to_array(trainval_lines), to_array(test_lines),
-                   {"source": f"LFW folder {root}"})
+    return RawData(arrays["images"], identity, names, pair_rows(trainval_lines, index),
+                   pair_rows(test_lines, index), {"source": f"LFW folder {root}"})
 
 
 def load_torchvision_lfw(root: Path, config: Config, download: bool = True) -> "RawData":
