@@ -27,6 +27,9 @@ Appended by the scripts in this folder (see README.md); newest last. Every ratio
 by side in that same run; absolute times from different sections (machines, loads) are not comparable.
 """
 
+# The environment as the script was started (a script may point TUNE_SIAMESE_CACHE elsewhere later).
+_ENV_AT_START = {k: os.environ[k] for k in ("TUNE_SIAMESE_LFW", "TUNE_SIAMESE_CACHE") if k in os.environ}
+
 _ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
@@ -108,8 +111,7 @@ def command_line() -> str:
         script = script.resolve().relative_to(Path.cwd().resolve())
     except ValueError:
         pass
-    env = [f"{k}={shlex.quote(os.environ[k])}" for k in ("TUNE_SIAMESE_LFW", "TUNE_SIAMESE_CACHE")
-           if k in os.environ]
+    env = [f"{k}={shlex.quote(v)}" for k, v in _ENV_AT_START.items()]
     return " ".join([*env, "python3", shlex.join([str(script), *sys.argv[1:]])])
 
 
@@ -192,7 +194,9 @@ def start_ray(num_cpus: int, num_gpus: int | None = None) -> None:
 
     paths = [str(REPO), str(REPO / "benchmarks"), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    kwargs: dict[str, Any] = {"num_cpus": num_cpus, "include_dashboard": False, "log_to_driver": False}
+    # address="local": always a new Ray of our own, never an existing cluster found on this machine.
+    kwargs: dict[str, Any] = {"address": "local", "num_cpus": num_cpus, "include_dashboard": False,
+                              "log_to_driver": False}
     if num_gpus is not None:
         kwargs["num_gpus"] = num_gpus
     ray.init(**kwargs)
@@ -226,6 +230,18 @@ def _instrument_report(memory: bool, extra: dict[str, Any], entered: float | Non
 
     tune.report = report
     return original
+
+
+def add_slot_latency(run: dict[str, Any], slots: int) -> None:
+    """Each trial's wait from the moment a slot was free (the run's start, or the end of the trial whose slot
+    it took) to its first epoch; trials are taken in the order their first epochs started."""
+    free = [run["started"]] * slots
+    for trial in sorted(run["trials"], key=lambda t: t["first_start"]):
+        free.sort()
+        slot_free = free.pop(0)
+        trial["slot_latency"] = trial["first_start"] - slot_free
+        trial["since_start"] = trial["first_start"] - run["started"]
+        free.append(trial["end"])
 
 
 def subset_train(data: Any, pairs: int) -> Any:

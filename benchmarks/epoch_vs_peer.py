@@ -21,7 +21,8 @@ any epoch after the first). bf16 on a CPU without AVX512-BF16/AMX is emulated an
 only --bf16-max-pairs pairs and its s/epoch is extrapolated (marked *).
 Quality: the reference peer and the fastest project variant then continue to --epochs epochs; the val loss of
 every model is scored by one evaluator (engine.predict, fp32, on the cached val arrays); the peer is also scored
-by its own pipeline. Noise: the same project variant is retrained with --noise-seeds other seeds.
+by its own pipeline. Noise: both are trained again with --noise-seeds other seeds (interleaved, so their epoch
+times join the mean), and the difference of the mean val losses is compared with its standard error.
 FLOP/s: forward FLOPs per image from model.forward_flops; a training step ~ 3x forward (forward + backward for
 inputs and weights), x2 images per pair, x pairs; compared with torch.mm at fp32 and bf16 in this same process
 with the same threads.
@@ -83,7 +84,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="on a CPU without native bf16, train the bf16 variant on this many pairs and extrapolate "
                         "(0 = a full epoch)")
     p.add_argument("--noise-seeds", type=int, default=2,
-                   help="retrain the fastest project variant with this many other seeds for the val-loss spread")
+                   help="train the peer and the fastest project variant with this many other seeds too, for the "
+                        "seed-to-seed spread of the val loss")
     p.add_argument("--mm-size", type=int, default=0, help="square matmul size (default 2048 on CPU, 8192 on CUDA)")
     p.add_argument("--no-record", action="store_true", help="print only; do not append to benchmarks/RESULTS.md")
     return p.parse_args(argv)
@@ -471,14 +473,20 @@ def run(args: argparse.Namespace, device: torch.device, info: dict, root: Path, 
             r.val.append(score(r, images, data.val, base))
     peer.own_val.append(peer.own_val_loss(val_rows))
 
-    # --- noise: the fastest project variant with other seeds ---
-    noise: list[float] = []
+    # --- noise: the reference peer and the fastest project variant again with other seeds ---
+    peers, bests = [peer], [best]
     for s in range(1, args.noise_seeds + 1):
-        print(f"noise seed {args.seed + s}: {best.name} for {args.epochs} epochs ...", flush=True)
-        other = ProjectRunner(best.name, best.cfg.replace(seed=args.seed + s), images, train, device, args.seed + s)
+        seed = args.seed + s
+        print(f"seed {seed}: {peer.name} and {best.name} for {args.epochs} epoch(s) ...", flush=True)
+        other_peer = PeerRunner(peer.name, peer_cfg, rows, device, peer.workers, seed)
+        other = ProjectRunner(best.name, best.cfg.replace(seed=seed), images, train, device, seed)
         for _ in range(args.epochs):
-            run_epoch([other], 1)
-        noise.append(score(other, images, data.val, base)["loss"])
+            run_epoch([other_peer, other], args.rounds if peer.workers == 0 else 1)
+            for r in (other_peer, other):
+                r.val.append(score(r, images, data.val, base))
+        other_peer.own_val.append(other_peer.own_val_loss(val_rows))
+        peers.append(other_peer)
+        bests.append(other)
 
     # --- matmul ceilings and FLOP counts ---
     mm_size = args.mm_size or (8192 if device.type == "cuda" else 2048)
@@ -499,13 +507,27 @@ def run(args: argparse.Namespace, device: torch.device, info: dict, root: Path, 
         table.append([r.name + (" *" if r.capped else ""), f"{secs:.2f}", f"{secs / peer_time:.3f}",
                       f"{peer_time / secs:.2f}×", f"{r.epoch_pairs[0] / r.epoch_seconds[0]:.1f}", f"{gflops:.2f}",
                       f"{100 * gflops / ceiling:.1f} %", val1])
-    mean_peer = peer.seconds_per_epoch(n_pairs) / len(peer.epoch_seconds)
-    mean_best = best.seconds_per_epoch(n_pairs) / len(best.epoch_seconds)
-    noise_mean, noise_sd = _common.mean_sd([best.val[-1]["loss"], *noise])
-    quality = [[peer.name, *(f"{v['loss']:.4f}" for v in peer.val), f"{peer.val[-1]['accuracy']:.3f}",
-                f"{peer.own_val[-1]:.4f}"],
-               [best.name + f" (seed {args.seed})", *(f"{v['loss']:.4f}" for v in best.val),
-                f"{best.val[-1]['accuracy']:.3f}", "—"]]
+
+    def mean_epoch(group: list[Runner]) -> float:
+        return sum(r.seconds_per_epoch(n_pairs) for r in group) / sum(len(r.epoch_seconds) for r in group)
+
+    mean_peer, mean_best = mean_epoch(peers), mean_epoch(bests)
+    seeds = list(range(args.seed, args.seed + args.noise_seeds + 1))
+    peer_losses, best_losses = [r.val[-1]["loss"] for r in peers], [r.val[-1]["loss"] for r in bests]
+    m_peer, sd_peer = _common.mean_sd(peer_losses)
+    m_best, sd_best = _common.mean_sd(best_losses)
+    n = len(seeds)
+    diff = m_peer - m_best
+    if n > 1:
+        se_diff = math.sqrt((sd_peer ** 2 + sd_best ** 2) / n)
+        verdict = (f"difference of the means {diff:+.4f} ± {se_diff:.4f} (s.e.), i.e. {abs(diff) / se_diff:.1f} s.e.: "
+                   + ("within noise (< 2 s.e.)" if abs(diff) < 2 * se_diff else "NOT within noise (≥ 2 s.e.)"))
+    else:
+        verdict = (f"difference {diff:+.4f}; one seed only (--noise-seeds 0), so only the evaluation s.e. of one "
+                   f"val loss, ≈ {best.val[-1]['se']:.4f}, is known")
+    quality = [[f"{r.name}, seed {seed}", *(f"{v['loss']:.4f}" for v in r.val), f"{r.val[-1]['accuracy']:.3f}",
+                f"{r.own_val[-1]:.4f}" if r.own_val else "—"]
+               for group in (peers, bests) for seed, r in zip(seeds, group)]
     body = "\n".join([
         f"- data: {source}; {n_pairs} training pairs per epoch"
         + (f" (seeded subset of {len(data.train)})" if args.pairs else " (all DevTrain pairs after the val split)")
@@ -526,21 +548,19 @@ def run(args: argparse.Namespace, device: torch.device, info: dict, root: Path, 
         _common.md_table(["variant", "s/epoch", "time ÷ peer", "speed-up vs peer", "pairs/s", "train GFLOP/s",
                           "of mm ceiling", "val loss after epoch 1 (± s.e.)"], table),
         "",
-        f"Mean over all {args.epochs} epoch(s): peer {mean_peer:.2f} s/epoch, {best.name} {mean_best:.2f} s/epoch "
-        f"→ speed-up {mean_peer / mean_best:.2f}× (epochs 2+ interleaved the same way).",
+        f"Mean over all epochs and seeds ({n} seed(s) × {args.epochs} epoch(s), interleaved the same way): peer "
+        f"{mean_peer:.2f} s/epoch, {best.name} {mean_best:.2f} s/epoch → speed-up {mean_peer / mean_best:.2f}×.",
         "",
-        "Val loss after each epoch (one evaluator: engine.predict, fp32, cached val arrays; the last column scores "
-        "the peer through its own JPEG pipeline):",
+        f"Val loss after each epoch, seeds {seeds[0]}..{seeds[-1]} (one evaluator: engine.predict, fp32, cached val "
+        "arrays; the last column scores the peer through its own JPEG pipeline)"
+        + (" — on CUDA runs are not bit-reproducible (cuDNN), so even equal seeds differ" if device.type == "cuda"
+           else "") + ":",
         "",
         _common.md_table(["model", *(f"epoch {e}" for e in range(1, args.epochs + 1)), "val accuracy",
                           "peer pipeline val loss"], quality),
         "",
-        (f"Noise: {best.name} after {args.epochs} epoch(s) over seeds {args.seed}..{args.seed + args.noise_seeds}: "
-         f"val loss {noise_mean:.4f} ± {noise_sd:.4f} (s.d.); peer − project (seed {args.seed}) = "
-         f"{peer.val[-1]['loss'] - best.val[-1]['loss']:+.4f}; evaluation s.e. of one val loss ≈ "
-         f"{best.val[-1]['se']:.4f}." if args.noise_seeds else
-         f"Noise: evaluation s.e. of one val loss ≈ {best.val[-1]['se']:.4f} (no --noise-seeds); peer − project = "
-         f"{peer.val[-1]['loss'] - best.val[-1]['loss']:+.4f}."),
+        f"After {args.epochs} epoch(s): peer {m_peer:.4f} ± {sd_peer:.4f}, {best.name} {m_best:.4f} ± {sd_best:.4f} "
+        f"(mean ± s.d. over {n} seed(s)); {verdict}.",
     ])
     _common.record("epoch_vs_peer", body, info, started, enabled=not args.no_record)
     return 0

@@ -154,11 +154,13 @@ def collect(results: Any, keys: list[str]) -> dict[str, Any]:
             continue
         frame = frame[frame["val_loss"].notna()]
         key = config_key(result.config, keys)
+        records = frame.to_dict("records")
         trial_rows = [{"t": float(r["wall_time"]), "epoch": int(r["training_iteration"]),
-                       "val_loss": float(r["val_loss"]), "key": key} for r in frame.to_dict("records")]
+                       "val_loss": float(r["val_loss"]), "key": key} for r in records]
         rows += trial_rows
         if trial_rows:
             trials.append({"key": key, "end": max(r["t"] for r in trial_rows), "epochs": len(trial_rows),
+                           "first_start": float(records[0]["wall_time"]) - float(records[0]["epoch_seconds"]),
                            "best": min(r["val_loss"] for r in trial_rows), "config": dict(result.config),
                            "result": result})
     rows.sort(key=lambda r: r["t"])
@@ -224,10 +226,13 @@ def run(args: argparse.Namespace, info: dict[str, Any], storage: str, started: f
             t0 = time.time()
             results = tuner.fit()
             wall = time.time() - t0
-            run = {"method": method, "seed": seed, "wall": wall, **collect(results, keys), "results": results,
-                   "settings": settings}
+            run = {"method": method, "seed": seed, "wall": wall, "started": t0, **collect(results, keys),
+                   "results": results, "settings": settings}
+            _common.add_slot_latency(run, args.max_concurrent)
+            run["latency"] = _common.mean_sd([t["slot_latency"] for t in run["trials"]])[0]
             runs.append(run)
-            print(f"  {len(run['trials'])} trials, {len(run['rows'])} epochs, {wall:.0f} s", flush=True)
+            print(f"  {len(run['trials'])} trials, {len(run['rows'])} epochs, {wall:.0f} s, mean trial start "
+                  f"latency {run['latency']:.1f} s", flush=True)
     finally:
         grid = runs[0] if runs else None
         retrained: dict[tuple, dict[str, Any]] = {}
@@ -250,7 +255,7 @@ def run(args: argparse.Namespace, info: dict[str, Any], storage: str, started: f
         row = [run["method"], run["seed"], len(run["trials"]), len(run["rows"]),
                by_report if by_report is not None else f"not reached ({len(run['rows'])})",
                by_trial if by_trial is not None else "—", f"{best:.4f}", f"{100 * (best / grid_best - 1):+.2f} %",
-               describe(best_trial["config"], keys), f"{run['wall']:.0f}"]
+               describe(best_trial["config"], keys), f"{run['wall']:.0f}", f"{run['latency']:.1f}"]
         if args.retrain:
             row.append(f"{test['accuracy_at_threshold']:.3f}" if test else "—")
         table.append(row)
@@ -267,7 +272,8 @@ def run(args: argparse.Namespace, info: dict[str, Any], storage: str, started: f
                         f"{m_epochs:.1f} ± {sd_epochs:.1f}" if reached else "—", f"{m_total:.1f}",
                         f"{m_best:.4f} ± {sd_best:.4f}" if len(items) > 1 else f"{m_best:.4f}", f"{m_wall:.0f}"])
     headers = ["method", "searcher seed", "trials", "epochs run", "epochs to within tol. (report order)",
-               "(trial-completion order)", "best val loss", "vs grid best", "best configuration", "wall s"]
+               "(trial-completion order)", "best val loss", "vs grid best", "best configuration", "wall s",
+               "trial start latency s (free slot → first epoch, mean)"]
     if args.retrain:
         headers.append("retrained test acc. (val threshold)")
     errors = sum(r["errors"] for r in runs)

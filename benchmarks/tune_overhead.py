@@ -9,7 +9,10 @@ max_t, so it stops nothing) on the same cores:
            ASHA, per-epoch checkpoints, max_concurrent_trials) with the dataset shared through Ray's object
            store (tune.with_parameters, what the project does), cpus_per_trial 1;
   Tune, each trial loads the data itself (load_data inside the trainable; --cache cold gives every trial an
-           empty cache folder, i.e. what a trial pays on a node that never decoded the data).
+           empty cache folder, i.e. what a trial pays on a node that never decoded the data);
+  Tune, reuse_actors=True: the project path with the one change of TuneConfig(reuse_actors=True), so a trial
+           reuses the finished trial's process (torch, the project and the data already loaded) instead of
+           starting a new one.
 
 The Tune trainables are the project's search.train_siamese wrapped so that each tune.report also carries a
 precise wall-clock stamp, the time the trainable was entered and the process's memory (/proc/self/status
@@ -22,6 +25,7 @@ plain run) trains exactly the same thing. Ray is started here (ray.init(num_cpus
 from __future__ import annotations
 
 import argparse
+import functools
 import multiprocessing as mp
 import os
 import shutil
@@ -56,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache", choices=("warm", "cold"), default="warm",
                    help="for the trials that load the data themselves: the shared disk cache (warm) or an "
                         "empty cache folder per trial (cold: every trial decodes / renders the images)")
+    p.add_argument("--no-reuse-actors", dest="reuse_actors", action="store_false",
+                   help="skip the extra Tune run with TuneConfig(reuse_actors=True) (a change the project could make)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--storage-path", help="keep the Ray experiments here (default: a temporary folder, removed)")
     p.add_argument("--no-record", action="store_true", help="print only; do not append to benchmarks/RESULTS.md")
@@ -119,18 +125,20 @@ def tune_run(args: argparse.Namespace, settings: Any, data: Any, variant: str, c
     from tune_siamese import search
 
     resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
-    if variant == "shared":
+    if variant in ("shared", "reuse"):
         trainable = tune.with_parameters(_common.trial_shared, data=data, memory=True)
     else:
         trainable = tune.with_parameters(_common.trial_loading, memory=True, pairs=args.pairs,
                                          cold_cache=cold_dir if args.cache == "cold" else "")
     trainable = tune.with_resources(trainable, resources)
-    original = search.build_trainable
+    original, original_config = search.build_trainable, tune.TuneConfig
     search.build_trainable = lambda s, d: trainable  # build_tuner is otherwise exactly the project's
+    if variant == "reuse":  # the one change this variant measures: Tune keeps trial actors (processes) alive
+        tune.TuneConfig = functools.partial(original_config, reuse_actors=True)
     try:
         tuner = search.build_tuner(settings, data, {FIXED_SPACE_KEY: tune.choice([FIXED_SPACE_VALUE])}, [])
     finally:
-        search.build_trainable = original
+        search.build_trainable, tune.TuneConfig = original, original_config
     started = time.time()
     results = tuner.fit()
     ended = time.time()
@@ -161,18 +169,6 @@ def trial_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             **{k: peak(k) for k in ("peak_rss_mb", "uss_mb", "rss_anon_mb", "rss_shmem_mb")}}
 
 
-def add_slot_latency(run: dict[str, Any], slots: int) -> None:
-    """Each trial's wait from the moment a slot was free (the run's start, or the end of the trial whose slot
-    it took) to its first epoch; trials are taken in the order their first epochs started."""
-    free = [run["started"]] * slots
-    for trial in sorted(run["trials"], key=lambda t: t["first_start"]):
-        free.sort()
-        slot_free = free.pop(0)
-        trial["slot_latency"] = trial["first_start"] - slot_free
-        trial["since_start"] = trial["first_start"] - run["started"]
-        free.append(trial["end"])
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.time()
@@ -194,7 +190,8 @@ def run(args: argparse.Namespace, info: dict[str, Any], storage: str, temp: str,
     if args.data != "synthetic":
         args.data = str(Path(args.data).resolve())
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    settings = {v: build(args, storage, f"overhead-{v}-{stamp}") for v in ("shared", "loading")}
+    variants = ("shared", "loading") + (("reuse",) if args.reuse_actors else ())
+    settings = {v: build(args, storage, f"overhead-{v}-{stamp}") for v in variants}
     base = settings["shared"].base
     data = _common.subset_train(load_data(Config.from_dict(base)), args.pairs)  # also warms the disk cache
     print(data.summary(), flush=True)
@@ -208,18 +205,19 @@ def run(args: argparse.Namespace, info: dict[str, Any], storage: str, temp: str,
     _common.start_ray(args.cpus)
     ray_init_s = time.time() - ray_started
     try:
-        for variant in ("shared", "loading"):
+        for variant in variants:
             s = run_search.check_resources(settings[variant])
             print(f"Tune ({variant}): {args.trials} trials ...", flush=True)
             runs[variant] = tune_run(args, s, data, variant, temp)
     finally:
         ray.shutdown()
     for r in runs.values():
-        add_slot_latency(r, args.max_concurrent)
+        _common.add_slot_latency(r, args.max_concurrent)
 
     names = {"plain": f"plain Python (spawn pool of {args.max_concurrent}, engine.fit)",
              "shared": "Tune, project path (data via object store)",
-             "loading": f"Tune, each trial loads the data ({args.cache} cache)"}
+             "loading": f"Tune, each trial loads the data ({args.cache} cache)",
+             "reuse": "Tune, project path + TuneConfig(reuse_actors=True)"}
     plain_wall = plain["ended"] - plain["started"]
     overhead_rows = []
     for key, r in runs.items():

@@ -172,6 +172,6 @@ def test_module_entry_point_reports_bad_input_without_traceback(tmp_path):
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stdout == ""
-    assert result.stderr.strip() == ("tune-siamese: error: option optimizer='rmsprop' is not one of sgd, adam, "
-                                     "adamw")
+    assert result.stderr.strip() == ("tune-siamese: error: command line: option optimizer='rmsprop' is not one "
+                                     "of sgd, adam, adamw")
 

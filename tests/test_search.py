@@ -32,7 +32,8 @@ def trial_frames(experiment: Path) -> dict[str, pd.DataFrame]:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
                 break  # a line Tune is still writing
-        frames[result.parent.name] = pd.DataFrame(rows)
+        if rows:  # a trial that has not reported yet has an empty file
+            frames[result.parent.name] = pd.DataFrame(rows)
     return frames
 
 
@@ -105,7 +106,7 @@ def test_export_round_trip_matches_in_memory_model(smoke_search, tmp_path):
         graph = torch.export.load(str(export / "model.pt2")).module()
         assert torch.sigmoid(graph(a, b)).item() == pytest.approx(expected, abs=1e-5)
     printed = cli_json(cli.main, ["verify", str(export), str(files[0]), str(files[1])])
-    assert printed["probability"] == pytest.approx(expected, abs=1e-6)
+    assert printed["probability_same"] == pytest.approx(expected, abs=1e-6)
 
 
 def cli_json(main, argv):
@@ -190,32 +191,3 @@ def test_resume_after_interrupt_repeats_no_finished_trial(tmp_path):
     for frame in after.values():
         assert list(frame["epoch"]) == [1, 2]
     assert json.loads((experiment / FINAL_FILE).read_text())["trials"] == 4
-
-
-CLUSTER_SCRIPT = """
-import json, sys
-import ray
-from ray.cluster_utils import Cluster
-import run_search
-cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-cluster.add_node(num_cpus=1)
-ray.init(address=cluster.address)
-summary, _ = run_search.run(run_search.parse_args(sys.argv[1:]))
-print("RESULT", json.dumps({"nodes": len(ray.nodes())}))
-ray.shutdown()
-cluster.shutdown()
-"""
-
-
-def test_two_node_cluster_places_trials_on_both_nodes(tmp_path):
-    script = tmp_path / "cluster.py"
-    script.write_text(CLUSTER_SCRIPT)
-    argv = [str(script), *SMOKE, "--num-samples", "2", "--max-epochs", "1", "--cpus-per-trial", "1",
-            "--storage-path", str(tmp_path), "--name", "cluster", "--no-retrain"]
-    proc = _spawn(argv, tmp_path / "cluster.log", {"PYTHONPATH": str(REPO)})
-    try:
-        assert proc.wait(timeout=300) == 0, (tmp_path / "cluster.log").read_text()[-3000:]
-    finally:
-        _reap(proc)
-    nodes = {f["node_id"].iloc[0] for f in trial_frames(tmp_path / "cluster").values()}
-    assert len(nodes) == 2  # one CPU per node and one CPU per trial: the two trials must use both nodes
