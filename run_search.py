@@ -141,7 +141,8 @@ def start_ray(args: argparse.Namespace) -> None:
     kwargs: dict[str, Any] = {"include_dashboard": bool(args.dashboard), "log_to_driver": True}
     if args.dashboard:
         kwargs["dashboard_host"] = "127.0.0.1"
-    ray.init(address=args.address or None, **kwargs)
+    # "local" always starts a new Ray here; None would silently join any Ray already running on this machine.
+    ray.init(address=args.address or "local", **kwargs)
 
 
 def check_resources(settings: Any) -> Any:

@@ -233,13 +233,15 @@ def run(args: argparse.Namespace, info: dict[str, Any], storage: str, started: f
             runs.append(run)
             print(f"  {len(run['trials'])} trials, {len(run['rows'])} epochs, {wall:.0f} s, mean trial start "
                   f"latency {run['latency']:.1f} s", flush=True)
+        retrained = retrain_all(runs, data, keys) if args.retrain else {}
     finally:
-        grid = runs[0] if runs else None
-        retrained: dict[tuple, dict[str, Any]] = {}
-        if args.retrain and grid is not None:
-            retrained = retrain_all(runs, data, keys)
         ray.shutdown()
 
+    errors = sum(r["errors"] for r in runs)
+    runs = [r for r in runs if r["rows"]]  # a run whose every trial errored has nothing to count
+    if not runs or runs[0]["method"] != "grid":
+        raise SystemExit("search_efficiency: the grid produced no results; see the errors above")
+    grid = runs[0]
     grid_best = min(r["val_loss"] for r in grid["rows"])
     target = grid_best * (1 + args.tolerance)
     curve = {(r["key"], r["epoch"]): r["val_loss"] for r in grid["rows"]}
@@ -276,7 +278,6 @@ def run(args: argparse.Namespace, info: dict[str, Any], storage: str, started: f
                "trial start latency s (free slot → first epoch, mean)"]
     if args.retrain:
         headers.append("retrained test acc. (val threshold)")
-    errors = sum(r["errors"] for r in runs)
     body = "\n".join([
         f"- data: {data.summary()}",
         f"- space ({n_grid} configurations): " + "; ".join(f"{k} {v}" for k, v in values.items())

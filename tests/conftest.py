@@ -112,7 +112,7 @@ def ray_session(tmp_path_factory):
     import ray
 
     os.environ.setdefault("TUNE_SIAMESE_CACHE", str(tmp_path_factory.mktemp("ray-cache")))
-    ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -130,6 +130,9 @@ def build_tuner(settings: SearchSettings, data: PairData, space: dict[str, Any],
                                     num_samples=settings.num_samples,
                                     # Explicit: OptunaSearch alone keeps one trial pending (ray #46965).
                                     max_concurrent_trials=settings.max_concurrent,
+                                    # A new trial takes over a finished trial's process: no worker start-up,
+                                    # torch import or data fetch per trial (fit resets seeds and threads).
+                                    reuse_actors=True,
                                     trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
         run_config=tune.RunConfig(
             name=settings.name, storage_path=settings.storage_path,
