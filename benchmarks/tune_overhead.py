@@ -273,7 +273,7 @@ def run(args: argparse.Namespace, info: dict[str, Any], storage: str, temp: str,
         "",
         "Final val loss of the trials (identical configs and seeds, so equal values mean the same training): "
         + "; ".join(f"{names[k]}: {', '.join(f'{v:.6f}' for v in vals)}" for k, vals in losses.items()),
-        *([f"", f"Errored trials: {len(errors)}: {errors[:3]}"] if errors else []),
+        *(["", f"Errored trials: {len(errors)}: {errors[:3]}"] if errors else []),
     ])
     _common.record("tune_overhead", body, info, started, enabled=not args.no_record)
     return 1 if errors else 0

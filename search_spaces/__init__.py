@@ -31,35 +31,28 @@ class Preset:
 PAPER_POINT = {"batch_size": 128, "optimizer": "sgd", "lr": 1e-2, "width": 1.0, "batchnorm": False,
                "weight_decay": 1e-4, "augment": True, "init": "koch"}
 
+DEFAULT_SPACE = {
+    "batch_size": tune.choice([32, 64, 128]),
+    "optimizer": tune.choice(["sgd", "adam"]),
+    "lr": tune.loguniform(1e-5, 1e-1),
+    "width": tune.choice([1.0, 0.5, 0.25, 0.125]),
+    "batchnorm": tune.choice([True, False]),
+    "weight_decay": tune.loguniform(1e-6, 1e-2),
+    "augment": tune.choice([True, False]),
+    # Koch's init (FC weights N(0, 0.2)) saturates ~45 % of the sigmoid embedding at the start, and without
+    # BatchNorm its 0.5 conv biases make every pair score alike; PyTorch's default init is the alternative.
+    "init": tune.choice(["koch", "torch"]),
+}
+
 PRESETS: dict[str, Preset] = {
     "default": Preset(
-        space={
-            "batch_size": tune.choice([32, 64, 128]),
-            "optimizer": tune.choice(["sgd", "adam"]),
-            "lr": tune.loguniform(1e-5, 1e-1),
-            "width": tune.choice([1.0, 0.5, 0.25, 0.125]),
-            "batchnorm": tune.choice([True, False]),
-            "weight_decay": tune.loguniform(1e-6, 1e-2),
-            "augment": tune.choice([True, False]),
-            "init": tune.choice(["koch", "torch"]),
-        },
+        space=DEFAULT_SPACE,
         points=[PAPER_POINT],
         run={"num_samples": 16, "max_epochs": 30, "grace_period": 3},
-        # Koch's init (FC weights N(0, 0.2)) saturates ~45 % of the sigmoid embedding at the start, and without
-        # BatchNorm its 0.5 conv biases make every pair score alike; PyTorch's default init is the alternative.
         doc="batch size, optimizer, learning rate, width, BatchNorm, weight decay, augmentation, init",
     ),
     "default-cpu": Preset(
-        space={
-            "batch_size": tune.choice([32, 64, 128]),
-            "optimizer": tune.choice(["sgd", "adam"]),
-            "lr": tune.loguniform(1e-5, 1e-1),
-            "width": tune.choice([0.25, 0.125, 0.0625]),
-            "batchnorm": tune.choice([True, False]),
-            "weight_decay": tune.loguniform(1e-6, 1e-2),
-            "augment": tune.choice([True, False]),
-            "init": tune.choice(["koch", "torch"]),
-        },
+        space={**DEFAULT_SPACE, "width": tune.choice([0.25, 0.125, 0.0625])},
         points=[{**PAPER_POINT, "width": 0.25, "optimizer": "adam", "lr": 1e-3, "batch_size": 32,
                  "batchnorm": True}],
         run={"num_samples": 16, "max_epochs": 20, "grace_period": 2},

@@ -11,10 +11,9 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 
 import run_search
-from test_search import REPO, SMOKE, _reap, _spawn, trial_frames
+from test_search import REPO, SMOKE, _reap, _spawn, spawn_until_a_trial_finished, trial_frames
 from tune_siamese.search import FINAL_FILE
 
 FAULTY_SPACE = '''
@@ -88,19 +87,8 @@ def test_killed_driver_resumes_with_no_finished_trial_repeated(tmp_path):
     experiment = tmp_path / "crashed"
     argv = ["run_search.py", *SMOKE, "--num-samples", "3", "--max-epochs", "2", "--grace-period", "2",
             "--max-concurrent", "1", "--storage-path", str(tmp_path), "--name", "crashed", "--no-retrain"]
-    proc = _spawn(argv, tmp_path / "first.log")
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            frames = trial_frames(experiment) if experiment.exists() else {}
-            if any(f["epoch"].max() >= 2 for f in frames.values()) and len(frames) >= 2:
-                break
-            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-            time.sleep(0.3)
-        else:
-            pytest.fail("no trial finished in time")
-    finally:
-        _reap(proc)  # SIGKILL the driver and the Ray it started: nothing gets to save or clean up
+    proc = spawn_until_a_trial_finished(argv, experiment, tmp_path / "first.log", epochs=2)
+    _reap(proc)  # SIGKILL the driver and the Ray it started: nothing gets to save or clean up
     before = {n: len(f) for n, f in trial_frames(experiment).items()}
     finished = [n for n, rows in before.items() if rows >= 2]
     proc = _spawn(["run_search.py", "--resume", str(experiment), "--no-retrain"], tmp_path / "second.log")

@@ -154,23 +154,28 @@ def _reap(proc: subprocess.Popen) -> None:
         pass
 
 
+def spawn_until_a_trial_finished(argv: list[str], experiment: Path, log: Path, epochs: int) -> subprocess.Popen:
+    """Start run_search.py and return once one trial has run all its epochs and another has begun."""
+    proc = _spawn(argv, log)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        frames = trial_frames(experiment) if experiment.exists() else {}
+        if any(f["epoch"].max() >= epochs for f in frames.values()) and len(frames) >= 2:
+            return proc
+        if proc.poll() is not None:
+            break
+        time.sleep(0.3)
+    _reap(proc)
+    pytest.fail("no trial finished in time:\n" + log.read_text()[-3000:])
+
+
 def test_resume_after_interrupt_repeats_no_finished_trial(tmp_path):
     experiment = tmp_path / "interrupted"
     argv = ["run_search.py", *SMOKE, "--num-samples", "4", "--max-epochs", "2", "--grace-period", "2",
             "--max-concurrent", "1", "--storage-path", str(tmp_path), "--name", "interrupted", "--no-retrain"]
-    proc = _spawn(argv, tmp_path / "first.log")
+    proc = spawn_until_a_trial_finished(argv, experiment, tmp_path / "first.log", epochs=2)
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline:  # interrupt once one trial has finished and another has begun
-            frames = trial_frames(experiment) if experiment.exists() else {}
-            done = [n for n, f in frames.items() if f["training_iteration"].max() >= 2]
-            if done and len(frames) >= 2:
-                break
-            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-            time.sleep(0.5)
-        else:
-            pytest.fail("no trial finished in time:\n" + (tmp_path / "first.log").read_text()[-3000:])
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and run_search exits 130
         assert proc.wait(timeout=120) == 130, (tmp_path / "first.log").read_text()[-3000:]
     finally:
         _reap(proc)
