@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+import pandas as pd
+
 
 import run_search
 from test_search import REPO, SMOKE, _reap, _spawn, spawn_until_a_trial_finished, trial_frames
@@ -50,6 +52,11 @@ def test_errored_and_diverged_trials_leave_the_search_standing(ray_session, tmp_
     assert list(good["epoch"]) == [1, 2]  # the healthy trial ran to the end
     assert summary["best_config"]["lr"] == 1e-3 and summary["best_config"]["device"] == "cpu"
     assert json.loads((tmp_path / "faulty" / FINAL_FILE).read_text())["errored_trials"] == 1
+    import analysis  # the report lists both casualties
+
+    out = analysis.report(tmp_path / "faulty", tmp_path / "report")
+    statuses = sorted(pd.read_csv(out / "trials.csv")["status"])
+    assert statuses == ["diverged", "errored", "finished"]
 
 
 def _kill_worker_after_first_epoch(experiment: Path, killed: list[int], stop: threading.Event) -> None:
