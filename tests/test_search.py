@@ -169,6 +169,22 @@ def spawn_until_a_trial_finished(argv: list[str], experiment: Path, log: Path, e
     pytest.fail("no trial finished in time:\n" + log.read_text()[-3000:])
 
 
+def resume_and_check(experiment: Path, log: Path, before: dict[str, int], trials: int, epochs: int) -> None:
+    """`run_search.py --resume` completes every trial; trials finished before are not run again."""
+    proc = _spawn(["run_search.py", "--resume", str(experiment), "--no-retrain"], log)
+    try:
+        assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+    finally:
+        _reap(proc)
+    after = trial_frames(experiment)
+    assert len(after) == trials
+    for name, rows in before.items():
+        if rows >= epochs:  # finished before: same rows, no new epoch 1
+            assert len(after[name]) == rows
+    for frame in after.values():
+        assert list(frame["epoch"]) == list(range(1, epochs + 1))
+
+
 def test_resume_after_interrupt_repeats_no_finished_trial(tmp_path):
     experiment = tmp_path / "interrupted"
     argv = ["run_search.py", *SMOKE, "--num-samples", "4", "--max-epochs", "2", "--grace-period", "2",
@@ -184,15 +200,5 @@ def test_resume_after_interrupt_repeats_no_finished_trial(tmp_path):
     assert finished_before
     assert len(before) < 4 or any(rows < 2 for rows in before.values())  # really interrupted
 
-    proc = _spawn(["run_search.py", "--resume", str(experiment), "--no-retrain"], tmp_path / "second.log")
-    try:
-        assert proc.wait(timeout=300) == 0, (tmp_path / "second.log").read_text()[-3000:]
-    finally:
-        _reap(proc)
-    after = trial_frames(experiment)
-    assert len(after) == 4
-    for name in finished_before:  # finished trials were not run again: same rows, no new epoch 1
-        assert len(after[name]) == before[name]
-    for frame in after.values():
-        assert list(frame["epoch"]) == [1, 2]
+    resume_and_check(experiment, tmp_path / "second.log", before, trials=4, epochs=2)
     assert json.loads((experiment / FINAL_FILE).read_text())["trials"] == 4
