@@ -58,16 +58,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def parse_sets(items: list[str]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise InputError(f"option --set {item!r} must be KEY=VALUE")
-        values[key.strip()] = value.strip()
-    return values
-
-
 def check_fraction(gpus: float) -> None:
     if gpus < 0:
         raise InputError(f"option --gpus-per-trial={gpus} must be >= 0")
@@ -94,6 +84,7 @@ def check_storage(path: str) -> str:
 def build_settings(args: argparse.Namespace) -> tuple[Any, Any]:
     """Validate every option and build (SearchSettings, Preset) before any Ray work starts."""
     from search_spaces import get_preset
+    from tune_siamese.cli import parse_overrides
     from tune_siamese.search import SearchSettings
 
     preset = get_preset(args.space)
@@ -108,7 +99,7 @@ def build_settings(args: argparse.Namespace) -> tuple[Any, Any]:
     check_fraction(args.gpus_per_trial)
     run = {"num_samples": 8, "max_epochs": 20, "grace_period": 2, **preset.run}
     max_epochs = args.max_epochs or run["max_epochs"]
-    base = {**preset.fixed, **parse_sets(args.set), "data": args.data, "max_epochs": max_epochs,
+    base = {**preset.fixed, **parse_overrides(args.set), "data": args.data, "max_epochs": max_epochs,
             "seed": args.seed, "threads": max(1, int(args.cpus_per_trial))}
     Config.from_dict(base, source="search settings")  # fail now on a bad fixed value, not in every trial
     name = args.name or f"siamese-{Path(args.space).stem.replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -122,10 +113,10 @@ def build_settings(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def load_resume_settings(path: str) -> Any:
-    from tune_siamese.search import SETTINGS_FILE, SearchSettings, read_text
+    from tune_siamese.search import SETTINGS_FILE, SearchSettings, join, read_text
 
     path = path if "://" in path else str(Path(path).expanduser().resolve())
-    text = read_text(f"{path.rstrip('/')}/{SETTINGS_FILE}")
+    text = read_text(join(path, SETTINGS_FILE))
     if text is None:
         raise InputError(f"option --resume: no experiment here ({SETTINGS_FILE} missing)", path)
     settings = SearchSettings(**json.loads(text))
@@ -167,7 +158,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, Any]:
     """The whole job; returns (summary as written to final.json, retrained model); (None, None) if interrupted."""
     from search_spaces import get_preset
     from tune_siamese.data import load_data
-    from tune_siamese.search import SETTINGS_FILE, build_tuner, finish, restore_tuner, write_text
+    from tune_siamese.search import SETTINGS_FILE, build_tuner, finish, join, restore_tuner, write_text
 
     if args.resume:
         settings = load_resume_settings(args.resume)
@@ -184,7 +175,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, Any]:
     if args.resume:
         tuner = restore_tuner(settings, data)
     else:
-        write_text(f"{settings.experiment_path}/{SETTINGS_FILE}",
+        write_text(join(settings.experiment_path, SETTINGS_FILE),
                    json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
         tuner = build_tuner(settings, data, preset.space, preset.points)
     print(f"Experiment: {settings.experiment_path} ({settings.num_samples} trials, "
