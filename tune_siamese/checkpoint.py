@@ -95,11 +95,19 @@ def load_model(source: str | Path) -> tuple[SiameseNet, Config, float]:
         model = build_model(config)
         model.load_state_dict(load_file(str(source / "model.safetensors")))
         threshold = float(json.loads((source / "metrics.json").read_text()).get("threshold_logit", 0.0))
-        return model.eval(), config, threshold
+        return as_trained(model, config), config, threshold
     state = load_checkpoint(source)
     if "config" not in state or "model" not in state:
         raise InputError("checkpoint holds no config and model", source)
     config = Config.from_dict(state["config"], source=str(source))
     model = build_model(config)
     model.load_state_dict(state["model"])
-    return model.eval(), config, float(state.get("threshold_logit", 0.0))
+    return as_trained(model, config), config, float(state.get("threshold_logit", 0.0))
+
+
+def as_trained(model: SiameseNet, config: Config) -> SiameseNet:
+    """Eval mode in the memory layout it was trained in: under bf16 autocast, oneDNN picks different kernels
+    for NCHW and channels_last weights, which round differently, so scores would shift in the 6th digit."""
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model.eval()

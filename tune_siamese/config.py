@@ -56,7 +56,7 @@ class Config:
     # --- run ---
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
-    precision: str = "auto"  # "auto" = bf16 autocast on CUDA, fp32 on CPU
+    precision: str = "auto"  # "auto" = bf16 autocast on CUDA and on CPUs with native bf16, else fp32
     channels_last: bool = True
     threads: int = 0  # torch intra-op threads; 0 = leave torch's default
     eval_batch_size: int = 512

@@ -18,7 +18,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from .checkpoint import export_model, load_checkpoint, save_checkpoint
+from .checkpoint import as_trained, export_model, load_checkpoint, save_checkpoint
 from .config import Config
 from .data import PairData
 from .engine import Diverged, best_threshold, evaluate, fit, images_on, pair_metrics, predict, resolve_device
@@ -167,7 +167,7 @@ def searched_model(result: tune.Result, config: Config) -> Any:
         state = load_checkpoint(Path(folder) / STATE_FILE)
     model = build_model(config)
     model.load_state_dict(state["best_model"])
-    return model
+    return as_trained(model, config)
 
 
 def retrain_and_test(config: Config, data: PairData, epochs: int, searched: Any = None) -> tuple[Any, dict[str, Any]]:
