@@ -53,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="fix a Config value for every trial, e.g. --set image_size=96 (repeatable)")
     p.add_argument("--export-dir", help="where the retrained best model goes (default: EXPERIMENT/export)")
     p.add_argument("--no-retrain", action="store_true", help="stop after the search: no retrain, test or export")
+    p.add_argument("--ensemble", type=int, default=0, metavar="K",
+                   help="also test and export the mean of the top K trials' own models (K >= 2; exported to "
+                        "EXPERIMENT/export-ensemble, or EXPORT_DIR-ensemble)")
     p.add_argument("--max-failures", type=int, default=3, help="restarts of a failing trial before it errors")
     p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard (bound to 127.0.0.1)")
     return p.parse_args(argv)
@@ -165,6 +168,8 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, Any]:
         preset = get_preset(settings.space)
     else:
         settings, preset = build_settings(args)
+    if args.ensemble == 1 or args.ensemble < 0:
+        raise InputError(f"option --ensemble={args.ensemble} must be 0 (off) or at least 2")
     if args.export_dir and "://" in args.export_dir:
         raise InputError("option --export-dir must be a local folder", args.export_dir)
     data = load_data(Config.from_dict(settings.base, source="search settings"))
@@ -186,7 +191,8 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, Any]:
         print(f"\nSearch interrupted ({results.num_terminated} of {settings.num_samples} trials finished). "
               f"Continue it with: python run_search.py --resume {settings.experiment_path}", flush=True)
         return None, None
-    summary, model = finish(settings, results, data, args.export_dir, retrain=not args.no_retrain)
+    summary, model = finish(settings, results, data, args.export_dir, retrain=not args.no_retrain,
+                            ensemble=args.ensemble)
     print("\nBest configuration (val loss {:.4f} at epoch {}):".format(summary["best_val_loss"],
                                                                        summary["best_epoch"]))
     print(json.dumps({k: summary["best_config"][k] for k in sorted(preset.space)}, indent=2))
@@ -195,6 +201,11 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, Any]:
         print(f"Retrained on train+val for {summary['epochs']} epochs; test: accuracy {test['accuracy']:.4f}, "
               f"accuracy at val threshold {test['accuracy_at_threshold']:.4f}, AUC {test['auc']:.4f}")
         print(f"Exported to {summary['export']}")
+    if "ensemble" in summary:
+        ens = summary["ensemble"]
+        print(f"Ensemble of the top {len(ens['members'])} trials' own models; test: accuracy "
+              f"{ens['test']['accuracy']:.4f}, accuracy at val threshold {ens['test']['accuracy_at_threshold']:.4f}, "
+              f"AUC {ens['test']['auc']:.4f}; exported to {ens['export']}")
     print(f"Trials: {summary['trials']} ({summary['errored_trials']} errored)")
     print(f"Analyse it: python -m analysis {settings.experiment_path}")
     return summary, model

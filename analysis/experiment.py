@@ -282,6 +282,9 @@ def compare(paths: list[str | Path]) -> pd.DataFrame:
             "best_config": {h: exp.configs[top["trial_id"]].get(h) for h in exp.hyperparameters}
             if top is not None else None,
             "test_accuracy": test.get("accuracy", math.nan), "test_auc": test.get("auc", math.nan),
+            "ensemble_test_accuracy": ((exp.summary or {}).get("ensemble") or {}).get("test", {}).get(
+                "accuracy_at_threshold", math.nan),
+            "ensemble_test_auc": ((exp.summary or {}).get("ensemble") or {}).get("test", {}).get("auc", math.nan),
             "path": exp.path,
         })
     return pd.DataFrame(rows)

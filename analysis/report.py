@@ -88,11 +88,15 @@ def _final_section(exp: Experiment, out: Path) -> list[str]:
                  f"`{h}={summary['best_config'].get(h)}`" for h in exp.hyperparameters) + ".", ""]
     if test is None:
         return lines + ["Not retrained (run with --no-retrain): no test scores.", ""]
-    other = summary.get("train_only_model_test") or {}
+    other = summary.get("searched_model_test") or {}  # the best trial's own model, trained on train only
+    ensemble = (summary.get("ensemble") or {}).get("test") or {}
     rows = [("test loss (BCE)", "loss"), ("test accuracy (logit > 0)", "accuracy"),
             ("test accuracy at the val-chosen threshold", "accuracy_at_threshold"), ("test AUC", "auc")]
-    table = pd.DataFrame([{"metric": label, "retrained on train + val": test.get(key, math.nan),
-                           "trained on train only": other.get(key, math.nan)} for label, key in rows])
+    columns = {"retrained on train + val": test, "best trial's model (train only)": other}
+    if ensemble:
+        columns[f"ensemble of the top {len(summary['ensemble']['members'])} trials"] = ensemble
+    table = pd.DataFrame([{"metric": label, **{name: scores.get(key, math.nan) for name, scores in columns.items()}}
+                          for label, key in rows])
     roc = plots.roc_curve(test, out / "roc.png", f"Test ROC of the retrained model, {exp.name}")
     return lines + [f"Retrained on train + val for {summary.get('epochs')} epoch(s), then scored once on the test "
                     f"pairs; exported to `{summary.get('export')}`.", "", _table(table), "",

@@ -126,6 +126,7 @@ def smoke_search(ray_session, tmp_path_factory):
     storage = tmp_path_factory.mktemp("ray_results")
     args = run_search.parse_args(["--space", "smoke", "--seed", "0", "--num-samples", "6", "--max-epochs", "3",
                                   "--grace-period", "1", "--reduction-factor", "2", "--cpus-per-trial", "1",
-                                  "--gpus-per-trial", "0.25", "--storage-path", str(storage), "--name", "smoke"])
+                                  "--gpus-per-trial", "0.25", "--storage-path", str(storage), "--name", "smoke",
+                                  "--ensemble", "2"])
     summary, model = run_search.run(args)
     return {"experiment": storage / "smoke", "summary": summary, "model": model}

@@ -142,12 +142,18 @@ def test_compare_one_row_per_experiment(experiment, smoke_search):
     assert (row["experiment"], row["space"], row["trials"]) == (experiment.name, "smoke", 6)
     assert row["best_val_loss"] == pytest.approx(smoke_search["summary"]["best_val_loss"])
     assert row["test_auc"] == pytest.approx(smoke_search["summary"]["test"]["auc"])
+    assert row["ensemble_test_auc"] == pytest.approx(smoke_search["summary"]["ensemble"]["test"]["auc"])
 
 
 def test_report_writes_tables_and_valid_pngs(report_dir, exp):
     text = (report_dir / "report.md").read_text()
     assert "## Best trials" in text and "## Final model" in text and "## Search settings" in text
     assert exp.best().iloc[0]["trial_id"] in text
+    final = text[text.index("## Final model"):]
+    table = [line for line in final.splitlines() if line.startswith("| test AUC")][0]
+    summary = exp.summary
+    for scores in (summary["test"], summary["searched_model_test"], summary["ensemble"]["test"]):
+        assert f"{scores['auc']:.4g}" in table  # retrained, the trial's own model, the ensemble
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert sorted(links) == ["importance.png", "learning_curves.png", "loss_vs_hyperparameters.png", "roc.png"]
     for name in links:

@@ -30,6 +30,8 @@ def test_bad_choice_names_the_option():
     ({"image_size": 64}, "too small"),
     ({"image_size": 105, "input_size": 60}, "option input_size=60"),
     ({"crop": 1.5}, "option crop"),
+    ({"zoom": 0.0}, "option zoom"),
+    ({"head": "cosine"}, "option head"),
     ({"mined_pairs": -1}, "option mined_pairs"),
 ])
 def test_out_of_range_values_name_the_option(values, message):

@@ -11,8 +11,9 @@ import torch
 
 from tune_siamese.augment import koch_affine
 from tune_siamese.checkpoint import load_checkpoint, save_checkpoint
+from tune_siamese.config import Config
 from tune_siamese.engine import (Diverged, best_threshold, evaluate, fit, images_on, make_optimizer, pair_metrics,
-                                 predict, train_and_test)
+                                 predict, to_input, train_and_test)
 from tune_siamese.errors import InputError
 from tune_siamese.model import build_model
 from tune_siamese.oneshot import one_shot_accuracy, one_shot_scores, one_shot_trials
@@ -121,6 +122,16 @@ def test_resume_continues_where_it_stopped(synthetic_small, tiny_config, tmp_pat
     assert resumed.best_epoch == full.best_epoch
     for (name, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_zoom_keeps_the_centre_of_each_stored_image():
+    images = torch.arange(4 * 100 * 100, dtype=torch.int64).remainder(256).to(torch.uint8).reshape(4, 100, 100)
+    index = torch.tensor([2, 0])
+    same = to_input(images, index, Config(image_size=100, zoom=0.8, input_size=80))  # 80 px kept, no resize
+    assert same.shape == (2, 1, 80, 80)
+    assert torch.equal(same[:, 0], images[index][:, 10:90, 10:90].float() / 255)
+    resized = to_input(images, index, Config(image_size=100, zoom=0.5, input_size=72))
+    assert resized.shape == (2, 1, 72, 72)
 
 
 def test_augmentation_keeps_shape_and_changes_pixels():

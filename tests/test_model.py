@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -45,6 +46,16 @@ def test_width_scales_channels_and_embedding():
     assert [c.in_channels for c in convs] == [1, 4, 8, 8]
     assert model.embed_dim == 256 and model.head.in_features == 256
     assert SiameseNet(width=0.0625, input_size=72, head="l1_sq").head.in_features == 512
+    assert SiameseNet(width=0.0625, input_size=72, head="l1_prod").head.in_features == 512
+
+
+@pytest.mark.parametrize("head", ["l1", "l1_sq", "l1_prod"])
+def test_every_head_scores_a_pair_the_same_in_either_order(head):
+    torch.manual_seed(0)
+    model = SiameseNet(width=0.0625, input_size=72, head=head, init="torch").eval()
+    a, b = torch.rand(3, 1, 72, 72), torch.rand(3, 1, 72, 72)
+    torch.testing.assert_close(model(a, b), model(b, a))
+    assert not torch.allclose(model(a, b), model(a, a))
 
 
 def test_batchnorm_sits_before_each_pool():
@@ -169,3 +180,55 @@ def test_missing_or_garbage_checkpoint_is_input_error(tmp_path):
     save_checkpoint({"epoch": 3}, partial)
     with pytest.raises(InputError, match="no config and model"):
         load_model(partial)
+
+
+def ensemble_members(tiny_config):
+    """Two members stored at 96 px that see different views: all of it at 72 px, and its centre at 80 px."""
+    configs = [tiny_config(image_size=96, input_size=72, seed=1),
+               tiny_config(image_size=96, zoom=0.8, input_size=80, head="l1_prod", channels_last=False, seed=2)]
+    members = []
+    for config in configs:
+        torch.manual_seed(config.seed)
+        members.append(build_model(config).eval())
+    return members, configs
+
+
+def test_ensemble_is_the_mean_of_its_members_on_their_own_views(tiny_config):
+    from tune_siamese.engine import predict
+    from tune_siamese.model import EnsembleNet, ensemble_config
+
+    members, configs = ensemble_members(tiny_config)
+    images = torch.randint(0, 256, (6, 96, 96), dtype=torch.uint8)
+    pairs = np.array([[0, 1, 1], [2, 3, 0], [4, 5, 1]])
+    cfg = ensemble_config(configs)
+    assert (cfg.zoom, cfg.model_input_size, cfg.image_size) == (1.0, 96, 96)
+    own = [predict(m, images, pairs, c.replace(precision="fp32")) for m, c in zip(members, configs)]
+    assert not np.allclose(own[0], own[1])
+    joint = predict(EnsembleNet(members, configs), images, pairs, cfg.replace(precision="fp32"))
+    np.testing.assert_allclose(joint, (own[0] + own[1]) / 2, rtol=1e-5, atol=1e-5)
+
+
+def test_ensemble_refuses_members_stored_differently(tiny_config):
+    from tune_siamese.model import EnsembleNet
+
+    members, configs = ensemble_members(tiny_config)
+    with pytest.raises(InputError, match="differ in data setting.*crop"):
+        EnsembleNet(members, [configs[0], configs[1].replace(crop=0.5)])
+
+
+def test_ensemble_export_round_trip_and_tamper(tiny_config, tmp_path):
+    from tune_siamese.checkpoint import export_ensemble
+    from tune_siamese.model import EnsembleNet
+
+    members, configs = ensemble_members(tiny_config)
+    out = export_ensemble(members, configs, tmp_path / "ens", {"auc": 0.7}, threshold_logit=-0.1)
+    loaded, config, threshold = load_model(out)
+    assert isinstance(loaded, EnsembleNet) and threshold == -0.1 and config.image_size == 96
+    a, b = torch.rand(4, 1, 96, 96), torch.rand(4, 1, 96, 96)
+    torch.testing.assert_close(loaded(a, b), EnsembleNet(members, configs)(a, b))
+    member_weights = out / "member_2" / "model.safetensors"
+    raw = bytearray(member_weights.read_bytes())
+    raw[-3] ^= 0x01
+    member_weights.write_bytes(bytes(raw))
+    with pytest.raises(InputError, match="checksum mismatch for model.safetensors"):
+        load_model(out)

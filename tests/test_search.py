@@ -109,6 +109,22 @@ def test_export_round_trip_matches_in_memory_model(smoke_search, tmp_path):
     assert printed["probability_same"] == pytest.approx(expected, abs=1e-6)
 
 
+def test_top_trials_ensembled_tested_and_exported(smoke_search):
+    from tune_siamese import cli
+
+    ensemble = smoke_search["summary"]["ensemble"]
+    frames = trial_frames(smoke_search["experiment"])
+    ranked = sorted(float(f["val_loss"].min()) for f in frames.values())
+    assert [m["val_loss"] for m in ensemble["members"]] == pytest.approx(ranked[:2])  # chosen by val loss only
+    assert len({m["trial_id"] for m in ensemble["members"]}) == 2
+    assert 0.0 <= ensemble["test"]["accuracy_at_threshold"] <= 1.0 and 0.0 <= ensemble["test"]["auc"] <= 1.0
+    export = Path(ensemble["export"])
+    assert export == smoke_search["experiment"] / "export-ensemble"
+    printed = cli_json(cli.main, ["evaluate", str(export), "--data", "synthetic"])
+    assert printed["auc"] == pytest.approx(ensemble["test"]["auc"], abs=1e-6)
+    assert printed["accuracy_at_threshold"] == pytest.approx(ensemble["test"]["accuracy_at_threshold"])
+
+
 def cli_json(main, argv):
     import contextlib
     import io
@@ -127,6 +143,7 @@ def cli_json(main, argv):
     (["--storage-path", "/proc/forbidden"], "--storage-path is not writable"),
     (["--set", "optimizer=rmsprop"], "optimizer='rmsprop'"),
     (["--num-samples", "0"], "--num-samples=0"),
+    (["--ensemble", "1"], "--ensemble=1"),
 ])
 def test_bad_options_exit_2_with_one_message(ray_session, argv, message, capsys, tmp_path):
     storage = [] if "--storage-path" in argv else ["--storage-path", str(tmp_path)]

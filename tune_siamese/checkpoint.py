@@ -4,6 +4,8 @@ An export directory holds:
   model.safetensors  weights            config.json   the whole Config
   model.pt2          torch.export graph metrics.json  test metrics and the decision threshold
   SHA256SUMS         checksums of all of the above; a mismatch refuses to load
+An ensemble export holds member_1/, member_2/, ... (each an export as above), ensemble.json (the member
+folders and the ensemble's input config), metrics.json and SHA256SUMS over those and the members' SHA256SUMS.
 """
 from __future__ import annotations
 
@@ -19,9 +21,10 @@ from safetensors.torch import load_file, save_file
 
 from .config import Config
 from .errors import InputError
-from .model import SiameseNet, build_model
+from .model import EnsembleNet, SiameseNet, build_model, ensemble_config
 
 CHECKSUMS = "SHA256SUMS"
+ENSEMBLE_FILE = "ensemble.json"
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
@@ -73,6 +76,33 @@ def export_model(model: SiameseNet, config: Config, out_dir: str | Path, metrics
     return out
 
 
+def export_ensemble(members: list[SiameseNet], configs: list[Config], out_dir: str | Path,
+                    metrics: dict[str, Any] | None = None, threshold_logit: float = 0.0) -> Path:
+    """Each member as a full export in member_K/, plus ensemble.json, metrics.json and checksums over all."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    folders = [f"member_{k}" for k in range(1, len(members) + 1)]
+    for model, config, folder in zip(members, configs, folders):
+        export_model(model, config, out / folder)
+    (out / ENSEMBLE_FILE).write_text(json.dumps({"members": folders, "config": ensemble_config(configs).to_dict()},
+                                                indent=2) + "\n")
+    (out / "metrics.json").write_text(json.dumps({"threshold_logit": threshold_logit, **(metrics or {})},
+                                                 indent=2) + "\n")
+    files = [ENSEMBLE_FILE, "metrics.json", *(f"{folder}/{CHECKSUMS}" for folder in folders)]
+    (out / CHECKSUMS).write_text("".join(f"{_sha256(out / name)}  {name}\n" for name in files))
+    return out
+
+
+def _load_ensemble(source: Path) -> tuple[EnsembleNet, Config, float]:
+    verify_checksums(source)
+    spec = json.loads((source / ENSEMBLE_FILE).read_text())
+    loaded = [load_model(source / folder) for folder in spec["members"]]
+    model = EnsembleNet([m for m, _, _ in loaded], [c for _, c, _ in loaded])
+    config = Config.from_dict(spec["config"], source=str(source / ENSEMBLE_FILE))
+    threshold = float(json.loads((source / "metrics.json").read_text()).get("threshold_logit", 0.0))
+    return model.eval(), config, threshold
+
+
 def verify_checksums(export_dir: Path) -> None:
     sums = export_dir / CHECKSUMS
     if not sums.is_file():
@@ -86,9 +116,12 @@ def verify_checksums(export_dir: Path) -> None:
             raise InputError(f"checksum mismatch for {name}: the export was modified or corrupted", sums, number)
 
 
-def load_model(source: str | Path) -> tuple[SiameseNet, Config, float]:
-    """(model, config, decision threshold as a logit) from an export directory or a checkpoint file."""
+def load_model(source: str | Path) -> tuple[SiameseNet | EnsembleNet, Config, float]:
+    """(model, config, decision threshold as a logit) from an export directory (single or ensemble) or a
+    checkpoint file. The config is the one to feed `engine.predict` with."""
     source = Path(source)
+    if (source / ENSEMBLE_FILE).is_file():
+        return _load_ensemble(source)
     if source.is_dir():
         verify_checksums(source)
         config = Config.load(source / "config.json")

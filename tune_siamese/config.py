@@ -15,7 +15,7 @@ from .errors import InputError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 INITS = ("koch", "torch")
-HEADS = ("l1", "l1_sq")
+HEADS = ("l1", "l1_sq", "l1_prod")
 PRECISIONS = ("auto", "fp32", "bf16")
 VAL_SPLITS = ("identity", "random")
 LR_SCHEDULES = ("exp", "cosine")
@@ -31,6 +31,7 @@ class Config:
     val_split: str = "identity"  # "identity": val identities unseen in training; "random": the reference study's split
     data_seed: int = 0
     # --- model ---
+    zoom: float = 1.0  # central fraction of the stored image the model sees (a per-trial crop, on the device)
     input_size: int = 0  # 0 = image_size; otherwise batches are resized on the device
     width: float = 1.0  # multiplies every conv's channels and the FC width
     embedding: int = 4096  # FC width at width 1.0
@@ -85,8 +86,9 @@ class Config:
             positive(name)
         if not 0.0 < self.val_fraction < 1.0:
             raise InputError(f"option val_fraction={self.val_fraction!r} must be between 0 and 1")
-        if self.crop > 1.0:
-            raise InputError(f"option crop={self.crop!r} must be in (0, 1]")
+        for name in ("crop", "zoom"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise InputError(f"option {name}={getattr(self, name)!r} must be in (0, 1]")
         if not 0.0 <= self.dropout < 1.0:
             raise InputError(f"option dropout={self.dropout!r} must be in [0, 1)")
         if not 0.0 <= self.label_smoothing < 0.5:

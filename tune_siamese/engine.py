@@ -18,7 +18,7 @@ from .augment import koch_affine
 from .config import Config
 from .data import PairData, PairMiner
 from .errors import InputError
-from .model import SiameseNet, build_model
+from .model import SiameseNet, build_model, center_crop, resize
 
 EpochCallback = Callable[[dict[str, Any], Callable[[], dict[str, Any]]], None]
 
@@ -96,11 +96,9 @@ def images_on(device: torch.device, images: np.ndarray) -> torch.Tensor:
 
 
 def to_input(images: torch.Tensor, index: torch.Tensor, config: Config) -> torch.Tensor:
-    x = images[index].unsqueeze(1).float().div_(255.0)
-    size = config.model_input_size
-    if x.shape[-1] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return x
+    """Gather uint8 images, keep the central `zoom` fraction, convert to [0, 1] floats at the model's size."""
+    x = center_crop(images[index], config.zoom).unsqueeze(1).float().div_(255.0)  # crop first: fewer to convert
+    return resize(x, config.model_input_size)
 
 
 def _format(x: torch.Tensor, config: Config) -> torch.Tensor:
@@ -141,7 +139,7 @@ def train_one_epoch(model: SiameseNet, optimizer: torch.optim.Optimizer, images:
 
 
 @torch.no_grad()
-def predict(model: SiameseNet, images: torch.Tensor, pairs: np.ndarray, config: Config) -> np.ndarray:
+def predict(model: torch.nn.Module, images: torch.Tensor, pairs: np.ndarray, config: Config) -> np.ndarray:
     """Logits for every pair, in large batches without autograd; optionally averaged with the mirrored pair."""
     model.eval()
     device = images.device
@@ -182,7 +180,7 @@ def pair_metrics(labels: np.ndarray, logits: np.ndarray, threshold: float | None
     return metrics
 
 
-def evaluate(model: SiameseNet, images: torch.Tensor, pairs: np.ndarray, config: Config,
+def evaluate(model: torch.nn.Module, images: torch.Tensor, pairs: np.ndarray, config: Config,
              threshold: float | None = None, with_roc: bool = False) -> dict[str, Any]:
     return pair_metrics(pairs[:, 2], predict(model, images, pairs, config), threshold, with_roc)
 

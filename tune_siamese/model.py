@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import Config
+from .errors import InputError
 
 # (out_channels, kernel) of Koch's four conv layers at width 1.0; all but the last are followed by max-pool 2.
 KOCH_CONVS = ((64, 10), (128, 7), (128, 4), (256, 4))
@@ -39,7 +41,7 @@ class SiameseNet(nn.Module):
         self.fc = nn.Sequential(nn.Flatten(), nn.Linear(flat, self.embed_dim), nn.Sigmoid())
         self.head_kind = head
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.head = nn.Linear(self.embed_dim * (2 if head == "l1_sq" else 1), 1)
+        self.head = nn.Linear(self.embed_dim * (1 if head == "l1" else 2), 1)
         if init == "koch":
             self._koch_init()
 
@@ -58,7 +60,12 @@ class SiameseNet(nn.Module):
 
     def score(self, ea: torch.Tensor, eb: torch.Tensor) -> torch.Tensor:
         diff = ea - eb
-        dist = diff.abs() if self.head_kind == "l1" else torch.cat([diff.abs(), diff * diff], dim=1)
+        if self.head_kind == "l1":
+            dist = diff.abs()  # Koch's weighted L1
+        elif self.head_kind == "l1_sq":
+            dist = torch.cat([diff.abs(), diff * diff], dim=1)  # plus a weighted squared distance
+        else:
+            dist = torch.cat([diff.abs(), ea * eb], dim=1)  # plus a weighted correlation of the two embeddings
         return self.head(self.dropout(dist)).squeeze(1)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -71,6 +78,61 @@ class SiameseNet(nn.Module):
 def build_model(config: Config) -> SiameseNet:
     return SiameseNet(width=config.width, input_size=config.model_input_size, batchnorm=config.batchnorm,
                       embedding=config.embedding, head=config.head, dropout=config.dropout, init=config.init)
+
+
+def center_crop(x: torch.Tensor, zoom: float) -> torch.Tensor:
+    """The central `zoom` fraction of the last two (square) dimensions, as a view."""
+    if zoom >= 1.0:
+        return x
+    side = x.shape[-1]
+    keep = max(1, round(side * zoom))
+    start = (side - keep) // 2
+    return x[..., start:start + keep, start:start + keep]
+
+
+def resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """[N, 1, H, W] floats to size x size (antialiased bilinear); unchanged when already that size."""
+    if x.shape[-1] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+class EnsembleNet(nn.Module):
+    """Mean logit of several SiameseNets (e.g. the top trials of a search) that share their data settings.
+
+    It takes the stored images at full size (its config has zoom 1 and input_size 0, see `ensemble_config`);
+    each member then sees its own zoom, input size and memory layout, as in its training.
+    """
+
+    def __init__(self, members: list[SiameseNet], configs: list[Config]):
+        super().__init__()
+        if not members or len(members) != len(configs):
+            raise InputError("an ensemble needs one config per member, and at least one member")
+        ensemble_config(configs)  # refuses members trained on differently stored images
+        self.members = nn.ModuleList(members)
+        self.views = [(c.zoom, c.model_input_size, c.channels_last) for c in configs]
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        logits = []
+        for member, (zoom, size, channels_last) in zip(self.members, self.views):
+            va, vb = (resize(center_crop(x, zoom), size) for x in (a, b))
+            if channels_last:
+                va, vb = (v.contiguous(memory_format=torch.channels_last) for v in (va, vb))
+            logits.append(member(va, vb).float())
+        return torch.stack(logits).mean(0)
+
+
+DATA_FIELDS = ("data", "image_size", "crop", "val_fraction", "val_split", "data_seed")
+
+
+def ensemble_config(configs: list[Config]) -> Config:
+    """The config that feeds an EnsembleNet: the members' shared data settings, full-size NCHW input."""
+    first = configs[0]
+    for other in configs[1:]:
+        differ = [name for name in DATA_FIELDS if getattr(other, name) != getattr(first, name)]
+        if differ:
+            raise InputError(f"ensemble members differ in data setting(s) {', '.join(differ)}")
+    return first.replace(zoom=1.0, input_size=0, channels_last=False, tta_flip=any(c.tta_flip for c in configs))
 
 
 def count_parameters(model: nn.Module) -> int:

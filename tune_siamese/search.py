@@ -18,11 +18,11 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from .checkpoint import as_trained, export_model, load_checkpoint, save_checkpoint
+from .checkpoint import as_trained, export_ensemble, export_model, load_checkpoint, save_checkpoint
 from .config import Config
 from .data import PairData
 from .engine import Diverged, best_threshold, evaluate, fit, images_on, pair_metrics, predict, resolve_device
-from .model import build_model
+from .model import EnsembleNet, build_model, ensemble_config
 from .errors import InputError
 
 METRIC, MODE = "val_loss", "min"
@@ -191,9 +191,51 @@ def retrain_and_test(config: Config, data: PairData, epochs: int, searched: Any 
     return model, {"test": test, "searched_model_test": searched_test, "epochs": epochs}
 
 
+def top_trials(results: tune.ResultGrid, k: int) -> list[tuple[tune.Result, float]]:
+    """The k trials with the lowest val loss at any epoch (errored, diverged and unreported trials left out)."""
+    ranked = []
+    for result in results:
+        frame = result.metrics_dataframe
+        if result.error is not None or frame is None or METRIC not in frame or frame[METRIC].isna().all():
+            continue
+        if "diverged" in frame and frame["diverged"].fillna(0).max() > 0:
+            continue
+        ranked.append((result, float(frame[METRIC].min())))
+    ranked.sort(key=lambda pair: pair[1])
+    return ranked[:k]
+
+
+def ensemble_and_test(results: tune.ResultGrid, data: PairData, k: int) -> tuple[EnsembleNet, list[Config], dict]:
+    """Average the logits of the top-k trials' own models (best epochs, trained on the train part only).
+
+    Members are chosen by val loss alone; the threshold is chosen on the val pairs, which no member trained on.
+    """
+    members, configs, chosen = [], [], []
+    for result, loss in top_trials(results, k):
+        config = Config.from_dict(dict(result.config), source="ensemble member")
+        model = searched_model(result, config)
+        if model is not None:
+            members.append(model)
+            configs.append(config)
+            chosen.append({"trial_id": Path(result.path).name, "val_loss": loss})
+    if len(members) < 2:
+        raise InputError(f"option --ensemble={k}: only {len(members)} trial(s) have a usable checkpoint")
+    model, config = EnsembleNet(members, configs), ensemble_config(configs)
+    device = resolve_device(config)
+    model = model.to(device)
+    images = images_on(device, data.images)
+    val_logits = predict(model, images, data.val, config)
+    threshold = best_threshold(data.val[:, 2], val_logits)
+    report = {"members": chosen, "val": pair_metrics(data.val[:, 2], val_logits, threshold),
+              "test": evaluate(model, images, data.test, config, threshold=threshold, with_roc=True)}
+    return model, configs, report
+
+
 def finish(settings: SearchSettings, results: tune.ResultGrid, data: PairData, export_dir: str | None,
-           retrain: bool = True) -> tuple[dict[str, Any], Any]:
-    """Pick the best trial, retrain, test, export; write final.json. Returns (summary, retrained model)."""
+           retrain: bool = True, ensemble: int = 0) -> tuple[dict[str, Any], Any]:
+    """Pick the best trial, retrain, test, export; optionally also ensemble the top trials; write final.json.
+
+    Returns (summary, retrained model)."""
     best, epoch, loss = best_trial(results)
     config = Config.from_dict(dict(best.config), source="best trial")
     summary: dict[str, Any] = {"best_config": config.to_dict(), "best_epoch": epoch, "best_val_loss": loss,
@@ -210,5 +252,15 @@ def finish(settings: SearchSettings, results: tune.ResultGrid, data: PairData, e
                      metrics={k: v for k, v in scores["test"].items() if not k.startswith("roc_")},
                      threshold_logit=scores["test"]["threshold_logit"])
         summary["export"] = str(Path(target).resolve())
+    if ensemble >= 2:
+        members, configs, report = ensemble_and_test(results, data, ensemble)
+        target = f"{export_dir.rstrip('/')}-ensemble" if export_dir else join(settings.experiment_path,
+                                                                              "export-ensemble")
+        if "://" in target:
+            raise InputError("option --export-dir must be a local folder", target)
+        export_ensemble(list(members.members), configs, target,
+                        metrics={k: v for k, v in report["test"].items() if not k.startswith("roc_")},
+                        threshold_logit=report["test"]["threshold_logit"])
+        summary["ensemble"] = {**report, "export": str(Path(target).resolve())}
     write_text(join(settings.experiment_path, FINAL_FILE), json.dumps(summary, indent=2) + "\n")
     return summary, model
