@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -58,7 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "EXPERIMENT/export-ensemble, or EXPORT_DIR-ensemble)")
     p.add_argument("--max-failures", type=int, default=3, help="restarts of a failing trial before it errors")
     p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard (bound to 127.0.0.1)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.argv = None if argv is None else [str(a) for a in argv]  # None: the real command line (sys.argv)
+    return args
 
 
 def check_fraction(gpus: float) -> None:
@@ -111,7 +114,8 @@ def build_settings(args: argparse.Namespace) -> tuple[Any, Any]:
         grace_period=min(args.grace_period or run["grace_period"], max_epochs),
         reduction_factor=args.reduction_factor, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent or 0, seed=args.seed,
-        storage_path=check_storage(args.storage_path), name=name, max_failures=args.max_failures)
+        storage_path=check_storage(args.storage_path), name=name, max_failures=args.max_failures,
+        command=shlex.join(["python", "run_search.py", *(sys.argv[1:] if args.argv is None else args.argv)]))
     return settings, preset
 
 
@@ -161,7 +165,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, Any]:
     """The whole job; returns (summary as written to final.json, retrained model); (None, None) if interrupted."""
     from search_spaces import get_preset
     from tune_siamese.data import load_data
-    from tune_siamese.search import SETTINGS_FILE, build_tuner, finish, join, restore_tuner, write_text
+    from tune_siamese.search import FINAL_FILE, SETTINGS_FILE, build_tuner, finish, join, restore_tuner, write_text
 
     if args.resume:
         settings = load_resume_settings(args.resume)
@@ -185,7 +189,9 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, Any]:
         tuner = build_tuner(settings, data, preset.space, preset.points)
     print(f"Experiment: {settings.experiment_path} ({settings.num_samples} trials, "
           f"{settings.max_concurrent} at once)", flush=True)
+    search_started = time.time()
     results = tuner.fit()
+    search_seconds = time.time() - search_started
     if results.num_terminated + results.num_errors < settings.num_samples:
         # Ctrl-C or a lost driver: Tune saved its state; finishing now would retrain a half-searched space.
         print(f"\nSearch interrupted ({results.num_terminated} of {settings.num_samples} trials finished). "
@@ -193,6 +199,10 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, Any]:
         return None, None
     summary, model = finish(settings, results, data, args.export_dir, retrain=not args.no_retrain,
                             ensemble=args.ensemble)
+    summary["wall_seconds"] = {"search": round(search_seconds, 1),  # of this invocation (a resume: its part only)
+                               "retrain_test_export": round(time.time() - search_started - search_seconds, 1),
+                               "resumed": bool(args.resume)}
+    write_text(join(settings.experiment_path, FINAL_FILE), json.dumps(summary, indent=2) + "\n")
     print("\nBest configuration (val loss {:.4f} at epoch {}):".format(summary["best_val_loss"],
                                                                        summary["best_epoch"]))
     print(json.dumps({k: summary["best_config"][k] for k in sorted(preset.space)}, indent=2))

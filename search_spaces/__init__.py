@@ -69,7 +69,7 @@ BEST_POINT = {"zoom": 0.8, "input_size": 96, "width": 0.25, "embedding": 4096, "
               "augment_strength": 1.0}
 BEST_FIXED = {"image_size": 112, "crop": 0.7, "batchnorm": True, "init": "torch", "optimizer": "adamw",
               "augment": True, "tta_flip": True, "patience": 6}
-BEST_RUN = {"num_samples": 24, "max_epochs": 40, "grace_period": 4}
+BEST_RUN = {"num_samples": 32, "max_epochs": 40, "grace_period": 4}
 
 PRESETS: dict[str, Preset] = {
     "default": Preset(
@@ -92,7 +92,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "best-mined": Preset(
         space=BEST_SPACE, points=[BEST_POINT], fixed={**BEST_FIXED, "mined_pairs": 3000},
-        run={**BEST_RUN, "num_samples": 16},
+        run={**BEST_RUN, "num_samples": 24},
         doc="best's space plus 3000 pairs mined each epoch from training identities (unrestricted protocol)",
     ),
     "paper": Preset(

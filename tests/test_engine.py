@@ -71,6 +71,15 @@ def test_no_validation_trains_every_epoch(synthetic_small, tiny_config):
     assert len(result.history) == 3 and result.best_epoch == 3 and "val_loss" not in result.history[0]
 
 
+def test_retraining_for_fewer_epochs_keeps_the_trials_schedule(synthetic_small, tiny_config):
+    # A retrain repeats the best trial's first N epochs: a cosine schedule still spans max_epochs.
+    config = tiny_config(lr=1e-3, lr_schedule="cosine", max_epochs=6)
+    result = fit(config, synthetic_small, validate=False, epochs=2)
+    lrs = [row["lr"] for row in result.history]
+    assert len(lrs) == 2 and result.best_epoch == 2
+    assert lrs[1] == pytest.approx(1e-3 * (1 + np.cos(np.pi / 6)) / 2)
+
+
 @pytest.mark.parametrize("name, cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam),
                                        ("adamw", torch.optim.AdamW)])
 def test_optimizer_by_name(tiny_config, name, cls):

@@ -195,12 +195,13 @@ class FitResult:
 
 
 def fit(config: Config, data: PairData, on_epoch: EpochCallback | None = None,
-        resume: dict[str, Any] | None = None, validate: bool = True) -> FitResult:
+        resume: dict[str, Any] | None = None, validate: bool = True, epochs: int | None = None) -> FitResult:
     """Train with early stopping on val loss; returns the model restored to its best epoch.
 
     `on_epoch(metrics, state)` is called after every epoch; `state()` builds a resumable training state
     (model, optimizer, scheduler, RNGs, history) that `resume=` accepts. With `validate=False` (retraining on
-    train + val) it trains exactly `max_epochs` epochs and keeps the last weights.
+    train + val) it trains exactly `epochs` epochs (default `max_epochs`) and keeps the last weights; the
+    learning-rate schedule is still the config's (a cosine spans `max_epochs`), as in the trial it repeats.
     """
     device = setup(config)
     model = build_model(config).to(device)
@@ -235,7 +236,8 @@ def fit(config: Config, data: PairData, on_epoch: EpochCallback | None = None,
                 "bad_epochs": bad_epochs, "epoch": result.history[-1]["epoch"] if result.history else 0,
                 "config": config.to_dict()}
 
-    for epoch in range(start_epoch, config.max_epochs + 1):
+    last_epoch = config.max_epochs if epochs is None else min(epochs, config.max_epochs)
+    for epoch in range(start_epoch, last_epoch + 1):
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         pairs = data.train if miner is None else np.concatenate([data.train, miner.sample(config.mined_pairs)])

@@ -76,6 +76,7 @@ class SearchSettings:
     storage_path: str
     name: str
     max_failures: int = 3
+    command: str = ""  # the command line that started the search, for the record
 
     @property
     def experiment_path(self) -> str:
@@ -177,15 +178,16 @@ def retrain_and_test(config: Config, data: PairData, epochs: int, searched: Any 
     only, so it never saw them) and applied to the retrained model's logits. Without that model, a train-only
     model is fitted for the same epochs to choose it.
     """
-    cfg = config.replace(max_epochs=epochs)
+    # The search is over, so the retrain may use every core torch sees, not one trial's share (threads=0).
+    cfg = config.replace(threads=0)
     if searched is None:
-        searched = fit(cfg, data, validate=False).model
+        searched = fit(cfg, data, validate=False, epochs=epochs).model
     device = resolve_device(cfg)
     searched = searched.to(device)
     images = images_on(device, data.images)
     threshold = best_threshold(data.val[:, 2], predict(searched, images, data.val, cfg))
     full = replace(data, train=np.concatenate([data.train, data.val]))
-    model = fit(cfg, full, validate=False).model
+    model = fit(cfg, full, validate=False, epochs=epochs).model
     test = evaluate(model, images, data.test, cfg, threshold=threshold, with_roc=True)
     searched_test = pair_metrics(data.test[:, 2], predict(searched, images, data.test, cfg), threshold)
     return model, {"test": test, "searched_model_test": searched_test, "epochs": epochs}
@@ -248,8 +250,9 @@ def finish(settings: SearchSettings, results: tune.ResultGrid, data: PairData, e
         target = export_dir or join(settings.experiment_path, "export")
         if "://" in target:
             raise InputError("option --export-dir must be a local folder", target)
-        export_model(model, config.replace(max_epochs=epoch), target,
-                     metrics={k: v for k, v in scores["test"].items() if not k.startswith("roc_")},
+        export_model(model, config, target,
+                     metrics={"epochs_trained": epoch,
+                              **{k: v for k, v in scores["test"].items() if not k.startswith("roc_")}},
                      threshold_logit=scores["test"]["threshold_logit"])
         summary["export"] = str(Path(target).resolve())
     if ensemble >= 2:
