@@ -71,6 +71,16 @@ def test_no_validation_trains_every_epoch(synthetic_small, tiny_config):
     assert len(result.history) == 3 and result.best_epoch == 3 and "val_loss" not in result.history[0]
 
 
+def test_compiled_training_matches_eager(synthetic_small, tiny_config):
+    # aot_eager traces forward and backward like inductor does, without building C++ kernels (fast on CI).
+    config = tiny_config(max_epochs=1, precision="fp32")
+    eager = fit(config, synthetic_small, validate=False)
+    compiled = fit(config.replace(compile="aot_eager"), synthetic_small, validate=False)
+    assert compiled.history[0]["train_loss"] == pytest.approx(eager.history[0]["train_loss"], rel=1e-4)
+    with pytest.raises(InputError, match="option compile='nope'"):
+        fit(config.replace(compile="nope"), synthetic_small)
+
+
 def test_retraining_for_fewer_epochs_keeps_the_trials_schedule(synthetic_small, tiny_config):
     # A retrain repeats the best trial's first N epochs: a cosine schedule still spans max_epochs.
     config = tiny_config(lr=1e-3, lr_schedule="cosine", max_epochs=6)

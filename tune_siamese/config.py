@@ -59,6 +59,7 @@ class Config:
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     precision: str = "auto"  # "auto" = bf16 autocast on CUDA and on CPUs with native bf16, else fp32
     channels_last: bool = True
+    compile: str = ""  # "" = eager; else a torch.compile backend for training steps ("inductor": worth it on CUDA)
     threads: int = 0  # torch intra-op threads; 0 = leave torch's default
     eval_batch_size: int = 512
 

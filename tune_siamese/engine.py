@@ -61,6 +61,9 @@ def seed_everything(seed: int) -> None:
 
 
 def setup(config: Config) -> torch.device:
+    if config.compile and config.compile not in torch.compiler.list_backends(exclude_tags=()):
+        raise InputError(f"option compile={config.compile!r} is not a torch.compile backend; use '' (off), "
+                         f"{', '.join(torch.compiler.list_backends())} or eager/aot_eager")
     if config.threads > 0:
         torch.set_num_threads(config.threads)  # one trial's share of the cores, so trials don't oversubscribe
     seed_everything(config.seed)
@@ -105,7 +108,7 @@ def _format(x: torch.Tensor, config: Config) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if config.channels_last else x
 
 
-def train_one_epoch(model: SiameseNet, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                     pairs: np.ndarray, config: Config, generator: torch.Generator) -> float:
     model.train()
     device = images.device
@@ -209,6 +212,9 @@ def fit(config: Config, data: PairData, on_epoch: EpochCallback | None = None,
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(config, model)
     scheduler = make_scheduler(config, optimizer)
+    # Only the training steps are compiled (fixed batch size); evaluation batches vary, so it stays eager.
+    # The compiled wrapper shares the parameters, so state_dicts are taken from `model` as before.
+    trainer = torch.compile(model, backend=config.compile) if config.compile else model
     generator = torch.Generator().manual_seed(config.seed)
     miner = PairMiner(data, np.random.default_rng(config.seed)) if config.mined_pairs else None
     images = images_on(device, data.images)
@@ -241,7 +247,7 @@ def fit(config: Config, data: PairData, on_epoch: EpochCallback | None = None,
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         pairs = data.train if miner is None else np.concatenate([data.train, miner.sample(config.mined_pairs)])
-        train_loss = train_one_epoch(model, optimizer, images, pairs, config, generator)
+        train_loss = train_one_epoch(trainer, optimizer, images, pairs, config, generator)
         scheduler.step()
         metrics: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "lr": lr}
         if validate:
