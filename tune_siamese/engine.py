@@ -44,7 +44,8 @@ def cpu_has_native_bf16() -> bool:
 
     Elsewhere (e.g. AVX2-only) bf16 is emulated and several times slower, so "auto" keeps fp32 there.
     """
-    probes = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    probes = (getattr(torch.cpu, "_is_avx512_bf16_supported", None),
+              getattr(torch.cpu, "_is_amx_tile_supported", None))
     return any(bool(probe()) for probe in probes if probe is not None)
 
 
