@@ -81,6 +81,16 @@ def test_compiled_training_matches_eager(synthetic_small, tiny_config):
         fit(config.replace(compile="nope"), synthetic_small)
 
 
+def test_augmented_copies_and_mined_pairs_grow_the_epoch(synthetic_small, tiny_config):
+    n = len(synthetic_small.train)
+    copies = fit(tiny_config(max_epochs=1, augment=True, augment_copies=3), synthetic_small, validate=False)
+    assert copies.history[0]["train_pairs"] == 3 * n
+    mined = fit(tiny_config(max_epochs=1, mined_pairs=40), synthetic_small, validate=False)
+    assert mined.history[0]["train_pairs"] == n + 40
+    plain = fit(tiny_config(max_epochs=1, augment_copies=3), synthetic_small, validate=False)
+    assert plain.history[0]["train_pairs"] == n  # copies only mean something with augmentation
+
+
 def test_retraining_for_fewer_epochs_keeps_the_trials_schedule(synthetic_small, tiny_config):
     # A retrain repeats the best trial's first N epochs: a cosine schedule still spans max_epochs.
     config = tiny_config(lr=1e-3, lr_schedule="cosine", max_epochs=6)

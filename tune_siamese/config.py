@@ -52,6 +52,7 @@ class Config:
     label_smoothing: float = 0.0
     augment: bool = False
     augment_strength: float = 1.0  # scales Koch's affine ranges
+    augment_copies: int = 1  # each training pair this many times per epoch, each differently augmented (Koch: 8)
     mined_pairs: int = 0  # extra pairs drawn each epoch from training identities (0 = given pairs only)
     tta_flip: bool = False  # average the score of a pair and of its mirrored pair at evaluation
     # --- run ---
@@ -83,7 +84,7 @@ class Config:
         choice("val_split", VAL_SPLITS)
         choice("lr_schedule", LR_SCHEDULES)
         for name in ("image_size", "width", "embedding", "lr", "batch_size", "max_epochs", "patience",
-                     "eval_batch_size", "crop"):
+                     "eval_batch_size", "crop", "augment_copies"):
             positive(name)
         if not 0.0 < self.val_fraction < 1.0:
             raise InputError(f"option val_fraction={self.val_fraction!r} must be between 0 and 1")

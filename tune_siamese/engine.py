@@ -248,9 +248,11 @@ def fit(config: Config, data: PairData, on_epoch: EpochCallback | None = None,
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         pairs = data.train if miner is None else np.concatenate([data.train, miner.sample(config.mined_pairs)])
+        if config.augment and config.augment_copies > 1:
+            pairs = np.tile(pairs, (config.augment_copies, 1))  # shuffled together, each copy augmented anew
         train_loss = train_one_epoch(trainer, optimizer, images, pairs, config, generator)
         scheduler.step()
-        metrics: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "lr": lr}
+        metrics: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "lr": lr, "train_pairs": len(pairs)}
         if validate:
             val = evaluate(model, images, data.val, config)
             metrics.update(val_loss=val["loss"], val_accuracy=val["accuracy"], val_auc=val["auc"])
