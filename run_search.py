@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, Any]:
     """The whole job; returns (summary as written to final.json, retrained model); (None, None) if interrupted."""
     from search_spaces import get_preset
     from tune_siamese.data import load_data
-    from tune_siamese.search import FINAL_FILE, SETTINGS_FILE, build_tuner, finish, join, restore_tuner, write_text
+    from tune_siamese.search import SETTINGS_FILE, build_tuner, finish, join, restore_tuner, write_text
 
     if args.resume:
         settings = load_resume_settings(args.resume)
@@ -198,11 +198,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, Any]:
               f"Continue it with: python run_search.py --resume {settings.experiment_path}", flush=True)
         return None, None
     summary, model = finish(settings, results, data, args.export_dir, retrain=not args.no_retrain,
-                            ensemble=args.ensemble)
-    summary["wall_seconds"] = {"search": round(search_seconds, 1),  # of this invocation (a resume: its part only)
-                               "retrain_test_export": round(time.time() - search_started - search_seconds, 1),
-                               "resumed": bool(args.resume)}
-    write_text(join(settings.experiment_path, FINAL_FILE), json.dumps(summary, indent=2) + "\n")
+                            ensemble=args.ensemble, search_seconds=search_seconds, resumed=bool(args.resume))
     print("\nBest configuration (val loss {:.4f} at epoch {}):".format(summary["best_val_loss"],
                                                                        summary["best_epoch"]))
     print(json.dumps({k: summary["best_config"][k] for k in sorted(preset.space)}, indent=2))

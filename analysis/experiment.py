@@ -274,6 +274,7 @@ def compare(paths: list[str | Path]) -> pd.DataFrame:
         best = exp.best(1)
         top = best.iloc[0] if len(best) else None
         test = exp.final or {}
+        ensemble = ((exp.summary or {}).get("ensemble") or {}).get("test", {})
         rows.append({
             "experiment": exp.name, "space": exp.settings.get("space"), "trials": len(exp.trials),
             "statuses": ", ".join(f"{n} {s}" for s, n in exp.trials["status"].value_counts().items()),
@@ -282,9 +283,8 @@ def compare(paths: list[str | Path]) -> pd.DataFrame:
             "best_config": {h: exp.configs[top["trial_id"]].get(h) for h in exp.hyperparameters}
             if top is not None else None,
             "test_accuracy": test.get("accuracy", math.nan), "test_auc": test.get("auc", math.nan),
-            "ensemble_test_accuracy": ((exp.summary or {}).get("ensemble") or {}).get("test", {}).get(
-                "accuracy_at_threshold", math.nan),
-            "ensemble_test_auc": ((exp.summary or {}).get("ensemble") or {}).get("test", {}).get("auc", math.nan),
+            "ensemble_test_accuracy": ensemble.get("accuracy_at_threshold", math.nan),
+            "ensemble_test_auc": ensemble.get("auc", math.nan),
             "path": exp.path,
         })
     return pd.DataFrame(rows)

@@ -53,11 +53,6 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def native_bf16_cpu() -> bool:
-    """True when the CPU has bf16 instructions (AVX512-BF16 or AMX); without them bf16 on the CPU is emulated."""
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
-
-
 def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))

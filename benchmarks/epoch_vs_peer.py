@@ -54,7 +54,8 @@ from PIL import Image  # noqa: E402
 from tune_siamese.config import Config  # noqa: E402
 from tune_siamese.data import (PairData, decode_image, find_pair_lists, lfw_image_path, load_data,  # noqa: E402
                                parse_pair_list, render_synthetic)
-from tune_siamese.engine import images_on, make_optimizer, predict, train_one_epoch  # noqa: E402
+from tune_siamese.engine import (cpu_has_native_bf16, images_on, make_optimizer, predict,  # noqa: E402
+                                 train_one_epoch)
 from tune_siamese.model import build_model, forward_flops  # noqa: E402
 
 LOG_INTERVAL = 10  # pytorch/examples' siamese_network logs loss.item() every 10 batches
@@ -438,7 +439,7 @@ def run(args: argparse.Namespace, device: torch.device, info: dict, root: Path, 
     workers = ([0, 2] if device.type == "cpu" else [1, 8]) if args.peer_workers == "auto" else \
         [int(w) for w in args.peer_workers.split(",")]
     images = images_on(device, data.images)
-    cap = args.bf16_max_pairs if device.type == "cpu" and not _common.native_bf16_cpu() else 0
+    cap = args.bf16_max_pairs if device.type == "cpu" and not cpu_has_native_bf16() else 0
     cap = cap if 0 < cap < n_pairs else 0
     peer_cfg = base.replace(precision="fp32", channels_last=False)
     runners: list[Runner] = [PeerRunner(f"peer (DataLoader workers={w})", peer_cfg, rows, device, w, args.seed)

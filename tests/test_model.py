@@ -221,7 +221,7 @@ def test_ensemble_export_round_trip_and_tamper(tiny_config, tmp_path):
     from tune_siamese.model import EnsembleNet
 
     members, configs = ensemble_members(tiny_config)
-    out = export_ensemble(members, configs, tmp_path / "ens", {"auc": 0.7}, threshold_logit=-0.1)
+    out = export_ensemble(EnsembleNet(members, configs), tmp_path / "ens", {"auc": 0.7}, threshold_logit=-0.1)
     loaded, config, threshold = load_model(out)
     assert isinstance(loaded, EnsembleNet) and threshold == -0.1 and config.image_size == 96
     a, b = torch.rand(4, 1, 96, 96), torch.rand(4, 1, 96, 96)

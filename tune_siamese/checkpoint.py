@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import Config
 from .errors import InputError
-from .model import EnsembleNet, SiameseNet, build_model, ensemble_config
+from .model import EnsembleNet, SiameseNet, build_model
 
 CHECKSUMS = "SHA256SUMS"
 ENSEMBLE_FILE = "ensemble.json"
@@ -62,8 +62,7 @@ def export_model(model: SiameseNet, config: Config, out_dir: str | Path, metrics
     model = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).eval()  # caller's stays put
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
     config.save(out / "config.json")
-    (out / "metrics.json").write_text(json.dumps({"threshold_logit": threshold_logit, **(metrics or {})},
-                                                 indent=2) + "\n")
+    _write_metrics(out, metrics, threshold_logit)
     size = config.model_input_size
     # Two distinct tensors: given the same tensor twice, torch.export aliases the inputs and the graph
     # scores b against b, whatever a is.
@@ -71,26 +70,36 @@ def export_model(model: SiameseNet, config: Config, out_dir: str | Path, metrics
     batch = torch.export.Dim("batch", min=1)
     graph = torch.export.export(model, example, dynamic_shapes=({0: batch}, {0: batch}))
     torch.export.save(graph, str(out / "model.pt2"))  # torch.export.load(...).module()(a, b) -> logits
-    files = ["model.safetensors", "config.json", "metrics.json", "model.pt2"]
-    (out / CHECKSUMS).write_text("".join(f"{_sha256(out / name)}  {name}\n" for name in files))
+    _write_checksums(out, ["model.safetensors", "config.json", "metrics.json", "model.pt2"])
     return out
 
 
-def export_ensemble(members: list[SiameseNet], configs: list[Config], out_dir: str | Path,
-                    metrics: dict[str, Any] | None = None, threshold_logit: float = 0.0) -> Path:
+def export_ensemble(ensemble: EnsembleNet, out_dir: str | Path, metrics: dict[str, Any] | None = None,
+                    threshold_logit: float = 0.0) -> Path:
     """Each member as a full export in member_K/, plus ensemble.json, metrics.json and checksums over all."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    folders = [f"member_{k}" for k in range(1, len(members) + 1)]
-    for model, config, folder in zip(members, configs, folders):
+    folders = [f"member_{k}" for k in range(1, len(ensemble.members) + 1)]
+    for model, config, folder in zip(ensemble.members, ensemble.configs, folders):
         export_model(model, config, out / folder)
-    (out / ENSEMBLE_FILE).write_text(json.dumps({"members": folders, "config": ensemble_config(configs).to_dict()},
+    (out / ENSEMBLE_FILE).write_text(json.dumps({"members": folders, "config": ensemble.config.to_dict()},
                                                 indent=2) + "\n")
+    _write_metrics(out, metrics, threshold_logit)
+    _write_checksums(out, [ENSEMBLE_FILE, "metrics.json", *(f"{folder}/{CHECKSUMS}" for folder in folders)])
+    return out
+
+
+def _write_metrics(out: Path, metrics: dict[str, Any] | None, threshold_logit: float) -> None:
     (out / "metrics.json").write_text(json.dumps({"threshold_logit": threshold_logit, **(metrics or {})},
                                                  indent=2) + "\n")
-    files = [ENSEMBLE_FILE, "metrics.json", *(f"{folder}/{CHECKSUMS}" for folder in folders)]
+
+
+def _write_checksums(out: Path, files: list[str]) -> None:
     (out / CHECKSUMS).write_text("".join(f"{_sha256(out / name)}  {name}\n" for name in files))
-    return out
+
+
+def _threshold(export_dir: Path) -> float:
+    return float(json.loads((export_dir / "metrics.json").read_text()).get("threshold_logit", 0.0))
 
 
 def _load_ensemble(source: Path) -> tuple[EnsembleNet, Config, float]:
@@ -98,9 +107,7 @@ def _load_ensemble(source: Path) -> tuple[EnsembleNet, Config, float]:
     spec = json.loads((source / ENSEMBLE_FILE).read_text())
     loaded = [load_model(source / folder) for folder in spec["members"]]
     model = EnsembleNet([m for m, _, _ in loaded], [c for _, c, _ in loaded])
-    config = Config.from_dict(spec["config"], source=str(source / ENSEMBLE_FILE))
-    threshold = float(json.loads((source / "metrics.json").read_text()).get("threshold_logit", 0.0))
-    return model.eval(), config, threshold
+    return model.eval(), Config.from_dict(spec["config"], source=str(source / ENSEMBLE_FILE)), _threshold(source)
 
 
 def verify_checksums(export_dir: Path) -> None:
@@ -127,8 +134,7 @@ def load_model(source: str | Path) -> tuple[SiameseNet | EnsembleNet, Config, fl
         config = Config.load(source / "config.json")
         model = build_model(config)
         model.load_state_dict(load_file(str(source / "model.safetensors")))
-        threshold = float(json.loads((source / "metrics.json").read_text()).get("threshold_logit", 0.0))
-        return as_trained(model, config), config, threshold
+        return as_trained(model, config), config, _threshold(source)
     state = load_checkpoint(source)
     if "config" not in state or "model" not in state:
         raise InputError("checkpoint holds no config and model", source)

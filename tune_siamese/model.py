@@ -108,15 +108,15 @@ class EnsembleNet(nn.Module):
         super().__init__()
         if not members or len(members) != len(configs):
             raise InputError("an ensemble needs one config per member, and at least one member")
-        ensemble_config(configs)  # refuses members trained on differently stored images
+        self.config = ensemble_config(configs)  # what engine.predict feeds it; refuses mixed data settings
+        self.configs = list(configs)
         self.members = nn.ModuleList(members)
-        self.views = [(c.zoom, c.model_input_size, c.channels_last) for c in configs]
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         logits = []
-        for member, (zoom, size, channels_last) in zip(self.members, self.views):
-            va, vb = (resize(center_crop(x, zoom), size) for x in (a, b))
-            if channels_last:
+        for member, config in zip(self.members, self.configs):
+            va, vb = (resize(center_crop(x, config.zoom), config.model_input_size) for x in (a, b))
+            if config.channels_last:
                 va, vb = (v.contiguous(memory_format=torch.channels_last) for v in (va, vb))
             logits.append(member(va, vb).float())
         return torch.stack(logits).mean(0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from .checkpoint import as_trained, export_ensemble, export_model, load_checkpoi
 from .config import Config
 from .data import PairData
 from .engine import Diverged, best_threshold, evaluate, fit, images_on, pair_metrics, predict, resolve_device
-from .model import EnsembleNet, build_model, ensemble_config
+from .model import EnsembleNet, build_model
 from .errors import InputError
 
 METRIC, MODE = "val_loss", "min"
@@ -207,7 +208,7 @@ def top_trials(results: tune.ResultGrid, k: int) -> list[tuple[tune.Result, floa
     return ranked[:k]
 
 
-def ensemble_and_test(results: tune.ResultGrid, data: PairData, k: int) -> tuple[EnsembleNet, list[Config], dict]:
+def ensemble_and_test(results: tune.ResultGrid, data: PairData, k: int) -> tuple[EnsembleNet, dict[str, Any]]:
     """Average the logits of the top-k trials' own models (best epochs, trained on the train part only).
 
     Members are chosen by val loss alone; the threshold is chosen on the val pairs, which no member trained on.
@@ -222,7 +223,8 @@ def ensemble_and_test(results: tune.ResultGrid, data: PairData, k: int) -> tuple
             chosen.append({"trial_id": Path(result.path).name, "val_loss": loss})
     if len(members) < 2:
         raise InputError(f"option --ensemble={k}: only {len(members)} trial(s) have a usable checkpoint")
-    model, config = EnsembleNet(members, configs), ensemble_config(configs)
+    model = EnsembleNet(members, configs)
+    config = model.config
     device = resolve_device(config)
     model = model.to(device)
     images = images_on(device, data.images)
@@ -230,14 +232,30 @@ def ensemble_and_test(results: tune.ResultGrid, data: PairData, k: int) -> tuple
     threshold = best_threshold(data.val[:, 2], val_logits)
     report = {"members": chosen, "val": pair_metrics(data.val[:, 2], val_logits, threshold),
               "test": evaluate(model, images, data.test, config, threshold=threshold, with_roc=True)}
-    return model, configs, report
+    return model, report
+
+
+def export_target(settings: SearchSettings, export_dir: str | None, suffix: str = "") -> str:
+    """EXPORT_DIR + suffix, or EXPERIMENT/export + suffix; always a local folder."""
+    target = f"{export_dir.rstrip('/')}{suffix}" if export_dir else join(settings.experiment_path, f"export{suffix}")
+    if "://" in target:
+        raise InputError("option --export-dir must be a local folder", target)
+    return target
+
+
+def _scalars(test: dict[str, Any]) -> dict[str, Any]:
+    """Test metrics without the ROC points, for an export's metrics.json."""
+    return {k: v for k, v in test.items() if not k.startswith("roc_")}
 
 
 def finish(settings: SearchSettings, results: tune.ResultGrid, data: PairData, export_dir: str | None,
-           retrain: bool = True, ensemble: int = 0) -> tuple[dict[str, Any], Any]:
-    """Pick the best trial, retrain, test, export; optionally also ensemble the top trials; write final.json.
+           retrain: bool = True, ensemble: int = 0, search_seconds: float = 0.0,
+           resumed: bool = False) -> tuple[dict[str, Any], Any]:
+    """Pick the best trial, retrain, test, export; optionally also ensemble the top trials; write final.json
+    (with the wall time of the search as the caller measured it, and of this step).
 
     Returns (summary, retrained model)."""
+    started = time.time()
     best, epoch, loss = best_trial(results)
     config = Config.from_dict(dict(best.config), source="best trial")
     summary: dict[str, Any] = {"best_config": config.to_dict(), "best_epoch": epoch, "best_val_loss": loss,
@@ -247,23 +265,17 @@ def finish(settings: SearchSettings, results: tune.ResultGrid, data: PairData, e
     if retrain:
         model, scores = retrain_and_test(config, data, epoch, searched_model(best, config))
         summary.update(scores)
-        target = export_dir or join(settings.experiment_path, "export")
-        if "://" in target:
-            raise InputError("option --export-dir must be a local folder", target)
-        export_model(model, config, target,
-                     metrics={"epochs_trained": epoch,
-                              **{k: v for k, v in scores["test"].items() if not k.startswith("roc_")}},
+        target = export_target(settings, export_dir)
+        export_model(model, config, target, metrics={"epochs_trained": epoch, **_scalars(scores["test"])},
                      threshold_logit=scores["test"]["threshold_logit"])
         summary["export"] = str(Path(target).resolve())
     if ensemble >= 2:
-        members, configs, report = ensemble_and_test(results, data, ensemble)
-        target = f"{export_dir.rstrip('/')}-ensemble" if export_dir else join(settings.experiment_path,
-                                                                              "export-ensemble")
-        if "://" in target:
-            raise InputError("option --export-dir must be a local folder", target)
-        export_ensemble(list(members.members), configs, target,
-                        metrics={k: v for k, v in report["test"].items() if not k.startswith("roc_")},
+        members, report = ensemble_and_test(results, data, ensemble)
+        target = export_target(settings, export_dir, "-ensemble")
+        export_ensemble(members, target, metrics=_scalars(report["test"]),
                         threshold_logit=report["test"]["threshold_logit"])
         summary["ensemble"] = {**report, "export": str(Path(target).resolve())}
+    summary["wall_seconds"] = {"search": round(search_seconds, 1),  # of this invocation (a resume: its part only)
+                               "retrain_test_export": round(time.time() - started, 1), "resumed": resumed}
     write_text(join(settings.experiment_path, FINAL_FILE), json.dumps(summary, indent=2) + "\n")
     return summary, model
