@@ -42,21 +42,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="GPUs per trial; fractions that divide one GPU (0.5, 0.25, ...) share it")
     p.add_argument("--max-concurrent", type=int,
                    help="trials running at once (default: as many as the resources allow)")
-    p.add_argument("--address", default="",
-                   help="empty: start Ray here; 'auto' or host:port or ray://host:port: join a cluster")
+    p.add_argument("--address",
+                   help="Ray cluster to join: 'auto' (the one running on this node) or HEAD_IP:6379 (default: "
+                        "$RAY_ADDRESS when set, as in a Ray job; else a new local Ray)")
+    p.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="give up joining a cluster after this long (default 30)")
+    p.add_argument("--wait-for-resources", type=float, default=0.0, metavar="SECONDS",
+                   help="let trials wait up to this long for nodes that fit them (nodes you add by hand); with "
+                        "an autoscaler they always wait for the nodes it can add (default 0: refuse at once)")
     p.add_argument("--storage-path", default="ray_results",
-                   help="where experiments go: a local folder, a shared filesystem or s3://bucket/path")
+                   help="where experiments go: a local folder, a shared filesystem or a URI (s3://bucket/path, "
+                        "gs://..., file:///...; S3 options in the query, e.g. ?endpoint_override=HOST:PORT)")
+    p.add_argument("--study-storage", metavar="URL",
+                   help="where the Optuna study lives: an SQLAlchemy URL (postgresql://..., sqlite:///...) or a "
+                        "journal file path (default: sqlite EXPERIMENT/optuna.db for a local storage path, in "
+                        "memory for a URI)")
     p.add_argument("--name", help="experiment name (default: siamese-<space>-<time>)")
     p.add_argument("--resume", metavar="EXPERIMENT",
                    help="continue an interrupted experiment folder; finished trials are not run again")
     p.add_argument("--seed", type=int, default=0, help="seed of the searcher and of every trial")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a Config value for every trial, e.g. --set image_size=96 (repeatable)")
-    p.add_argument("--export-dir", help="where the retrained best model goes (default: EXPERIMENT/export)")
+    p.add_argument("--export-dir", help="also copy the export (EXPERIMENT/export) to this local folder")
     p.add_argument("--no-retrain", action="store_true", help="stop after the search: no retrain, test or export")
     p.add_argument("--ensemble", type=int, default=0, metavar="K",
                    help="also test and export the mean of the top K trials' own models (K >= 2; exported to "
                         "EXPERIMENT/export-ensemble, or EXPORT_DIR-ensemble)")
+    p.add_argument("--retrain-cpus", type=float, default=0.0,
+                   help="CPUs of the retrain task (default: what the search used at once, up to one node's)")
+    p.add_argument("--retrain-gpus", type=float,
+                   help="GPUs of the retrain task, which runs on a worker node (default: --gpus-per-trial)")
     p.add_argument("--max-failures", type=int, default=3, help="restarts of a failing trial before it errors")
     p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard (bound to 127.0.0.1)")
     args = p.parse_args(argv)
@@ -64,34 +79,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def check_fraction(gpus: float) -> None:
+def check_fraction(gpus: float, option: str) -> None:
     if gpus < 0:
-        raise InputError(f"option --gpus-per-trial={gpus} must be >= 0")
+        raise InputError(f"option {option}={gpus} must be >= 0")
     if 0 < gpus < 1 and not math.isclose(1 / gpus, round(1 / gpus), rel_tol=1e-6):
-        raise InputError(f"option --gpus-per-trial={gpus} does not divide a GPU (use 1/2, 1/3, 1/4, ...)")
+        raise InputError(f"option {option}={gpus} does not divide a GPU (use 1/2, 1/3, 1/4, ...)")
     if gpus > 1 and not float(gpus).is_integer():
-        raise InputError(f"option --gpus-per-trial={gpus}: above 1 it must be a whole number of GPUs")
-
-
-def check_storage(path: str) -> str:
-    if "://" in path:
-        return path
-    folder = Path(path).expanduser().resolve()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise InputError(f"option --storage-path is not writable ({exc.strerror})", folder) from None
-    return str(folder)
+        raise InputError(f"option {option}={gpus}: above 1 it must be a whole number of GPUs")
 
 
 def build_settings(args: argparse.Namespace) -> tuple[Any, Any]:
     """Validate every option and build (SearchSettings, Preset) before any Ray work starts."""
     from search_spaces import get_preset
+    from tune_siamese import storage
     from tune_siamese.cli import parse_overrides
-    from tune_siamese.search import SearchSettings
+    from tune_siamese.search import SearchSettings, default_study_storage
 
     preset = get_preset(args.space)
     for name in ("num_samples", "max_epochs", "grace_period", "max_concurrent"):
@@ -102,70 +104,66 @@ def build_settings(args: argparse.Namespace) -> tuple[Any, Any]:
         raise InputError(f"option --cpus-per-trial={args.cpus_per_trial} must be > 0")
     if args.reduction_factor <= 1:
         raise InputError(f"option --reduction-factor={args.reduction_factor} must be > 1")
-    check_fraction(args.gpus_per_trial)
+    check_fraction(args.gpus_per_trial, "--gpus-per-trial")
+    if args.retrain_gpus is not None:
+        check_fraction(args.retrain_gpus, "--retrain-gpus")
+    if args.retrain_cpus < 0:
+        raise InputError(f"option --retrain-cpus={args.retrain_cpus} must be >= 0")
     run = {"num_samples": 8, "max_epochs": 20, "grace_period": 2, **preset.run}
     max_epochs = args.max_epochs or run["max_epochs"]
     base = {**preset.fixed, **parse_overrides(args.set), "data": args.data, "max_epochs": max_epochs,
             "seed": args.seed, "threads": max(1, int(args.cpus_per_trial))}
     Config.from_dict(base, source="search settings")  # fail now on a bad fixed value, not in every trial
     name = args.name or f"siamese-{Path(args.space).stem.replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage_path = storage.resolve(args.storage_path)
     settings = SearchSettings(
         base=base, space=args.space, num_samples=args.num_samples or run["num_samples"], max_epochs=max_epochs,
         grace_period=min(args.grace_period or run["grace_period"], max_epochs),
         reduction_factor=args.reduction_factor, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent or 0, seed=args.seed,
-        storage_path=check_storage(args.storage_path), name=name, max_failures=args.max_failures,
+        storage_path=storage_path, name=name, max_failures=args.max_failures,
+        study_storage=args.study_storage or default_study_storage(storage_path, name),
+        retrain_cpus=args.retrain_cpus, retrain_gpus=args.retrain_gpus,
         command=shlex.join(["python", "run_search.py", *(sys.argv[1:] if args.argv is None else args.argv)]))
     return settings, preset
 
 
 def load_resume_settings(path: str) -> Any:
-    from tune_siamese.search import SETTINGS_FILE, SearchSettings, join, read_text
+    from tune_siamese import storage
+    from tune_siamese.search import SETTINGS_FILE, SearchSettings
 
-    path = path if "://" in path else str(Path(path).expanduser().resolve())
-    text = read_text(join(path, SETTINGS_FILE))
+    text = storage.read_text(storage.child(storage.resolve(path), SETTINGS_FILE))
     if text is None:
         raise InputError(f"option --resume: no experiment here ({SETTINGS_FILE} missing)", path)
     settings = SearchSettings(**json.loads(text))
-    storage, _, name = path.rstrip("/").rpartition("/")
-    return dataclasses.replace(settings, storage_path=storage, name=name)
+    storage_path, name = storage.parent_and_name(path)
+    return dataclasses.replace(settings, storage_path=storage_path, name=name)
 
 
-def start_ray(args: argparse.Namespace) -> None:
-    import ray
+def check_targets(settings: Any, export_dir: str | None, new: bool) -> None:
+    """Everything the search writes to must take writes now, not after hours of searching."""
+    from tune_siamese import storage
+    from tune_siamese.search import check_new_study, open_study_storage
 
-    if ray.is_initialized():
-        return  # tests and notebooks may have started (or joined) Ray already
-    kwargs: dict[str, Any] = {"include_dashboard": bool(args.dashboard), "log_to_driver": True}
-    if args.dashboard:
-        kwargs["dashboard_host"] = "127.0.0.1"
-    # "local" always starts a new Ray here; None would silently join any Ray already running on this machine.
-    ray.init(address=args.address or "local", **kwargs)
-
-
-def check_resources(settings: Any) -> Any:
-    """Refuse trials the cluster can never place; default concurrency to what fits at once."""
-    import ray
-
-    total = ray.cluster_resources()
-    cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
-    if settings.gpus_per_trial > gpus:
-        raise InputError(f"option --gpus-per-trial={settings.gpus_per_trial} but the cluster has {gpus:g} GPU(s)")
-    if settings.cpus_per_trial > cpus:
-        raise InputError(f"option --cpus-per-trial={settings.cpus_per_trial:g} but the cluster has {cpus:g} CPUs")
-    if settings.max_concurrent:
-        return settings
-    fits = int(cpus // settings.cpus_per_trial)
-    if settings.gpus_per_trial:
-        fits = min(fits, int(round(gpus / settings.gpus_per_trial, 6)))
-    return dataclasses.replace(settings, max_concurrent=max(1, min(fits, settings.num_samples)))
+    storage.check_writable(settings.experiment_path, "--storage-path")
+    if export_dir is not None:
+        if storage.is_uri(export_dir):
+            raise InputError("option --export-dir must be a local folder (the export is in the experiment's "
+                             "storage already)", export_dir)
+        storage.check_writable(export_dir, "--export-dir")
+    if new:
+        check_new_study(settings.study_storage, settings.name)
+    else:
+        open_study_storage(settings.study_storage)
 
 
 def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, Any]:
     """The whole job; returns (summary as written to final.json, retrained model); (None, None) if interrupted."""
     from search_spaces import get_preset
+    from tune_siamese import cluster, storage
     from tune_siamese.data import load_data
-    from tune_siamese.search import SETTINGS_FILE, build_tuner, finish, join, restore_tuner, write_text
+    from tune_siamese.finish import finish
+    from tune_siamese.search import SETTINGS_FILE, build_tuner, redact, restore_tuner
 
     if args.resume:
         settings = load_resume_settings(args.resume)
@@ -174,21 +172,27 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, Any]:
         settings, preset = build_settings(args)
     if args.ensemble == 1 or args.ensemble < 0:
         raise InputError(f"option --ensemble={args.ensemble} must be 0 (off) or at least 2")
-    if args.export_dir and "://" in args.export_dir:
-        raise InputError("option --export-dir must be a local folder", args.export_dir)
+    if not args.connect_timeout > 0:
+        raise InputError(f"option --connect-timeout={args.connect_timeout} must be > 0")
+    if not args.wait_for_resources >= 0:
+        raise InputError(f"option --wait-for-resources={args.wait_for_resources} must be >= 0")
+    cluster.resolve_address(args.address)
+    check_targets(settings, args.export_dir, new=not args.resume)
     data = load_data(Config.from_dict(settings.base, source="search settings"))
     print(data.summary(), flush=True)
 
-    start_ray(args)
-    settings = check_resources(settings)
+    cluster.connect(args.address, args.connect_timeout, args.dashboard)
+    settings = cluster.fit_resources(settings, args.wait_for_resources)
     if args.resume:
         tuner = restore_tuner(settings, data)
     else:
-        write_text(join(settings.experiment_path, SETTINGS_FILE),
-                   json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
+        storage.write_text(storage.child(settings.experiment_path, SETTINGS_FILE),
+                           json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
         tuner = build_tuner(settings, data, preset.space, preset.points)
     print(f"Experiment: {settings.experiment_path} ({settings.num_samples} trials, "
           f"{settings.max_concurrent} at once)", flush=True)
+    if settings.study_storage:
+        print(f"Optuna study {settings.name!r} in {redact(settings.study_storage)}", flush=True)
     search_started = time.time()
     results = tuner.fit()
     search_seconds = time.time() - search_started
@@ -204,9 +208,11 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, Any]:
     print(json.dumps({k: summary["best_config"][k] for k in sorted(preset.space)}, indent=2))
     if "test" in summary:
         test = summary["test"]
-        print(f"Retrained on train+val for {summary['epochs']} epochs; test: accuracy {test['accuracy']:.4f}, "
-              f"accuracy at val threshold {test['accuracy_at_threshold']:.4f}, AUC {test['auc']:.4f}")
-        print(f"Exported to {summary['export']}")
+        print(f"Retrained on train+val for {summary['epochs']} epochs (node {summary['retrain_node'][:12]}); "
+              f"test: accuracy {test['accuracy']:.4f}, accuracy at val threshold "
+              f"{test['accuracy_at_threshold']:.4f}, AUC {test['auc']:.4f}")
+        print(f"Exported to {summary['export']}" + (f" and {summary['export_copy']}" if "export_copy" in summary
+                                                     else ""))
     if "ensemble" in summary:
         ens = summary["ensemble"]
         print(f"Ensemble of the top {len(ens['members'])} trials' own models; test: accuracy "

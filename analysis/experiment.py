@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.fs
 
+from tune_siamese import storage
 from tune_siamese.errors import InputError
 
 # The same names as in tune_siamese.search, which is not imported: it would load torch for every report.
@@ -58,13 +59,8 @@ class _Folder:
     """A local folder or a storage URI (s3://..., gs://...) read through pyarrow.fs, as Ray's storage is."""
 
     def __init__(self, path: str | Path):
-        path = str(path)
-        if "://" in path:
-            self.fs, self.root = pyarrow.fs.FileSystem.from_uri(path.rstrip("/"))
-            self.display = path.rstrip("/")
-        else:
-            self.fs, self.root = pyarrow.fs.LocalFileSystem(), str(Path(path).expanduser().resolve())
-            self.display = self.root
+        self.fs, self.root = storage.filesystem(path)
+        self.display = storage.resolve(path)
 
     def kind(self, rel: str = "") -> pyarrow.fs.FileType:
         return self.fs.get_file_info(self._at(rel)).type
@@ -168,7 +164,7 @@ def load(experiment_path: str | Path) -> Experiment:
         space = None
         hyperparameters = _varying(configs, records)
     trials = _trials(records, configs, history, hyperparameters, settings)
-    name = folder.display.rstrip("/").rsplit("/", 1)[-1]  # the folder's name, as --resume takes it
+    name = storage.parent_and_name(folder.display)[1]  # the folder's name, as --resume takes it
     return Experiment(folder.display, name, settings, summary if isinstance(summary, dict) else None,
                       hyperparameters, trials, history, configs, space)
 

@@ -18,7 +18,7 @@ Figures: epochs consumed until the best val loss found so far is within --tolera
 counting every reported epoch of every trial in the order the reports happened (precise wall-clock stamps
 added to each report), and the same counted in trial-completion order (sum of training_iteration of the
 trials completed so far); each method's final best val loss; with --retrain, the test accuracy of each
-method's best configuration retrained on train + val (search.retrain_and_test).
+method's best configuration retrained on train + val (finish.retrain_and_test).
 
     python3 benchmarks/search_efficiency.py                 # ~15-25 min on 2 cores (see README.md)
     python3 benchmarks/search_efficiency.py --seeds 1 --max-epochs 2 --num-samples 4 --widths 0.0625 \\
@@ -306,18 +306,19 @@ def describe(config: dict[str, Any], keys: list[str]) -> str:
 
 
 def retrain_all(runs: list[dict[str, Any]], data: Any, keys: list[str]) -> dict[tuple, dict[str, Any]]:
-    """search.retrain_and_test for each run's best (trial, epoch), reusing results for repeated picks."""
-    from tune_siamese import search
+    """finish.retrain_and_test for each run's best (trial, epoch), reusing results for repeated picks."""
+    from tune_siamese import finish
 
     done: dict[tuple, dict[str, Any]] = {}
     out: dict[tuple, dict[str, Any]] = {}
     for run in runs:
-        best, epoch, _ = search.best_trial(run["results"])
-        config = Config.from_dict(dict(best.config), source="best trial")
+        best, epoch, _ = finish.best_trial(run["results"])
+        # the search is over: the retrain may use every core torch sees (threads=0)
+        config = Config.from_dict({**best.config, "threads": 0}, source="best trial")
         key = (config_key(best.config, keys), epoch)
         if key not in done:
             print(f"retraining {describe(best.config, keys)} for {epoch} epochs ...", flush=True)
-            _, scores = search.retrain_and_test(config, data, epoch, search.searched_model(best, config))
+            _, scores = finish.retrain_and_test(config, data, epoch, finish.searched_model(best.checkpoint, config))
             done[key] = scores["test"]
         out[(run["method"], run["seed"])] = done[key]
     return out

@@ -225,3 +225,8 @@ def test_resume_after_interrupt_repeats_no_finished_trial(tmp_path):
 
     resume_and_check(experiment, tmp_path / "second.log", before, trials=4, epochs=2)
     assert json.loads((experiment / FINAL_FILE).read_text())["trials"] == 4
+    # The resumed search went on writing to the same Optuna study (the default SQLite file in the experiment)
+    import optuna
+
+    study = optuna.load_study(study_name="interrupted", storage=f"sqlite:///{experiment / 'optuna.db'}")
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 4

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from . import storage
 from .config import Config
 from .errors import InputError
 from .model import EnsembleNet, SiameseNet, build_model
@@ -105,7 +106,7 @@ def _threshold(export_dir: Path) -> float:
 def _load_ensemble(source: Path) -> tuple[EnsembleNet, Config, float]:
     verify_checksums(source)
     spec = json.loads((source / ENSEMBLE_FILE).read_text())
-    loaded = [load_model(source / folder) for folder in spec["members"]]
+    loaded = [_load_local(source / folder) for folder in spec["members"]]
     model = EnsembleNet([m for m, _, _ in loaded], [c for _, c, _ in loaded])
     return model.eval(), Config.from_dict(spec["config"], source=str(source / ENSEMBLE_FILE)), _threshold(source)
 
@@ -124,9 +125,16 @@ def verify_checksums(export_dir: Path) -> None:
 
 
 def load_model(source: str | Path) -> tuple[SiameseNet | EnsembleNet, Config, float]:
-    """(model, config, decision threshold as a logit) from an export directory (single or ensemble) or a
-    checkpoint file. The config is the one to feed `engine.predict` with."""
-    source = Path(source)
+    """(model, config, decision threshold as a logit) from an export directory (single or ensemble, local or
+    a storage URI such as s3://bucket/results/EXP/export) or a checkpoint file. The config is the one to feed
+    `engine.predict` with."""
+    if storage.is_uri(source):
+        with storage.local_copy(source) as folder:  # everything is read into memory before it goes
+            return _load_local(folder)
+    return _load_local(Path(source))
+
+
+def _load_local(source: Path) -> tuple[SiameseNet | EnsembleNet, Config, float]:
     if (source / ENSEMBLE_FILE).is_file():
         return _load_ensemble(source)
     if source.is_dir():

@@ -191,7 +191,7 @@ def pair_list_data(pair_file: Path, lfw_root: Path, config: Config) -> tuple[np.
     lines = [p for fold in data_mod.parse_pair_list(pair_file) for p in fold]
     if not lfw_root.is_dir():
         raise InputError("LFW folder for --pairs not found (give it with --data)", lfw_root)
-    index, paths = data_mod.index_pair_images(data_mod._lfw_image_dir(lfw_root), [(pair_file, lines)])
+    index, paths = data_mod.index_pair_images(data_mod.lfw_image_dir(lfw_root), [(pair_file, lines)])
     return data_mod.decode_images(paths, config.image_size, config.crop), data_mod.pair_rows(lines, index)
 
 

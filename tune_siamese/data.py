@@ -192,7 +192,7 @@ def _parse_pair_line(path: Path, number: int, parts: list[str], same: bool) -> P
         raise InputError(f"image numbers must be integers in {' '.join(parts)!r}", path, number) from None
 
 
-def _lfw_image_dir(root: Path) -> Path:
+def lfw_image_dir(root: Path) -> Path:
     for candidate in (root / "lfw2", root / "lfw"):
         if candidate.is_dir():
             return candidate
@@ -251,7 +251,7 @@ def load_lfw_folder(root: Path, config: Config) -> "RawData":
     else:
         raise InputError("a single-fold pair list needs pairsDevTest.txt beside it for the test pairs", train_path)
 
-    index, paths = index_pair_images(_lfw_image_dir(root), [(train_path, trainval_lines),
+    index, paths = index_pair_images(lfw_image_dir(root), [(train_path, trainval_lines),
                                                             (test_path or train_path, test_lines)])
 
     names = sorted({name for name, _ in index})

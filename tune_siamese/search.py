@@ -4,26 +4,22 @@ The trainable reads only its config; the dataset reaches every trial once throug
 """
 from __future__ import annotations
 
-import json
 import tempfile
-import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
-import pyarrow.fs
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from .checkpoint import as_trained, export_ensemble, export_model, load_checkpoint, save_checkpoint
+from . import storage
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
 from .data import PairData
-from .engine import Diverged, best_threshold, evaluate, fit, images_on, pair_metrics, predict, resolve_device
-from .model import EnsembleNet, build_model
+from .engine import Diverged, fit
 from .errors import InputError
 
 METRIC, MODE = "val_loss", "min"
@@ -32,6 +28,7 @@ DIVERGED_LOSS = 10.0  # reported for a diverged trial: finite, so TPE ranks it a
 SETTINGS_FILE = "search_settings.json"
 FINAL_FILE = "final.json"
 STATE_FILE = "state.pt"
+STUDY_FILE = "optuna.db"
 
 
 def train_siamese(config: dict[str, Any], data: PairData) -> None:
@@ -78,36 +75,55 @@ class SearchSettings:
     name: str
     max_failures: int = 3
     command: str = ""  # the command line that started the search, for the record
+    study_storage: str = ""  # where the Optuna study lives: an SQLAlchemy URL, a journal file, "" = in memory
+    retrain_cpus: float = 0.0  # 0: what the search used at once, up to one node's CPUs
+    retrain_gpus: float | None = None  # None: a trial's share
 
     @property
     def experiment_path(self) -> str:
-        return join(self.storage_path, self.name)
+        return storage.child(self.storage_path, self.name)
 
 
-def join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts])
+def default_study_storage(storage_path: str, name: str) -> str:
+    """An SQLite file in a local experiment folder (optuna-dashboard reads it live); in memory for a URI."""
+    if storage.is_uri(storage_path):
+        return ""
+    return f"sqlite:///{Path(storage.child(storage_path, name, STUDY_FILE))}"
 
 
-def _fs(path: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    """A pyarrow filesystem for a local path or a URI such as s3://bucket/path (as Ray's storage uses)."""
-    if "://" in path:
-        return pyarrow.fs.FileSystem.from_uri(path)
-    return pyarrow.fs.LocalFileSystem(), str(Path(path).resolve())
-
-
-def write_text(path: str, text: str) -> None:
-    fs, where = _fs(path)
-    fs.create_dir(where.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(where) as out:
-        out.write(text.encode())
-
-
-def read_text(path: str) -> str | None:
-    fs, where = _fs(path)
-    if fs.get_file_info(where).type == pyarrow.fs.FileType.NotFound:
+def open_study_storage(location: str) -> optuna.storages.BaseStorage | None:
+    """An Optuna storage for an SQLAlchemy URL (sqlite:///..., postgresql://...) or a journal file path."""
+    if not location:
         return None
-    with fs.open_input_stream(where) as stream:
-        return stream.read().decode()
+    try:
+        if location.startswith("sqlite:///"):
+            Path(location.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        if "://" in location:
+            return optuna.storages.RDBStorage(location)
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(location))
+    except Exception as exc:  # noqa: BLE001 - driver, URL, network or permission: all mean "cannot use it"
+        reason = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:300]
+        raise InputError(f"option --study-storage={redact(location)}: cannot open it ({reason})") from None
+
+
+def redact(url: str) -> str:
+    """A database URL without its password, for messages."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in credentials:
+        return url
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
+
+
+def check_new_study(location: str, name: str) -> None:
+    """A new search must not silently continue someone's study of the same name in a shared database."""
+    study_storage = open_study_storage(location)
+    if study_storage is None:
+        return
+    if any(study.study_name == name for study in study_storage.get_all_studies()):
+        raise InputError(f"option --study-storage={redact(location)} already holds a study named {name!r}; "
+                         "choose another --name, or --resume that experiment")
 
 
 def build_trainable(settings: SearchSettings, data: PairData) -> Any:
@@ -122,7 +138,10 @@ def build_tuner(settings: SearchSettings, data: PairData, space: dict[str, Any],
     sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=max(2, settings.num_samples // 4))
     # TPE learns from a trial's best val loss (a trial that later overfits still found a good point);
     # ASHA compares trials at the same epoch, by that epoch's val loss.
-    searcher = OptunaSearch(sampler=sampler, points_to_evaluate=points or None, metric=SEARCH_METRIC, mode=MODE)
+    # The study is named after the experiment; with a storage it can be watched live (optuna-dashboard) and
+    # queried later, and a resumed search keeps writing to it (the searcher's saved state holds the storage).
+    searcher = OptunaSearch(sampler=sampler, points_to_evaluate=points or None, metric=SEARCH_METRIC, mode=MODE,
+                            study_name=settings.name, storage=open_study_storage(settings.study_storage))
     scheduler = ASHAScheduler(time_attr="training_iteration", metric=METRIC, mode=MODE, max_t=settings.max_epochs,
                               grace_period=settings.grace_period, reduction_factor=settings.reduction_factor)
     return tune.Tuner(
@@ -147,135 +166,3 @@ def build_tuner(settings: SearchSettings, data: PairData, space: dict[str, Any],
 def restore_tuner(settings: SearchSettings, data: PairData) -> tune.Tuner:
     return tune.Tuner.restore(settings.experiment_path, trainable=build_trainable(settings, data),
                               resume_unfinished=True, resume_errored=True)
-
-
-# ------------------------------------------------------------------------------------------------------
-# After the search: pick, retrain, test, export
-
-def best_trial(results: tune.ResultGrid) -> tuple[tune.Result, int, float]:
-    """(result, epoch of its best val loss, that loss) of the trial with the lowest val loss at any epoch."""
-    best = results.get_best_result(metric=METRIC, mode=MODE, scope="all")
-    frame = best.metrics_dataframe
-    frame = frame[frame[METRIC].notna()]
-    row = frame.loc[frame[METRIC].idxmin()]
-    return best, int(row["epoch"]), float(row[METRIC])
-
-
-def searched_model(result: tune.Result, config: Config) -> Any:
-    """The best trial's own model at its best epoch, from its last checkpoint (trained on the train part only)."""
-    if result.checkpoint is None:
-        return None
-    with result.checkpoint.as_directory() as folder:
-        state = load_checkpoint(Path(folder) / STATE_FILE)
-    model = build_model(config)
-    model.load_state_dict(state["best_model"])
-    return as_trained(model, config)
-
-
-def retrain_and_test(config: Config, data: PairData, epochs: int, searched: Any = None) -> tuple[Any, dict[str, Any]]:
-    """Retrain on train + val pairs for `epochs` epochs, then score the test pairs.
-
-    The decision threshold is chosen on the validation pairs by the searched model (trained on the train part
-    only, so it never saw them) and applied to the retrained model's logits. Without that model, a train-only
-    model is fitted for the same epochs to choose it.
-    """
-    # The search is over, so the retrain may use every core torch sees, not one trial's share (threads=0).
-    cfg = config.replace(threads=0)
-    if searched is None:
-        searched = fit(cfg, data, validate=False, epochs=epochs).model
-    device = resolve_device(cfg)
-    searched = searched.to(device)
-    images = images_on(device, data.images)
-    threshold = best_threshold(data.val[:, 2], predict(searched, images, data.val, cfg))
-    full = replace(data, train=np.concatenate([data.train, data.val]))
-    model = fit(cfg, full, validate=False, epochs=epochs).model
-    test = evaluate(model, images, data.test, cfg, threshold=threshold, with_roc=True)
-    searched_test = pair_metrics(data.test[:, 2], predict(searched, images, data.test, cfg), threshold)
-    return model, {"test": test, "searched_model_test": searched_test, "epochs": epochs}
-
-
-def top_trials(results: tune.ResultGrid, k: int) -> list[tuple[tune.Result, float]]:
-    """The k trials with the lowest val loss at any epoch (errored, diverged and unreported trials left out)."""
-    ranked = []
-    for result in results:
-        frame = result.metrics_dataframe
-        if result.error is not None or frame is None or METRIC not in frame or frame[METRIC].isna().all():
-            continue
-        if "diverged" in frame and frame["diverged"].fillna(0).max() > 0:
-            continue
-        ranked.append((result, float(frame[METRIC].min())))
-    ranked.sort(key=lambda pair: pair[1])
-    return ranked[:k]
-
-
-def ensemble_and_test(results: tune.ResultGrid, data: PairData, k: int) -> tuple[EnsembleNet, dict[str, Any]]:
-    """Average the logits of the top-k trials' own models (best epochs, trained on the train part only).
-
-    Members are chosen by val loss alone; the threshold is chosen on the val pairs, which no member trained on.
-    """
-    members, configs, chosen = [], [], []
-    for result, loss in top_trials(results, k):
-        config = Config.from_dict(dict(result.config), source="ensemble member")
-        model = searched_model(result, config)
-        if model is not None:
-            members.append(model)
-            configs.append(config)
-            chosen.append({"trial_id": Path(result.path).name, "val_loss": loss})
-    if len(members) < 2:
-        raise InputError(f"option --ensemble={k}: only {len(members)} trial(s) have a usable checkpoint")
-    model = EnsembleNet(members, configs)
-    config = model.config
-    device = resolve_device(config)
-    model = model.to(device)
-    images = images_on(device, data.images)
-    val_logits = predict(model, images, data.val, config)
-    threshold = best_threshold(data.val[:, 2], val_logits)
-    report = {"members": chosen, "val": pair_metrics(data.val[:, 2], val_logits, threshold),
-              "test": evaluate(model, images, data.test, config, threshold=threshold, with_roc=True)}
-    return model, report
-
-
-def export_target(settings: SearchSettings, export_dir: str | None, suffix: str = "") -> str:
-    """EXPORT_DIR + suffix, or EXPERIMENT/export + suffix; always a local folder."""
-    target = f"{export_dir.rstrip('/')}{suffix}" if export_dir else join(settings.experiment_path, f"export{suffix}")
-    if "://" in target:
-        raise InputError("option --export-dir must be a local folder", target)
-    return target
-
-
-def _scalars(test: dict[str, Any]) -> dict[str, Any]:
-    """Test metrics without the ROC points, for an export's metrics.json."""
-    return {k: v for k, v in test.items() if not k.startswith("roc_")}
-
-
-def finish(settings: SearchSettings, results: tune.ResultGrid, data: PairData, export_dir: str | None,
-           retrain: bool = True, ensemble: int = 0, search_seconds: float = 0.0,
-           resumed: bool = False) -> tuple[dict[str, Any], Any]:
-    """Pick the best trial, retrain, test, export; optionally also ensemble the top trials; write final.json
-    (with the wall time of the search as the caller measured it, and of this step).
-
-    Returns (summary, retrained model)."""
-    started = time.time()
-    best, epoch, loss = best_trial(results)
-    config = Config.from_dict(dict(best.config), source="best trial")
-    summary: dict[str, Any] = {"best_config": config.to_dict(), "best_epoch": epoch, "best_val_loss": loss,
-                               "experiment": settings.experiment_path,
-                               "trials": len(results), "errored_trials": len(results.errors)}
-    model = None
-    if retrain:
-        model, scores = retrain_and_test(config, data, epoch, searched_model(best, config))
-        summary.update(scores)
-        target = export_target(settings, export_dir)
-        export_model(model, config, target, metrics={"epochs_trained": epoch, **_scalars(scores["test"])},
-                     threshold_logit=scores["test"]["threshold_logit"])
-        summary["export"] = str(Path(target).resolve())
-    if ensemble >= 2:
-        members, report = ensemble_and_test(results, data, ensemble)
-        target = export_target(settings, export_dir, "-ensemble")
-        export_ensemble(members, target, metrics=_scalars(report["test"]),
-                        threshold_logit=report["test"]["threshold_logit"])
-        summary["ensemble"] = {**report, "export": str(Path(target).resolve())}
-    summary["wall_seconds"] = {"search": round(search_seconds, 1),  # of this invocation (a resume: its part only)
-                               "retrain_test_export": round(time.time() - started, 1), "resumed": resumed}
-    write_text(join(settings.experiment_path, FINAL_FILE), json.dumps(summary, indent=2) + "\n")
-    return summary, model

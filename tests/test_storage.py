@@ -1,0 +1,104 @@
+"""Remote storage end to end against a real S3-compatible server on 127.0.0.1 (moto over HTTP): the search,
+final.json, the export, the analysis and `tune-siamese verify` all work on an s3:// URI; bad targets fail first."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.fs
+import pytest
+
+import analysis
+from services import S3_ENV, s3_server
+from test_search import REPO, SMOKE, cli_json
+from tune_siamese import cli, storage
+from tune_siamese.errors import InputError
+
+@pytest.fixture(scope="module")
+def s3_query():
+    with s3_server("results") as query:
+        yield query
+
+
+@pytest.fixture
+def s3_env(monkeypatch):
+    for key, value in S3_ENV.items():
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(key, raising=False)
+
+
+def run_search(argv: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **S3_ENV}
+    return subprocess.run([sys.executable, "run_search.py", *argv], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600, start_new_session=True)
+
+
+def test_uri_paths_keep_their_query_at_the_end():
+    base = "s3://bucket/searches?endpoint_override=127.0.0.1:9000&scheme=http"
+    experiment = storage.child(base, "exp")
+    assert experiment == "s3://bucket/searches/exp?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert storage.child(experiment, "export", "model.pt2").startswith("s3://bucket/searches/exp/export/model.pt2?")
+    assert storage.parent_and_name(experiment) == (base, "exp")
+    assert storage.parent_and_name("relative/exp") == (str(Path("relative").resolve()), "exp")
+    assert storage.filesystem(experiment)[1] == "bucket/searches/exp"
+
+
+def test_local_storage_round_trip_and_unwritable_folder(tmp_path):
+    target = storage.child(str(tmp_path), "a", "b.txt")
+    assert storage.read_text(target) is None
+    storage.write_text(target, "hello")
+    assert storage.read_text(target) == "hello" and storage.exists(target)
+    storage.check_writable(tmp_path / "new", "--storage-path")  # creates the folder, leaves no probe behind
+    assert list((tmp_path / "new").iterdir()) == []
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InputError, match="option --storage-path is not writable"):
+        storage.check_writable(tmp_path / "file" / "below", "--storage-path")
+
+
+@pytest.mark.cluster
+def test_search_export_analysis_and_verify_on_s3(s3_query, s3_env, tmp_path, make_image):
+    uri = f"s3://results/searches?{s3_query}"
+    done = run_search([*SMOKE, "--num-samples", "2", "--max-epochs", "2", "--grace-period", "2",
+                       "--storage-path", uri, "--name", "on-s3", "--export-dir", str(tmp_path / "copy")])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    experiment = f"s3://results/searches/on-s3?{s3_query}"
+    # the query stays at the end of every URI derived from the storage path
+    assert f"Exported to s3://results/searches/on-s3/export?{s3_query} and {tmp_path / 'copy'}" in done.stdout
+
+    # final.json and the export are in the bucket, the export also in the local copy
+    fs, root = pyarrow.fs.FileSystem.from_uri(experiment)
+    final = json.loads(storage.read_text(storage.child(experiment, "final.json")))
+    assert final["export"] == storage.child(experiment, "export") and final["trials"] == 2
+    exported = {info.base_name for info in fs.get_file_info(pyarrow.fs.FileSelector(f"{root}/export"))}
+    assert {"model.safetensors", "config.json", "model.pt2", "metrics.json", "SHA256SUMS"} <= exported
+    assert exported == {p.name for p in (tmp_path / "copy").iterdir()}
+
+    exp = analysis.load(experiment)
+    assert exp.name == "on-s3" and len(exp.trials) == 2 and exp.summary["trials"] == 2
+    out = analysis.report(experiment, tmp_path / "report")
+    assert (out / "report.md").is_file() and (out / "learning_curves.png").is_file()
+
+    a, b = make_image(tmp_path / "a.png", seed=1), make_image(tmp_path / "b.png", seed=2)
+    remote = cli_json(cli.main, ["verify", storage.child(experiment, "export"), str(a), str(b)])
+    local = cli_json(cli.main, ["verify", str(tmp_path / "copy"), str(a), str(b)])
+    assert remote == local
+
+
+@pytest.mark.cluster
+def test_unwritable_targets_fail_before_the_search(s3_query, tmp_path):
+    missing_bucket = f"s3://no-such-bucket/x?{s3_query}"
+    done = run_search([*SMOKE, "--storage-path", missing_bucket, "--name", "never"])
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "option --storage-path is not writable" in done.stderr and "Traceback" not in done.stderr
+    assert "Ray" not in done.stdout  # refused before Ray started
+
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_text("")
+    done = run_search([*SMOKE, "--storage-path", f"s3://results/ok?{s3_query}", "--name", "never",
+                       "--export-dir", str(not_a_folder / "export")])
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "option --export-dir is not writable" in done.stderr and "Traceback" not in done.stderr

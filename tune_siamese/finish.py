@@ -1,0 +1,221 @@
+"""After the search: pick the best trial, retrain it, score the test pairs, export; optionally ensemble.
+
+The training work runs as Ray tasks with a trial's resources, so on a cluster it lands on a worker node (where
+the GPUs are), not on the driver; the driver writes the exports and final.json to the experiment's storage.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import ray
+import torch
+from ray import tune
+
+from . import storage
+from .checkpoint import as_trained, export_ensemble, export_model, load_checkpoint
+from .config import Config
+from .data import PairData
+from .engine import best_threshold, evaluate, fit, images_on, pair_metrics, predict, resolve_device
+from .errors import InputError
+from .model import EnsembleNet, build_model
+from .search import FINAL_FILE, METRIC, MODE, STATE_FILE, SearchSettings
+
+
+def best_trial(results: tune.ResultGrid) -> tuple[tune.Result, int, float]:
+    """(result, epoch of its best val loss, that loss) of the trial with the lowest val loss at any epoch."""
+    best = results.get_best_result(metric=METRIC, mode=MODE, scope="all")
+    frame = best.metrics_dataframe
+    frame = frame[frame[METRIC].notna()]
+    row = frame.loc[frame[METRIC].idxmin()]
+    return best, int(row["epoch"]), float(row[METRIC])
+
+
+def searched_model(checkpoint: tune.Checkpoint | None, config: Config) -> Any:
+    """A trial's own model at its best epoch, from its last checkpoint (trained on the train part only)."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        state = load_checkpoint(Path(folder) / STATE_FILE)
+    model = build_model(config)
+    model.load_state_dict(state["best_model"])
+    return as_trained(model, config)
+
+
+def retrain_and_test(config: Config, data: PairData, epochs: int, searched: Any = None) -> tuple[Any, dict[str, Any]]:
+    """Retrain on train + val pairs for `epochs` epochs, then score the test pairs.
+
+    The decision threshold is chosen on the validation pairs by the searched model (trained on the train part
+    only, so it never saw them) and applied to the retrained model's logits. Without that model, a train-only
+    model is fitted for the same epochs to choose it.
+    """
+    if searched is None:
+        searched = fit(config, data, validate=False, epochs=epochs).model
+    device = resolve_device(config)
+    searched = searched.to(device)
+    images = images_on(device, data.images)
+    threshold = best_threshold(data.val[:, 2], predict(searched, images, data.val, config))
+    full = replace(data, train=np.concatenate([data.train, data.val]))
+    model = fit(config, full, validate=False, epochs=epochs).model
+    test = evaluate(model, images, data.test, config, threshold=threshold, with_roc=True)
+    searched_test = pair_metrics(data.test[:, 2], predict(searched, images, data.test, config), threshold)
+    return model, {"test": test, "searched_model_test": searched_test, "epochs": epochs}
+
+
+def top_trials(results: tune.ResultGrid, k: int) -> list[tuple[tune.Result, float]]:
+    """The k trials with the lowest val loss at any epoch (errored, diverged and unreported trials left out)."""
+    ranked = []
+    for result in results:
+        frame = result.metrics_dataframe
+        if result.error is not None or frame is None or METRIC not in frame or frame[METRIC].isna().all():
+            continue
+        if "diverged" in frame and frame["diverged"].fillna(0).max() > 0:
+            continue
+        ranked.append((result, float(frame[METRIC].min())))
+    ranked.sort(key=lambda pair: pair[1])
+    return ranked[:k]
+
+
+def ensemble_and_test(members: list[tuple[Config, Any]], data: PairData) -> tuple[EnsembleNet, dict[str, Any]]:
+    """Average the logits of the given trials' own models (best epochs, trained on the train part only).
+
+    The threshold is chosen on the val pairs, which no member trained on."""
+    model = EnsembleNet([m for _, m in members], [c for c, _ in members])
+    config = model.config
+    device = resolve_device(config)
+    model = model.to(device)
+    images = images_on(device, data.images)
+    val_logits = predict(model, images, data.val, config)
+    threshold = best_threshold(data.val[:, 2], val_logits)
+    return model, {"val": pair_metrics(data.val[:, 2], val_logits, threshold),
+                   "test": evaluate(model, images, data.test, config, threshold=threshold, with_roc=True)}
+
+
+# ------------------------------------------------------------------------------------------------------
+# The Ray tasks: they return CPU weights and scores; the driver rebuilds the models to export them.
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+
+
+def _node_id() -> str:
+    return ray.get_runtime_context().get_node_id()
+
+
+def _retrain_task(config: dict[str, Any], data: PairData, epochs: int,
+                  checkpoint: tune.Checkpoint | None) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
+    cfg = Config.from_dict(config, source="retrain config")
+    model, scores = retrain_and_test(cfg, data, epochs, searched_model(checkpoint, cfg))
+    return _cpu_state(model), scores, _node_id()
+
+
+def _ensemble_task(members: list[tuple[dict[str, Any], tune.Checkpoint]], data: PairData
+                   ) -> tuple[list[dict[str, torch.Tensor]], dict[str, Any], str]:
+    loaded = []
+    for values, checkpoint in members:
+        config = Config.from_dict(values, source="ensemble member")
+        loaded.append((config, searched_model(checkpoint, config)))
+    model, report = ensemble_and_test(loaded, data)
+    return [_cpu_state(member) for member in model.members], report, _node_id()
+
+
+def _rebuilt(config: Config, state: dict[str, torch.Tensor]) -> Any:
+    model = build_model(config)
+    model.load_state_dict(state)
+    return as_trained(model, config)
+
+
+def task_options(settings: SearchSettings) -> dict[str, Any]:
+    """A retrain takes one trial's GPU share (or --retrain-gpus) and the CPUs the search used at once, up to
+    what one node has: the search is over, so those cores are free."""
+    largest = max((node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")), default=0.0)
+    cpus = max(settings.cpus_per_trial, min(largest, settings.cpus_per_trial * max(1, settings.max_concurrent)))
+    if settings.retrain_cpus:
+        cpus = settings.retrain_cpus
+    gpus = settings.gpus_per_trial if settings.retrain_gpus is None else settings.retrain_gpus
+    return {"num_cpus": cpus, "num_gpus": gpus, "max_retries": 1}
+
+
+# ------------------------------------------------------------------------------------------------------
+# Exports: written next to the experiment (local folder or storage URI), optionally copied to a local folder
+
+def export_targets(settings: SearchSettings, export_dir: str | None, suffix: str = "") -> tuple[str, str | None]:
+    """(EXPERIMENT/export<suffix> in the experiment's storage, EXPORT_DIR<suffix> or None)."""
+    copy = storage.resolve(f"{export_dir.rstrip('/')}{suffix}") if export_dir else None
+    return storage.child(settings.experiment_path, f"export{suffix}"), copy
+
+
+def publish(write: Callable[[Path], Any], target: str, copy: str | None) -> None:
+    """Run `write(folder)` into the target (through a local temporary folder for a URI), then copy it."""
+    if storage.is_uri(target):
+        with tempfile.TemporaryDirectory(prefix="tune-siamese-export-") as folder:
+            write(Path(folder))
+            storage.upload_folder(folder, target)
+            if copy:
+                storage.upload_folder(folder, copy)
+        return
+    write(Path(target))
+    if copy:
+        storage.upload_folder(target, copy)
+
+
+def _scalars(test: dict[str, Any]) -> dict[str, Any]:
+    """Test metrics without the ROC points, for an export's metrics.json."""
+    return {k: v for k, v in test.items() if not k.startswith("roc_")}
+
+
+def finish(settings: SearchSettings, results: tune.ResultGrid, data: PairData, export_dir: str | None,
+           retrain: bool = True, ensemble: int = 0, search_seconds: float = 0.0,
+           resumed: bool = False) -> tuple[dict[str, Any], Any]:
+    """Pick the best trial, retrain, test, export; optionally also ensemble the top trials; write final.json
+    (with the wall time of the search as the caller measured it, and of this step).
+
+    Returns (summary, retrained model)."""
+    started = time.time()
+    best, epoch, loss = best_trial(results)
+    config = Config.from_dict(dict(best.config), source="best trial")
+    summary: dict[str, Any] = {"best_config": config.to_dict(), "best_epoch": epoch, "best_val_loss": loss,
+                               "best_trial": Path(best.path).name, "experiment": settings.experiment_path,
+                               "trials": len(results), "errored_trials": len(results.errors)}
+    options = task_options(settings)
+    threads = max(1, int(options["num_cpus"]))
+    data_ref = ray.put(data) if retrain or ensemble >= 2 else None
+    model = None
+    if retrain:
+        task = ray.remote(_retrain_task).options(**options)
+        state, scores, node = ray.get(task.remote(config.replace(threads=threads).to_dict(), data_ref, epoch,
+                                                  best.checkpoint))
+        model = _rebuilt(config, state)
+        summary.update(scores)
+        summary["retrain_node"] = node
+        target, copy = export_targets(settings, export_dir)
+        threshold = scores["test"]["threshold_logit"]
+        publish(lambda folder: export_model(model, config, folder, threshold_logit=threshold,
+                                            metrics={"epochs_trained": epoch, **_scalars(scores["test"])}),
+                target, copy)
+        summary["export"] = target
+        if copy:
+            summary["export_copy"] = copy
+    if ensemble >= 2:
+        chosen = [(result, loss) for result, loss in top_trials(results, ensemble) if result.checkpoint is not None]
+        if len(chosen) < 2:
+            raise InputError(f"option --ensemble={ensemble}: only {len(chosen)} trial(s) have a usable checkpoint")
+        configs = [Config.from_dict(dict(result.config), source="ensemble member") for result, _ in chosen]
+        task = ray.remote(_ensemble_task).options(**options)
+        states, report, node = ray.get(task.remote(
+            [(c.replace(threads=threads).to_dict(), r.checkpoint) for c, (r, _) in zip(configs, chosen)], data_ref))
+        members = EnsembleNet([_rebuilt(c, s) for c, s in zip(configs, states)], configs)
+        report["members"] = [{"trial_id": Path(result.path).name, "val_loss": loss} for result, loss in chosen]
+        target, copy = export_targets(settings, export_dir, "-ensemble")
+        publish(lambda folder: export_ensemble(members, folder, metrics=_scalars(report["test"]),
+                                               threshold_logit=report["test"]["threshold_logit"]), target, copy)
+        summary["ensemble"] = {**report, "node": node, "export": target, **({"export_copy": copy} if copy else {})}
+    summary["wall_seconds"] = {"search": round(search_seconds, 1),  # of this invocation (a resume: its part only)
+                               "retrain_test_export": round(time.time() - started, 1), "resumed": resumed}
+    storage.write_text(storage.child(settings.experiment_path, FINAL_FILE), json.dumps(summary, indent=2) + "\n")
+    return summary, model

@@ -1,0 +1,116 @@
+"""Where experiments and exports live: a local folder or a storage URI, through pyarrow.fs as Ray Tune does.
+
+A URI is anything with "://": `s3://bucket/prefix`, `gs://bucket/prefix`, `file:///shared/results`. Options of
+the filesystem ride in the query string and stay on every path derived from it, e.g.
+`s3://bucket/prefix?endpoint_override=127.0.0.1:9000&scheme=http` for an S3-compatible server; pyarrow and
+Ray read them the same way. This module is torch-free: the analysis uses it too.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow.fs
+
+from .errors import InputError
+
+
+def is_uri(path: str | Path) -> bool:
+    return "://" in str(path)
+
+
+def _split_query(uri: str) -> tuple[str, str]:
+    """("s3://bucket/a", "?endpoint_override=...") from "s3://bucket/a?endpoint_override=..."."""
+    location, mark, query = uri.partition("?")
+    return location.rstrip("/"), mark + query
+
+
+def resolve(path: str | Path) -> str:
+    """A local path made absolute (so it means the same on every node of a shared filesystem); a URI as is."""
+    return str(path).rstrip("/") if is_uri(path) else str(Path(path).expanduser().resolve())
+
+
+def child(base: str | Path, *parts: str) -> str:
+    """base/part/..., keeping a URI's query string at the end."""
+    location, query = _split_query(str(base))
+    return "/".join([location, *parts]) + query
+
+
+def parent_and_name(path: str | Path) -> tuple[str, str]:
+    """("s3://b/results?q", "exp") from "s3://b/results/exp?q"; the same for local paths."""
+    location, query = _split_query(resolve(path))
+    parent, _, name = location.rpartition("/")
+    return parent + query, name
+
+
+def filesystem(path: str | Path) -> tuple[pyarrow.fs.FileSystem, str]:
+    """The pyarrow filesystem and the path on it for a local path or a URI."""
+    if is_uri(path):
+        try:
+            return pyarrow.fs.FileSystem.from_uri(str(path))
+        except (pyarrow.ArrowInvalid, pyarrow.ArrowNotImplementedError, OSError) as exc:
+            raise InputError(f"not a storage URI pyarrow can open ({str(exc).splitlines()[0]})", path) from None
+    return pyarrow.fs.LocalFileSystem(), resolve(path)
+
+
+def exists(path: str | Path) -> bool:
+    fs, where = filesystem(path)
+    return fs.get_file_info(where).type != pyarrow.fs.FileType.NotFound
+
+
+def read_text(path: str | Path) -> str | None:
+    """The file's text, or None when there is no such file."""
+    fs, where = filesystem(path)
+    if fs.get_file_info(where).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(where) as stream:
+        return stream.read().decode()
+
+
+def write_text(path: str | Path, text: str) -> None:
+    fs, where = filesystem(path)
+    fs.create_dir(where.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(where) as out:
+        out.write(text.encode())
+
+
+def check_writable(path: str | Path, option: str) -> None:
+    """Write and delete a probe file under `path`, so a run fails before its search rather than after it."""
+    probe = child(path, f".write-test-{os.getpid()}")
+    try:
+        write_text(probe, "ok")
+        fs, where = filesystem(probe)
+        fs.delete_file(where)
+    except (OSError, pyarrow.ArrowException) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0][:300]
+        raise InputError(f"option {option} is not writable ({reason})", resolve(path)) from None
+
+
+def upload_folder(local: str | Path, target: str | Path) -> None:
+    """Copy a local folder's files to `target` (a local folder or a URI), replacing files of the same name."""
+    if not is_uri(target):
+        shutil.copytree(local, resolve(target), dirs_exist_ok=True)
+        return
+    fs, where = filesystem(target)
+    fs.create_dir(where, recursive=True)
+    pyarrow.fs.copy_files(str(Path(local).resolve()), where, source_filesystem=pyarrow.fs.LocalFileSystem(),
+                          destination_filesystem=fs)
+
+
+@contextlib.contextmanager
+def local_copy(path: str | Path) -> Iterator[Path]:
+    """A local folder with the contents of `path`: the folder itself when local, else a temporary download."""
+    if not is_uri(path):
+        yield Path(path)
+        return
+    fs, where = filesystem(path)
+    if fs.get_file_info(where).type != pyarrow.fs.FileType.Directory:
+        raise InputError("no folder at this storage URI", path)
+    with tempfile.TemporaryDirectory(prefix="tune-siamese-") as folder:
+        pyarrow.fs.copy_files(where, folder, source_filesystem=fs,
+                              destination_filesystem=pyarrow.fs.LocalFileSystem())
+        yield Path(folder)
