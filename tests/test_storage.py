@@ -102,3 +102,24 @@ def test_unwritable_targets_fail_before_the_search(s3_query, tmp_path):
                        "--export-dir", str(not_a_folder / "export")])
     assert done.returncode == 2, done.stderr[-2000:]
     assert "option --export-dir is not writable" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_study_storages_open_and_a_taken_study_name_is_refused(tmp_path):
+    import optuna
+
+    from tune_siamese.search import check_new_study, default_study_storage, open_study_storage, redact
+
+    assert default_study_storage(str(tmp_path), "exp") == f"sqlite:///{tmp_path}/exp/optuna.db"
+    assert default_study_storage(f"file://{tmp_path}", "exp") == f"sqlite:///{tmp_path}/exp/optuna.db"
+    assert default_study_storage("s3://bucket/x?scheme=http", "exp") == ""
+    assert open_study_storage("") is None
+    journal = open_study_storage(str(tmp_path / "journal" / "study.log"))
+    assert isinstance(journal, optuna.storages.JournalStorage)
+    sqlite = f"sqlite:///{tmp_path}/db/optuna.db"
+    optuna.create_study(study_name="taken", storage=open_study_storage(sqlite))  # creates its folder too
+    check_new_study(sqlite, "free")
+    with pytest.raises(InputError, match="already holds a study named 'taken'"):
+        check_new_study(sqlite, "taken")
+    with pytest.raises(InputError, match=r"--study-storage=postgresql\+psycopg2://me:\*\*\*@127.0.0.1:1/x"):
+        open_study_storage("postgresql+psycopg2://me:secret@127.0.0.1:1/x")
+    assert redact("sqlite:///a.db") == "sqlite:///a.db"

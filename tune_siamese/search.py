@@ -85,10 +85,11 @@ class SearchSettings:
 
 
 def default_study_storage(storage_path: str, name: str) -> str:
-    """An SQLite file in a local experiment folder (optuna-dashboard reads it live); in memory for a URI."""
-    if storage.is_uri(storage_path):
+    """An SQLite file in a local experiment folder (optuna-dashboard reads it live); in memory for a remote URI."""
+    folder = storage_path.removeprefix("file://")
+    if storage.is_uri(folder):
         return ""
-    return f"sqlite:///{Path(storage.child(storage_path, name, STUDY_FILE))}"
+    return f"sqlite:///{Path(folder, name, STUDY_FILE)}"
 
 
 def open_study_storage(location: str) -> optuna.storages.BaseStorage | None:
