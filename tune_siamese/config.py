@@ -30,6 +30,7 @@ class Config:
     val_fraction: float = 0.1
     val_split: str = "identity"  # "identity": val identities unseen in training; "random": the reference study's split
     data_seed: int = 0
+    allow_identity_overlap: bool = False  # score a test list that shares people with training (warned, recorded)
     # --- model ---
     zoom: float = 1.0  # central fraction of the stored image the model sees (a per-trial crop, on the device)
     input_size: int = 0  # 0 = image_size; otherwise batches are resized on the device
