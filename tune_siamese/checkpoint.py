@@ -3,21 +3,26 @@
 An export directory holds:
   model.safetensors  weights            config.json   the whole Config
   model.pt2          torch.export graph metrics.json  test metrics and the decision threshold
-  SHA256SUMS         checksums of all of the above; a mismatch refuses to load
+  SHA256SUMS         checksums of all of the above
 An ensemble export holds member_1/, member_2/, ... (each an export as above), ensemble.json (the member
 folders and the ensemble's input config), metrics.json and SHA256SUMS over those and the members' SHA256SUMS.
+Loading refuses an export unless every file it reads is listed in SHA256SUMS and matches, every listed file
+matches and lies inside the export folder, and the configs, metrics and weights read are what this code writes.
 """
 from __future__ import annotations
 
 import copy
 import hashlib
 import json
+import math
 import os
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
+import safetensors.torch
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from . import storage
 from .config import Config
@@ -26,6 +31,9 @@ from .model import EnsembleNet, SiameseNet, build_model
 
 CHECKSUMS = "SHA256SUMS"
 ENSEMBLE_FILE = "ensemble.json"
+EXPORT_NEEDS = ("model.safetensors", "config.json", "metrics.json")  # what loading an export reads
+ENSEMBLE_KEYS = {"members", "config"}
+_SUMS_LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](.+)")  # sha256sum's text ("  ") and binary (" *") forms
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
@@ -99,31 +107,6 @@ def _write_checksums(out: Path, files: list[str]) -> None:
     (out / CHECKSUMS).write_text("".join(f"{_sha256(out / name)}  {name}\n" for name in files))
 
 
-def _threshold(export_dir: Path) -> float:
-    return float(json.loads((export_dir / "metrics.json").read_text()).get("threshold_logit", 0.0))
-
-
-def _load_ensemble(source: Path) -> tuple[EnsembleNet, Config, float]:
-    verify_checksums(source)
-    spec = json.loads((source / ENSEMBLE_FILE).read_text())
-    loaded = [_load_local(source / folder) for folder in spec["members"]]
-    model = EnsembleNet([m for m, _, _ in loaded], [c for _, c, _ in loaded])
-    return model.eval(), Config.from_dict(spec["config"], source=str(source / ENSEMBLE_FILE)), _threshold(source)
-
-
-def verify_checksums(export_dir: Path) -> None:
-    sums = export_dir / CHECKSUMS
-    if not sums.is_file():
-        raise InputError(f"no {CHECKSUMS} in the export; refusing to load it", export_dir)
-    for number, line in enumerate(sums.read_text().splitlines(), start=1):
-        digest, _, name = line.partition("  ")
-        target = export_dir / name
-        if not target.is_file():
-            raise InputError(f"{name} listed in {CHECKSUMS} is missing", sums, number)
-        if _sha256(target) != digest:
-            raise InputError(f"checksum mismatch for {name}: the export was modified or corrupted", sums, number)
-
-
 def load_model(source: str | Path) -> tuple[SiameseNet | EnsembleNet, Config, float]:
     """(model, config, decision threshold as a logit) from an export directory (single or ensemble, local or
     a storage URI such as s3://bucket/results/EXP/export) or a checkpoint file. The config is the one to feed
@@ -138,18 +121,197 @@ def _load_local(source: Path) -> tuple[SiameseNet | EnsembleNet, Config, float]:
     if (source / ENSEMBLE_FILE).is_file():
         return _load_ensemble(source)
     if source.is_dir():
-        verify_checksums(source)
-        config = Config.load(source / "config.json")
-        model = build_model(config)
-        model.load_state_dict(load_file(str(source / "model.safetensors")))
-        return as_trained(model, config), config, _threshold(source)
+        return _load_export(source)
+    return _load_checkpoint_file(source)
+
+
+def _load_export(folder: Path) -> tuple[SiameseNet, Config, float]:
+    files = verify_checksums(folder, EXPORT_NEEDS)
+    config = _config(_json_object(files["config.json"], folder / "config.json"), folder / "config.json")
+    weights_path = folder / "model.safetensors"
+    try:
+        weights = safetensors.torch.load(files["model.safetensors"])
+    except Exception as exc:  # noqa: BLE001 - the parser's errors (header, dtype, offsets) are all bad input
+        raise InputError(f"not a readable safetensors file ({str(exc)[:200]})", weights_path) from None
+    model = _fitted(config, folder / "config.json", weights, weights_path)
+    metrics_path = folder / "metrics.json"
+    threshold = _json_object(files["metrics.json"], metrics_path).get("threshold_logit")
+    return model, config, _threshold(threshold, metrics_path)
+
+
+def _load_ensemble(source: Path) -> tuple[EnsembleNet, Config, float]:
+    files = verify_checksums(source, (ENSEMBLE_FILE, "metrics.json"))
+    spec_path = source / ENSEMBLE_FILE
+    spec = _json_object(files[ENSEMBLE_FILE], spec_path)
+    unknown, missing = sorted(set(spec) - ENSEMBLE_KEYS), sorted(ENSEMBLE_KEYS - set(spec))
+    if unknown or missing:
+        raise InputError(f"unknown key(s) {_some(unknown)}, missing key(s) {_some(missing)}; known: members, "
+                         f"config", spec_path)
+    folders = spec["members"]
+    if not isinstance(folders, list) or not folders:
+        raise InputError("members must be a non-empty list of folder names", spec_path)
+    for name in folders:
+        # One plain name: a member is a folder of this export, never ../x, /x or a/../../x.
+        if not isinstance(name, str) or name in ("", ".", "..") or "/" in name:
+            raise InputError(f"member folder {name!r} is not a folder inside the export", spec_path)
+    if len(set(folders)) != len(folders):
+        raise InputError("members names a folder twice", spec_path)
+    # The members' own SHA256SUMS must be covered too, or a member could be swapped together with its sums;
+    # the first verify_checksums call has hashed them already.
+    _listed(source, [f"{name}/{CHECKSUMS}" for name in folders])
+    if not isinstance(spec["config"], dict):
+        raise InputError("config must be a JSON object of Config options", spec_path)
+    config = _config(spec["config"], spec_path)
+    loaded = [_load_export(source / name) for name in folders]
+    try:
+        model = EnsembleNet([m for m, _, _ in loaded], [c for _, c, _ in loaded])
+    except InputError as exc:  # members that cannot be ensembled: say which file put them together
+        raise InputError(str(exc), spec_path) from None
+    if config != model.config:  # engine.predict feeds the ensemble by this config: it must be the members'
+        raise InputError("config differs from the one its members' configs give", spec_path)
+    metrics_path = source / "metrics.json"
+    threshold = _json_object(files["metrics.json"], metrics_path).get("threshold_logit")
+    return model.eval(), config, _threshold(threshold, metrics_path)
+
+
+def _load_checkpoint_file(source: Path) -> tuple[SiameseNet, Config, float]:
     state = load_checkpoint(source)
-    if "config" not in state or "model" not in state:
+    if not isinstance(state, dict) or "config" not in state or "model" not in state:
         raise InputError("checkpoint holds no config and model", source)
-    config = Config.from_dict(state["config"], source=str(source))
+    if not isinstance(state["config"], dict):
+        raise InputError("checkpoint's config is not a dict of Config options", source)
+    weights = state["model"]
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise InputError("checkpoint's model is not a dict of tensors", source)
+    config = _config(state["config"], source)
+    model = _fitted(config, source, weights, source)
+    return model, config, _threshold(state.get("threshold_logit", 0.0), source)  # trial states hold none
+
+
+def verify_checksums(folder: Path, needed: Collection[str]) -> dict[str, bytes]:
+    """Check every entry of folder/SHA256SUMS, and that each of `needed` is listed; return the bytes of the
+    needed files as they were hashed, so what loads is what was checked."""
+    sums = folder / CHECKSUMS
+    contents: dict[str, bytes] = {}
+    for name, (number, digest) in _listed(folder, needed).items():
+        try:
+            if name in needed:
+                contents[name] = (folder / name).read_bytes()
+                actual = hashlib.sha256(contents[name]).hexdigest()
+            else:  # listed, not loaded (model.pt2): streamed, not kept
+                actual = _sha256(folder / name)
+        except OSError as exc:
+            raise InputError(f"{name} listed in {CHECKSUMS} cannot be read ({exc.strerror})", sums, number) from None
+        if actual != digest:
+            raise InputError(f"checksum mismatch for {name}: the export was modified or corrupted", sums, number)
+    return contents
+
+
+def _listed(folder: Path, needed: Collection[str]) -> dict[str, tuple[int, str]]:
+    entries = _read_sums(folder)
+    for name in needed:
+        if name not in entries:
+            raise InputError(f"{name} is not listed; every file the export loads must be", folder / CHECKSUMS)
+    return entries
+
+
+def _read_sums(folder: Path) -> dict[str, tuple[int, str]]:
+    """{file name: (line number, lower-case digest)} of folder/SHA256SUMS, every entry a file in the folder."""
+    sums = folder / CHECKSUMS
+    if not sums.is_file():
+        raise InputError(f"no {CHECKSUMS} in the export; refusing to load it", folder)
+    try:
+        text = sums.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError("not UTF-8 text", sums) from None
+    root = folder.resolve()
+    entries: dict[str, tuple[int, str]] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        match = _SUMS_LINE.fullmatch(line)
+        if match is None:
+            raise InputError("not a checksum line (want: 64 hex digits, two spaces, a file name)", sums, number)
+        digest, name = match.group(1).lower(), match.group(2)
+        parts = name.split("/")
+        if name.startswith("/") or ".." in parts:
+            raise InputError(f"{name} leaves the export folder", sums, number)
+        if "" in parts or "." in parts:
+            raise InputError(f"{name} is not a plain relative path", sums, number)
+        if name in entries:
+            raise InputError(f"{name} is listed twice (first on line {entries[name][0]})", sums, number)
+        try:
+            target = (folder / name).resolve()
+        except (OSError, RuntimeError):  # a symlink loop
+            raise InputError(f"{name} cannot be resolved (a symbolic link loop?)", sums, number) from None
+        if not target.is_relative_to(root):  # a symlink, of the file or of a folder on its way
+            raise InputError(f"{name} resolves outside the export folder (a symbolic link)", sums, number)
+        if not target.is_file():
+            raise InputError(f"{name} listed in {CHECKSUMS} is missing or not a file", sums, number)
+        entries[name] = (number, digest)
+    if not entries:
+        raise InputError("holds no checksums; refusing to load an export nothing vouches for", sums)
+    return entries
+
+
+def _json_object(raw: bytes, path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InputError("not UTF-8 text", path) from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON: {exc.msg}", path, exc.lineno) from None
+    except RecursionError:
+        raise InputError("not valid JSON: nested too deeply", path) from None
+    if not isinstance(value, dict):
+        raise InputError("must hold one JSON object", path)
+    return value
+
+
+def _config(values: dict[str, Any], path: Path) -> Config:
+    try:
+        return Config.from_dict(values, source=str(path))
+    except OverflowError as exc:  # an int field given as 1e400 and the like
+        raise InputError(f"a value is out of range ({exc})", path) from None
+
+
+def _threshold(value: Any, path: Path) -> float:
+    # Anything but a finite number would decide every pair the same way (NaN: never the same person).
+    number = math.nan
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond any float
+            number = math.inf
+    if not math.isfinite(number):
+        raise InputError(f"threshold_logit={value!r} is not a finite number", path)
+    return number
+
+
+def _fitted(config: Config, config_path: Path, weights: dict[str, torch.Tensor], path: Path) -> SiameseNet:
+    """The model `config` builds, holding `weights`; refused unless names, shapes and dtypes all match."""
+    try:
+        with torch.device("meta"):  # shapes only: an edited config must not allocate a giant model
+            expected = build_model(config).state_dict()
+    except (OverflowError, RuntimeError, ValueError) as exc:
+        raise InputError(f"the model this config describes cannot be built ({str(exc)[:200]})", config_path) from None
+    described = "the model its config describes" if config_path == path else f"the model {config_path.name} describes"
+    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        raise InputError(f"weights do not fit {described}: missing {_some(missing)}, unexpected {_some(unexpected)}",
+                         path)
+    for name, want in expected.items():  # in layer order: the first misfit is the one to name
+        tensor = weights[name]
+        if tensor.shape != want.shape or tensor.dtype != want.dtype:
+            raise InputError(f"weights do not fit {described}: {name} is {tuple(tensor.shape)} {tensor.dtype}, "
+                             f"it needs {tuple(want.shape)} {want.dtype}", path)
     model = build_model(config)
-    model.load_state_dict(state["model"])
-    return as_trained(model, config), config, float(state.get("threshold_logit", 0.0))
+    model.load_state_dict(weights)
+    return as_trained(model, config)
+
+
+def _some(names: list[str]) -> str:
+    if not names:
+        return "none"
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def as_trained(model: SiameseNet, config: Config) -> SiameseNet:
