@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ray import tune
+from ray.tune.search import sample
 
 from tune_siamese.config import Config
 from tune_siamese.errors import InputError
@@ -157,6 +158,42 @@ def _validate(preset: Preset, source: str) -> Preset:
         if missing:
             raise InputError(f"search space {source}: point {i + 1} lacks {', '.join(missing)}")
     return preset
+
+
+def space_values(domain: Any) -> list[tuple[Any, str]]:
+    """The values of one space entry worth checking, each with a word on where it comes from: every choice,
+    both ends of a range (a randint's upper end is exclusive), or the constant itself."""
+    if isinstance(domain, sample.Categorical):
+        return [(value, "a choice") for value in domain.categories]
+    if isinstance(domain, sample.Integer):
+        return [(domain.lower, "the range's lower end"), (domain.upper - 1, "the range's upper end")]
+    if isinstance(domain, sample.Float):
+        return [(domain.lower, "the range's lower end"), (domain.upper, "the range's upper end")]
+    if isinstance(domain, sample.Domain):
+        raise InputError(f"a {domain.__class__.__name__} space entry cannot be checked before the search; use "
+                         "tune.choice, tune.uniform, tune.loguniform, tune.randint or their q-forms")
+    return [(domain, "a fixed value")]
+
+
+def check_values(preset: Preset, base: dict[str, Any], source: str) -> list[dict[str, Any]]:
+    """Every value the space can produce (each choice, each range's ends) and every starting point, each
+    applied to `base` and checked by Config's rules, so that no trial fails on a value known in advance.
+    Returns those configs (as dicts) for checks that need more than Config (devices, compile backends)."""
+    checked = []
+    for key, domain in preset.space.items():
+        try:
+            values = space_values(domain)
+        except InputError as exc:
+            raise InputError(f"search space {source}: {key}: {exc}") from None
+        for value, where in values:
+            values_of_trial = {**base, key: value}
+            Config.from_dict(values_of_trial, source=f"search space {source}: {key}={value!r} ({where})")
+            checked.append(values_of_trial)
+    for i, point in enumerate(preset.points):
+        values_of_trial = {**base, **point}
+        Config.from_dict(values_of_trial, source=f"search space {source}: point {i + 1}")
+        checked.append(values_of_trial)
+    return checked or [dict(base)]
 
 
 def get_preset(name: str) -> Preset:

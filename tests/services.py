@@ -227,3 +227,30 @@ def s3_server(bucket: str) -> Iterator[str]:
         yield f"endpoint_override={host}:{port}&scheme=http"
     finally:
         server.stop()
+
+
+def listening_addresses(session_id: int) -> list[str]:
+    """IP addresses of the TCP sockets listening in every process of one session (from /proc)."""
+    def hex_ip(text: str) -> str:
+        raw = bytes.fromhex(text)
+        if len(raw) == 4:
+            return socket.inet_ntop(socket.AF_INET, raw[::-1])
+        words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))  # /proc prints 4-byte words host-endian
+        return socket.inet_ntop(socket.AF_INET6, words)
+
+    listening: dict[str, str] = {}  # socket inode -> local IP
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # LISTEN
+                listening[fields[9]] = hex_ip(fields[1].split(":")[0])
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[3]) != session_id:
+                continue
+            links = [os.readlink(fd) for fd in (stat.parent / "fd").iterdir()]
+        except (OSError, IndexError, ValueError):
+            continue
+        found += [listening[link[8:-1]] for link in links if link.startswith("socket:[") and link[8:-1] in listening]
+    return found

@@ -161,3 +161,26 @@ def test_bad_addresses_fail_with_one_line_before_any_ray_work(tmp_path):
             assert not list(tmp_path.glob("*/trial_*"))
     finally:
         listener.close()
+
+
+LOCAL_RAY = """
+import os, sys
+from search_spaces import get_preset  # imports ray first, as run_search.py does
+from tune_siamese import cluster
+import ray
+
+cluster.connect(None)
+ray.get(ray.remote(lambda: os.getpid()).remote())  # a worker process too
+sys.path.insert(0, sys.argv[1])
+from services import listening_addresses
+print(sorted(set(listening_addresses(os.getsid(0)))))
+ray.shutdown()
+"""
+
+
+def test_a_local_search_listens_on_loopback_only(tmp_path):
+    done = subprocess.run([sys.executable, "-c", LOCAL_RAY, str(Path(__file__).parent)], cwd=REPO,
+                          capture_output=True, text=True, timeout=180, start_new_session=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    addresses = eval(done.stdout.strip().splitlines()[-1])
+    assert addresses and set(addresses) <= {"127.0.0.1", "::ffff:127.0.0.1"}, addresses

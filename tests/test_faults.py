@@ -27,7 +27,7 @@ SPACE = Preset(
     space={"device": tune.choice(["cpu", "cuda:7"]), "lr": tune.choice([1e-3, 1e30]),
            "optimizer": tune.choice(["sgd"])},
     fixed=smoke.fixed,
-    # cuda:7 does not exist on a CPU worker (the trial raises); lr=1e30 with SGD turns the weights to NaN in the first epoch.
+    # cuda:7 does not exist on a CPU worker with a (declared) GPU share (the trial raises); lr=1e30 with SGD turns the weights to NaN in the first epoch.
     points=[{"device": "cuda:7", "lr": 1e-3, "optimizer": "sgd"}, {"device": "cpu", "lr": 1e30, "optimizer": "sgd"},
             {"device": "cpu", "lr": 1e-3, "optimizer": "sgd"}],
 )
@@ -39,7 +39,8 @@ def test_errored_and_diverged_trials_leave_the_search_standing(ray_session, tmp_
     space.write_text(FAULTY_SPACE)
     summary, _ = run_search.run(run_search.parse_args([
         "--space", f"{space}:SPACE", "--num-samples", "3", "--max-epochs", "2", "--grace-period", "2",
-        "--max-failures", "0", "--storage-path", str(tmp_path), "--name", "faulty", "--no-retrain"]))
+        "--max-failures", "0", "--gpus-per-trial", "0.25", "--storage-path", str(tmp_path), "--name", "faulty",
+        "--no-retrain"]))
     frames = trial_frames(tmp_path / "faulty")
     by_config = {}
     for frame in frames.values():

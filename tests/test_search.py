@@ -1,6 +1,7 @@
 """The Ray layer end to end: search, ASHA, concurrency, fractional GPUs, export round trip, resume, two nodes."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -150,6 +151,22 @@ def cli_json(main, argv):
     (["--set", "optimizer=rmsprop"], "optimizer='rmsprop'"),
     (["--num-samples", "0"], "--num-samples=0"),
     (["--ensemble", "1"], "--ensemble=1"),
+    # nonsense that used to pass validation and fail (or misbehave) inside every trial
+    (["--set", "lr_decay=-1"], "lr_decay=-1.0 must be in (0, 1]"),
+    (["--set", "weight_decay=nan"], "weight_decay=nan must be a finite number"),
+    (["--set", "width=inf"], "width=inf must be a finite number"),
+    (["--cpus-per-trial", "nan"], "--cpus-per-trial=nan must be a finite number"),
+    (["--gpus-per-trial", "nan"], "--gpus-per-trial=nan must be a finite number"),
+    (["--reduction-factor", "nan"], "--reduction-factor=nan must be a finite number"),
+    (["--set", "device=cuda"], "device='cuda' needs --gpus-per-trial > 0"),
+    (["--set", "device=gpu"], "device='gpu' is not auto, cpu, mps, cuda or cuda:N"),
+    (["--set", "compile=no-such-backend"], "compile='no-such-backend' is not a torch.compile backend"),
+    # options that were ignored or bent silently
+    (["--grace-period", "5", "--max-epochs", "3"], "--grace-period=5 exceeds the 3 epochs"),
+    (["--max-failures", "-1"], "--max-failures=-1 must be >= 0"),
+    (["--set", "data=/elsewhere"], "--set data=...: use --data instead"),
+    (["--set", "seed=3"], "--set seed=...: use --seed instead"),
+    (["--max-epochs", "4", "--set", "max_epochs=5"], "--max-epochs and --set max_epochs disagree"),
 ])
 def test_bad_options_exit_2_with_one_message(ray_session, argv, message, capsys, tmp_path):
     storage = [] if "--storage-path" in argv else ["--storage-path", str(tmp_path)]
@@ -157,6 +174,73 @@ def test_bad_options_exit_2_with_one_message(ray_session, argv, message, capsys,
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not list(tmp_path.glob("*/trial_*"))  # no trial ever started
+
+
+BAD_SPACE = """
+from ray import tune
+SPACE = {"width": tune.choice([0.25, 0.0]), "lr": tune.loguniform(1e-4, 1e-2)}
+UNKNOWN_OPTIMIZER = {"optimizer": tune.choice(["adam", "lion"])}
+NEGATIVE_END = {"weight_decay": tune.uniform(-1e-3, 1e-3)}
+"""
+
+
+@pytest.mark.parametrize("attr, message", [
+    ("SPACE", "width=0.0 (a choice): option width=0.0 must be > 0"),
+    ("UNKNOWN_OPTIMIZER", "optimizer='lion' (a choice): option optimizer='lion' is not one of"),
+    ("NEGATIVE_END", "weight_decay=-0.001 (the range's lower end): option weight_decay=-0.001 must be >= 0"),
+])
+def test_every_value_a_space_can_produce_is_checked_first(tmp_path, capsys, attr, message):
+    space = tmp_path / "bad_space.py"
+    space.write_text(BAD_SPACE)
+    assert run_search.main(["--space", f"{space}:{attr}", "--storage-path", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_set_max_epochs_is_not_overridden_by_the_preset(tmp_path):
+    settings, _ = run_search.build_settings(run_search.parse_args([*SMOKE, "--set", "max_epochs=7",
+                                                                   "--storage-path", str(tmp_path)]))
+    assert settings.max_epochs == 7 and settings.base["max_epochs"] == 7
+
+
+def test_resume_refuses_options_it_would_ignore_and_a_second_holder(tmp_path, capsys):
+    from tune_siamese import storage
+
+    experiment = tmp_path / "exp"
+    experiment.mkdir()
+    settings, _ = run_search.build_settings(run_search.parse_args([*SMOKE, "--storage-path", str(tmp_path),
+                                                                   "--name", "exp"]))
+    (experiment / "search_settings.json").write_text(json.dumps(dataclasses.asdict(settings)))
+    assert run_search.main(["--resume", str(experiment), "--num-samples", "9", "--space", "paper"]) == 2
+    assert "--space, --num-samples would be ignored" in capsys.readouterr().err
+    # the same name again as a new search
+    assert run_search.main([*SMOKE, "--storage-path", str(tmp_path), "--name", "exp"]) == 2
+    assert "an experiment of this name exists already" in capsys.readouterr().err
+    # a resume while another process holds the experiment
+    with storage.experiment_lock(str(experiment)):
+        assert run_search.main(["--resume", str(experiment)]) == 2
+    assert "another search holds this experiment" in capsys.readouterr().err
+    assert not (experiment / ".lock").exists()  # released
+
+
+def test_resume_refuses_what_others_may_write_or_a_corrupt_settings_file(tmp_path, capsys):
+    experiment = tmp_path / "exp"
+    experiment.mkdir()
+    settings, _ = run_search.build_settings(run_search.parse_args([*SMOKE, "--storage-path", str(tmp_path),
+                                                                   "--name", "exp"]))
+    (experiment / "search_settings.json").write_text(json.dumps(dataclasses.asdict(settings)))
+    (experiment / "tuner.pkl").write_bytes(b"not pickle")
+    (experiment / "tuner.pkl").chmod(0o666)  # anyone could have replaced it with code
+    assert run_search.main(["--resume", str(experiment)]) == 2
+    assert "others may write to this experiment" in capsys.readouterr().err
+    (experiment / "tuner.pkl").chmod(0o644)
+    (experiment / "search_settings.json").write_text('{"base": {}, "space": "smoke",\n "extra": 1}')
+    assert run_search.main(["--resume", str(experiment)]) == 2
+    err = capsys.readouterr().err
+    assert "search_settings.json: not this project's search settings" in err and "Traceback" not in err
+    (experiment / "search_settings.json").write_text('{"base": {},\n oops')
+    assert run_search.main(["--resume", str(experiment)]) == 2
+    assert "search_settings.json:2: not valid JSON" in capsys.readouterr().err
 
 
 def test_resume_of_a_folder_without_experiment(tmp_path, capsys):
@@ -230,3 +314,28 @@ def test_resume_after_interrupt_repeats_no_finished_trial(tmp_path):
 
     study = optuna.load_study(study_name="interrupted", storage=f"sqlite:///{experiment / 'optuna.db'}")
     assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 4
+
+
+def test_ctrl_c_after_every_trial_started_is_still_an_interrupt(tmp_path):
+    """Tune marks the trials it stops on Ctrl-C TERMINATED; with every trial started, counting them looked like
+    a finished search (exit 0, the best of half a search retrained and exported)."""
+    experiment = tmp_path / "late"
+    argv = ["run_search.py", *SMOKE, "--num-samples", "3", "--max-epochs", "4", "--grace-period", "4",
+            "--storage-path", str(tmp_path), "--name", "late"]  # 2 at once (2 CPUs): the 3rd starts last
+    log = tmp_path / "late.log"
+    proc = _spawn(argv, log)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            frames = trial_frames(experiment) if experiment.exists() else {}
+            if len(frames) == 3 and any(f["epoch"].max() < 4 for f in frames.values()):
+                break  # every trial has started and one is still training
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130, log.read_text()[-3000:]
+    finally:
+        _reap(proc)
+    output = log.read_text()
+    assert "Search interrupted" in output and f"--resume {experiment}" in output
+    assert not (experiment / FINAL_FILE).exists() and not (experiment / "export").exists()

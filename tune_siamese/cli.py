@@ -19,7 +19,7 @@ import torch
 
 from . import data as data_mod
 from .checkpoint import export_model, load_model, save_checkpoint
-from .config import Config
+from .config import Config, parse_overrides
 from .engine import Diverged, images_on, pair_metrics, predict, resolve_device, train_and_test
 from .errors import InputError
 from .oneshot import one_shot_accuracy
@@ -104,16 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --------------------------------------------------------------------------------------------------
 # train
-
-def parse_overrides(items: Sequence[str]) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"option --set {item!r} must look like KEY=VALUE")
-        values[key.strip()] = value.strip()
-    return values
-
 
 def build_config(config_file: str | None, data: str | None, overrides: Sequence[str]) -> Config:
     """File values, then --data, then --set; every layer is validated by Config.from_dict."""

@@ -83,6 +83,11 @@ def connect(option: str | None, timeout: float = CONNECT_TIMEOUT_S, dashboard: b
     address = resolve_address(option)
     source = "option --address" if option else "RAY_ADDRESS"
     if address == "local":
+        # A Ray for this machine alone: Ray's single-machine mode binds the GCS, raylet and workers to
+        # 127.0.0.1 instead of every interface. Ray reads it from the environment when imported, and its
+        # processes inherit it.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
         kwargs: dict[str, Any] = {"include_dashboard": dashboard, "log_to_driver": True}
         if dashboard:
             kwargs["dashboard_host"] = "127.0.0.1"

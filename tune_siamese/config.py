@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .errors import InputError
 
@@ -78,6 +80,10 @@ class Config:
             if not getattr(self, name) > 0:
                 raise InputError(f"option {name}={getattr(self, name)!r} must be > 0")
 
+        for f in fields(self):  # NaN passes every comparison below; inf is no setting either
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InputError(f"option {f.name}={value!r} must be a finite number")
         choice("optimizer", OPTIMIZERS)
         choice("init", INITS)
         choice("head", HEADS)
@@ -99,6 +105,11 @@ class Config:
         for name in ("weight_decay", "momentum", "mined_pairs", "threads", "input_size", "augment_strength"):
             if getattr(self, name) < 0:
                 raise InputError(f"option {name}={getattr(self, name)!r} must be >= 0")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise InputError(f"option device={self.device!r} is not auto, cpu, mps, cuda or cuda:N")
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise InputError(f"option lr_decay={self.lr_decay!r} must be in (0, 1] (the learning rate's factor per "
+                             "epoch)")
         if self.model_input_size < 72:
             raise InputError(f"option input_size={self.model_input_size} is too small for Koch's net (at least 72)")
 
@@ -142,6 +153,17 @@ class Config:
         if not isinstance(values, dict):
             raise InputError("a config file must hold one JSON object", path)
         return cls.from_dict(values, source=str(path))
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, str]:
+    """{"lr": "3e-4"} from command-line items like "lr=3e-4" (--set); Config.from_dict coerces the strings."""
+    values: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"option --set {item!r} must look like KEY=VALUE")
+        values[key.strip()] = value.strip()
+    return values
 
 
 _TYPES: dict[str, type] = {"int": int, "float": float, "bool": bool, "str": str}

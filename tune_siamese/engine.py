@@ -61,10 +61,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def setup(config: Config) -> torch.device:
-    if config.compile and config.compile not in torch.compiler.list_backends(exclude_tags=()):
-        raise InputError(f"option compile={config.compile!r} is not a torch.compile backend; use '' (off), "
+def check_compile_backend(backend: str) -> None:
+    if backend and backend not in torch.compiler.list_backends(exclude_tags=()):
+        raise InputError(f"option compile={backend!r} is not a torch.compile backend; use '' (off), "
                          f"{', '.join(torch.compiler.list_backends())} or eager/aot_eager")
+
+
+def setup(config: Config) -> torch.device:
+    check_compile_backend(config.compile)
     if config.threads > 0:
         torch.set_num_threads(config.threads)  # one trial's share of the cores, so trials don't oversubscribe
     seed_everything(config.seed)

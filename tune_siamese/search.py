@@ -57,6 +57,47 @@ def train_siamese(config: dict[str, Any], data: PairData) -> None:
                      "diverged_reason": str(exc)})
 
 
+class CompletionWatch(tune.Callback):
+    """Tells a search that ended from one that was interrupted (Ctrl-C, SIGUSR1).
+
+    After an interrupt Tune stops the trials still running and marks them TERMINATED, like finished ones, but
+    without the on_trial_complete / on_trial_error calls that every real ending (the trial returning, ASHA
+    stopping it, an error) makes. `latest` is the instance of the newest search in this process, also after
+    Tuner.restore (which unpickles its own copy)."""
+
+    latest: "CompletionWatch | None" = None
+
+    def __init__(self) -> None:
+        self.ended: set[str] = set()
+        self.cut_short: set[str] = set()
+        self.started = False
+
+    def setup(self, **info: Any) -> None:
+        self.ended, self.cut_short, self.started = set(), set(), False
+        CompletionWatch.latest = self
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if not self.started:  # a resumed search does not run again the trials that ended before
+            self.ended |= {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
+            self.started = True
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.ended.add(trial.trial_id)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.ended.add(trial.trial_id)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.cut_short = {t.trial_id for t in trials if t.trial_id not in self.ended}
+
+
+def interrupted(results: tune.ResultGrid, num_samples: int) -> bool:
+    """True when the search did not run every trial to its own end (see CompletionWatch)."""
+    watch = CompletionWatch.latest
+    return bool(watch is None or watch.cut_short or len(results) < num_samples
+                or results.num_terminated + results.num_errors < num_samples)
+
+
 @dataclass
 class SearchSettings:
     """Everything the driver needs to run, resume and finish a search; saved in the experiment folder."""
@@ -159,6 +200,7 @@ def build_tuner(settings: SearchSettings, data: PairData, space: dict[str, Any],
         run_config=tune.RunConfig(
             name=settings.name, storage_path=settings.storage_path,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[CompletionWatch()],
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         ),
     )

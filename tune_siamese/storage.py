@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -114,3 +115,52 @@ def local_copy(path: str | Path) -> Iterator[Path]:
         pyarrow.fs.copy_files(where, folder, source_filesystem=fs,
                               destination_filesystem=pyarrow.fs.LocalFileSystem())
         yield Path(folder)
+
+
+LOCK_FILE = ".lock"
+
+
+def _lock_is_stale(holder: str) -> bool:
+    """A lock left by a process of this machine that is gone (killed, crashed) may be taken over."""
+    host, _, pid = holder.strip().rpartition(" ")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's process: we cannot tell, so it holds
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@contextlib.contextmanager
+def experiment_lock(experiment: str) -> Iterator[None]:
+    """One search or resume per experiment at a time: a lock file naming this host and process.
+
+    Local folders get it atomically (O_EXCL); on a storage URI it is a check-then-write, which is enough to
+    stop the usual mistake (the same --name twice, a resume while the search still runs)."""
+    lock = child(experiment, LOCK_FILE)
+    me = f"{socket.gethostname()} {os.getpid()}\n"
+    holder = read_text(lock)
+    if holder is not None and not _lock_is_stale(holder):
+        raise InputError(f"another search holds this experiment (process {holder.strip()}); wait for it, or "
+                         f"delete {LOCK_FILE} if that process is gone", resolve(experiment))
+    if is_uri(lock):
+        write_text(lock, me)
+    else:
+        Path(lock).parent.mkdir(parents=True, exist_ok=True)
+        if holder is not None:
+            Path(lock).unlink(missing_ok=True)  # stale: its process is gone
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            raise InputError("another search took this experiment just now", resolve(experiment)) from None
+        with os.fdopen(fd, "w") as out:
+            out.write(me)
+    try:
+        yield
+    finally:
+        if read_text(lock) == me:
+            fs, where = filesystem(lock)
+            fs.delete_file(where)
