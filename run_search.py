@@ -22,11 +22,11 @@ from typing import Any
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 from tune_siamese.config import Config  # noqa: E402
-from tune_siamese.errors import InputError  # noqa: E402
+from tune_siamese.errors import InputError, OneLineParser  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="run_search.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="synthetic",
                    help="LFW-a folder with pair lists, an identity folder, 'lfw' (torchvision download) "
                         "or 'synthetic' (default)")
@@ -255,6 +255,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, Any]:
     """The whole job; returns (summary as written to final.json, retrained model); (None, None) if interrupted."""
     from search_spaces import get_preset
     from tune_siamese import cluster, storage
+    from tune_siamese.data import load_data
 
     if args.resume:
         check_resume_options(args)
@@ -269,19 +270,18 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, Any]:
     if not args.wait_for_resources >= 0:
         raise InputError(f"option --wait-for-resources={args.wait_for_resources} must be >= 0")
     cluster.resolve_address(args.address)
-    check_targets(settings, args.export_dir, new=not args.resume)
+    data = load_data(Config.from_dict(settings.base, source="search settings"))  # the data are input too
+    print(data.summary(), flush=True)
+    check_targets(settings, args.export_dir, new=not args.resume)  # the first thing written
     with storage.experiment_lock(settings.experiment_path):
-        return search_and_finish(args, settings, preset)
+        return search_and_finish(args, settings, preset, data)
 
 
-def search_and_finish(args: argparse.Namespace, settings: Any, preset: Any) -> tuple[dict[str, Any] | None, Any]:
+def search_and_finish(args: argparse.Namespace, settings: Any, preset: Any, data: Any
+                      ) -> tuple[dict[str, Any] | None, Any]:
     from tune_siamese import cluster, storage
-    from tune_siamese.data import load_data
     from tune_siamese.finish import finish
     from tune_siamese.search import SETTINGS_FILE, CompletionWatch, build_tuner, interrupted, redact, restore_tuner
-
-    data = load_data(Config.from_dict(settings.base, source="search settings"))
-    print(data.summary(), flush=True)
 
     cluster.connect(args.address, args.connect_timeout, args.dashboard)
     settings = cluster.fit_resources(settings, args.wait_for_resources)
@@ -322,15 +322,19 @@ def search_and_finish(args: argparse.Namespace, settings: Any, preset: Any) -> t
         print(f"Ensemble of the top {len(ens['members'])} trials' own models; test: accuracy "
               f"{ens['test']['accuracy']:.4f}, accuracy at val threshold {ens['test']['accuracy_at_threshold']:.4f}, "
               f"AUC {ens['test']['auc']:.4f}; exported to {ens['export']}")
+    if "identity_overlap" in summary:
+        overlap = summary["identity_overlap"]
+        print(f"WARNING: {overlap['shared_identities']} of the {overlap['test_identities']} test identities also "
+              "appear in training (allow_identity_overlap): the test scores above overstate verification of "
+              "unseen people")
     print(f"Trials: {summary['trials']} ({summary['errored_trials']} errored)")
     print(f"Analyse it: python -m analysis {settings.experiment_path}")
     return summary, model
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     try:
-        summary, _ = run(args)
+        summary, _ = run(parse_args(argv))
     except InputError as exc:
         print(f"run_search.py: error: {exc}", file=sys.stderr)
         return 2

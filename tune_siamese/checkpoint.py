@@ -41,8 +41,12 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except OSError as exc:  # a full disk or a lost mount: no half-written file stays behind
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"cannot write the checkpoint ({exc.strerror or exc})", path) from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

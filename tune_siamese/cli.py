@@ -12,7 +12,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -21,17 +21,10 @@ from . import data as data_mod
 from .checkpoint import export_model, load_model, save_checkpoint
 from .config import Config, parse_overrides
 from .engine import Diverged, images_on, pair_metrics, predict, resolve_device, train_and_test
-from .errors import InputError
+from .errors import InputError, OneLineParser
 from .oneshot import one_shot_accuracy
 
 PROG = "tune-siamese"
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line (exit 2) instead of usage text plus the error."""
-
-    def error(self, message: str) -> NoReturn:
-        raise InputError(f"{message} (see {self.prog} --help)")
 
 
 def _data_help(default: str) -> str:
@@ -53,10 +46,10 @@ def _at_least(low: int) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Koch-style Siamese networks for face verification: train one "
+    parser = OneLineParser(prog=PROG, description="Koch-style Siamese networks for face verification: train one "
                      "configuration, evaluate a trained model, or verify a pair of images. Hyperparameter search "
                      "is run_search.py.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
 
     train = sub.add_parser("train", help="train one configuration, then test it",
                            description="Train with early stopping on validation loss, pick the decision threshold "

@@ -37,14 +37,15 @@ def resolve_address(option: str | None) -> str:
     if address.startswith(("http://", "https://")):
         raise InputError(f"{source}={address} is a dashboard (job submission) address; a search joins the "
                          "cluster's GCS address (HEAD_IP:6379) or 'auto'")
+    host, _, port = address.rpartition(":")
+    if address not in ("auto", "local") and (not host or not port.isdigit()):
+        raise InputError(f"{source}={address} is not HOST:PORT, 'auto' or 'local'")
     return address
 
 
 def _probe(address: str, source: str, timeout: float) -> None:
     """Fail within `timeout` on an address nothing listens at (ray.init would retry for minutes)."""
     host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise InputError(f"{source}={address} is not HOST:PORT, 'auto' or 'local'")
     started = time.monotonic()
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()

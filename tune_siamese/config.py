@@ -148,6 +148,10 @@ class Config:
             values = json.loads(path.read_text())
         except FileNotFoundError:
             raise InputError("config file not found", path) from None
+        except IsADirectoryError:
+            raise InputError("a config file must be a JSON file, not a folder", path) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read the config file ({getattr(exc, 'strerror', None) or exc})", path) from None
         except json.JSONDecodeError as exc:
             raise InputError(f"not valid JSON: {exc.msg}", path, exc.lineno) from None
         if not isinstance(values, dict):

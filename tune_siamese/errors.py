@@ -4,7 +4,9 @@ The CLI and run_search.py catch it and print its message with exit code 2, no tr
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
+from typing import NoReturn
 
 
 class InputError(ValueError):
@@ -17,3 +19,10 @@ class InputError(ValueError):
         super().__init__(where + message)
         self.path = None if path is None else str(path)
         self.line = line
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one InputError line (exit 2) instead of usage text plus the error."""
+
+    def error(self, message: str) -> NoReturn:
+        raise InputError(f"{message} (see {self.prog} --help)")

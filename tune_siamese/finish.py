@@ -182,6 +182,8 @@ def finish(settings: SearchSettings, results: tune.ResultGrid, data: PairData, e
     summary: dict[str, Any] = {"best_config": config.to_dict(), "best_epoch": epoch, "best_val_loss": loss,
                                "best_trial": Path(best.path).name, "experiment": settings.experiment_path,
                                "trials": len(results), "errored_trials": len(results.errors)}
+    if "identity_overlap" in data.info:  # allowed by allow_identity_overlap: the test score is not clean
+        summary["identity_overlap"] = data.info["identity_overlap"]
     options = task_options(settings)
     threads = max(1, int(options["num_cpus"]))
     data_ref = ray.put(data) if retrain or ensemble >= 2 else None
