@@ -179,7 +179,8 @@ def check_trial_values(trial_values: list[dict[str, Any]], args: argparse.Namesp
 
 def load_resume_settings(path: str) -> Any:
     from tune_siamese import storage
-    from tune_siamese.search import SETTINGS_FILE, SearchSettings
+    from tune_siamese.names import SETTINGS_FILE
+    from tune_siamese.search import SearchSettings
 
     experiment = storage.resolve(path)
     where = storage.child(experiment, SETTINGS_FILE)
@@ -220,7 +221,8 @@ def check_owner(experiment: str) -> None:
 def check_targets(settings: Any, export_dir: str | None, new: bool) -> None:
     """Everything the search writes to must take writes now, not after hours of searching."""
     from tune_siamese import storage
-    from tune_siamese.search import SETTINGS_FILE, check_new_study, open_study_storage
+    from tune_siamese.names import SETTINGS_FILE
+    from tune_siamese.search import check_new_study, open_study_storage
 
     if new and storage.exists(storage.child(settings.experiment_path, SETTINGS_FILE)):
         raise InputError("an experiment of this name exists already; --resume it or choose another --name",
@@ -281,7 +283,8 @@ def search_and_finish(args: argparse.Namespace, settings: Any, preset: Any, data
                       ) -> tuple[dict[str, Any] | None, Any]:
     from tune_siamese import cluster, storage
     from tune_siamese.finish import finish
-    from tune_siamese.search import SETTINGS_FILE, CompletionWatch, build_tuner, interrupted, redact, restore_tuner
+    from tune_siamese.names import SETTINGS_FILE
+    from tune_siamese.search import CompletionWatch, build_tuner, interrupted, redact, restore_tuner
 
     cluster.connect(args.address, args.connect_timeout, args.dashboard)
     settings = cluster.fit_resources(settings, args.wait_for_resources)

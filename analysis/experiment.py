@@ -17,16 +17,9 @@ import pyarrow.fs
 
 from tune_siamese import storage
 from tune_siamese.errors import InputError
+from tune_siamese.names import (ASHA_STOPPED, DIVERGED, ERRORED, FINAL_FILE, FINISHED, PENDING, RUNNING,
+                                SETTINGS_FILE, VAL_LOSS)
 
-# The same names as in tune_siamese.search, which is not imported: it would load torch for every report.
-SETTINGS_FILE = "search_settings.json"
-FINAL_FILE = "final.json"
-METRIC = "val_loss"
-DIVERGED_LOSS = 10.0
-
-# Trial statuses (see `trial_status` for the rule).
-FINISHED, ASHA_STOPPED, DIVERGED, ERRORED, RUNNING, PENDING = (
-    "finished", "asha_stopped", "diverged", "errored", "running", "pending")
 
 # Columns of `Experiment.trials`; the hyperparameters come right after trial_id.
 TRIAL_COLUMNS = ["trial_id", "status", "tune_status", "epochs", "best_val_loss", "best_epoch", "last_val_loss",
@@ -232,8 +225,8 @@ def _trials(records: dict[str, dict[str, Any]], configs: dict[str, dict[str, Any
         config = configs.get(trial_id) or {}
         reported = by_trial.get(trial_id, history.iloc[:0])
         diverged = reported["diverged"].eq(1) if "diverged" in reported else pd.Series(False, reported.index)
-        epochs_ok = reported[~diverged & reported[METRIC].notna()] if METRIC in reported else reported.iloc[:0]
-        best = epochs_ok.loc[epochs_ok[METRIC].idxmin()] if len(epochs_ok) else None
+        epochs_ok = reported[~diverged & reported[VAL_LOSS].notna()] if VAL_LOSS in reported else reported.iloc[:0]
+        best = epochs_ok.loc[epochs_ok[VAL_LOSS].idxmin()] if len(epochs_ok) else None
         epochs = int(epochs_ok["epoch"].max()) if len(epochs_ok) else 0
         best_epoch = int(best["epoch"]) if best is not None else None
         max_epochs = int(config.get("max_epochs", settings.get("max_epochs", 0)))
@@ -248,9 +241,9 @@ def _trials(records: dict[str, dict[str, Any]], configs: dict[str, dict[str, Any
                                    max_epochs, patience),
             "tune_status": record["tune_status"] or "UNKNOWN",
             "epochs": epochs,
-            "best_val_loss": float(best[METRIC]) if best is not None else math.nan,
+            "best_val_loss": float(best[VAL_LOSS]) if best is not None else math.nan,
             "best_epoch": best_epoch,
-            "last_val_loss": float(epochs_ok[METRIC].iloc[-1]) if len(epochs_ok) else math.nan,
+            "last_val_loss": float(epochs_ok[VAL_LOSS].iloc[-1]) if len(epochs_ok) else math.nan,
             "best_val_accuracy": float(best.get("val_accuracy", math.nan)) if best is not None else math.nan,
             "best_val_auc": float(best.get("val_auc", math.nan)) if best is not None else math.nan,
             "wall_time_s": float(reported["time_total_s"].max()) if "time_total_s" in reported else math.nan,

@@ -15,7 +15,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from tune_siamese.errors import InputError
 
-from .experiment import DIVERGED, DIVERGED_LOSS
+from tune_siamese.names import DIVERGED, DIVERGED_LOSS
 
 if TYPE_CHECKING:
     from .experiment import Experiment

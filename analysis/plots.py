@@ -17,7 +17,9 @@ from matplotlib.lines import Line2D
 
 from tune_siamese.errors import InputError
 
-from .experiment import ASHA_STOPPED, DIVERGED, ERRORED, FINISHED, PENDING, RUNNING, Experiment
+from tune_siamese.names import ASHA_STOPPED, DIVERGED, ERRORED, FINISHED, PENDING, RUNNING
+
+from .experiment import Experiment
 
 LOSS_LABEL = "validation loss (binary cross-entropy, nats)"
 # How each status is drawn on the learning curves: line style and the marker at the trial's last epoch.

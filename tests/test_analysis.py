@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ import analysis
 from analysis.__main__ import main
 from analysis.experiment import TRIAL_COLUMNS, trial_status
 from search_spaces import PRESETS
-from tune_siamese import search
+from tune_siamese import names
 from tune_siamese.errors import InputError
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -39,11 +41,12 @@ def report_dir(experiment, tmp_path_factory) -> Path:
     return analysis.report(experiment, tmp_path_factory.mktemp("report"))
 
 
-def test_constants_match_the_search_layer():
-    from analysis import experiment as ex
-
-    assert (ex.SETTINGS_FILE, ex.FINAL_FILE, ex.METRIC, ex.DIVERGED_LOSS) == (
-        search.SETTINGS_FILE, search.FINAL_FILE, search.METRIC, search.DIVERGED_LOSS)
+def test_reading_an_experiment_loads_no_torch(experiment):
+    """The analysis shares the search's names through torch-free tune_siamese.names, not through copies."""
+    probe = "import sys, analysis; analysis.load(sys.argv[1]); print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe, str(experiment)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr[-2000:]
 
 
 def test_trials_one_row_per_trial_with_documented_columns(exp, experiment):
@@ -172,7 +175,7 @@ def test_cli_writes_a_report(experiment, tmp_path, capsys):
 def test_a_running_search_loads(experiment, tmp_path):
     """No final.json, a trial half way with a line still being written, one not yet in Tune's state file."""
     copy = tmp_path / "running"
-    shutil.copytree(experiment, copy, ignore=shutil.ignore_patterns("export", "checkpoint_*", search.FINAL_FILE))
+    shutil.copytree(experiment, copy, ignore=shutil.ignore_patterns("export", "checkpoint_*", names.FINAL_FILE))
     [state_file] = copy.glob("experiment_state-*.json")
     state = json.loads(state_file.read_text())
     first = json.loads(state["trial_data"][0][0])
@@ -206,7 +209,7 @@ def test_missing_or_half_written_experiment_is_one_clear_error(case, message, ex
     elif case != "missing":
         path.mkdir()
     if case in ("settings only", "empty result.json"):
-        shutil.copy(experiment / search.SETTINGS_FILE, path)
+        shutil.copy(experiment / names.SETTINGS_FILE, path)
     if case == "empty result.json":
         (path / "trial_0001").mkdir()
         (path / "trial_0001" / "result.json").write_text("")

@@ -16,7 +16,7 @@ import pandas as pd
 
 import run_search
 from test_search import REPO, SMOKE, _reap, _spawn, resume_and_check, spawn_until_a_trial_finished, trial_frames
-from tune_siamese.search import FINAL_FILE
+from tune_siamese.names import FINAL_FILE
 
 FAULTY_SPACE = '''
 from ray import tune

@@ -17,7 +17,7 @@ import torch
 
 import run_search
 from tune_siamese.checkpoint import load_model
-from tune_siamese.search import FINAL_FILE
+from tune_siamese.names import FINAL_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = ["--space", "smoke", "--seed", "0"]

@@ -24,16 +24,17 @@ from .data import PairData
 from .engine import best_threshold, evaluate, fit, images_on, pair_metrics, predict, resolve_device
 from .errors import InputError
 from .model import EnsembleNet, build_model
-from .search import FINAL_FILE, METRIC, MODE, STATE_FILE, SearchSettings
+from .names import FINAL_FILE, MODE, STATE_FILE, VAL_LOSS
+from .search import SearchSettings
 
 
 def best_trial(results: tune.ResultGrid) -> tuple[tune.Result, int, float]:
     """(result, epoch of its best val loss, that loss) of the trial with the lowest val loss at any epoch."""
-    best = results.get_best_result(metric=METRIC, mode=MODE, scope="all")
+    best = results.get_best_result(metric=VAL_LOSS, mode=MODE, scope="all")
     frame = best.metrics_dataframe
-    frame = frame[frame[METRIC].notna()]
-    row = frame.loc[frame[METRIC].idxmin()]
-    return best, int(row["epoch"]), float(row[METRIC])
+    frame = frame[frame[VAL_LOSS].notna()]
+    row = frame.loc[frame[VAL_LOSS].idxmin()]
+    return best, int(row["epoch"]), float(row[VAL_LOSS])
 
 
 def searched_model(checkpoint: tune.Checkpoint | None, config: Config) -> Any:
@@ -72,11 +73,11 @@ def top_trials(results: tune.ResultGrid, k: int) -> list[tuple[tune.Result, floa
     ranked = []
     for result in results:
         frame = result.metrics_dataframe
-        if result.error is not None or frame is None or METRIC not in frame or frame[METRIC].isna().all():
+        if result.error is not None or frame is None or VAL_LOSS not in frame or frame[VAL_LOSS].isna().all():
             continue
         if "diverged" in frame and frame["diverged"].fillna(0).max() > 0:
             continue
-        ranked.append((result, float(frame[METRIC].min())))
+        ranked.append((result, float(frame[VAL_LOSS].min())))
     ranked.sort(key=lambda pair: pair[1])
     return ranked[:k]
 

@@ -21,14 +21,8 @@ from .config import Config
 from .data import PairData
 from .engine import Diverged, fit
 from .errors import InputError
+from .names import BEST_VAL_LOSS, DIVERGED_LOSS, MODE, STATE_FILE, STUDY_FILE, VAL_LOSS
 
-METRIC, MODE = "val_loss", "min"
-SEARCH_METRIC = "best_val_loss"
-DIVERGED_LOSS = 10.0  # reported for a diverged trial: finite, so TPE ranks it as bad instead of failing
-SETTINGS_FILE = "search_settings.json"
-FINAL_FILE = "final.json"
-STATE_FILE = "state.pt"
-STUDY_FILE = "optuna.db"
 
 
 def train_siamese(config: dict[str, Any], data: PairData) -> None:
@@ -52,7 +46,7 @@ def train_siamese(config: dict[str, Any], data: PairData) -> None:
         fit(cfg, data, on_epoch=on_epoch, resume=resume)
     except Diverged as exc:
         # End cleanly with a bad-but-finite loss so the searcher learns "this region diverges".
-        tune.report({METRIC: DIVERGED_LOSS, SEARCH_METRIC: DIVERGED_LOSS, "val_accuracy": 0.5, "val_auc": 0.5,
+        tune.report({VAL_LOSS: DIVERGED_LOSS, BEST_VAL_LOSS: DIVERGED_LOSS, "val_accuracy": 0.5, "val_auc": 0.5,
                      "diverged": 1,
                      "diverged_reason": str(exc)})
 
@@ -182,9 +176,9 @@ def build_tuner(settings: SearchSettings, data: PairData, space: dict[str, Any],
     # ASHA compares trials at the same epoch, by that epoch's val loss.
     # The study is named after the experiment; with a storage it can be watched live (optuna-dashboard) and
     # queried later, and a resumed search keeps writing to it (the searcher's saved state holds the storage).
-    searcher = OptunaSearch(sampler=sampler, points_to_evaluate=points or None, metric=SEARCH_METRIC, mode=MODE,
+    searcher = OptunaSearch(sampler=sampler, points_to_evaluate=points or None, metric=BEST_VAL_LOSS, mode=MODE,
                             study_name=settings.name, storage=open_study_storage(settings.study_storage))
-    scheduler = ASHAScheduler(time_attr="training_iteration", metric=METRIC, mode=MODE, max_t=settings.max_epochs,
+    scheduler = ASHAScheduler(time_attr="training_iteration", metric=VAL_LOSS, mode=MODE, max_t=settings.max_epochs,
                               grace_period=settings.grace_period, reduction_factor=settings.reduction_factor)
     return tune.Tuner(
         build_trainable(settings, data),

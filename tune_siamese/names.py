@@ -1,0 +1,20 @@
+"""Names shared by the search, the work after it and the analysis. Free of torch and Ray, so that reading an
+experiment (the analysis) loads neither."""
+from __future__ import annotations
+
+# Files of an experiment folder (besides Tune's own)
+SETTINGS_FILE = "search_settings.json"  # the search's settings, for --resume and the analysis
+FINAL_FILE = "final.json"  # the retrained model's test scores, written once the search is finished
+STUDY_FILE = "optuna.db"  # the default Optuna study storage (SQLite), in a local experiment folder
+STATE_FILE = "state.pt"  # inside each trial checkpoint: the resumable training state
+
+# Reported metrics, and who ranks trials by which
+VAL_LOSS = "val_loss"  # this epoch's: ASHA compares trials at equal epochs by it; the final pick takes its minimum
+BEST_VAL_LOSS = "best_val_loss"  # the best so far: the Optuna searcher learns from it (a trial that later
+#                                  overfits still found a good point)
+MODE = "min"
+DIVERGED_LOSS = 10.0  # reported by a diverged trial: finite, so the searcher ranks it as bad instead of failing
+
+# A trial's status as the analysis reports it (analysis.experiment.trial_status gives the rule)
+FINISHED, ASHA_STOPPED, DIVERGED, ERRORED, RUNNING, PENDING = (
+    "finished", "asha_stopped", "diverged", "errored", "running", "pending")
