@@ -4,15 +4,30 @@ Every folder here is built in tmp_path from PIL-generated images; none is a copy
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tune_siamese import data as data_mod
-from tune_siamese.data import (PairData, PairMiner, balanced_pairs, identity_folder_files, load_data,
-                               load_synthetic, parse_pair_list, render_synthetic, split_validation)
+from tune_siamese.data import (
+    PairData,
+    PairMiner,
+    balanced_pairs,
+    decode_image,
+    decode_images,
+    identity_folder_files,
+    load_data,
+    load_synthetic,
+    parse_pair_list,
+    render_synthetic,
+    split_validation,
+)
 from tune_siamese.errors import InputError
 
 
@@ -111,6 +126,231 @@ def test_missing_data_folder(tmp_path, tiny_config):
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(InputError, match="not a folder"):
         load_data(tiny_config(data=str(tmp_path / "file.txt")))
+
+
+def test_pair_list_that_is_not_utf8_names_file_and_line(tmp_path):
+    path = tmp_path / "pairsDevTrain.txt"
+    path.write_bytes(b"1\nAnn\t1\t2\nRen\xe9\t1\tAnn\t2\n")  # Latin-1 e-acute
+    with pytest.raises(InputError, match=re.escape(f"{path}:3: not UTF-8 text (byte 0xe9)")):
+        parse_pair_list(path)
+
+
+def test_pair_list_lines_are_numbered_as_an_editor_shows_them(tmp_path):
+    # U+2028, U+0085 and form feed are whitespace inside a line, not line breaks (str.splitlines breaks there)
+    path = tmp_path / "pairsDevTrain.txt"
+    path.write_text("2\nAnn\u20281\t2\nBob\x0c1 2\nAnn\x851\tBob\t2\nCid\t1\tAnn\n", encoding="utf-8")
+    with pytest.raises(InputError, match=re.escape(f"{path}:5: expected a different-person")):
+        parse_pair_list(path)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"Ann\n", b"Ann\t2\n"))  # and a BOM
+    (fold,) = parse_pair_list(path)
+    assert [(p.name_a, p.name_b, p.line) for p in fold] == [("Ann", "Ann", 2), ("Bob", "Bob", 3),
+                                                             ("Ann", "Bob", 4), ("Cid", "Ann", 5)]
+
+
+@pytest.mark.parametrize("name", ["Ann/Bob", "..", "Ann\x07", "Ann\x00Bob"])
+def test_pair_list_name_that_cannot_be_a_folder_is_refused(tmp_path, name):
+    path = tmp_path / "pairsDevTest.txt"
+    path.write_text(f"1\nAnn\t1\t2\nCid\t1\t{name}\t2\n")
+    with pytest.raises(InputError, match=re.escape(f"{path}:3: {name!r} cannot be a person's folder name")):
+        parse_pair_list(path)
+
+
+def test_pair_naming_an_image_path_too_long_for_the_file_system(fake_lfw, tiny_config):
+    train = fake_lfw / "pairsDevTrain.txt"
+    train.write_text(train.read_text().replace("Person_B\t1\t2", f"{'B' * 300}\t1\t2"))
+    with pytest.raises(InputError, match=re.escape(f"{train}:3: pair names image ") + ".*cannot be looked up"):
+        load_data(tiny_config(data=str(fake_lfw)))
+
+
+# --------------------------------------------------------------------------------------------------
+# test identities seen in training
+
+# Against the fake training list (Person_A .. Person_H): the first line repeats the training pair `Person_A 1 2`
+# reversed, the third repeats `Person_B 2 Person_C 3`; Person_I and Person_J are new.
+OVERLAPPING_TEST = "2\nPerson_A\t2\t1\nPerson_I\t1\t2\nPerson_B\t2\tPerson_C\t3\nPerson_I\t1\tPerson_J\t2\n"
+OVERLAP = {"shared_identities": 3, "test_identities": 5, "identical_pairs": 2,
+           "examples": ["Person_A", "Person_B", "Person_C"]}
+
+
+def overlap_message(fake_lfw: Path) -> str:
+    return (f"{fake_lfw / 'pairsDevTest.txt'}:2: 3 of the 5 test identities also appear in the training/validation "
+            f"pairs of {fake_lfw / 'pairsDevTrain.txt'}, and 2 test pair(s) are identical to training pairs (e.g. "
+            f"Person_A, Person_B, Person_C); the test score would not measure unseen people. "
+            f"--set allow_identity_overlap=true scores it anyway")
+
+
+def test_test_list_sharing_people_with_training_is_refused_before_decoding(fake_lfw, tiny_config, monkeypatch,
+                                                                           tmp_path):
+    monkeypatch.setenv("TUNE_SIAMESE_CACHE", str(tmp_path / "fresh-cache"))
+    monkeypatch.setattr(data_mod, "decode_images", lambda *a, **k: pytest.fail("decoded before refusing"))
+    (fake_lfw / "pairsDevTest.txt").write_text(OVERLAPPING_TEST)
+    with pytest.raises(InputError) as refused:
+        load_data(tiny_config(data=str(fake_lfw)))
+    assert str(refused.value) == overlap_message(fake_lfw)
+
+
+def test_identity_overlap_allowed_loads_warns_and_records(fake_lfw, tiny_config, capsys):
+    (fake_lfw / "pairsDevTest.txt").write_text(OVERLAPPING_TEST)
+    data = load_data(tiny_config(data=str(fake_lfw), allow_identity_overlap=True))
+    assert len(data.test) == 4 and data.info["identity_overlap"] == OVERLAP
+    warning = capsys.readouterr().err.strip()
+    assert warning.startswith(f"warning: {fake_lfw / 'pairsDevTest.txt'}:2: 3 of the 5 test identities")
+    assert warning.endswith("scored anyway (allow_identity_overlap=true)") and "\n" not in warning
+    assert "identity_overlap" not in load_data(tiny_config()).info  # disjoint sources record nothing
+
+
+def test_identity_overlap_is_decided_again_on_a_cached_load(fake_lfw, tiny_config, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("TUNE_SIAMESE_CACHE", str(tmp_path / "fresh-cache"))
+    (fake_lfw / "pairsDevTest.txt").write_text(OVERLAPPING_TEST)
+    allowed = tiny_config(data=str(fake_lfw), allow_identity_overlap=True)
+    load_data(allowed)  # fills the image cache
+    assert len(list((tmp_path / "fresh-cache").glob("lfw-*.npz"))) == 1
+    monkeypatch.setattr(data_mod, "decode_images", lambda *a, **k: pytest.fail("not served from the cache"))
+    with pytest.raises(InputError, match="allow_identity_overlap=true scores it anyway"):
+        load_data(tiny_config(data=str(fake_lfw)))
+    capsys.readouterr()
+    assert load_data(allowed).info["identity_overlap"] == OVERLAP
+    assert "scored anyway" in capsys.readouterr().err
+
+
+def test_view2_last_fold_sharing_people_is_refused(tmp_path, make_image, tiny_config):
+    root = tmp_path / "lfw"
+    people = [f"P{k}" for k in range(5)]
+    for k, name in enumerate(people):
+        for i in (1, 2):
+            make_image(root / "lfw" / name / f"{name}_{i:04d}.jpg", seed=10 * k + i)
+    fold_1 = [f"{people[k]}\t1\t2" for k in range(2)] + [f"{people[k]}\t1\t{people[k + 1]}\t2" for k in range(2)]
+    fold_2 = [f"{people[k]}\t1\t2" for k in (3, 4)] + ["P3\t1\tP4\t2", "P4\t2\tP0\t1"]  # P0 is in fold 1
+    (root / "pairs.txt").write_text("\n".join(["2 2", *fold_1, *fold_2]) + "\n")
+    with pytest.raises(InputError, match=re.escape(f"{root / 'pairs.txt'}:9: 1 of the 3 test identities also "
+                                                   f"appear in the training/validation fold 1 (the test pairs are "
+                                                   f"fold 2), and 0 test pair(s)")):
+        load_data(tiny_config(data=str(root), val_split="random"))
+
+
+# --------------------------------------------------------------------------------------------------
+# decoding images as a viewer shows them
+
+def asymmetric(height: int = 32, width: int = 48) -> np.ndarray:
+    image = np.full((height, width), 40, np.uint8)
+    image[:8, :16] = 250
+    image[20:, 30:] = 128
+    return image
+
+
+@pytest.mark.parametrize("orientation, turns, mirror", [(3, 2, False), (6, 1, False), (8, -1, False),
+                                                         (2, 0, True)])
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_exif_orientation_is_applied(tmp_path, orientation, turns, mirror, suffix):
+    # EXIF 6: the camera stored the picture turned a quarter counter-clockwise; a viewer turns it back.
+    upright = asymmetric()
+    stored = np.rot90(np.fliplr(upright) if mirror else upright, turns)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    quality = {"quality": 100, "subsampling": 0} if suffix == ".jpg" else {}
+    Image.fromarray(upright).save(tmp_path / f"upright{suffix}", **quality)
+    Image.fromarray(np.ascontiguousarray(stored)).save(tmp_path / f"phone{suffix}", exif=exif, **quality)
+    Image.fromarray(np.ascontiguousarray(stored)).save(tmp_path / f"untagged{suffix}", **quality)
+    want = decode_image(tmp_path / f"upright{suffix}", 40, 0.9).astype(int)
+    got = decode_image(tmp_path / f"phone{suffix}", 40, 0.9).astype(int)
+    untagged = decode_image(tmp_path / f"untagged{suffix}", 40, 0.9).astype(int)
+    assert np.abs(got - want).max() <= (0 if suffix == ".png" else 2)  # JPEG: one rounding step apart
+    assert np.abs(untagged - want).mean() > 20  # without the tag the picture really differs
+
+
+def write_pgm16(path: Path, values: np.ndarray) -> Path:
+    path.write_bytes(f"P5\n{values.shape[1]} {values.shape[0]}\n65535\n".encode() + values.astype(">u2").tobytes())
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".png", ".pgm"])  # PIL opens them as modes I;16 and I
+def test_16_bit_grayscale_is_scaled_by_its_depth(tmp_path, suffix):
+    values = np.linspace(0, 65535, 24 * 24).round().astype(np.uint16).reshape(24, 24)
+    path = tmp_path / f"deep{suffix}"
+    if suffix == ".png":
+        Image.fromarray(values).save(path)
+        assert Image.open(path).mode == "I;16"
+    else:
+        write_pgm16(path, values)
+        assert Image.open(path).mode == "I"
+    decoded = decode_image(path, 24, 1.0)  # same size: no resampling
+    assert np.array_equal(decoded, np.round(values / 257).astype(np.uint8))
+    assert (decoded == 255).mean() < 0.01  # not clipped to white
+
+
+def test_16_bit_values_beyond_16_bits_are_refused(tmp_path):
+    path = tmp_path / "deep.tif"
+    Image.fromarray(np.full((8, 8), 70000, np.int32)).save(path)
+    with pytest.raises(InputError, match=re.escape(f"{path}: I image with values outside 0..65535")):
+        decode_image(path, 8, 1.0)
+
+
+def transparent_image(mode: str) -> Image.Image:
+    """Left third transparent black, middle third half-transparent black, right third opaque grey 100."""
+    grey = np.zeros((12, 12), np.uint8)
+    grey[:, 8:] = 100
+    alpha = np.full((12, 12), 255, np.uint8)
+    alpha[:, :4], alpha[:, 4:8] = 0, 128
+    if mode in ("RGBA", "LA"):
+        return Image.fromarray(np.dstack([grey] * 3 + [alpha])).convert(mode)
+    if mode == "RGB":  # colour-key transparency (PNG tRNS): pure black is transparent
+        grey[:, 4:8] = 255 - 128  # what 50 % black over white gives
+        return Image.fromarray(np.dstack([grey] * 3))
+    image = Image.fromarray(np.where(alpha == 0, 0, np.where(alpha == 128, 1, 2)).astype(np.uint8), "P")
+    image.putpalette([0, 0, 0, 127, 127, 127, 100, 100, 100])
+    return image
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "RGB"])
+def test_transparent_pixels_are_white(tmp_path, mode):
+    path = tmp_path / f"{mode}.png"
+    transparent_image(mode).save(path, **({"transparency": 0} if mode == "P" else
+                                          {"transparency": (0, 0, 0)} if mode == "RGB" else {}))
+    decoded = decode_image(path, 12, 1.0).astype(int)
+    assert (decoded[:, :4] == 255).all()  # transparent: the white background
+    assert (np.abs(decoded[:, 4:8] - 127) <= 1).all()  # half: half way to white
+    assert (decoded[:, 8:] == 100).all()  # opaque: unchanged
+
+
+def write_bomb(path: Path, side: int) -> Path:
+    """A small file whose header claims side x side pixels (PNG: IHDR patched, checksum fixed; BMP: header)."""
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(path)
+    raw = bytearray(path.read_bytes())
+    if path.suffix == ".png":
+        raw[16:24] = side.to_bytes(4, "big") * 2
+        raw[29:33] = zlib.crc32(bytes(raw[12:29])).to_bytes(4, "big")
+    else:
+        raw[18:26] = side.to_bytes(4, "little") * 2
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".png", ".bmp"])
+def test_header_claiming_a_huge_image_is_refused(tmp_path, suffix):
+    path = write_bomb(tmp_path / f"bomb{suffix}", 100_000)  # 10^10 pixels
+    with pytest.raises(InputError, match=re.escape(f"{path}: refused as a possible decompression bomb")):
+        decode_image(path, 32, 1.0)
+
+
+@pytest.mark.parametrize("side", [40, 50])  # 1600 pixels: PIL only warns; 2500: PIL raises
+def test_image_over_the_pixel_limit_is_refused_even_where_pil_only_warns(tmp_path, monkeypatch, side):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    path = tmp_path / "big.png"
+    Image.fromarray(asymmetric(side, side)).save(path)
+    for decode in (lambda: decode_image(path, 32, 1.0), lambda: decode_images([path], 32, 1.0)):
+        with pytest.raises(InputError, match=re.escape(f"{path}: refused as a possible decompression bomb")):
+            decode()
+
+
+@pytest.mark.parametrize("folder, file", [(b"Ren\xe9", b"1.png"), (b"id000", b"img\xff.png")])
+def test_identity_folder_name_that_is_not_utf8_is_refused(identity_folder, tiny_config, make_image, folder, file):
+    # Latin-1 bytes in a name, as a zip from another system leaves them; os.listdir gives lone surrogates
+    odd = Path(os.fsdecode(os.path.join(os.fsencode(identity_folder), folder, file)))
+    make_image(odd, seed=5)
+    make_image(odd.with_name("2.png"), seed=6)
+    with pytest.raises(InputError, match=re.escape(f"{odd.parent if folder == b'id000' else identity_folder}: "
+                                                   f"name {(file if folder == b'id000' else folder)!r} is not UTF-8")):
+        load_data(tiny_config(data=str(identity_folder)))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,20 +7,26 @@ dataset, and a procedural synthetic dataset (the offline default).
 """
 from __future__ import annotations
 
+import codecs
 import hashlib
 import os
+import re
+import sys
+import unicodedata
+import warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from .config import Config
 from .errors import InputError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: EXIF orientation, 16-bit scaling, transparency over white
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".pgm", ".bmp")
 DEFAULT_LFW_ROOT = "../shared/data/lfw-a"
 
@@ -71,27 +77,65 @@ class PairData:
 # Decoding and caching
 
 def decode_image(path: Path, size: int, crop: float) -> np.ndarray:
-    """Grayscale, central crop, antialiased resize to size x size."""
-    try:
-        with Image.open(path) as image:
-            image = image.convert("L")
-            if crop < 1.0:
-                w, h = image.size
-                cw, ch = round(w * crop), round(h * crop)
-                left, top = (w - cw) // 2, (h - ch) // 2
-                image = image.crop((left, top, left + cw, top + ch))
-            image = image.resize((size, size), Image.Resampling.LANCZOS)
-            return np.asarray(image, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"unreadable or corrupt image ({exc.__class__.__name__}: {exc})", path) from None
+    """Decode as a viewer shows the image: EXIF orientation applied, 16-bit grayscale scaled by its depth,
+    transparent pixels composited on white; then grayscale, central crop, antialiased resize to size x size.
+    A damaged file or one over PIL.Image.MAX_IMAGE_PIXELS (a decompression bomb) is an InputError naming it."""
+    with _bomb_warnings_as_errors():
+        return _decode(path, size, crop)
 
 
 def decode_images(paths: list[Path], size: int, crop: float, workers: int = 4) -> np.ndarray:
     out = np.empty((len(paths), size, size), dtype=np.uint8)
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL releases the GIL while decoding
-        for index, array in enumerate(pool.map(lambda p: decode_image(p, size, crop), paths)):
+    # Warning filters are process-wide and catch_warnings is not thread-safe: set them once, around the pool.
+    with _bomb_warnings_as_errors(), ThreadPoolExecutor(max_workers=workers) as pool:
+        for index, array in enumerate(pool.map(lambda p: _decode(p, size, crop), paths)):  # PIL frees the GIL
             out[index] = array
     return out
+
+
+@contextmanager
+def _bomb_warnings_as_errors() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
+def _decode(path: Path, size: int, crop: float) -> np.ndarray:
+    try:
+        with Image.open(path) as opened:
+            pixels, limit = opened.size[0] * opened.size[1], Image.MAX_IMAGE_PIXELS
+            if limit and pixels > limit:  # the same refusal even where the warning filter is not in force
+                raise Image.DecompressionBombError(f"Image size ({pixels} pixels) exceeds limit of {limit} pixels")
+            image = _grayscale(ImageOps.exif_transpose(opened), path)
+    except InputError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputError(f"refused as a possible decompression bomb ({exc})", path) from None
+    except Exception as exc:  # decoders raise many types on damaged files; all of them mean "unreadable"
+        reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())  # one line, whatever the decoder said
+        raise InputError(f"unreadable or corrupt image ({reason})", path) from None
+    if crop < 1.0:
+        w, h = image.size
+        cw, ch = round(w * crop), round(h * crop)
+        left, top = (w - cw) // 2, (h - ch) // 2
+        image = image.crop((left, top, left + cw, top + ch))
+    image = image.resize((size, size), Image.Resampling.LANCZOS)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _grayscale(image: Image.Image, path: Path) -> Image.Image:
+    """8-bit grayscale. convert("L") alone would clip 16-bit values (most pixels white) and drop alpha
+    (transparent parts keep whatever colour they hide, often black)."""
+    if image.mode == "I" or image.mode.startswith("I;16"):  # PIL scales 16-bit PNG/PGM to 0..65535
+        values = np.asarray(image).astype(np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise InputError(f"{image.mode} image with values outside 0..65535 (more than 16 bits) is not "
+                             f"supported; convert it to 8 or 16 bits", path)
+        return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return image.convert("L")
 
 
 def _content_key(parts: Iterable[bytes | str]) -> str:
@@ -146,7 +190,7 @@ def parse_pair_list(path: Path) -> list[list[PairLine]]:
     """Parse DevTrain/DevTest (header `N`) or View 2 pairs.txt (header `folds N`); returns the folds."""
     if not path.is_file():
         raise InputError("pair list not found", path)
-    lines = path.read_text().splitlines()
+    lines = _text_lines(path)
     if not lines or not lines[0].strip():
         raise InputError("empty pair list (first line must be `N` or `folds N`)", path, 1)
     header = lines[0].split()
@@ -179,11 +223,37 @@ def parse_pair_list(path: Path) -> list[list[PairLine]]:
     return result
 
 
+def _text_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file as an editor numbers them (str.splitlines would also break at form
+    feeds, U+2028 and other separators, and the line numbers in messages would drift)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read the file ({exc.strerror or exc})", path) from None
+    raw = raw.removeprefix(codecs.BOM_UTF8)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise InputError(f"not UTF-8 text (byte 0x{raw[exc.start]:02x}); names must be plain text", path,
+                         line) from None
+    return re.split(r"\r\n|\r|\n", text)
+
+
+def odd_name(name: str) -> bool:
+    """True for a name no image folder should have: control characters, or bytes that are not UTF-8
+    (os.listdir hands those over as lone surrogates)."""
+    return any(unicodedata.category(c) in ("Cc", "Cs") for c in name)
+
+
 def _parse_pair_line(path: Path, number: int, parts: list[str], same: bool) -> PairLine:
     want = 3 if same else 4
     kind = "same-person `name i j`" if same else "different-person `name1 i name2 j`"
     if len(parts) != want:
         raise InputError(f"expected a {kind} line, got {' '.join(parts)!r}", path, number)
+    for name in (parts[0],) if same else (parts[0], parts[2]):
+        if "/" in name or name in (".", "..") or odd_name(name):  # it becomes a folder name under the images
+            raise InputError(f"{name!r} cannot be a person's folder name", path, number)
     try:
         if same:
             return PairLine(parts[0], int(parts[1]), parts[0], int(parts[2]), True, number)
@@ -223,7 +293,12 @@ def index_pair_images(image_dir: Path, sources: list[tuple[Path, list[PairLine]]
                 if key in index:
                     continue
                 path = lfw_image_path(image_dir, *key)
-                if not path.is_file():
+                try:
+                    found = path.is_file()
+                except OSError as exc:  # a name or number too long for the file system, say
+                    raise InputError(f"pair names image {path} which cannot be looked up ({exc.strerror})",
+                                     source, pair.line) from None
+                if not found:
                     raise InputError(f"pair names image {path} which does not exist", source, pair.line)
                 index[key] = len(paths)
                 paths.append(path)
@@ -256,13 +331,55 @@ def load_lfw_folder(root: Path, config: Config) -> "RawData":
 
     names = sorted({name for name, _ in index})
     name_id = {name: i for i, name in enumerate(names)}
-    identity = np.array([name_id[path.parent.name] for path in paths], dtype=np.int32)
+    identity = np.array([name_id[name] for name, _ in index], dtype=np.int32)  # index is in `paths` order
+    trainval, test = pair_rows(trainval_lines, index), pair_rows(test_lines, index)
+    info: dict[str, Any] = {"source": f"LFW folder {root}"}
+    # Checked on every load, before decoding: the image cache holds images only, never this decision.
+    overlap = identity_overlap(identity, names, trainval, test)
+    if overlap is not None:
+        first = test_lines[int(np.argmax(_touches_trainval(identity, trainval, test)))].line
+        trained = "fold 1" if len(folds) == 2 else f"folds 1-{len(folds) - 1}"
+        against = (f"the training/validation pairs of {train_path}" if test_path is not None
+                   else f"the training/validation {trained} (the test pairs are fold {len(folds)})")
+        _refuse_or_record_overlap(overlap, config, info, test_path or train_path, first, against)
     key_parts: list[bytes | str] = [f"lfw v{CACHE_VERSION} {config.image_size} {config.crop}",
                                     train_path.read_bytes(), test_path.read_bytes() if test_path else b""]
     key = "lfw-" + _content_key([*key_parts, *_file_bytes(paths)])
     arrays = _cached(key, lambda: {"images": decode_images(paths, config.image_size, config.crop)})
-    return RawData(arrays["images"], identity, names, pair_rows(trainval_lines, index),
-                   pair_rows(test_lines, index), {"source": f"LFW folder {root}"})
+    return RawData(arrays["images"], identity, names, trainval, test, info)
+
+
+def _touches_trainval(identity: np.ndarray, trainval: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """Mask of the test pairs with a person who also appears in a train/val pair."""
+    return np.isin(identity[test[:, :2]], identity[trainval[:, :2]]).any(axis=1)
+
+
+def identity_overlap(identity: np.ndarray, names: list[str], trainval: np.ndarray, test: np.ndarray
+                     ) -> dict[str, Any] | None:
+    """None when no person of a test pair appears in a train/val pair; else the overlap, as recorded in
+    PairData.info["identity_overlap"]: shared and test identity counts, test pairs also in train/val (the
+    same two images, either order), and a few of the shared names."""
+    test_ids = set(identity[test[:, :2]].ravel().tolist())
+    shared = test_ids & set(identity[trainval[:, :2]].ravel().tolist())
+    if not shared:
+        return None
+    seen = {(min(a, b), max(a, b)) for a, b in trainval[:, :2].tolist()}
+    identical = sum((min(a, b), max(a, b)) in seen for a, b in test[:, :2].tolist())
+    return {"shared_identities": len(shared), "test_identities": len(test_ids), "identical_pairs": identical,
+            "examples": sorted(names[i] for i in shared)[:5]}
+
+
+def _refuse_or_record_overlap(overlap: dict[str, Any], config: Config, info: dict[str, Any], where: Path,
+                              line: int, against: str) -> None:
+    """Refuse test pairs whose people were trained on, unless allow_identity_overlap: then warn and record."""
+    text = (f"{overlap['shared_identities']} of the {overlap['test_identities']} test identities also appear in "
+            f"{against}, and {overlap['identical_pairs']} test pair(s) are identical to training pairs "
+            f"(e.g. {', '.join(overlap['examples'])})")
+    if not config.allow_identity_overlap:
+        raise InputError(f"{text}; the test score would not measure unseen people. "
+                         f"--set allow_identity_overlap=true scores it anyway", where, line)
+    print(f"warning: {where}:{line}: {text}; scored anyway (allow_identity_overlap=true)", file=sys.stderr)
+    info["identity_overlap"] = overlap
 
 
 def load_torchvision_lfw(root: Path, config: Config, download: bool = True) -> "RawData":
@@ -300,13 +417,21 @@ def load_torchvision_lfw(root: Path, config: Config, download: bool = True) -> "
 # Identity folders and the synthetic set: pairs generated per identity group
 
 def identity_folder_files(root: Path) -> dict[str, list[Path]]:
+    """ROOT/<identity>/<image>: the image files of each identity folder that holds any, sorted by name."""
     if not root.is_dir():
         raise InputError("data folder not found", root)
     found: dict[str, list[Path]] = {}
-    for person in sorted(p for p in root.iterdir() if p.is_dir()):
-        files = sorted(f for f in person.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
-        if files:
-            found[person.name] = files
+    try:
+        for person in sorted(p for p in root.iterdir() if p.is_dir()):
+            files = sorted(f for f in person.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            if files:
+                for entry in (person, *files):
+                    if odd_name(entry.name):  # it would break the cache key, messages and exports downstream
+                        raise InputError(f"name {os.fsencode(entry.name)!r} is not UTF-8 text or holds control "
+                                         f"characters; rename it", entry.parent)
+                found[person.name] = files
+    except OSError as exc:
+        raise InputError(f"cannot list the folder ({exc.strerror or exc})", exc.filename or root) from None
     usable = sum(1 for files in found.values() if len(files) >= 2)
     if usable < 3 or len(found) < 4:
         raise InputError(f"identity folder needs at least 4 identities (sub-folders with {', '.join(IMAGE_EXTENSIONS)} "
@@ -380,12 +505,16 @@ def _generated(images: np.ndarray, identity: np.ndarray, names: list[str], confi
         train_ids, val_ids, test_ids = split_identity_groups(
             len(names), (1 - test_share - val_share, val_share, test_share), rng)
         n_val = round(n_trainval * config.val_fraction)
-        return RawData(images, identity, names, balanced_pairs(identity, train_ids, n_trainval - n_val, rng),
-                       balanced_pairs(identity, test_ids, n_test, rng), info,
-                       val=balanced_pairs(identity, val_ids, n_val, rng))
-    trainval_ids, test_ids = split_identity_groups(len(names), (1 - test_share, test_share), rng)
-    return RawData(images, identity, names, balanced_pairs(identity, trainval_ids, n_trainval, rng),
-                   balanced_pairs(identity, test_ids, n_test, rng), info)
+        raw = RawData(images, identity, names, balanced_pairs(identity, train_ids, n_trainval - n_val, rng),
+                      balanced_pairs(identity, test_ids, n_test, rng), info,
+                      val=balanced_pairs(identity, val_ids, n_val, rng))
+    else:
+        trainval_ids, test_ids = split_identity_groups(len(names), (1 - test_share, test_share), rng)
+        raw = RawData(images, identity, names, balanced_pairs(identity, trainval_ids, n_trainval, rng),
+                      balanced_pairs(identity, test_ids, n_test, rng), info)
+    seen = raw.trainval if raw.val is None else np.concatenate([raw.trainval, raw.val])
+    assert identity_overlap(identity, names, seen, raw.test) is None, "generated test identities were trained on"
+    return raw
 
 
 def render_synthetic(n_identities: int, per_identity: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
