@@ -17,9 +17,17 @@ import pyarrow.fs
 
 from tune_siamese import storage
 from tune_siamese.errors import InputError
-from tune_siamese.names import (ASHA_STOPPED, DIVERGED, ERRORED, FINAL_FILE, FINISHED, PENDING, RUNNING,
-                                SETTINGS_FILE, VAL_LOSS)
-
+from tune_siamese.names import (
+    ASHA_STOPPED,
+    DIVERGED,
+    ERRORED,
+    FINAL_FILE,
+    FINISHED,
+    PENDING,
+    RUNNING,
+    SETTINGS_FILE,
+    VAL_LOSS,
+)
 
 # Columns of `Experiment.trials`; the hyperparameters come right after trial_id.
 TRIAL_COLUMNS = ["trial_id", "status", "tune_status", "epochs", "best_val_loss", "best_epoch", "last_val_loss",

@@ -14,7 +14,6 @@ import pandas as pd
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from tune_siamese.errors import InputError
-
 from tune_siamese.names import DIVERGED, DIVERGED_LOSS
 
 if TYPE_CHECKING:

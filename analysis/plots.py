@@ -16,7 +16,6 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from tune_siamese.errors import InputError
-
 from tune_siamese.names import ASHA_STOPPED, DIVERGED, ERRORED, FINISHED, PENDING, RUNNING
 
 from .experiment import Experiment

@@ -46,16 +46,21 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402  (puts the repository root on sys.path)
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from tune_siamese.config import Config  # noqa: E402
-from tune_siamese.data import (PairData, decode_image, find_pair_lists, lfw_image_path, load_data,  # noqa: E402
-                               parse_pair_list, render_synthetic)
-from tune_siamese.engine import (cpu_has_native_bf16, images_on, make_optimizer, predict,  # noqa: E402
-                                 train_one_epoch)
+from tune_siamese.data import (  # noqa: E402
+    PairData,
+    decode_image,
+    find_pair_lists,
+    lfw_image_path,
+    load_data,
+    parse_pair_list,
+    render_synthetic,
+)
+from tune_siamese.engine import cpu_has_native_bf16, images_on, make_optimizer, predict, train_one_epoch  # noqa: E402
 from tune_siamese.model import build_model, forward_flops  # noqa: E402
 
 LOG_INTERVAL = 10  # pytorch/examples' siamese_network logs loss.item() every 10 batches

@@ -6,8 +6,8 @@ import contextlib
 import glob
 import json
 import os
-import signal
 import shutil
+import signal
 import socket
 import subprocess
 import sys

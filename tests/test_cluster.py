@@ -11,10 +11,10 @@ from pathlib import Path
 
 import optuna
 import pytest
-
-import analysis
 from services import RayNodes, free_port, ray_cli, stop_group, throwaway_postgres, wait_for
 from test_search import REPO, SMOKE
+
+import analysis
 
 pytestmark = pytest.mark.cluster
 

@@ -12,8 +12,18 @@ import torch
 from tune_siamese.augment import koch_affine
 from tune_siamese.checkpoint import load_checkpoint, save_checkpoint
 from tune_siamese.config import Config
-from tune_siamese.engine import (Diverged, best_threshold, evaluate, fit, images_on, make_optimizer, pair_metrics,
-                                 predict, to_input, train_and_test)
+from tune_siamese.engine import (
+    Diverged,
+    best_threshold,
+    evaluate,
+    fit,
+    images_on,
+    make_optimizer,
+    pair_metrics,
+    predict,
+    to_input,
+    train_and_test,
+)
 from tune_siamese.errors import InputError
 from tune_siamese.model import build_model
 from tune_siamese.oneshot import one_shot_accuracy, one_shot_scores, one_shot_trials

@@ -12,10 +12,9 @@ import time
 from pathlib import Path
 
 import pandas as pd
-
+from test_search import REPO, SMOKE, _reap, _spawn, resume_and_check, spawn_until_a_trial_finished, trial_frames
 
 import run_search
-from test_search import REPO, SMOKE, _reap, _spawn, resume_and_check, spawn_until_a_trial_finished, trial_frames
 from tune_siamese.names import FINAL_FILE
 
 FAULTY_SPACE = '''
@@ -27,7 +26,8 @@ SPACE = Preset(
     space={"device": tune.choice(["cpu", "cuda:7"]), "lr": tune.choice([1e-3, 1e30]),
            "optimizer": tune.choice(["sgd"])},
     fixed=smoke.fixed,
-    # cuda:7 does not exist on a CPU worker with a (declared) GPU share (the trial raises); lr=1e30 with SGD turns the weights to NaN in the first epoch.
+    # cuda:7 does not exist on a CPU worker with a (declared) GPU share (the trial raises);
+    # lr=1e30 with SGD turns the weights to NaN in the first epoch.
     points=[{"device": "cuda:7", "lr": 1e-3, "optimizer": "sgd"}, {"device": "cpu", "lr": 1e30, "optimizer": "sgd"},
             {"device": "cpu", "lr": 1e-3, "optimizer": "sgd"}],
 )

@@ -86,8 +86,10 @@ def cli_cases(tmp: Path) -> list[tuple[list[str], str]]:
     folder_config = tmp / "config_folder"
     folder_config.mkdir()
     return [
-        (["train", "--data", "synthetic", "--config", str(folder_config)], "config_folder: a config file must be a JSON file"),
-        (["train", "--data", "synthetic", "--config", str(write(tmp / "c1.json", "{oops"))], "c1.json:1: not valid JSON"),
+        (["train", "--data", "synthetic", "--config", str(folder_config)],
+         "config_folder: a config file must be a JSON file"),
+        (["train", "--data", "synthetic", "--config", str(write(tmp / "c1.json", "{oops"))],
+         "c1.json:1: not valid JSON"),
         (["train", "--data", "synthetic", "--config", str(write(tmp / "c2.json", "[1]"))], "must hold one JSON object"),
         (["train", "--data", "synthetic", "--config", str(write(tmp / "c3.json", '{"lr": "x"}'))], "lr='x'"),
         (["train", "--data", "synthetic", "--set", "width=-1"], "width=-1.0 must be > 0"),

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pyarrow.fs
 import pytest
-
-import analysis
 from services import S3_ENV, s3_server
 from test_search import REPO, SMOKE, cli_json
+
+import analysis
 from tune_siamese import cli, storage
 from tune_siamese.errors import InputError
+
 
 @pytest.fixture(scope="module")
 def s3_query():
@@ -107,7 +108,7 @@ def test_unwritable_targets_fail_before_the_search(s3_query, tmp_path):
 def test_study_storages_open_and_a_taken_study_name_is_refused(tmp_path):
     import optuna
 
-    from tune_siamese.search import check_new_study, default_study_storage, open_study_storage, redact
+    from tune_siamese.study import check_new_study, default_study_storage, open_study_storage, redact
 
     assert default_study_storage(str(tmp_path), "exp") == f"sqlite:///{tmp_path}/exp/optuna.db"
     assert default_study_storage(f"file://{tmp_path}", "exp") == f"sqlite:///{tmp_path}/exp/optuna.db"

@@ -25,7 +25,7 @@ from .engine import best_threshold, evaluate, fit, images_on, pair_metrics, pred
 from .errors import InputError
 from .model import EnsembleNet, build_model
 from .names import FINAL_FILE, MODE, STATE_FILE, VAL_LOSS
-from .search import SearchSettings
+from .settings import SearchSettings
 
 
 def best_trial(results: tune.ResultGrid) -> tuple[tune.Result, int, float]:

@@ -4,8 +4,9 @@ The trainable reads only its config; the dataset reaches every trial once throug
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,9 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
 from .data import PairData
 from .engine import Diverged, fit
-from .errors import InputError
-from .names import BEST_VAL_LOSS, DIVERGED_LOSS, MODE, STATE_FILE, STUDY_FILE, VAL_LOSS
-
+from .names import BEST_VAL_LOSS, DIVERGED_LOSS, MODE, SETTINGS_FILE, STATE_FILE, VAL_LOSS
+from .settings import SearchSettings
+from .study import open_study_storage
 
 
 def train_siamese(config: dict[str, Any], data: PairData) -> None:
@@ -92,76 +93,6 @@ def interrupted(results: tune.ResultGrid, num_samples: int) -> bool:
                 or results.num_terminated + results.num_errors < num_samples)
 
 
-@dataclass
-class SearchSettings:
-    """Everything the driver needs to run, resume and finish a search; saved in the experiment folder."""
-
-    base: dict[str, Any]  # fixed Config values shared by every trial (data settings, max_epochs, threads)
-    space: str
-    num_samples: int
-    max_epochs: int
-    grace_period: int
-    reduction_factor: float
-    cpus_per_trial: float
-    gpus_per_trial: float
-    max_concurrent: int
-    seed: int
-    storage_path: str
-    name: str
-    max_failures: int = 3
-    command: str = ""  # the command line that started the search, for the record
-    study_storage: str = ""  # where the Optuna study lives: an SQLAlchemy URL, a journal file, "" = in memory
-    retrain_cpus: float = 0.0  # 0: what the search used at once, up to one node's CPUs
-    retrain_gpus: float | None = None  # None: a trial's share
-
-    @property
-    def experiment_path(self) -> str:
-        return storage.child(self.storage_path, self.name)
-
-
-def default_study_storage(storage_path: str, name: str) -> str:
-    """An SQLite file in a local experiment folder (optuna-dashboard reads it live); in memory for a remote URI."""
-    folder = storage_path.removeprefix("file://")
-    if storage.is_uri(folder):
-        return ""
-    return f"sqlite:///{Path(folder, name, STUDY_FILE)}"
-
-
-def open_study_storage(location: str) -> optuna.storages.BaseStorage | None:
-    """An Optuna storage for an SQLAlchemy URL (sqlite:///..., postgresql://...) or a journal file path."""
-    if not location:
-        return None
-    try:
-        if location.startswith("sqlite:///"):
-            Path(location.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        if "://" in location:
-            return optuna.storages.RDBStorage(location)
-        Path(location).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(location))
-    except Exception as exc:  # noqa: BLE001 - driver, URL, network or permission: all mean "cannot use it"
-        reason = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:300]
-        raise InputError(f"option --study-storage={redact(location)}: cannot open it ({reason})") from None
-
-
-def redact(url: str) -> str:
-    """A database URL without its password, for messages."""
-    scheme, sep, rest = url.partition("://")
-    credentials, at, host = rest.rpartition("@")
-    if not sep or not at or ":" not in credentials:
-        return url
-    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
-
-
-def check_new_study(location: str, name: str) -> None:
-    """A new search must not silently continue someone's study of the same name in a shared database."""
-    study_storage = open_study_storage(location)
-    if study_storage is None:
-        return
-    if any(study.study_name == name for study in study_storage.get_all_studies()):
-        raise InputError(f"option --study-storage={redact(location)} already holds a study named {name!r}; "
-                         "choose another --name, or --resume that experiment")
-
-
 def build_trainable(settings: SearchSettings, data: PairData) -> Any:
     resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
     return tune.with_resources(tune.with_parameters(train_siamese, data=data), resources)
@@ -203,3 +134,12 @@ def build_tuner(settings: SearchSettings, data: PairData, space: dict[str, Any],
 def restore_tuner(settings: SearchSettings, data: PairData) -> tune.Tuner:
     return tune.Tuner.restore(settings.experiment_path, trainable=build_trainable(settings, data),
                               resume_unfinished=True, resume_errored=True)
+
+
+def tuner_for(settings: SearchSettings, preset: Any, data: PairData, resume: bool) -> tune.Tuner:
+    """A new search (its settings saved first, for --resume and the analysis) or the interrupted one."""
+    if resume:
+        return restore_tuner(settings, data)
+    storage.write_text(storage.child(settings.experiment_path, SETTINGS_FILE),
+                       json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
+    return build_tuner(settings, data, preset.space, preset.points)

@@ -126,12 +126,16 @@ def _lock_is_stale(holder: str) -> bool:
     if host != socket.gethostname() or not pid.isdigit():
         return False  # another machine's process: we cannot tell, so it holds
     try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):  # no such process (or no /proc: then only a live process can answer)
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
         return False
-    return False
+    return state in ("Z", "X")  # a killed process its parent has not reaped yet holds nothing
 
 
 @contextlib.contextmanager

@@ -1,0 +1,235 @@
+"""The search's settings: built from the command line and checked before any Ray work starts, saved in the
+experiment folder, read back to resume. Everything a search writes to is tried for writes here too.
+
+Heavy modules (Ray, torch, the presets) are imported where they are needed, so that `--help` stays quick.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import storage
+from .cluster import resolve_address
+from .config import Config, parse_overrides
+from .errors import InputError
+from .names import SETTINGS_FILE
+from .study import check_new_study, default_study_storage, open_study_storage
+
+
+@dataclass
+class SearchSettings:
+    """Everything the driver needs to run, resume and finish a search; saved in the experiment folder."""
+
+    base: dict[str, Any]  # fixed Config values shared by every trial (data settings, max_epochs, threads)
+    space: str
+    num_samples: int
+    max_epochs: int
+    grace_period: int
+    reduction_factor: float
+    cpus_per_trial: float
+    gpus_per_trial: float
+    max_concurrent: int
+    seed: int
+    storage_path: str
+    name: str
+    max_failures: int = 3
+    command: str = ""  # the command line that started the search, for the record
+    study_storage: str = ""  # where the Optuna study lives: an SQLAlchemy URL, a journal file, "" = in memory
+    retrain_cpus: float = 0.0  # 0: what the search used at once, up to one node's CPUs
+    retrain_gpus: float | None = None  # None: a trial's share
+
+    @property
+    def experiment_path(self) -> str:
+        return storage.child(self.storage_path, self.name)
+
+
+def check_fraction(gpus: float, option: str) -> None:
+    if gpus < 0:
+        raise InputError(f"option {option}={gpus} must be >= 0")
+    if 0 < gpus < 1 and not math.isclose(1 / gpus, round(1 / gpus), rel_tol=1e-6):
+        raise InputError(f"option {option}={gpus} does not divide a GPU (use 1/2, 1/3, 1/4, ...)")
+    if gpus > 1 and not float(gpus).is_integer():
+        raise InputError(f"option {option}={gpus}: above 1 it must be a whole number of GPUs")
+
+
+# Config fields that options of this script set; --set must not set them behind the option's back.
+SET_BY_OPTION = {"data": "--data", "seed": "--seed", "threads": "--cpus-per-trial"}
+
+
+def build_settings(args: argparse.Namespace) -> tuple[SearchSettings, Any]:
+    """Validate every option and every value the space can give a trial; build (SearchSettings, Preset)
+    before any Ray work starts."""
+    from search_spaces import check_values, get_preset
+
+    check_numbers(args)
+    preset = get_preset(args.space)
+    overrides = parse_overrides(args.set)
+    for key, option in SET_BY_OPTION.items():
+        if key in overrides:
+            raise InputError(f"option --set {key}=...: use {option} instead")
+    run = {"num_samples": 8, "max_epochs": 20, "grace_period": 2, **preset.run}
+    if "max_epochs" in overrides:  # --set max_epochs=N means what --max-epochs N means
+        if args.max_epochs is not None and str(args.max_epochs) != overrides["max_epochs"]:
+            raise InputError("options --max-epochs and --set max_epochs disagree")
+        args.max_epochs = Config.from_dict({"max_epochs": overrides["max_epochs"]}, source="option --set").max_epochs
+    max_epochs = args.max_epochs or run["max_epochs"]
+    if args.grace_period is not None and args.grace_period > max_epochs:
+        raise InputError(f"option --grace-period={args.grace_period} exceeds the {max_epochs} epochs a trial runs "
+                         "at most (--max-epochs)")
+    grace_period = min(args.grace_period or run["grace_period"], max_epochs)  # the preset's, cut to short runs
+    base = {**preset.fixed, **overrides, "data": args.data, "max_epochs": max_epochs,
+            "seed": args.seed, "threads": max(1, int(args.cpus_per_trial))}
+    Config.from_dict(base, source="search settings")  # fail now on a bad fixed value, not in every trial
+    check_trial_values(check_values(preset, base, args.space), args)
+    name = args.name or f"siamese-{Path(args.space).stem.replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage_path = storage.resolve(args.storage_path)
+    settings = SearchSettings(
+        base=base, space=args.space, num_samples=args.num_samples or run["num_samples"], max_epochs=max_epochs,
+        grace_period=grace_period, reduction_factor=args.reduction_factor, cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent or 0, seed=args.seed,
+        storage_path=storage_path, name=name, max_failures=args.max_failures,
+        study_storage=args.study_storage or default_study_storage(storage_path, name),
+        retrain_cpus=args.retrain_cpus, retrain_gpus=args.retrain_gpus,
+        command=shlex.join(["python", "run_search.py", *(sys.argv[1:] if args.argv is None else args.argv)]))
+    return settings, preset
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    for name in ("num_samples", "max_epochs", "grace_period", "max_concurrent"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise InputError(f"option --{name.replace('_', '-')}={value} must be >= 1")
+    for name in ("cpus_per_trial", "gpus_per_trial", "reduction_factor", "retrain_cpus", "retrain_gpus",
+                 "connect_timeout", "wait_for_resources"):
+        value = getattr(args, name)
+        if value is not None and not math.isfinite(value):
+            raise InputError(f"option --{name.replace('_', '-')}={value} must be a finite number")
+    if args.cpus_per_trial <= 0:
+        raise InputError(f"option --cpus-per-trial={args.cpus_per_trial} must be > 0")
+    if args.reduction_factor <= 1:
+        raise InputError(f"option --reduction-factor={args.reduction_factor} must be > 1")
+    if args.max_failures < 0:
+        raise InputError(f"option --max-failures={args.max_failures} must be >= 0 (restarts of a failing trial)")
+    check_fraction(args.gpus_per_trial, "--gpus-per-trial")
+    if args.retrain_gpus is not None:
+        check_fraction(args.retrain_gpus, "--retrain-gpus")
+    if args.retrain_cpus < 0:
+        raise InputError(f"option --retrain-cpus={args.retrain_cpus} must be >= 0")
+
+
+def check_trial_values(trial_values: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    """What Config alone cannot judge: a CUDA device needs a GPU share (and, for a Ray started here, CUDA
+    here); a compile backend must exist."""
+    import ray
+    import torch
+
+    from tune_siamese.engine import check_compile_backend
+
+    starts_local_ray = resolve_address(args.address) == "local" and not ray.is_initialized()
+    for values in trial_values:
+        config = Config.from_dict(values, source="search settings")
+        check_compile_backend(config.compile)
+        if config.device.startswith("cuda"):
+            if not args.gpus_per_trial:
+                raise InputError(f"option device={config.device!r} needs --gpus-per-trial > 0 (a trial without a "
+                                 "GPU share sees no GPU)")
+            if starts_local_ray and not torch.cuda.is_available():
+                raise InputError(f"option device={config.device!r} but CUDA is not available here")
+
+
+def load_resume_settings(path: str) -> SearchSettings:
+
+    experiment = storage.resolve(path)
+    where = storage.child(experiment, SETTINGS_FILE)
+    text = storage.read_text(where)
+    if text is None:
+        raise InputError(f"option --resume: no experiment here ({SETTINGS_FILE} missing)", path)
+    check_owner(experiment)
+    try:
+        values = json.loads(text)
+        settings = SearchSettings(**values)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON ({exc.msg})", where, exc.lineno) from None
+    except TypeError as exc:  # not an object, unknown or missing keys
+        raise InputError(f"not this project's search settings ({exc})", where) from None
+    storage_path, name = storage.parent_and_name(experiment)
+    return dataclasses.replace(settings, storage_path=storage_path, name=name)
+
+
+def check_owner(experiment: str) -> None:
+    """Resuming unpickles Ray's own state files (tuner.pkl, the searcher's state), i.e. runs code they hold:
+    resume only a local folder this user owns and nobody else may write. (A storage URI cannot be checked
+    here: whoever can write to the bucket can run code in a resumed search.)"""
+
+    if storage.is_uri(experiment) and not experiment.startswith("file://"):
+        return
+    folder = Path(experiment.removeprefix("file://"))
+    for path in [folder, *sorted(folder.glob("*.pkl"))]:
+        info = path.stat()
+        if info.st_uid != os.getuid():
+            raise InputError("option --resume: this experiment belongs to another user; resuming it would run "
+                             "code from its pickled state files", path)
+        if info.st_mode & 0o022:
+            raise InputError("option --resume: others may write to this experiment (group/world-writable); "
+                             "resuming it would run code from its pickled state files", path)
+
+
+def check_targets(settings: SearchSettings, export_dir: str | None, new: bool) -> None:
+    """Everything the search writes to must take writes now, not after hours of searching."""
+
+    if new and storage.exists(storage.child(settings.experiment_path, SETTINGS_FILE)):
+        raise InputError("an experiment of this name exists already; --resume it or choose another --name",
+                         settings.experiment_path)
+    storage.check_writable(settings.experiment_path, "--storage-path")
+    if export_dir is not None:
+        if storage.is_uri(export_dir):
+            raise InputError("option --export-dir must be a local folder (the export is in the experiment's "
+                             "storage already)", export_dir)
+        storage.check_writable(export_dir, "--export-dir")
+    if new:
+        check_new_study(settings.study_storage, settings.name)
+    else:
+        open_study_storage(settings.study_storage)
+
+
+# Options that shape a search; a resumed search keeps its own (from search_settings.json).
+RESUME_KEEPS = ("data", "space", "num_samples", "max_epochs", "grace_period", "reduction_factor", "cpus_per_trial",
+                "gpus_per_trial", "max_concurrent", "storage_path", "study_storage", "name", "seed", "set",
+                "max_failures", "retrain_cpus", "retrain_gpus")
+
+
+def check_resume_options(args: argparse.Namespace, defaults: dict[str, Any]) -> None:
+    """`defaults`: the options' default values; any other value of a RESUME_KEEPS option is refused."""
+    changed = [f"--{name.replace('_', '-')}" for name in RESUME_KEEPS if getattr(args, name) != defaults[name]]
+    if changed:
+        raise InputError(f"option --resume continues the experiment with its own settings; {', '.join(changed)} "
+                         "would be ignored, so leave them out (or start a new search)")
+
+
+def prepare(args: argparse.Namespace, defaults: dict[str, Any]) -> tuple[SearchSettings, Any]:
+    """(settings, preset) of a new search or of the experiment to resume, with every option checked."""
+    from search_spaces import get_preset
+
+    if args.resume:
+        check_resume_options(args, defaults)
+        settings = load_resume_settings(args.resume)
+        preset = get_preset(settings.space)
+    else:
+        settings, preset = build_settings(args)
+    if args.ensemble == 1 or args.ensemble < 0:
+        raise InputError(f"option --ensemble={args.ensemble} must be 0 (off) or at least 2")
+    if not args.connect_timeout > 0:
+        raise InputError(f"option --connect-timeout={args.connect_timeout} must be > 0")
+    if not args.wait_for_resources >= 0:
+        raise InputError(f"option --wait-for-resources={args.wait_for_resources} must be >= 0")
+    resolve_address(args.address)
+    return settings, preset
