@@ -182,7 +182,7 @@ def overlap_message(fake_lfw: Path) -> str:
 def test_test_list_sharing_people_with_training_is_refused_before_decoding(fake_lfw, tiny_config, monkeypatch,
                                                                            tmp_path):
     monkeypatch.setenv("TUNE_SIAMESE_CACHE", str(tmp_path / "fresh-cache"))
-    monkeypatch.setattr(data_mod, "decode_images", lambda *a, **k: pytest.fail("decoded before refusing"))
+    monkeypatch.setattr(data_mod.lfw, "decode_images", lambda *a, **k: pytest.fail("decoded before refusing"))
     (fake_lfw / "pairsDevTest.txt").write_text(OVERLAPPING_TEST)
     with pytest.raises(InputError) as refused:
         load_data(tiny_config(data=str(fake_lfw)))
@@ -205,7 +205,7 @@ def test_identity_overlap_is_decided_again_on_a_cached_load(fake_lfw, tiny_confi
     allowed = tiny_config(data=str(fake_lfw), allow_identity_overlap=True)
     load_data(allowed)  # fills the image cache
     assert len(list((tmp_path / "fresh-cache").glob("lfw-*.npz"))) == 1
-    monkeypatch.setattr(data_mod, "decode_images", lambda *a, **k: pytest.fail("not served from the cache"))
+    monkeypatch.setattr(data_mod.lfw, "decode_images", lambda *a, **k: pytest.fail("not served from the cache"))
     with pytest.raises(InputError, match="allow_identity_overlap=true scores it anyway"):
         load_data(tiny_config(data=str(fake_lfw)))
     capsys.readouterr()
@@ -476,7 +476,7 @@ def test_second_load_comes_from_the_cache(fake_lfw, tiny_config, tmp_path, monke
     monkeypatch.setenv("TUNE_SIAMESE_CACHE", str(tmp_path / "fresh-cache"))
     calls = []
     real = data_mod.decode_images
-    monkeypatch.setattr(data_mod, "decode_images", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(data_mod.lfw, "decode_images", lambda *a, **k: calls.append(1) or real(*a, **k))
     config = tiny_config(data=str(fake_lfw))
     first = load_data(config)
     assert calls == [1] and len(list((tmp_path / "fresh-cache").glob("lfw-*.npz"))) == 1
@@ -484,7 +484,7 @@ def test_second_load_comes_from_the_cache(fake_lfw, tiny_config, tmp_path, monke
     def refuse(*args, **kwargs):
         raise AssertionError("decoded again although the cache holds these images")
 
-    monkeypatch.setattr(data_mod, "decode_images", refuse)
+    monkeypatch.setattr(data_mod.lfw, "decode_images", refuse)
     second = load_data(config)
     for name in ("images", "identity", "train", "val", "test"):
         assert np.array_equal(getattr(first, name), getattr(second, name))
@@ -500,7 +500,7 @@ def test_second_load_comes_from_the_cache(fake_lfw, tiny_config, tmp_path, monke
 def test_synthetic_cache_skips_rendering(tiny_config, tmp_path, monkeypatch):
     monkeypatch.setenv("TUNE_SIAMESE_CACHE", str(tmp_path / "fresh-cache"))
     first = load_synthetic(tiny_config(), n_identities=40, per_identity=4)
-    monkeypatch.setattr(data_mod, "render_synthetic", lambda *a, **k: pytest.fail("rendered again"))
+    monkeypatch.setattr(data_mod.synthetic, "render_synthetic", lambda *a, **k: pytest.fail("rendered again"))
     second = load_synthetic(tiny_config(), n_identities=40, per_identity=4)
     assert np.array_equal(first.images, second.images) and np.array_equal(first.trainval, second.trainval)
 

@@ -59,7 +59,7 @@ def test_second_load_does_not_decode(lfw, lfw_root, tiny_config, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("LFW decoded again although it is cached")
 
-    monkeypatch.setattr(data_mod, "decode_images", refuse)
+    monkeypatch.setattr(data_mod.lfw, "decode_images", refuse)
     again = load_data(tiny_config(data=str(lfw_root), image_size=80))
     for name in ("images", "identity", "train", "val", "test"):
         assert np.array_equal(getattr(again, name), getattr(lfw, name))

@@ -1,0 +1,77 @@
+"""Data layer: every source becomes one compact, cached `PairData`.
+
+Images are decoded once into a single uint8 array (N x S x S, grayscale); pairs are int64 rows
+(image a, image b, label). This form is what Ray shares with trials, so no trial ever decodes an image.
+One module per question: `images` (decoding and the cache), `pairs` (the compact form, splits, mining),
+and one per source: `lfw` (pair lists, torchvision's download), `folders` (identity folders), `synthetic`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import Config
+from ..errors import InputError
+from .folders import identity_folder_files, load_identity_folder
+from .images import IMAGE_EXTENSIONS, cache_dir, decode_image, decode_images, odd_name
+from .lfw import (
+    PairLine,
+    default_lfw_root,
+    find_pair_lists,
+    index_pair_images,
+    lfw_image_dir,
+    lfw_image_path,
+    load_lfw_folder,
+    load_torchvision_lfw,
+    pair_rows,
+    parse_pair_list,
+)
+from .pairs import PairData, PairMiner, RawData, balanced_pairs, identity_overlap, split_validation
+from .synthetic import load_synthetic, render_synthetic
+
+__all__ = ["IMAGE_EXTENSIONS", "PairData", "PairLine", "PairMiner", "RawData", "balanced_pairs", "cache_dir",
+           "decode_image", "decode_images", "default_lfw_root", "describe", "find_pair_lists",
+           "identity_folder_files", "identity_overlap", "index_pair_images", "lfw_image_dir", "lfw_image_path",
+           "load_data", "load_identity_folder", "load_lfw_folder", "load_raw", "load_synthetic",
+           "load_torchvision_lfw", "odd_name", "pair_rows", "parse_pair_list", "render_synthetic",
+           "split_validation"]
+
+
+def load_raw(config: Config) -> RawData:
+    source = config.data
+    if source == "synthetic":
+        return load_synthetic(config)
+    if source == "lfw":
+        return load_torchvision_lfw(cache_dir() / "torchvision", config)
+    root = Path(source).expanduser()
+    if not root.exists():
+        raise InputError("data folder not found (give a folder, 'synthetic' or 'lfw')", root)
+    if not root.is_dir():
+        raise InputError("data path is not a folder", root)
+    if find_pair_lists(root) is not None:
+        return load_lfw_folder(root, config)
+    return load_identity_folder(root, config)
+
+
+def load_data(config: Config) -> PairData:
+    """Load (from cache when possible) and split into train / val / test pairs."""
+    raw = load_raw(config)
+    if raw.val is not None:
+        train, val, dropped = raw.trainval, raw.val, 0
+    else:
+        rng = np.random.default_rng(config.data_seed + 2)
+        train, val, dropped = split_validation(raw.trainval, raw.identity, config.val_fraction, config.val_split,
+                                               rng)
+    info = {**raw.info, "dropped_pairs": dropped, "val_split": config.val_split}
+    data = PairData(raw.images, raw.identity, raw.names, train, val, raw.test, info)
+    if len(data.train) < 2 or len(data.val) < 2 or len(data.test) < 2:
+        raise InputError(f"too few pairs after splitting: {data.summary()}")
+    return data
+
+
+def describe(data: PairData) -> dict[str, Any]:
+    return {"images": int(len(data.images)), "image_size": int(data.images.shape[1]),
+            "identities": len(data.names), "train_pairs": int(len(data.train)), "val_pairs": int(len(data.val)),
+            "test_pairs": int(len(data.test)), **{k: v for k, v in data.info.items() if isinstance(v, (int, str))}}

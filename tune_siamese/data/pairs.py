@@ -1,0 +1,197 @@
+"""The compact dataset (`PairData`: one uint8 image array, int64 pair rows) and how pairs are made and split:
+balanced pairs inside identity groups, the identity-disjoint validation split, the overlap check between test
+and training people, and the pairs mined each epoch from training identities."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..config import Config
+from ..errors import InputError
+
+
+@dataclass
+class PairData:
+    """The whole dataset in compact form. Pair arrays are int64 [M, 3]: image a, image b, label (1 = same)."""
+
+    images: np.ndarray  # uint8 [N, S, S]
+    identity: np.ndarray  # int32 [N], index into `names`
+    names: list[str]
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def identities_of(self, pairs: np.ndarray) -> set[int]:
+        return set(self.identity[pairs[:, 0]].tolist()) | set(self.identity[pairs[:, 1]].tolist())
+
+    @property
+    def mining_identities(self) -> np.ndarray:
+        """Identities of the training part that appear in neither validation nor test pairs."""
+        allowed = self.identities_of(self.train) - self.identities_of(self.val) - self.identities_of(self.test)
+        return np.array(sorted(allowed), dtype=np.int64)
+
+    def summary(self) -> str:
+        def count(p: np.ndarray) -> str:
+            return f"{len(p)} ({int(p[:, 2].sum())} same)"
+        return (f"{self.info.get('source', '?')}: {len(self.images)} images {self.images.shape[1]}px, "
+                f"{len(self.names)} identities; train {count(self.train)}, val {count(self.val)}, "
+                f"test {count(self.test)}; dropped {self.info.get('dropped_pairs', 0)} pairs for disjointness")
+
+
+def touches_trainval(identity: np.ndarray, trainval: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """Mask of the test pairs with a person who also appears in a train/val pair."""
+    return np.asarray(np.isin(identity[test[:, :2]], identity[trainval[:, :2]]).any(axis=1))
+
+
+def identity_overlap(identity: np.ndarray, names: list[str], trainval: np.ndarray, test: np.ndarray
+                     ) -> dict[str, Any] | None:
+    """None when no person of a test pair appears in a train/val pair; else the overlap, as recorded in
+    PairData.info["identity_overlap"]: shared and test identity counts, test pairs also in train/val (the
+    same two images, either order), and a few of the shared names."""
+    test_ids = set(identity[test[:, :2]].ravel().tolist())
+    shared = test_ids & set(identity[trainval[:, :2]].ravel().tolist())
+    if not shared:
+        return None
+    seen = {(min(a, b), max(a, b)) for a, b in trainval[:, :2].tolist()}
+    identical = sum((min(a, b), max(a, b)) in seen for a, b in test[:, :2].tolist())
+    return {"shared_identities": len(shared), "test_identities": len(test_ids), "identical_pairs": identical,
+            "examples": sorted(names[i] for i in shared)[:5]}
+
+
+def balanced_pairs(identity: np.ndarray, group: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """`count` pairs (half same, half different, distinct rows where possible) among the identities in `group`."""
+    members = [np.flatnonzero(identity == g) for g in group]
+    multi = [m for m in members if len(m) >= 2]
+    if not multi or len(members) < 2:
+        raise InputError("too few identities to make both same and different pairs")
+    half = count // 2
+    seen: set[tuple[int, int]] = set()
+    rows: list[tuple[int, int, int]] = []
+    for label, target in ((1, half), (0, count - half)):
+        tries = 0
+        made = 0
+        while made < target and tries < target * 20:
+            tries += 1
+            if label:
+                m = multi[rng.integers(len(multi))]
+                a, b = rng.choice(m, size=2, replace=False)
+            else:
+                ga, gb = rng.choice(len(members), size=2, replace=False)
+                a, b = rng.choice(members[ga]), rng.choice(members[gb])
+            key = (int(min(a, b)), int(max(a, b)))
+            if key in seen and tries < target * 10:
+                continue
+            seen.add(key)
+            rows.append((int(a), int(b), label))
+            made += 1
+    order = rng.permutation(len(rows))
+    return np.array(rows, dtype=np.int64)[order]
+
+
+def split_identity_groups(n_identities: int, fractions: tuple[float, ...],
+                          rng: np.random.Generator) -> list[np.ndarray]:
+    order = rng.permutation(n_identities)
+    cuts = np.cumsum([round(f * n_identities) for f in fractions[:-1]])
+    return [np.sort(part) for part in np.split(order, cuts)]
+
+
+def pairs_from_identities(images: np.ndarray, identity: np.ndarray, names: list[str], config: Config, n_pairs: int,
+               test_share: float, info: dict[str, Any]) -> RawData:
+    """Pairs for sources without pair lists: identities split into train / val / test groups first, then
+    balanced pairs drawn inside each group, so the identity-disjoint split drops nothing."""
+    rng = np.random.default_rng(config.data_seed + 1)
+    n_test = round(n_pairs * test_share)
+    n_trainval = n_pairs - n_test
+    if config.val_split == "identity":
+        val_share = (1 - test_share) * config.val_fraction
+        train_ids, val_ids, test_ids = split_identity_groups(
+            len(names), (1 - test_share - val_share, val_share, test_share), rng)
+        n_val = round(n_trainval * config.val_fraction)
+        raw = RawData(images, identity, names, balanced_pairs(identity, train_ids, n_trainval - n_val, rng),
+                      balanced_pairs(identity, test_ids, n_test, rng), info,
+                      val=balanced_pairs(identity, val_ids, n_val, rng))
+    else:
+        trainval_ids, test_ids = split_identity_groups(len(names), (1 - test_share, test_share), rng)
+        raw = RawData(images, identity, names, balanced_pairs(identity, trainval_ids, n_trainval, rng),
+                      balanced_pairs(identity, test_ids, n_test, rng), info)
+    seen = raw.trainval if raw.val is None else np.concatenate([raw.trainval, raw.val])
+    assert identity_overlap(identity, names, seen, raw.test) is None, "generated test identities were trained on"
+    return raw
+
+
+@dataclass
+class RawData:
+    images: np.ndarray
+    identity: np.ndarray
+    names: list[str]
+    trainval: np.ndarray
+    test: np.ndarray
+    info: dict[str, Any]
+    val: np.ndarray | None = None  # set when the loader already made identity-disjoint val pairs
+
+
+def split_validation(pairs: np.ndarray, identity: np.ndarray, fraction: float, mode: str,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
+    """Split pairs into (train, val, dropped count). `identity` mode: no identity of a val pair appears in any
+    train pair; pairs that would straddle the two are dropped. Val is label-balanced in both modes."""
+    n_val_each = max(1, round(len(pairs) * fraction / 2))
+    same_idx, diff_idx = np.flatnonzero(pairs[:, 2] == 1), np.flatnonzero(pairs[:, 2] == 0)
+    if mode == "random":
+        val = np.concatenate([rng.permutation(same_idx)[:n_val_each], rng.permutation(diff_idx)[:n_val_each]])
+        mask = np.zeros(len(pairs), bool)
+        mask[val] = True
+        return pairs[~mask], pairs[rng.permutation(val)], 0
+
+    ids_a, ids_b = identity[pairs[:, 0]], identity[pairs[:, 1]]
+    val_ids: set[int] = set()
+
+    def inside(rows: np.ndarray) -> np.ndarray:
+        chosen = np.fromiter(val_ids, dtype=np.int64, count=len(val_ids))
+        return rows[np.isin(ids_a[rows], chosen) & np.isin(ids_b[rows], chosen)]
+
+    # Grow the val identity set from randomly ordered pairs of whichever label is short, cheapest pairs first
+    # (identities that occur in few pairs drop fewer train pairs).
+    occurrences = np.bincount(np.concatenate([ids_a, ids_b]), minlength=identity.max() + 1)
+    queues = {}
+    for label, idx in ((1, same_idx), (0, diff_idx)):
+        idx = rng.permutation(idx)
+        cost = occurrences[ids_a[idx]] + occurrences[ids_b[idx]]
+        queues[label] = list(idx[np.argsort(cost, kind="stable")])
+    counts = {1: 0, 0: 0}
+    while min(counts.values()) < n_val_each and any(queues.values()):
+        label = 1 if counts[1] <= counts[0] and queues[1] else 0
+        if not queues[label]:
+            label = 1 - label
+        row = queues[label].pop(0)
+        val_ids.update((int(ids_a[row]), int(ids_b[row])))
+        members = inside(np.arange(len(pairs)))
+        counts = {1: int((pairs[members, 2] == 1).sum()), 0: int((pairs[members, 2] == 0).sum())}
+    members = inside(np.arange(len(pairs)))
+    val_same = members[pairs[members, 2] == 1][:n_val_each]
+    val_diff = members[pairs[members, 2] == 0][:n_val_each]
+    val = rng.permutation(np.concatenate([val_same, val_diff]))
+    chosen = np.fromiter(val_ids, dtype=np.int64, count=len(val_ids))
+    touches = np.isin(ids_a, chosen) | np.isin(ids_b, chosen)
+    train = pairs[~touches]
+    dropped = len(pairs) - len(train) - len(val)
+    return train, pairs[val], dropped
+
+
+class PairMiner:
+    """Draws fresh balanced pairs each epoch from training identities only (never val or test identities)."""
+
+    def __init__(self, data: PairData, rng: np.random.Generator):
+        allowed = data.mining_identities
+        forbidden = data.identities_of(data.val) | data.identities_of(data.test)
+        assert not forbidden.intersection(allowed.tolist()), "mining would touch a val/test identity"
+        self.identity = data.identity
+        self.allowed = allowed
+        self.rng = rng
+
+    def sample(self, count: int) -> np.ndarray:
+        if count <= 0 or len(self.allowed) < 2:
+            return np.empty((0, 3), dtype=np.int64)
+        return balanced_pairs(self.identity, self.allowed, count, self.rng)
