@@ -23,13 +23,15 @@ from tune_siamese.settings import build_settings  # noqa: E402,F401  (benchmarks
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = OneLineParser(prog="run_search.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from search_spaces import describe  # the presets' names and one line on each, for --help
+
+    p = OneLineParser(prog="run_search.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                      epilog="presets (--space):\n" + describe())
     p.add_argument("--data", default="synthetic",
                    help="LFW-a folder with pair lists, an identity folder, 'lfw' (torchvision download) "
                         "or 'synthetic' (default)")
     p.add_argument("--space", default="quick",
-                   help="preset name (default, paper, seed, quick, smoke), module:SPACE or file.py:SPACE "
-                        "(default: quick)")
+                   help="a preset (listed below), module:SPACE or file.py:SPACE (default: quick)")
     p.add_argument("--num-samples", type=int, help="trials to run (default: the preset's)")
     p.add_argument("--max-epochs", type=int, help="epochs per trial at most, ASHA's max_t (default: the preset's)")
     p.add_argument("--grace-period", type=int, help="epochs before ASHA may stop a trial (default: the preset's)")
@@ -80,7 +82,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, Any]:
     """The recipe; returns (summary as written to final.json, retrained model), or (None, None) if interrupted."""
     from tune_siamese import cluster, storage
     from tune_siamese.data import load_data
-    from tune_siamese.finish import finish
+    from tune_siamese.finish import finish_search
     from tune_siamese.search import interrupted, tuner_for
     from tune_siamese.settings import check_targets, prepare
 
@@ -101,7 +103,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, Any]:
             print(f"\nSearch interrupted; nothing was retrained or exported. Continue it with: "
                   f"python run_search.py --resume {settings.experiment_path}", flush=True)
             return None, None
-        summary, model = finish(settings, results, data, args.export_dir, retrain=not args.no_retrain,
+        summary, model = finish_search(settings, results, data, args.export_dir, retrain=not args.no_retrain,
                                 ensemble=args.ensemble, search_seconds=search_seconds, resumed=bool(args.resume))
     print_summary(summary, preset, settings)
     return summary, model

@@ -56,7 +56,7 @@ def trial_status(tune_status: str | None, epochs: int, best_epoch: int | None, d
     return ASHA_STOPPED
 
 
-class _Folder:
+class ExperimentFiles:
     """A local folder or a storage URI (s3://..., gs://...) read through pyarrow.fs, as Ray's storage is."""
 
     def __init__(self, path: str | Path):
@@ -132,7 +132,7 @@ class Experiment:
 
 def load(experiment_path: str | Path) -> Experiment:
     """Load an experiment folder written by run_search.py (a local path or a storage URI)."""
-    folder = _Folder(experiment_path)
+    folder = ExperimentFiles(experiment_path)
     kind = folder.kind()
     if kind == pyarrow.fs.FileType.NotFound:
         raise InputError("no such experiment folder", folder.display)
@@ -170,7 +170,7 @@ def load(experiment_path: str | Path) -> Experiment:
                       hyperparameters, trials, history, configs, space)
 
 
-def _trial_records(folder: _Folder) -> dict[str, dict[str, Any]]:
+def _trial_records(folder: ExperimentFiles) -> dict[str, dict[str, Any]]:
     """trial id -> {folder, tune_status, config, params}: from Tune's newest state file, then any trial folder
     the state file does not list yet (it is written every few seconds while a search runs)."""
     records: dict[str, dict[str, Any]] = {}

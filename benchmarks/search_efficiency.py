@@ -318,7 +318,7 @@ def retrain_all(runs: list[dict[str, Any]], data: Any, keys: list[str]) -> dict[
         key = (config_key(best.config, keys), epoch)
         if key not in done:
             print(f"retraining {describe(best.config, keys)} for {epoch} epochs ...", flush=True)
-            _, scores = finish.retrain_and_test(config, data, epoch, finish.searched_model(best.checkpoint, config))
+            _, scores = finish.retrain_and_test(config, data, epoch, finish.trial_model(best.checkpoint, config))
             done[key] = scores["test"]
         out[(run["method"], run["seed"])] = done[key]
     return out

@@ -24,7 +24,7 @@ class Preset:
     space: dict[str, Any]
     points: list[dict[str, Any]] = field(default_factory=list)  # starting points for the searcher
     fixed: dict[str, Any] = field(default_factory=dict)  # Config values shared by every trial
-    run: dict[str, Any] = field(default_factory=dict)  # defaults for run_search options (num_samples, ...)
+    option_defaults: dict[str, Any] = field(default_factory=dict)  # for run_search.py's options (num_samples, ...)
     doc: str = ""
 
 
@@ -72,30 +72,30 @@ BEST_POINT = {"zoom": 0.65, "input_size": 80, "width": 0.25, "embedding": 4096, 
               "augment_strength": 1.0}  # Koch's head on a face crop, the usual Adam defaults
 BEST_FIXED = {"image_size": 112, "crop": 0.7, "batchnorm": True, "init": "torch", "optimizer": "adamw",
               "augment": True, "tta_flip": True, "patience": 6}
-BEST_RUN = {"num_samples": 32, "max_epochs": 40, "grace_period": 4}
+BEST_OPTIONS = {"num_samples": 32, "max_epochs": 40, "grace_period": 4}
 
 PRESETS: dict[str, Preset] = {
     "default": Preset(
         space=DEFAULT_SPACE,
         points=[PAPER_POINT],
-        run={"num_samples": 16, "max_epochs": 30, "grace_period": 3},
+        option_defaults={"num_samples": 16, "max_epochs": 30, "grace_period": 3},
         doc="batch size, optimizer, learning rate, width, BatchNorm, weight decay, augmentation, init",
     ),
     "default-cpu": Preset(
         space={**DEFAULT_SPACE, "width": tune.choice([0.25, 0.125, 0.0625])},
         points=[{**PAPER_POINT, "width": 0.25, "optimizer": "adam", "lr": 1e-3, "batch_size": 32,
                  "batchnorm": True}],
-        run={"num_samples": 16, "max_epochs": 20, "grace_period": 2},
+        option_defaults={"num_samples": 16, "max_epochs": 20, "grace_period": 2},
         doc="default's space at the widths a 2-core CPU can afford (1/4, 1/8, 1/16)",
     ),
     "best": Preset(
-        space=BEST_SPACE, points=[BEST_POINT], fixed=BEST_FIXED, run=BEST_RUN,
+        space=BEST_SPACE, points=[BEST_POINT], fixed=BEST_FIXED, option_defaults=BEST_OPTIONS,
         doc="model quality, given pairs only: face crop and zoom, input size, head, embedding, dropout, label "
             "smoothing, schedule, augmentation strength (CPU-sized)",
     ),
     "best-mined": Preset(
         space=BEST_SPACE, points=[BEST_POINT], fixed={**BEST_FIXED, "mined_pairs": 3000},
-        run={**BEST_RUN, "num_samples": 12},  # each epoch costs ~2.5x: within the 2-hour CPU budget
+        option_defaults={**BEST_OPTIONS, "num_samples": 12},  # each epoch costs ~2.5x: within the 2-hour CPU budget
         doc="best's space plus 3000 pairs mined each epoch from training identities (unrestricted protocol)",
     ),
     "paper": Preset(
@@ -106,7 +106,7 @@ PRESETS: dict[str, Preset] = {
         },
         fixed={"optimizer": "sgd", "batch_size": 128},
         points=[{"lr": 1e-2, "momentum": 0.5, "weight_decay": 1e-4}],
-        run={"num_samples": 16, "max_epochs": 50, "grace_period": 3},
+        option_defaults={"num_samples": 16, "max_epochs": 50, "grace_period": 3},
         doc="Koch et al.'s ranges: SGD, batch 128, learning rate, momentum, L2",
     ),
     "seed": Preset(
@@ -114,7 +114,7 @@ PRESETS: dict[str, Preset] = {
         fixed={"batch_size": 32, "batchnorm": True, "lr": 1e-4, "init": "koch"},
         points=[{"optimizer": "sgd", "width": 1.0}, {"optimizer": "adam", "width": 1.0},
                 {"optimizer": "adam", "width": 0.25}],
-        run={"num_samples": 3, "max_epochs": 100, "grace_period": 100},
+        option_defaults={"num_samples": 3, "max_epochs": 100, "grace_period": 100},
         doc="the reference study's three runs: SGD full width, Adam full width, Adam reduced width",
     ),
     "quick": Preset(
@@ -129,7 +129,7 @@ PRESETS: dict[str, Preset] = {
         fixed={"image_size": 80, "momentum": 0.9},
         points=[{"batch_size": 32, "optimizer": "adam", "lr": 1e-3, "width": 0.125, "batchnorm": True,
                  "augment": False}],
-        run={"num_samples": 8, "max_epochs": 8, "grace_period": 2},
+        option_defaults={"num_samples": 8, "max_epochs": 8, "grace_period": 2},
         doc="small widths and 80 px images: a whole search in a few minutes on 2 CPU cores",
     ),
     "smoke": Preset(
@@ -140,7 +140,7 @@ PRESETS: dict[str, Preset] = {
             "batchnorm": tune.choice([True, False]),
         },
         fixed={"image_size": 72, "width": 0.0625, "embedding": 1024},
-        run={"num_samples": 4, "max_epochs": 3, "grace_period": 1},
+        option_defaults={"num_samples": 4, "max_epochs": 3, "grace_period": 1},
         doc="tiny: tests and CPU demos",
     ),
 }
@@ -229,4 +229,4 @@ def get_preset(name: str) -> Preset:
 
 
 def describe() -> str:
-    return "\n".join(f"  {name:8s} {preset.doc}" for name, preset in PRESETS.items())
+    return "\n".join(f"  {name:11s} {preset.doc}" for name, preset in PRESETS.items())

@@ -11,8 +11,6 @@ from PIL import Image
 
 from tune_siamese.config import Config
 
-REPO = Path(__file__).resolve().parents[1]
-
 # ========================================= Core (no Ray) ==========================================
 
 

@@ -8,18 +8,17 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import REPO
 
 from tune_siamese import cli
 from tune_siamese.checkpoint import load_checkpoint, load_model
 from tune_siamese.data import decode_image
 from tune_siamese.engine import images_on, predict
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = {"image_size": 72, "width": 0.0625, "init": "torch", "batchnorm": True, "lr": 3e-3, "max_epochs": 3,
         "device": "cpu", "threads": 1}
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers import REPO, SMOKE
 from services import RayNodes, free_port, ray_cli, stop_group, throwaway_postgres, wait_for
-from test_search import REPO, SMOKE
 
 import analysis
 

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from test_search import REPO, SMOKE, _reap, _spawn, resume_and_check, spawn_until_a_trial_finished, trial_frames
+from helpers import REPO, SMOKE, reap, resume_and_check, spawn, spawn_until_a_trial_finished, trial_frames
 
 import run_search
-from tune_siamese.names import FINAL_FILE
+from tune_siamese.names import DIVERGED_LOSS, FINAL_FILE
 
 FAULTY_SPACE = '''
 from ray import tune
@@ -48,7 +48,7 @@ def test_errored_and_diverged_trials_leave_the_search_standing(ray_session, tmp_
                    frame["config"].iloc[0]["lr"] if "config" in frame else None)] = frame
     assert summary["trials"] == 3 and summary["errored_trials"] == 1
     diverged = by_config[("cpu", 1e30)]
-    assert diverged["diverged"].iloc[-1] == 1 and diverged["val_loss"].iloc[-1] == 10.0
+    assert diverged["diverged"].iloc[-1] == 1 and diverged["val_loss"].iloc[-1] == DIVERGED_LOSS
     good = by_config[("cpu", 1e-3)]
     assert list(good["epoch"]) == [1, 2]  # the healthy trial ran to the end
     assert summary["best_config"]["lr"] == 1e-3 and summary["best_config"]["device"] == "cpu"
@@ -96,7 +96,7 @@ def test_killed_driver_resumes_with_no_finished_trial_repeated(tmp_path):
     argv = ["run_search.py", *SMOKE, "--num-samples", "3", "--max-epochs", "2", "--grace-period", "2",
             "--max-concurrent", "1", "--storage-path", str(tmp_path), "--name", "crashed", "--no-retrain"]
     proc = spawn_until_a_trial_finished(argv, experiment, tmp_path / "first.log", epochs=2)
-    _reap(proc)  # SIGKILL the driver and the Ray it started: nothing gets to save or clean up
+    reap(proc)  # SIGKILL the driver and the Ray it started: nothing gets to save or clean up
     before = {n: len(f) for n, f in trial_frames(experiment).items()}
     assert any(rows >= 2 for rows in before.values())
     resume_and_check(experiment, tmp_path / "second.log", before, trials=3, epochs=2)
@@ -108,7 +108,7 @@ from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
 import run_search
-from test_search import trial_frames
+from helpers import trial_frames
 
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
 worker = cluster.add_node(num_cpus=1)
@@ -140,11 +140,11 @@ def test_two_node_cluster_uses_both_nodes_and_survives_losing_one(tmp_path):
     argv = [str(script), str(tmp_path), *SMOKE, "--num-samples", "2", "--max-epochs", "4", "--grace-period", "4",
             "--storage-path", str(tmp_path), "--name", "nodeloss", "--no-retrain"]
     log = tmp_path / "nodeloss.log"
-    proc = _spawn(argv, log, {"PYTHONPATH": f"{REPO}:{REPO / 'tests'}"})
+    proc = spawn(argv, log, {"PYTHONPATH": f"{REPO}:{REPO / 'tests'}"})
     try:
         assert proc.wait(timeout=400) == 0, log.read_text()[-4000:]
     finally:
-        _reap(proc)
+        reap(proc)
     result = json.loads(log.read_text().split("RESULT ", 1)[1].splitlines()[0])
     frames = trial_frames(tmp_path / "nodeloss")
     assert len(frames) == 2 and result["errored"] == 0

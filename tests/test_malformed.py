@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import SMOKE
 
 import run_search
 from tune_siamese import cli
-
-SMOKE = ["--space", "smoke"]
 
 # (argv after the smoke preset, words the one line must hold)
 RUN_SEARCH_CASES = [

@@ -3,10 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,28 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import SMOKE, cli_json, reap, resume_and_check, spawn, spawn_until_a_trial_finished, trial_frames
 
 import run_search
 from tune_siamese.checkpoint import load_model
 from tune_siamese.names import FINAL_FILE
-
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = ["--space", "smoke", "--seed", "0"]
-
-
-def trial_frames(experiment: Path) -> dict[str, pd.DataFrame]:
-    """Every trial's reported rows, read back from Tune's own result.json files."""
-    frames = {}
-    for result in sorted(experiment.glob("trial_*/result.json")):
-        rows = []
-        for line in result.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line Tune is still writing
-        if rows:  # a trial that has not reported yet has an empty file
-            frames[result.parent.name] = pd.DataFrame(rows)
-    return frames
 
 
 def max_overlap(frames: dict[str, pd.DataFrame]) -> int:
@@ -132,14 +112,6 @@ def test_top_trials_ensembled_tested_and_exported(smoke_search):
     assert printed["accuracy_at_threshold"] == pytest.approx(ensemble["test"]["accuracy_at_threshold"])
 
 
-def cli_json(main, argv):
-    import contextlib
-    import io
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main(argv) == 0
-    return json.loads(out.getvalue())
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -248,48 +220,12 @@ def test_resume_of_a_folder_without_experiment(tmp_path, capsys):
     assert "no experiment here" in capsys.readouterr().err
 
 
-def _spawn(argv: list[str], log: Path, env_extra: dict[str, str] | None = None) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
-    return subprocess.Popen([sys.executable, *argv], cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            env=env, start_new_session=True)
 
 
-def _reap(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # Ray's helper processes live in the same session
-    except ProcessLookupError:
-        pass
 
 
-def spawn_until_a_trial_finished(argv: list[str], experiment: Path, log: Path, epochs: int) -> subprocess.Popen:
-    """Start run_search.py and return once one trial has run all its epochs and another has begun."""
-    proc = _spawn(argv, log)
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        frames = trial_frames(experiment) if experiment.exists() else {}
-        if any(f["epoch"].max() >= epochs for f in frames.values()) and len(frames) >= 2:
-            return proc
-        if proc.poll() is not None:
-            break
-        time.sleep(0.3)
-    _reap(proc)
-    pytest.fail("no trial finished in time:\n" + log.read_text()[-3000:])
 
 
-def resume_and_check(experiment: Path, log: Path, before: dict[str, int], trials: int, epochs: int) -> None:
-    """`run_search.py --resume` completes every trial; trials finished before are not run again."""
-    proc = _spawn(["run_search.py", "--resume", str(experiment), "--no-retrain"], log)
-    try:
-        assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
-    finally:
-        _reap(proc)
-    after = trial_frames(experiment)
-    assert len(after) == trials
-    for name, rows in before.items():
-        if rows >= epochs:  # finished before: same rows, no new epoch 1
-            assert len(after[name]) == rows
-    for frame in after.values():
-        assert list(frame["epoch"]) == list(range(1, epochs + 1))
 
 
 def test_resume_after_interrupt_repeats_no_finished_trial(tmp_path):
@@ -301,7 +237,7 @@ def test_resume_after_interrupt_repeats_no_finished_trial(tmp_path):
         proc.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and run_search exits 130
         assert proc.wait(timeout=120) == 130, (tmp_path / "first.log").read_text()[-3000:]
     finally:
-        _reap(proc)
+        reap(proc)
     before = {n: len(f) for n, f in trial_frames(experiment).items()}
     finished_before = [n for n, rows in before.items() if rows >= 2]
     assert finished_before
@@ -323,7 +259,7 @@ def test_ctrl_c_after_every_trial_started_is_still_an_interrupt(tmp_path):
     argv = ["run_search.py", *SMOKE, "--num-samples", "3", "--max-epochs", "4", "--grace-period", "4",
             "--storage-path", str(tmp_path), "--name", "late"]  # 2 at once (2 CPUs): the 3rd starts last
     log = tmp_path / "late.log"
-    proc = _spawn(argv, log)
+    proc = spawn(argv, log)
     try:
         deadline = time.time() + 240
         while time.time() < deadline:
@@ -335,7 +271,7 @@ def test_ctrl_c_after_every_trial_started_is_still_an_interrupt(tmp_path):
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=120) == 130, log.read_text()[-3000:]
     finally:
-        _reap(proc)
+        reap(proc)
     output = log.read_text()
     assert "Search interrupted" in output and f"--resume {experiment}" in output
     assert not (experiment / FINAL_FILE).exists() and not (experiment / "export").exists()

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pyarrow.fs
 import pytest
+from helpers import REPO, SMOKE, cli_json
 from services import S3_ENV, s3_server
-from test_search import REPO, SMOKE, cli_json
 
 import analysis
 from tune_siamese import cli, storage

@@ -18,7 +18,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Collection
+from typing import Any, Collection, cast
 
 import safetensors.torch
 import torch
@@ -72,7 +72,7 @@ def export_model(model: SiameseNet, config: Config, out_dir: str | Path, metrics
     """Write weights, config, a torch.export graph (dynamic batch size), metrics and checksums to `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).eval()  # caller's stays put
+    model = copy.deepcopy(model).to("cpu").to(memory_format=torch.contiguous_format).eval()  # caller's stays put
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
     config.save(out / "config.json")
     _write_metrics(out, metrics, threshold_logit)
@@ -94,7 +94,7 @@ def export_ensemble(ensemble: EnsembleNet, out_dir: str | Path, metrics: dict[st
     out.mkdir(parents=True, exist_ok=True)
     folders = [f"member_{k}" for k in range(1, len(ensemble.members) + 1)]
     for model, config, folder in zip(ensemble.members, ensemble.configs, folders):
-        export_model(model, config, out / folder)
+        export_model(cast(SiameseNet, model), config, out / folder)
     (out / ENSEMBLE_FILE).write_text(json.dumps({"members": folders, "config": ensemble.config.to_dict()},
                                                 indent=2) + "\n")
     _write_metrics(out, metrics, threshold_logit)

@@ -22,6 +22,7 @@ from .checkpoint import export_model, load_model, save_checkpoint
 from .config import Config, parse_overrides
 from .engine import Diverged, images_on, pair_metrics, predict, resolve_device, train_and_test
 from .errors import InputError, OneLineParser
+from .model import EnsembleNet
 from .oneshot import one_shot_accuracy
 
 PROG = "tune-siamese"
@@ -184,6 +185,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     device = resolve_device(config)
     model = model.to(device)
     if args.one_shot is not None:
+        if isinstance(model, EnsembleNet):  # one-shot compares embeddings; an ensemble has one per member
+            raise InputError("option --one-shot needs a single model, not an ensemble export", args.source)
         files = data_mod.identity_folder_files(Path(args.one_shot))
         paths = [p for name in files for p in files[name]]
         identity = np.array([i for i, name in enumerate(files) for _ in files[name]], dtype=np.int64)

@@ -129,7 +129,7 @@ class Config:
             raise InputError(f"{source}: unknown option(s) {', '.join(unknown)}; known: {', '.join(known)}")
         kwargs: dict[str, Any] = {}
         for name, value in values.items():
-            kwargs[name] = _coerce(name, value, known[name].type, source)
+            kwargs[name] = _coerce(name, value, str(known[name].type), source)
         try:
             return cls(**kwargs)
         except InputError as exc:

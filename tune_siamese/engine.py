@@ -7,7 +7,7 @@ import random
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ from .augment import koch_affine
 from .config import Config
 from .data import PairData, PairMiner
 from .errors import InputError
-from .model import SiameseNet, build_model, center_crop, resize
+from .model import SiameseNet, build_model, center_crop, in_layout, resize
 
 EpochCallback = Callable[[dict[str, Any], Callable[[], dict[str, Any]]], None]
 
@@ -109,10 +109,6 @@ def to_input(images: torch.Tensor, index: torch.Tensor, config: Config) -> torch
     return resize(x, config.model_input_size)
 
 
-def _format(x: torch.Tensor, config: Config) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if config.channels_last else x
-
-
 def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                     pairs: np.ndarray, config: Config, generator: torch.Generator) -> float:
     model.train()
@@ -133,7 +129,7 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, im
         if config.label_smoothing:
             target = target * (1 - config.label_smoothing) + 0.5 * config.label_smoothing
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(_format(a, config), _format(b, config))
+            logits = model(in_layout(a, config), in_layout(b, config))
         loss = F.binary_cross_entropy_with_logits(logits.float(), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -158,9 +154,9 @@ def predict(model: torch.nn.Module, images: torch.Tensor, pairs: np.ndarray, con
         batch = pairs_t[start:start + config.eval_batch_size]
         a, b = to_input(images, batch[:, 0], config), to_input(images, batch[:, 1], config)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(_format(a, config), _format(b, config)).float()
+            logits = model(in_layout(a, config), in_layout(b, config)).float()
             if config.tta_flip:
-                logits = 0.5 * (logits + model(_format(a.flip(-1), config), _format(b.flip(-1), config)).float())
+                logits = 0.5 * (logits + model(in_layout(a.flip(-1), config), in_layout(b.flip(-1), config)).float())
         out.append(logits)
     return torch.cat(out).cpu().numpy().astype(np.float64)
 
@@ -219,7 +215,7 @@ def fit(config: Config, data: PairData, on_epoch: EpochCallback | None = None,
     scheduler = make_scheduler(config, optimizer)
     # Only the training steps are compiled (fixed batch size); evaluation batches vary, so it stays eager.
     # The compiled wrapper shares the parameters, so state_dicts are taken from `model` as before.
-    trainer = torch.compile(model, backend=config.compile) if config.compile else model
+    trainer = cast(torch.nn.Module, torch.compile(model, backend=config.compile)) if config.compile else model
     generator = torch.Generator().manual_seed(config.seed)
     miner = PairMiner(data, np.random.default_rng(config.seed)) if config.mined_pairs else None
     images = images_on(device, data.images)
@@ -282,13 +278,19 @@ def fit(config: Config, data: PairData, on_epoch: EpochCallback | None = None,
     return result
 
 
+def val_and_test(model: torch.nn.Module, images: torch.Tensor, data: PairData, config: Config) -> dict[str, Any]:
+    """Choose the decision threshold on the val pairs, then score the test pairs at it (with ROC points).
+    Every reported test score of the project comes through here: the threshold never sees a test pair."""
+    val_logits = predict(model, images, data.val, config)
+    threshold = best_threshold(data.val[:, 2], val_logits)
+    return {"val": pair_metrics(data.val[:, 2], val_logits, threshold),
+            "test": evaluate(model, images, data.test, config, threshold, with_roc=True)}
+
+
 def train_and_test(config: Config, data: PairData, on_epoch: EpochCallback | None = None) -> tuple[FitResult, dict]:
     """fit, then score val and test pairs; the test threshold is the one chosen on validation."""
     result = fit(config, data, on_epoch)
     images = images_on(next(result.model.parameters()).device, data.images)
-    val_logits = predict(result.model, images, data.val, config)
-    threshold = best_threshold(data.val[:, 2], val_logits)
-    report = {"val": pair_metrics(data.val[:, 2], val_logits, threshold),
-              "test": evaluate(result.model, images, data.test, config, threshold, with_roc=True),
-              "best_epoch": result.best_epoch, "epochs": len(result.history)}
+    report = {**val_and_test(result.model, images, data, config), "best_epoch": result.best_epoch,
+              "epochs": len(result.history)}
     return result, report

@@ -21,7 +21,7 @@ from . import storage
 from .checkpoint import as_trained, export_ensemble, export_model, load_checkpoint
 from .config import Config
 from .data import PairData
-from .engine import best_threshold, evaluate, fit, images_on, pair_metrics, predict, resolve_device
+from .engine import evaluate, fit, images_on, resolve_device, val_and_test
 from .errors import InputError
 from .model import EnsembleNet, build_model
 from .names import FINAL_FILE, MODE, STATE_FILE, VAL_LOSS
@@ -32,12 +32,13 @@ def best_trial(results: tune.ResultGrid) -> tuple[tune.Result, int, float]:
     """(result, epoch of its best val loss, that loss) of the trial with the lowest val loss at any epoch."""
     best = results.get_best_result(metric=VAL_LOSS, mode=MODE, scope="all")
     frame = best.metrics_dataframe
+    assert frame is not None, "the best trial reported nothing"
     frame = frame[frame[VAL_LOSS].notna()]
     row = frame.loc[frame[VAL_LOSS].idxmin()]
     return best, int(row["epoch"]), float(row[VAL_LOSS])
 
 
-def searched_model(checkpoint: tune.Checkpoint | None, config: Config) -> Any:
+def trial_model(checkpoint: tune.Checkpoint | None, config: Config) -> Any:
     """A trial's own model at its best epoch, from its last checkpoint (trained on the train part only)."""
     if checkpoint is None:
         return None
@@ -48,30 +49,31 @@ def searched_model(checkpoint: tune.Checkpoint | None, config: Config) -> Any:
     return as_trained(model, config)
 
 
-def retrain_and_test(config: Config, data: PairData, epochs: int, searched: Any = None) -> tuple[Any, dict[str, Any]]:
+def retrain_and_test(config: Config, data: PairData, epochs: int, trial_model: Any = None
+                     ) -> tuple[Any, dict[str, Any]]:
     """Retrain on train + val pairs for `epochs` epochs, then score the test pairs.
 
-    The decision threshold is chosen on the validation pairs by the searched model (trained on the train part
+    The decision threshold is chosen on the validation pairs by the trial's own model (trained on the train part
     only, so it never saw them) and applied to the retrained model's logits. Without that model, a train-only
     model is fitted for the same epochs to choose it.
     """
-    if searched is None:
-        searched = fit(config, data, validate=False, epochs=epochs).model
+    if trial_model is None:
+        trial_model = fit(config, data, validate=False, epochs=epochs).model
     device = resolve_device(config)
-    searched = searched.to(device)
     images = images_on(device, data.images)
-    threshold = best_threshold(data.val[:, 2], predict(searched, images, data.val, config))
+    trial_scores = val_and_test(trial_model.to(device), images, data, config)
+    threshold = trial_scores["val"]["threshold_logit"]
     full = replace(data, train=np.concatenate([data.train, data.val]))
     model = fit(config, full, validate=False, epochs=epochs).model
     test = evaluate(model, images, data.test, config, threshold=threshold, with_roc=True)
-    searched_test = pair_metrics(data.test[:, 2], predict(searched, images, data.test, config), threshold)
-    return model, {"test": test, "searched_model_test": searched_test, "epochs": epochs}
+    # final.json keeps its key "searched_model_test" for the trial's own model
+    return model, {"test": test, "searched_model_test": trial_scores["test"], "epochs": epochs}
 
 
 def top_trials(results: tune.ResultGrid, k: int) -> list[tuple[tune.Result, float]]:
     """The k trials with the lowest val loss at any epoch (errored, diverged and unreported trials left out)."""
     ranked = []
-    for result in results:
+    for result in (results[i] for i in range(len(results))):
         frame = result.metrics_dataframe
         if result.error is not None or frame is None or VAL_LOSS not in frame or frame[VAL_LOSS].isna().all():
             continue
@@ -87,14 +89,9 @@ def ensemble_and_test(members: list[tuple[Config, Any]], data: PairData) -> tupl
 
     The threshold is chosen on the val pairs, which no member trained on."""
     model = EnsembleNet([m for _, m in members], [c for c, _ in members])
-    config = model.config
-    device = resolve_device(config)
+    device = resolve_device(model.config)
     model = model.to(device)
-    images = images_on(device, data.images)
-    val_logits = predict(model, images, data.val, config)
-    threshold = best_threshold(data.val[:, 2], val_logits)
-    return model, {"val": pair_metrics(data.val[:, 2], val_logits, threshold),
-                   "test": evaluate(model, images, data.test, config, threshold=threshold, with_roc=True)}
+    return model, val_and_test(model, images_on(device, data.images), data, model.config)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -111,16 +108,16 @@ def _node_id() -> str:
 def _retrain_task(config: dict[str, Any], data: PairData, epochs: int,
                   checkpoint: tune.Checkpoint | None) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
     cfg = Config.from_dict(config, source="retrain config")
-    model, scores = retrain_and_test(cfg, data, epochs, searched_model(checkpoint, cfg))
+    model, scores = retrain_and_test(cfg, data, epochs, trial_model(checkpoint, cfg))
     return _cpu_state(model), scores, _node_id()
 
 
-def _ensemble_task(members: list[tuple[dict[str, Any], tune.Checkpoint]], data: PairData
+def _ensemble_task(members: list[tuple[dict[str, Any], tune.Checkpoint | None]], data: PairData
                    ) -> tuple[list[dict[str, torch.Tensor]], dict[str, Any], str]:
     loaded = []
     for values, checkpoint in members:
         config = Config.from_dict(values, source="ensemble member")
-        loaded.append((config, searched_model(checkpoint, config)))
+        loaded.append((config, trial_model(checkpoint, config)))
     model, report = ensemble_and_test(loaded, data)
     return [_cpu_state(member) for member in model.members], report, _node_id()
 
@@ -170,7 +167,7 @@ def _scalars(test: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in test.items() if not k.startswith("roc_")}
 
 
-def finish(settings: SearchSettings, results: tune.ResultGrid, data: PairData, export_dir: str | None,
+def finish_search(settings: SearchSettings, results: tune.ResultGrid, data: PairData, export_dir: str | None,
            retrain: bool = True, ensemble: int = 0, search_seconds: float = 0.0,
            resumed: bool = False) -> tuple[dict[str, Any], Any]:
     """Pick the best trial, retrain, test, export; optionally also ensemble the top trials; write final.json
@@ -179,7 +176,7 @@ def finish(settings: SearchSettings, results: tune.ResultGrid, data: PairData, e
     Returns (summary, retrained model)."""
     started = time.time()
     best, epoch, loss = best_trial(results)
-    config = Config.from_dict(dict(best.config), source="best trial")
+    config = Config.from_dict(dict(best.config or {}), source="best trial")
     summary: dict[str, Any] = {"best_config": config.to_dict(), "best_epoch": epoch, "best_val_loss": loss,
                                "best_trial": Path(best.path).name, "experiment": settings.experiment_path,
                                "trials": len(results), "errored_trials": len(results.errors)}
@@ -187,11 +184,11 @@ def finish(settings: SearchSettings, results: tune.ResultGrid, data: PairData, e
         summary["identity_overlap"] = data.info["identity_overlap"]
     options = task_options(settings)
     threads = max(1, int(options["num_cpus"]))
-    data_ref = ray.put(data) if retrain or ensemble >= 2 else None
+    data_ref = ray.put(data)  # once for both tasks
     model = None
     if retrain:
-        task = ray.remote(_retrain_task).options(**options)
-        state, scores, node = ray.get(task.remote(config.replace(threads=threads).to_dict(), data_ref, epoch,
+        retrain_task = ray.remote(_retrain_task).options(**options)
+        state, scores, node = ray.get(retrain_task.remote(config.replace(threads=threads).to_dict(), data_ref, epoch,
                                                   best.checkpoint))
         model = _rebuilt(config, state)
         summary.update(scores)
@@ -208,9 +205,9 @@ def finish(settings: SearchSettings, results: tune.ResultGrid, data: PairData, e
         chosen = [(result, loss) for result, loss in top_trials(results, ensemble) if result.checkpoint is not None]
         if len(chosen) < 2:
             raise InputError(f"option --ensemble={ensemble}: only {len(chosen)} trial(s) have a usable checkpoint")
-        configs = [Config.from_dict(dict(result.config), source="ensemble member") for result, _ in chosen]
-        task = ray.remote(_ensemble_task).options(**options)
-        states, report, node = ray.get(task.remote(
+        configs = [Config.from_dict(dict(result.config or {}), source="ensemble member") for result, _ in chosen]
+        ensemble_task = ray.remote(_ensemble_task).options(**options)
+        states, report, node = ray.get(ensemble_task.remote(
             [(c.replace(threads=threads).to_dict(), r.checkpoint) for c, (r, _) in zip(configs, chosen)], data_ref))
         members = EnsembleNet([_rebuilt(c, s) for c, s in zip(configs, states)], configs)
         report["members"] = [{"trial_id": Path(result.path).name, "val_loss": loss} for result, loss in chosen]

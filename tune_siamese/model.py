@@ -50,10 +50,12 @@ class SiameseNet(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.normal_(module.weight, 0.0, 1e-2)
-                nn.init.normal_(module.bias, 0.5, 1e-2)
+                if module.bias is not None:
+                    nn.init.normal_(module.bias, 0.5, 1e-2)
             elif isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, 0.0, 2e-1)
-                nn.init.normal_(module.bias, 0.5, 1e-2)
+                if module.bias is not None:
+                    nn.init.normal_(module.bias, 0.5, 1e-2)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(x))
@@ -97,6 +99,11 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
+def in_layout(x: torch.Tensor, config: Config) -> torch.Tensor:
+    """A batch in the memory layout the model was built for (channels_last or NCHW)."""
+    return x.contiguous(memory_format=torch.channels_last) if config.channels_last else x
+
+
 class EnsembleNet(nn.Module):
     """Mean logit of several SiameseNets (e.g. the top trials of a search) that share their data settings.
 
@@ -115,9 +122,7 @@ class EnsembleNet(nn.Module):
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         logits = []
         for member, config in zip(self.members, self.configs):
-            va, vb = (resize(center_crop(x, config.zoom), config.model_input_size) for x in (a, b))
-            if config.channels_last:
-                va, vb = (v.contiguous(memory_format=torch.channels_last) for v in (va, vb))
+            va, vb = (in_layout(resize(center_crop(x, config.zoom), config.model_input_size), config) for x in (a, b))
             logits.append(member(va, vb).float())
         return torch.stack(logits).mean(0)
 

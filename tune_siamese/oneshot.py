@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from .config import Config
-from .engine import _format, to_input, use_bf16
+from .engine import to_input, use_bf16
 from .errors import InputError
-from .model import SiameseNet
+from .model import SiameseNet, in_layout
 
 
 def one_shot_trials(identity: np.ndarray, ways: int, trials: int,
@@ -63,7 +63,7 @@ def one_shot_scores(model: SiameseNet, images: torch.Tensor, query: np.ndarray, 
         for start in range(0, len(used_t), config.eval_batch_size):
             x = to_input(images, used_t[start:start + config.eval_batch_size], config)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                chunks.append(model.embed(_format(x.flip(-1) if flip else x, config)).float())
+                chunks.append(model.embed(in_layout(x.flip(-1) if flip else x, config)).float())
         emb = torch.cat(chunks)
         q_pos = torch.from_numpy(inverse[:len(query)]).to(device)
         c_pos = torch.from_numpy(inverse[len(query):]).to(device)

@@ -67,7 +67,7 @@ class CompletionWatch(tune.Callback):
         self.cut_short: set[str] = set()
         self.started = False
 
-    def setup(self, **info: Any) -> None:
+    def setup(self, stop: Any = None, num_samples: Any = None, total_num_samples: Any = None, **info: Any) -> None:
         self.ended, self.cut_short, self.started = set(), set(), False
         CompletionWatch.latest = self
 

@@ -76,7 +76,7 @@ def build_settings(args: argparse.Namespace) -> tuple[SearchSettings, Any]:
     for key, option in SET_BY_OPTION.items():
         if key in overrides:
             raise InputError(f"option --set {key}=...: use {option} instead")
-    run = {"num_samples": 8, "max_epochs": 20, "grace_period": 2, **preset.run}
+    run = {"num_samples": 8, "max_epochs": 20, "grace_period": 2, **preset.option_defaults}
     if "max_epochs" in overrides:  # --set max_epochs=N means what --max-epochs N means
         if args.max_epochs is not None and str(args.max_epochs) != overrides["max_epochs"]:
             raise InputError("options --max-epochs and --set max_epochs disagree")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
+from optuna.storages.journal import JournalFileBackend
 
 from . import storage
 from .errors import InputError
@@ -31,7 +32,7 @@ def open_study_storage(location: str) -> optuna.storages.BaseStorage | None:
         if "://" in location:
             return optuna.storages.RDBStorage(location)
         Path(location).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(location))
+        return optuna.storages.JournalStorage(JournalFileBackend(location))
     except Exception as exc:  # noqa: BLE001 - driver, URL, network or permission: all mean "cannot use it"
         reason = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:300]
         raise InputError(f"option --study-storage={redact(location)}: cannot open it ({reason})") from None

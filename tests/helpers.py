@@ -1,0 +1,85 @@
+"""Plain helpers shared by the test modules (fixtures live in conftest.py; pytest advises against importing it):
+the repository root, the smoke-search options, Tune's per-trial results, and run_search.py as a real process."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = ["--space", "smoke", "--seed", "0"]
+
+
+def trial_frames(experiment: Path) -> dict[str, pd.DataFrame]:
+    """Every trial's reported rows, read back from Tune's own result.json files."""
+    frames = {}
+    for result in sorted(experiment.glob("trial_*/result.json")):
+        rows = []
+        for line in result.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line Tune is still writing
+        if rows:  # a trial that has not reported yet has an empty file
+            frames[result.parent.name] = pd.DataFrame(rows)
+    return frames
+
+
+def cli_json(main, argv):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(argv) == 0
+    return json.loads(out.getvalue())
+
+
+def spawn(argv: list[str], log: Path, env_extra: dict[str, str] | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    return subprocess.Popen([sys.executable, *argv], cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            env=env, start_new_session=True)
+
+
+def reap(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # Ray's helper processes live in the same session
+    except ProcessLookupError:
+        pass
+
+
+def spawn_until_a_trial_finished(argv: list[str], experiment: Path, log: Path, epochs: int) -> subprocess.Popen:
+    """Start run_search.py and return once one trial has run all its epochs and another has begun."""
+    proc = spawn(argv, log)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        frames = trial_frames(experiment) if experiment.exists() else {}
+        if any(f["epoch"].max() >= epochs for f in frames.values()) and len(frames) >= 2:
+            return proc
+        if proc.poll() is not None:
+            break
+        time.sleep(0.3)
+    reap(proc)
+    pytest.fail("no trial finished in time:\n" + log.read_text()[-3000:])
+
+
+def resume_and_check(experiment: Path, log: Path, before: dict[str, int], trials: int, epochs: int) -> None:
+    """`run_search.py --resume` completes every trial; trials finished before are not run again."""
+    proc = spawn(["run_search.py", "--resume", str(experiment), "--no-retrain"], log)
+    try:
+        assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+    finally:
+        reap(proc)
+    after = trial_frames(experiment)
+    assert len(after) == trials
+    for name, rows in before.items():
+        if rows >= epochs:  # finished before: same rows, no new epoch 1
+            assert len(after[name]) == rows
+    for frame in after.values():
+        assert list(frame["epoch"]) == list(range(1, epochs + 1))
