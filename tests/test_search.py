@@ -175,14 +175,20 @@ def test_set_max_epochs_is_not_overridden_by_the_preset(tmp_path):
     assert settings.max_epochs == 7 and settings.base["max_epochs"] == 7
 
 
+def experiment_with_settings(storage_path: Path) -> Path:
+    """An experiment folder holding only the search settings of a smoke search (what --resume reads first)."""
+    experiment = storage_path / "exp"
+    experiment.mkdir()
+    settings, _ = run_search.build_settings(run_search.parse_args([*SMOKE, "--storage-path", str(storage_path),
+                                                                   "--name", "exp"]))
+    (experiment / "search_settings.json").write_text(json.dumps(dataclasses.asdict(settings)))
+    return experiment
+
+
 def test_resume_refuses_options_it_would_ignore_and_a_second_holder(tmp_path, capsys):
     from tune_siamese import storage
 
-    experiment = tmp_path / "exp"
-    experiment.mkdir()
-    settings, _ = run_search.build_settings(run_search.parse_args([*SMOKE, "--storage-path", str(tmp_path),
-                                                                   "--name", "exp"]))
-    (experiment / "search_settings.json").write_text(json.dumps(dataclasses.asdict(settings)))
+    experiment = experiment_with_settings(tmp_path)
     assert run_search.main(["--resume", str(experiment), "--num-samples", "9", "--space", "paper"]) == 2
     assert "--space, --num-samples would be ignored" in capsys.readouterr().err
     # the same name again as a new search
@@ -196,11 +202,7 @@ def test_resume_refuses_options_it_would_ignore_and_a_second_holder(tmp_path, ca
 
 
 def test_resume_refuses_what_others_may_write_or_a_corrupt_settings_file(tmp_path, capsys):
-    experiment = tmp_path / "exp"
-    experiment.mkdir()
-    settings, _ = run_search.build_settings(run_search.parse_args([*SMOKE, "--storage-path", str(tmp_path),
-                                                                   "--name", "exp"]))
-    (experiment / "search_settings.json").write_text(json.dumps(dataclasses.asdict(settings)))
+    experiment = experiment_with_settings(tmp_path)
     (experiment / "tuner.pkl").write_bytes(b"not pickle")
     (experiment / "tuner.pkl").chmod(0o666)  # anyone could have replaced it with code
     assert run_search.main(["--resume", str(experiment)]) == 2
