@@ -107,11 +107,9 @@ def connect(option: str | None, timeout: float = CONNECT_TIMEOUT_S, dashboard: b
 
 
 def _describe_nodes() -> str:
-    import ray
-
-    alive = [node for node in ray.nodes() if node.get("Alive")]
-    cpus = sum(node["Resources"].get("CPU", 0.0) for node in alive)
-    gpus = sum(node["Resources"].get("GPU", 0.0) for node in alive)
+    alive = alive_nodes()
+    cpus = sum(node.get("CPU", 0.0) for node in alive)
+    gpus = sum(node.get("GPU", 0.0) for node in alive)
     return f"{len(alive)} node(s), {cpus:g} CPUs, {gpus:g} GPUs"
 
 
@@ -124,7 +122,8 @@ def _fits(resources: dict[str, float], need: dict[str, float]) -> int:
     return min(counts) if counts else 0
 
 
-def _alive_nodes() -> list[dict[str, float]]:
+def alive_nodes() -> list[dict[str, float]]:
+    """The resources of each node that is up."""
     import ray
 
     return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
@@ -138,7 +137,7 @@ def fit_resources(settings: Any, wait_seconds: float = 0.0) -> Any:
     (ray.autoscaler.sdk.request_resources) and wait that long for one to join, added by it or by hand."""
     need = {"CPU": float(settings.cpus_per_trial), "GPU": float(settings.gpus_per_trial)}
     node_types = autoscaler_node_types()
-    nodes = _alive_nodes()
+    nodes = alive_nodes()
     if not any(_fits(node, need) for node in nodes) and node_types is None and wait_seconds > 0:
         nodes = _wait_for_a_node(need, wait_seconds)
     fits_now = sum(_fits(node, need) for node in nodes)
@@ -162,10 +161,10 @@ def _wait_for_a_node(need: dict[str, float], seconds: float) -> list[dict[str, f
     request_resources(bundles=[bundle])  # demand an autoscaler can act on before any trial is pending
     deadline = time.monotonic() + seconds
     try:
-        nodes = _alive_nodes()
+        nodes = alive_nodes()
         while not any(_fits(node, need) for node in nodes) and time.monotonic() < deadline:
             time.sleep(1.0)
-            nodes = _alive_nodes()
+            nodes = alive_nodes()
         return nodes
     finally:
         request_resources(bundles=[])  # from here on the pending trials are the demand

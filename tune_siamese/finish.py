@@ -19,6 +19,7 @@ from ray import tune
 
 from . import storage
 from .checkpoint import as_trained, export_ensemble, export_model, load_checkpoint
+from .cluster import alive_nodes
 from .config import Config
 from .data import PairData
 from .engine import evaluate, fit, images_on, resolve_device, val_and_test
@@ -131,7 +132,7 @@ def _rebuilt(config: Config, state: dict[str, torch.Tensor]) -> Any:
 def task_options(settings: SearchSettings) -> dict[str, Any]:
     """A retrain takes one trial's GPU share (or --retrain-gpus) and the CPUs the search used at once, up to
     what one node has: the search is over, so those cores are free."""
-    largest = max((node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")), default=0.0)
+    largest = max((node.get("CPU", 0.0) for node in alive_nodes()), default=0.0)
     cpus = max(settings.cpus_per_trial, min(largest, settings.cpus_per_trial * max(1, settings.max_concurrent)))
     if settings.retrain_cpus:
         cpus = settings.retrain_cpus
