@@ -174,3 +174,25 @@ def test_module_entry_point_reports_bad_input_without_traceback(tmp_path):
     assert result.stderr.strip() == ("tune-siamese: error: command line: option optimizer='rmsprop' is not one "
                                      "of sgd, adam, adamw")
 
+
+
+def test_version_and_help_answer_without_loading_torch():
+    probe = ("import contextlib, io, sys\nfrom tune_siamese import cli\nout = io.StringIO()\n"
+             "with contextlib.redirect_stdout(out):\n    codes = [cli.main(['--version']), cli.main(['--help'])]\n"
+             "print(codes, 'torch' in sys.modules, out.getvalue().splitlines()[0])")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "[0, 0] False tune-siamese 0.1.0", done.stderr[-2000:]
+
+
+def test_tune_siamese_search_is_run_search(tmp_path, capsys):
+    from tune_siamese import cli
+
+    assert cli.main(["search", "--space", "smoke", "--num-samples", "0", "--storage-path", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("tune-siamese search: error: option --num-samples=0 must be >= 1")
+    # the installed console script runs a whole (tiny) search, recorded as its own command
+    done = subprocess.run(["tune-siamese", "search", "--space", "smoke", "--num-samples", "1", "--max-epochs", "1",
+                           "--no-retrain", "--storage-path", str(tmp_path), "--name", "cli"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    settings = json.loads((tmp_path / "cli" / "search_settings.json").read_text())
+    assert settings["command"].startswith("tune-siamese search --space smoke")

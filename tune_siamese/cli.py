@@ -6,24 +6,11 @@ always before training starts; a diverged training run ends with exit code 1.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import math
 import sys
-import time
-from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-import torch
-
-from . import data as data_mod
-from .checkpoint import export_model, load_model, save_checkpoint
-from .config import Config, parse_overrides
-from .engine import Diverged, images_on, pair_metrics, predict, resolve_device, train_and_test
+from . import __version__
 from .errors import InputError, OneLineParser
-from .model import EnsembleNet
-from .oneshot import one_shot_accuracy
 
 PROG = "tune-siamese"
 
@@ -47,10 +34,13 @@ def _at_least(low: int) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog=PROG, description="Koch-style Siamese networks for face verification: train one "
-                     "configuration, evaluate a trained model, or verify a pair of images. Hyperparameter search "
-                     "is run_search.py.")
+    parser = OneLineParser(prog=PROG, description="Koch-style Siamese networks for face verification: search "
+                           "hyperparameters, train one configuration, evaluate a trained model, or verify a pair of "
+                           "images.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
+    sub.add_parser("search", add_help=False, help="hyperparameter search, retrain, test and export (the same as "
+                   "run_search.py; `tune-siamese search --help` lists its options)")
 
     train = sub.add_parser("train", help="train one configuration, then test it",
                            description="Train with early stopping on validation loss, pick the decision threshold "
@@ -96,146 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# --------------------------------------------------------------------------------------------------
-# train
-
-def build_config(config_file: str | None, data: str | None, overrides: Sequence[str]) -> Config:
-    """File values, then --data, then --set; every layer is validated by Config.from_dict."""
-    base = Config.load(config_file) if config_file else Config()
-    changes: dict[str, Any] = parse_overrides(overrides)
-    if data is not None:
-        changes = {"data": data, **changes}
-    return Config.from_dict({**base.to_dict(), **changes}, source="command line")
-
-
-def _prepare_out(out: str | None) -> Path:
-    path = Path(out) if out else Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
-    if path.exists() and not path.is_dir():
-        raise InputError("output path exists and is not a folder", path)
-    if path.is_dir() and any((path / name).exists() for name in ("checkpoint.pt", "metrics.json")):
-        raise InputError("output folder already holds a run; choose another --out", path)
-    return path
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN or Infinity; write null for them."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
-def write_history(history: list[dict[str, Any]], path: Path) -> None:
-    columns: list[str] = []
-    for row in history:
-        columns += [key for key in row if key not in columns]
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(history)
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    config = build_config(args.config, args.data, args.overrides)
-    out = _prepare_out(args.out)
-    resolve_device(config)  # an unusable device is bad input: refuse it before loading anything
-    data = data_mod.load_data(config)
-    print(data.summary(), file=sys.stderr)
-    try:
-        result, report = train_and_test(config, data)
-    except Diverged as exc:
-        print(f"{PROG}: training diverged: {exc}", file=sys.stderr)
-        return 1
-    threshold = float(report["val"]["threshold_logit"])
-    out.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().to("cpu").contiguous() for k, v in result.model.state_dict().items()}
-    save_checkpoint({"model": weights, "config": config.to_dict(), "threshold_logit": threshold},
-                    out / "checkpoint.pt")
-    write_history(result.history, out / "metrics.csv")
-    summary = {"out": str(out), "best_epoch": report["best_epoch"], "epochs": report["epochs"],
-               "stopped_early": result.stopped_early, "threshold_logit": threshold,
-               "val": report["val"], "test": {k: v for k, v in report["test"].items() if not k.startswith("roc_")}}
-    (out / "metrics.json").write_text(json.dumps(_finite({**report, "data": data_mod.describe(data),
-                                                          "config": config.to_dict()}), indent=2) + "\n")
-    if args.export:
-        export_model(result.model, config, out / "export", summary["test"], threshold)
-        summary["export"] = str(out / "export")
-    print(json.dumps(_finite(summary), indent=2))
-    return 0
-
-
-# --------------------------------------------------------------------------------------------------
-# evaluate and verify
-
-def pair_list_data(pair_file: Path, lfw_root: Path, config: Config) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 images, pair rows) for every pair of an LFW pair list, images from an LFW folder."""
-    lines = [p for fold in data_mod.parse_pair_list(pair_file) for p in fold]
-    if not lfw_root.is_dir():
-        raise InputError("LFW folder for --pairs not found (give it with --data)", lfw_root)
-    index, paths = data_mod.index_pair_images(data_mod.lfw_image_dir(lfw_root), [(pair_file, lines)])
-    return data_mod.decode_images(paths, config.image_size, config.crop), data_mod.pair_rows(lines, index)
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    model, config, threshold = load_model(args.source)
-    config = config.replace(device=args.device)
-    device = resolve_device(config)
-    model = model.to(device)
-    if args.one_shot is not None:
-        if isinstance(model, EnsembleNet):  # one-shot compares embeddings; an ensemble has one per member
-            raise InputError("option --one-shot needs a single model, not an ensemble export", args.source)
-        files = data_mod.identity_folder_files(Path(args.one_shot))
-        paths = [p for name in files for p in files[name]]
-        identity = np.array([i for i, name in enumerate(files) for _ in files[name]], dtype=np.int64)
-        images = data_mod.decode_images(paths, config.image_size, config.crop)
-        metrics = one_shot_accuracy(model, images_on(device, images), identity, config, args.ways, args.trials,
-                                    args.seed)
-        metrics = {"source": str(args.source), "data": str(args.one_shot), **metrics}
-    elif args.pairs is not None:
-        if args.data is None:
-            raise InputError("option --pairs needs --data, the LFW folder that holds the images")
-        images, pairs = pair_list_data(Path(args.pairs), Path(args.data), config)
-        logits = predict(model, images_on(device, images), pairs, config)
-        metrics = {"source": str(args.source), "pairs": str(args.pairs), "n_pairs": len(pairs),
-                   **pair_metrics(pairs[:, 2], logits, threshold)}
-    else:
-        if args.data is not None:
-            config = config.replace(data=args.data)
-        data = data_mod.load_data(config)
-        logits = predict(model, images_on(device, data.images), data.test, config)
-        metrics = {"source": str(args.source), "data": config.data, "n_pairs": len(data.test),
-                   **pair_metrics(data.test[:, 2], logits, threshold)}
-    print(json.dumps(_finite(metrics), indent=2))
-    return 0
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    model, config, threshold = load_model(args.source)
-    config = config.replace(device="cpu")
-    decoded = []
-    for name in (args.image_a, args.image_b):
-        path = Path(name)
-        if not path.is_file():
-            raise InputError("image not found", path)
-        decoded.append(data_mod.decode_image(path, config.image_size, config.crop))
-    images = images_on(torch.device("cpu"), np.stack(decoded))
-    logit = float(predict(model, images, np.array([[0, 1, 0]], dtype=np.int64), config)[0])
-    print(json.dumps({"probability_same": 1.0 / (1.0 + math.exp(-logit)), "logit": logit,
-                      "threshold_logit": threshold, "same_person": logit >= threshold}, indent=2))
-    return 0
-
-
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "verify": cmd_verify}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `tune-siamese` console script and of `python -m tune_siamese`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["search"]:  # run_search.py's own parser and recipe: one implementation of the search
+        from .search_command import main as search_main
+
+        return search_main(argv[1:], prog=f"{PROG} search")
     try:
         args = build_parser().parse_args(argv)
-        return COMMANDS[args.command](args)
+        from . import commands  # torch and the rest load only now: --help and --version stay quick
+
+        return {"train": commands.cmd_train, "evaluate": commands.cmd_evaluate,
+                "verify": commands.cmd_verify}[args.command](args)
     except InputError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

@@ -52,6 +52,11 @@ class SearchSettings:
         return storage.child(self.storage_path, self.name)
 
 
+def rerun(prog: str) -> str:
+    """The command a user types to run the search command again: `python run_search.py` or `tune-siamese search`."""
+    return "python run_search.py" if prog == "run_search.py" else prog
+
+
 def check_fraction(gpus: float, option: str) -> None:
     if gpus < 0:
         raise InputError(f"option {option}={gpus} must be >= 0")
@@ -99,7 +104,7 @@ def build_settings(args: argparse.Namespace) -> tuple[SearchSettings, Any]:
         storage_path=storage_path, name=name, max_failures=args.max_failures,
         study_storage=args.study_storage or default_study_storage(storage_path, name),
         retrain_cpus=args.retrain_cpus, retrain_gpus=args.retrain_gpus,
-        command=shlex.join(["python", "run_search.py", *(sys.argv[1:] if args.argv is None else args.argv)]))
+        command=" ".join([rerun(args.prog), shlex.join(sys.argv[1:] if args.argv is None else args.argv)]).strip())
     return settings, preset
 
 

@@ -1,0 +1,156 @@
+"""The search command, shared by `python run_search.py` and `tune-siamese search`: options → recipe → summary."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+DESCRIPTION = """\
+Run a hyperparameter search: Ray Tune + OptunaSearch (TPE) + ASHA, then retrain the best, test and export.
+
+    {prog}                        # small search on the offline synthetic data
+    {prog} --data ../shared/data/lfw-a --space default --num-samples 16
+    {prog} --address auto --gpus-per-trial 0.25 --storage-path /shared/ray_results
+    {prog} --resume ray_results/siamese-quick-20261128-170000
+"""
+
+# Tune warns whenever per-epoch checkpoints force an experiment snapshot; locally a snapshot takes ~10 ms.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+from .config import Config  # noqa: E402
+from .errors import InputError, OneLineParser  # noqa: E402
+from .settings import rerun  # noqa: E402
+
+
+def parse_args(argv: Sequence[str] | None = None, prog: str = "run_search.py") -> argparse.Namespace:
+    from search_spaces import describe  # the presets' names and one line on each, for --help
+
+    p = OneLineParser(prog=prog, description=DESCRIPTION.format(prog=rerun(prog)), epilog="presets (--space):\n"
+                      + describe(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="synthetic",
+                   help="LFW-a folder with pair lists, an identity folder, 'lfw' (torchvision download) "
+                        "or 'synthetic' (default)")
+    p.add_argument("--space", default="quick",
+                   help="a preset (listed below), module:SPACE or file.py:SPACE (default: quick)")
+    p.add_argument("--num-samples", type=int, help="trials to run (default: the preset's)")
+    p.add_argument("--max-epochs", type=int, help="epochs per trial at most, ASHA's max_t (default: the preset's)")
+    p.add_argument("--grace-period", type=int, help="epochs before ASHA may stop a trial (default: the preset's)")
+    p.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA's reduction factor (default 3)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial; also its torch threads")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0,
+                   help="GPUs per trial; fractions that divide one GPU (0.5, 0.25, ...) share it")
+    p.add_argument("--max-concurrent", type=int,
+                   help="trials running at once (default: as many as the resources allow)")
+    p.add_argument("--address",
+                   help="Ray cluster to join: 'auto' (the one running on this node) or HEAD_IP:6379 (default: "
+                        "$RAY_ADDRESS when set, as in a Ray job; else a new local Ray)")
+    p.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="give up joining a cluster after this long (default 30)")
+    p.add_argument("--wait-for-resources", type=float, default=0.0, metavar="SECONDS",
+                   help="let trials wait up to this long for nodes that fit them (nodes you add by hand); with "
+                        "an autoscaler they always wait for the nodes it can add (default 0: refuse at once)")
+    p.add_argument("--storage-path", default="ray_results",
+                   help="where experiments go: a local folder, a shared filesystem or a URI (s3://bucket/path, "
+                        "gs://..., file:///...; S3 options in the query, e.g. ?endpoint_override=HOST:PORT)")
+    p.add_argument("--study-storage", metavar="URL",
+                   help="where the Optuna study lives: an SQLAlchemy URL (postgresql://..., sqlite:///...) or a "
+                        "journal file path (default: sqlite EXPERIMENT/optuna.db for a local storage path, in "
+                        "memory for a URI)")
+    p.add_argument("--name", help="experiment name (default: siamese-<space>-<time>)")
+    p.add_argument("--resume", metavar="EXPERIMENT",
+                   help="continue an interrupted experiment folder; finished trials are not run again")
+    p.add_argument("--seed", type=int, default=0, help="seed of the searcher and of every trial")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="fix a Config value for every trial, e.g. --set image_size=96 (repeatable)")
+    p.add_argument("--export-dir", help="also copy the export (EXPERIMENT/export) to this local folder")
+    p.add_argument("--no-retrain", action="store_true", help="stop after the search: no retrain, test or export")
+    p.add_argument("--ensemble", type=int, default=0, metavar="K",
+                   help="also test and export the mean of the top K trials' own models (K >= 2; exported to "
+                        "EXPERIMENT/export-ensemble, or EXPORT_DIR-ensemble)")
+    p.add_argument("--retrain-cpus", type=float, default=0.0,
+                   help="CPUs of the retrain task (default: what the search used at once, up to one node's)")
+    p.add_argument("--retrain-gpus", type=float,
+                   help="GPUs of the retrain task, which runs on a worker node (default: --gpus-per-trial)")
+    p.add_argument("--max-failures", type=int, default=3, help="restarts of a failing trial before it errors")
+    p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard (bound to 127.0.0.1)")
+    args = p.parse_args(argv)
+    args.argv = None if argv is None else [str(a) for a in argv]  # None: the real command line (sys.argv)
+    args.prog = prog
+    return args
+
+
+def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, Any]:
+    """The recipe; returns (summary as written to final.json, retrained model), or (None, None) if interrupted."""
+    from . import cluster, storage
+    from .data import load_data
+    from .finish import finish_search
+    from .search import interrupted, tuner_for
+    from .settings import check_targets, prepare
+
+    settings, preset = prepare(args, defaults=vars(parse_args([], args.prog)))  # every option and space value
+    data = load_data(Config.from_dict(settings.base, source="search settings"))  # the data are input too
+    print(data.summary(), flush=True)
+    check_targets(settings, args.export_dir, new=not args.resume)  # the first thing written
+    with storage.experiment_lock(settings.experiment_path):
+        cluster.connect(args.address, args.connect_timeout, args.dashboard)
+        settings = cluster.fit_resources(settings, args.wait_for_resources)
+        tuner = tuner_for(settings, preset, data, resume=bool(args.resume))
+        print_start(settings)
+        started = time.time()
+        results = tuner.fit()
+        search_seconds = time.time() - started
+        if interrupted(results, settings.num_samples):
+            # Ctrl-C: Tune saved its state; finishing now would retrain the best of a half-searched space.
+            print(f"\nSearch interrupted; nothing was retrained or exported. Continue it with: "
+                  f"{rerun(args.prog)} --resume {settings.experiment_path}", flush=True)
+            return None, None
+        summary, model = finish_search(settings, results, data, args.export_dir, retrain=not args.no_retrain,
+                                ensemble=args.ensemble, search_seconds=search_seconds, resumed=bool(args.resume))
+    print_summary(summary, preset, settings)
+    return summary, model
+
+
+def print_start(settings: Any) -> None:
+    from .study import redact
+
+    print(f"Experiment: {settings.experiment_path} ({settings.num_samples} trials, "
+          f"{settings.max_concurrent} at once)", flush=True)
+    if settings.study_storage:
+        print(f"Optuna study {settings.name!r} in {redact(settings.study_storage)}", flush=True)
+
+
+def print_summary(summary: dict[str, Any], preset: Any, settings: Any) -> None:
+    print("\nBest configuration (val loss {:.4f} at epoch {}):".format(summary["best_val_loss"],
+                                                                       summary["best_epoch"]))
+    print(json.dumps({k: summary["best_config"][k] for k in sorted(preset.space)}, indent=2))
+    if "test" in summary:
+        test = summary["test"]
+        print(f"Retrained on train+val for {summary['epochs']} epochs (node {summary['retrain_node'][:12]}); "
+              f"test: accuracy {test['accuracy']:.4f}, accuracy at val threshold "
+              f"{test['accuracy_at_threshold']:.4f}, AUC {test['auc']:.4f}")
+        print(f"Exported to {summary['export']}" + (f" and {summary['export_copy']}" if "export_copy" in summary
+                                                     else ""))
+    if "ensemble" in summary:
+        ens = summary["ensemble"]
+        print(f"Ensemble of the top {len(ens['members'])} trials' own models; test: accuracy "
+              f"{ens['test']['accuracy']:.4f}, accuracy at val threshold {ens['test']['accuracy_at_threshold']:.4f}, "
+              f"AUC {ens['test']['auc']:.4f}; exported to {ens['export']}")
+    if "identity_overlap" in summary:
+        overlap = summary["identity_overlap"]
+        print(f"WARNING: {overlap['shared_identities']} of the {overlap['test_identities']} test identities also "
+              "appear in training (allow_identity_overlap): the test scores above overstate verification of "
+              "unseen people")
+    print(f"Trials: {summary['trials']} ({summary['errored_trials']} errored)")
+    print(f"Analyse it: python -m analysis {settings.experiment_path}")
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "run_search.py") -> int:
+    try:
+        summary, _ = run(parse_args(argv, prog))
+    except InputError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0 if summary is not None else 130
