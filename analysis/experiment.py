@@ -17,43 +17,11 @@ import pyarrow.fs
 
 from tune_siamese import storage
 from tune_siamese.errors import InputError
-from tune_siamese.names import (
-    ASHA_STOPPED,
-    DIVERGED,
-    ERRORED,
-    FINAL_FILE,
-    FINISHED,
-    PENDING,
-    RUNNING,
-    SETTINGS_FILE,
-    VAL_LOSS,
-)
+from tune_siamese.names import FINAL_FILE, SETTINGS_FILE, VAL_LOSS, trial_status
 
 # Columns of `Experiment.trials`; the hyperparameters come right after trial_id.
 TRIAL_COLUMNS = ["trial_id", "status", "tune_status", "epochs", "best_val_loss", "best_epoch", "last_val_loss",
                  "best_val_accuracy", "best_val_auc", "wall_time_s", "node"]
-
-
-def trial_status(tune_status: str | None, epochs: int, best_epoch: int | None, diverged: bool,
-                 max_epochs: int, patience: int) -> str:
-    """Our status from Tune's recorded one, which says TERMINATED for every trial that ended without error.
-
-    ERROR -> errored; PENDING -> pending; RUNNING, PAUSED or not yet in Tune's state file -> running (also
-    after an interrupted search). TERMINATED -> diverged if the trial reported diverged=1; finished if it ran
-    max_epochs or its own early stopping ended it (patience epochs without a better val loss); otherwise only
-    ASHA can have ended it sooner -> asha_stopped.
-    """
-    if tune_status == "ERROR":
-        return ERRORED
-    if tune_status == "PENDING":
-        return PENDING
-    if tune_status != "TERMINATED":
-        return RUNNING
-    if diverged:
-        return DIVERGED
-    if epochs >= max_epochs or (best_epoch is not None and epochs - best_epoch >= patience):
-        return FINISHED
-    return ASHA_STOPPED
 
 
 class ExperimentFiles:

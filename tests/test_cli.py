@@ -41,7 +41,13 @@ def trained(tmp_path_factory):
         code = cli.main(["train", "--data", "synthetic", "--config", str(config_file), "--out", str(out),
                          "--set", "max_epochs=1", "--set", "seed=3", "--export"])
     assert code == 0, stderr.getvalue()
-    return {"out": out, "summary": json.loads(stdout.getvalue()), "root": root}
+    return {"out": out, "summary": json.loads(stdout.getvalue()), "root": root, "stderr": stderr.getvalue()}
+
+
+def test_train_prints_each_epoch(trained):
+    epoch_lines = [line for line in trained["stderr"].splitlines() if line.startswith("epoch ")]
+    assert len(epoch_lines) == 1 and epoch_lines[0].startswith("epoch 1/1, train loss ")
+    assert "val loss" in epoch_lines[0] and "val AUC" in epoch_lines[0]
 
 
 def test_train_writes_checkpoint_and_metrics(trained):
@@ -196,3 +202,8 @@ def test_tune_siamese_search_is_run_search(tmp_path, capsys):
     assert done.returncode == 0, done.stderr[-3000:]
     settings = json.loads((tmp_path / "cli" / "search_settings.json").read_text())
     assert settings["command"].startswith("tune-siamese search --space smoke")
+    # the console: a progress line per trial, the live table with what the search ranks by, and none of the
+    # per-epoch checkpoint lines or per-trial config boxes that used to bury it
+    console = done.stdout + done.stderr
+    assert "[search] 1/1 trials ended" in console and "best val loss" in console
+    assert "Checkpoint successfully created" not in console and "started with configuration" not in console

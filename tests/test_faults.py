@@ -47,6 +47,7 @@ def test_errored_and_diverged_trials_leave_the_search_standing(ray_session, tmp_
         by_config[(frame["config"].iloc[0]["device"] if "config" in frame else None,
                    frame["config"].iloc[0]["lr"] if "config" in frame else None)] = frame
     assert summary["trials"] == 3 and summary["errored_trials"] == 1
+    assert summary["trial_statuses"] == {"errored": 1, "diverged": 1, "finished": 1}
     diverged = by_config[("cpu", 1e30)]
     assert diverged["diverged"].iloc[-1] == 1 and diverged["val_loss"].iloc[-1] == DIVERGED_LOSS
     good = by_config[("cpu", 1e-3)]

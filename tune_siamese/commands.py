@@ -17,7 +17,7 @@ import torch
 from . import data as data_mod
 from .checkpoint import export_model, load_model, save_checkpoint
 from .config import Config, parse_overrides
-from .engine import Diverged, images_on, pair_metrics, predict, resolve_device, train_and_test
+from .engine import Diverged, images_on, pair_metrics, predict, print_epochs, resolve_device, train_and_test
 from .errors import InputError
 from .model import EnsembleNet
 from .oneshot import one_shot_accuracy
@@ -71,7 +71,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     data = data_mod.load_data(config)
     print(data.summary(), file=sys.stderr)
     try:
-        result, report = train_and_test(config, data)
+        result, report = train_and_test(config, data, on_epoch=print_epochs("", config.max_epochs))
     except Diverged as exc:
         print(f"{PROG}: training diverged: {exc}", file=sys.stderr)
         return 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -276,6 +277,22 @@ def fit(config: Config, data: PairData, on_epoch: EpochCallback | None = None,
     elif not validate:
         result.best_epoch = len(result.history)
     return result
+
+
+def epoch_line(metrics: dict[str, Any], epochs: int) -> str:
+    """One console line for an epoch: losses, validation AUC and time."""
+    parts = [f"epoch {metrics['epoch']}/{epochs}", f"train loss {metrics['train_loss']:.4f}"]
+    if "val_loss" in metrics:
+        parts += [f"val loss {metrics['val_loss']:.4f} (best {metrics['best_val_loss']:.4f})",
+                  f"val AUC {metrics['val_auc']:.3f}"]
+    return ", ".join(parts) + f", {metrics['epoch_seconds']:.1f} s"
+
+
+def print_epochs(prefix: str, epochs: int) -> EpochCallback:
+    """An on_epoch callback that prints `epoch_line` (to stderr, beside the results on stdout)."""
+    def on_epoch(metrics: dict[str, Any], state: Any) -> None:
+        print(f"{prefix}{epoch_line(metrics, epochs)}", file=sys.stderr, flush=True)
+    return on_epoch
 
 
 def val_and_test(model: torch.nn.Module, images: torch.Tensor, data: PairData, config: Config) -> dict[str, Any]:

@@ -22,10 +22,10 @@ from .checkpoint import as_trained, export_ensemble, export_model, load_checkpoi
 from .cluster import alive_nodes
 from .config import Config
 from .data import PairData
-from .engine import evaluate, fit, images_on, resolve_device, val_and_test
+from .engine import evaluate, fit, images_on, print_epochs, resolve_device, val_and_test
 from .errors import InputError
 from .model import EnsembleNet, build_model
-from .names import FINAL_FILE, MODE, STATE_FILE, VAL_LOSS
+from .names import FINAL_FILE, MODE, STATE_FILE, VAL_LOSS, trial_status
 from .settings import SearchSettings
 
 
@@ -59,16 +59,35 @@ def retrain_and_test(config: Config, data: PairData, epochs: int, trial_model: A
     model is fitted for the same epochs to choose it.
     """
     if trial_model is None:
-        trial_model = fit(config, data, validate=False, epochs=epochs).model
+        trial_model = fit(config, data, validate=False, epochs=epochs,
+                          on_epoch=print_epochs("[threshold model] ", epochs)).model
     device = resolve_device(config)
     images = images_on(device, data.images)
     trial_scores = val_and_test(trial_model.to(device), images, data, config)
     threshold = trial_scores["val"]["threshold_logit"]
     full = replace(data, train=np.concatenate([data.train, data.val]))
-    model = fit(config, full, validate=False, epochs=epochs).model
+    model = fit(config, full, validate=False, epochs=epochs, on_epoch=print_epochs("[retrain] ", epochs)).model
     test = evaluate(model, images, data.test, config, threshold=threshold, with_roc=True)
     # final.json keeps its key "searched_model_test" for the trial's own model
     return model, {"test": test, "searched_model_test": trial_scores["test"], "epochs": epochs}
+
+
+def status_counts(results: tune.ResultGrid) -> dict[str, int]:
+    """How many trials finished, were stopped by ASHA, diverged or errored (names.trial_status's rule)."""
+    counts: dict[str, int] = {}
+    for result in (results[i] for i in range(len(results))):
+        frame = result.metrics_dataframe
+        config = Config.from_dict(dict(result.config or {}), source="trial config")
+        diverged = bool(frame is not None and "diverged" in frame and frame["diverged"].fillna(0).max() > 0)
+        epochs, best = 0, None
+        if frame is not None and "epoch" in frame and VAL_LOSS in frame:
+            rows = frame[frame["epoch"].notna() & frame[VAL_LOSS].notna()]  # a diverged trial's last row has neither
+            if len(rows):
+                epochs, best = int(rows["epoch"].max()), int(rows.loc[rows[VAL_LOSS].idxmin(), "epoch"])
+        status = trial_status("ERROR" if result.error is not None else "TERMINATED", epochs, best, diverged,
+                              config.max_epochs, config.patience)
+        counts[status] = counts.get(status, 0) + 1
+    return counts
 
 
 def top_trials(results: tune.ResultGrid, k: int) -> list[tuple[tune.Result, float]]:
@@ -180,7 +199,8 @@ def finish_search(settings: SearchSettings, results: tune.ResultGrid, data: Pair
     config = Config.from_dict(dict(best.config or {}), source="best trial")
     summary: dict[str, Any] = {"best_config": config.to_dict(), "best_epoch": epoch, "best_val_loss": loss,
                                "best_trial": Path(best.path).name, "experiment": settings.experiment_path,
-                               "trials": len(results), "errored_trials": len(results.errors)}
+                               "trials": len(results), "errored_trials": len(results.errors),
+                               "trial_statuses": status_counts(results)}
     if "identity_overlap" in data.info:  # allowed by allow_identity_overlap: the test score is not clean
         summary["identity_overlap"] = data.info["identity_overlap"]
     options = task_options(settings)

@@ -15,6 +15,28 @@ BEST_VAL_LOSS = "best_val_loss"  # the best so far: the Optuna searcher learns f
 MODE = "min"
 DIVERGED_LOSS = 10.0  # reported by a diverged trial: finite, so the searcher ranks it as bad instead of failing
 
-# A trial's status as the analysis reports it (analysis.experiment.trial_status gives the rule)
+# A trial's status as the search's summary and the analysis report it (trial_status gives the rule)
 FINISHED, ASHA_STOPPED, DIVERGED, ERRORED, RUNNING, PENDING = (
     "finished", "asha_stopped", "diverged", "errored", "running", "pending")
+
+
+def trial_status(tune_status: str | None, epochs: int, best_epoch: int | None, diverged: bool,
+                 max_epochs: int, patience: int) -> str:
+    """Our status from Tune's recorded one, which says TERMINATED for every trial that ended without error.
+
+    ERROR -> errored; PENDING -> pending; RUNNING, PAUSED or not yet in Tune's state file -> running (also
+    after an interrupted search). TERMINATED -> diverged if the trial reported diverged=1; finished if it ran
+    max_epochs or its own early stopping ended it (patience epochs without a better val loss); otherwise only
+    ASHA can have ended it sooner -> asha_stopped.
+    """
+    if tune_status == "ERROR":
+        return ERRORED
+    if tune_status == "PENDING":
+        return PENDING
+    if tune_status != "TERMINATED":
+        return RUNNING
+    if diverged:
+        return DIVERGED
+    if epochs >= max_epochs or (best_epoch is not None and epochs - best_epoch >= patience):
+        return FINISHED
+    return ASHA_STOPPED

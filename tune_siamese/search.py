@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,8 @@ from .names import BEST_VAL_LOSS, DIVERGED_LOSS, MODE, SETTINGS_FILE, STATE_FILE
 from .settings import SearchSettings
 from .study import open_study_storage
 
+LIVE_TABLE_METRICS = (VAL_LOSS, BEST_VAL_LOSS, "val_auc", "val_accuracy")
+
 
 def train_siamese(config: dict[str, Any], data: PairData) -> None:
     """Ray Tune function trainable: fit one configuration, report every epoch, resume from a checkpoint."""
@@ -36,12 +41,16 @@ def train_siamese(config: dict[str, Any], data: PairData) -> None:
             resume = load_checkpoint(Path(folder) / STATE_FILE)
 
     node = ray.get_runtime_context().get_node_id()
+    # One line per trial per epoch saying a checkpoint was written buries the console; failures still log.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
 
     def on_epoch(metrics: dict[str, Any], state: Any) -> None:
         # A checkpoint every epoch (Tune keeps only the newest), so a killed worker loses one epoch at most.
         with tempfile.TemporaryDirectory() as folder:
             save_checkpoint(state(), Path(folder) / STATE_FILE)
-            tune.report({**metrics, "node_id": node}, checkpoint=tune.Checkpoint.from_directory(folder))
+            # Tune's live table shows the first few metrics of a report: the ones the search ranks by first.
+            shown = {key: metrics[key] for key in LIVE_TABLE_METRICS if key in metrics}
+            tune.report({**shown, **metrics, "node_id": node}, checkpoint=tune.Checkpoint.from_directory(folder))
 
     try:
         fit(cfg, data, on_epoch=on_epoch, resume=resume)
@@ -86,6 +95,46 @@ class CompletionWatch(tune.Callback):
         self.cut_short = {t.trial_id for t in trials if t.trial_id not in self.ended}
 
 
+class SearchProgress(tune.Callback):
+    """One line each time a trial ends: how many of N have ended (errored ones counted), how many run, the
+    elapsed time and a rough time left (elapsed per ended trial, times the trials left)."""
+
+    def __init__(self, num_samples: int) -> None:
+        self.num_samples = num_samples
+        self.started = time.monotonic()
+        self.ended = self.errored = self.ended_before = 0
+        self.counted = False
+
+    def setup(self, stop: Any = None, num_samples: Any = None, total_num_samples: Any = None, **info: Any) -> None:
+        self.started, self.ended, self.errored, self.ended_before, self.counted = time.monotonic(), 0, 0, 0, False
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if not self.counted:  # a resumed search: the trials that ended before count, not their time
+            self.ended_before = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+            self.counted = True
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._report(trials, trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.errored += 1
+        self._report(trials, trial)
+
+    def _report(self, trials: list, ending: Any) -> None:
+        self.ended += 1
+        elapsed = time.monotonic() - self.started
+        running = sum(t.status == "RUNNING" and t is not ending for t in trials)
+        left = self.num_samples - self.ended_before - self.ended
+        eta = f", about {_minutes(elapsed / self.ended * left)} left" if left > 0 else ""
+        errored = f" ({self.errored} errored)" if self.errored else ""
+        print(f"[search] {self.ended_before + self.ended}/{self.num_samples} trials ended{errored}, {running} running; "
+              f"{_minutes(elapsed)} elapsed{eta}", flush=True)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
 def interrupted(results: tune.ResultGrid, num_samples: int) -> bool:
     """True when the search did not run every trial to its own end (see CompletionWatch)."""
     watch = CompletionWatch.latest
@@ -99,7 +148,8 @@ def build_trainable(settings: SearchSettings, data: PairData) -> Any:
 
 
 def build_tuner(settings: SearchSettings, data: PairData, space: dict[str, Any],
-                points: list[dict[str, Any]]) -> tune.Tuner:
+                points: list[dict[str, Any]], verbose: int = 1) -> tune.Tuner:
+    """verbose: Tune's console, 0 silent, 1 the live status table, 2 also each trial's results, 3 everything."""
     # Fixed values ride along as constants in the param space, so each trial's config is complete.
     param_space = {**settings.base, **space}
     sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=max(2, settings.num_samples // 4))
@@ -123,12 +173,24 @@ def build_tuner(settings: SearchSettings, data: PairData, space: dict[str, Any],
                                     reuse_actors=True,
                                     trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
         run_config=tune.RunConfig(
-            name=settings.name, storage_path=settings.storage_path,
+            name=settings.name, storage_path=settings.storage_path, verbose=verbose,
+            progress_reporter=live_table(list(space)),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[CompletionWatch()],
+            callbacks=[CompletionWatch(), SearchProgress(settings.num_samples)],
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         ),
     )
+
+
+def live_table(searched: list[str]) -> tune.CLIReporter:
+    """Tune's table of trials: the searched values and what the search ranks by, best trial first, every 30 s.
+
+    Ray's newer console prints each trial's whole config when it starts and cannot be narrowed to columns;
+    this reporter is the one RunConfig(progress_reporter=...) takes (it needs RAY_AIR_NEW_OUTPUT=0)."""
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    metrics = {"epoch": "epoch", VAL_LOSS: "val loss", BEST_VAL_LOSS: "best val loss", "val_auc": "val AUC"}
+    return tune.CLIReporter(metric_columns=metrics, parameter_columns=searched, max_report_frequency=30,
+                            metric=BEST_VAL_LOSS, mode=MODE, sort_by_metric=True, max_progress_rows=30)
 
 
 def restore_tuner(settings: SearchSettings, data: PairData) -> tune.Tuner:
@@ -136,10 +198,11 @@ def restore_tuner(settings: SearchSettings, data: PairData) -> tune.Tuner:
                               resume_unfinished=True, resume_errored=True)
 
 
-def tuner_for(settings: SearchSettings, preset: Any, data: PairData, resume: bool) -> tune.Tuner:
-    """A new search (its settings saved first, for --resume and the analysis) or the interrupted one."""
+def tuner_for(settings: SearchSettings, preset: Any, data: PairData, resume: bool, verbose: int = 1) -> tune.Tuner:
+    """A new search (its settings saved first, for --resume and the analysis) or the interrupted one (which keeps
+    the console verbosity it was started with)."""
     if resume:
         return restore_tuner(settings, data)
     storage.write_text(storage.child(settings.experiment_path, SETTINGS_FILE),
                        json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
-    return build_tuner(settings, data, preset.space, preset.points)
+    return build_tuner(settings, data, preset.space, preset.points, verbose)

@@ -76,6 +76,10 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "run_search.py") -
                    help="GPUs of the retrain task, which runs on a worker node (default: --gpus-per-trial)")
     p.add_argument("--max-failures", type=int, default=3, help="restarts of a failing trial before it errors")
     p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard (bound to 127.0.0.1)")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more console: -v each trial's results and Optuna's log, -vv everything Tune prints")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no live table: only the progress lines and the summary")
     args = p.parse_args(argv)
     args.argv = None if argv is None else [str(a) for a in argv]  # None: the real command line (sys.argv)
     args.prog = prog
@@ -97,7 +101,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, Any]:
     with storage.experiment_lock(settings.experiment_path):
         cluster.connect(args.address, args.connect_timeout, args.dashboard)
         settings = cluster.fit_resources(settings, args.wait_for_resources)
-        tuner = tuner_for(settings, preset, data, resume=bool(args.resume))
+        tuner = tuner_for(settings, preset, data, resume=bool(args.resume), verbose=tune_verbosity(args))
         print_start(settings)
         started = time.time()
         results = tuner.fit()
@@ -111,6 +115,14 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, Any]:
                                 ensemble=args.ensemble, search_seconds=search_seconds, resumed=bool(args.resume))
     print_summary(summary, preset, settings)
     return summary, model
+
+
+def tune_verbosity(args: argparse.Namespace) -> int:
+    """Tune's verbose level from -q/-v; Optuna logs only warnings unless -v."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.INFO if args.verbose else optuna.logging.WARNING)
+    return 0 if args.quiet else min(3, 1 + args.verbose)
 
 
 def print_start(settings: Any) -> None:
@@ -143,7 +155,10 @@ def print_summary(summary: dict[str, Any], preset: Any, settings: Any) -> None:
         print(f"WARNING: {overlap['shared_identities']} of the {overlap['test_identities']} test identities also "
               "appear in training (allow_identity_overlap): the test scores above overstate verification of "
               "unseen people")
-    print(f"Trials: {summary['trials']} ({summary['errored_trials']} errored)")
+    statuses = ", ".join(f"{count} {status.replace('_', ' ')}" for status, count in summary["trial_statuses"].items())
+    wall = summary["wall_seconds"]
+    print(f"Trials: {summary['trials']} ({statuses}); best: {summary['best_trial']}")
+    print(f"Wall time: search {wall['search']:.0f} s, retrain/test/export {wall['retrain_test_export']:.0f} s")
     print(f"Analyse it: python -m analysis {settings.experiment_path}")
 
 
