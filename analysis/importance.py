@@ -63,7 +63,8 @@ def _contains(distribution: BaseDistribution, value: Any) -> bool:
 
 
 def importances(exp: Experiment, evaluator: optuna.importance.BaseImportanceEvaluator | None = None) -> pd.Series:
-    """One importance per hyperparameter (0 for one that never varied), largest first, summing to 1.
+    """One importance per hyperparameter (0 for one that never varied), largest first, summing to 1;
+    `.attrs["trials"]` says how many trials they rest on.
 
     The default evaluator is fANOVA with a fixed seed, so a report is reproducible; pass any other of
     optuna.importance's evaluators to compare.
@@ -86,7 +87,9 @@ def importances(exp: Experiment, evaluator: optuna.importance.BaseImportanceEval
     except RuntimeError as exc:  # fANOVA: "zero total variance" when no hyperparameter ever varied
         raise InputError(f"cannot rank hyperparameters ({exc})", exp.path) from None
     series = pd.Series({h: float(scores.get(h, 0.0)) for h in exp.hyperparameters}, name="importance")
-    return series.sort_values(ascending=False)
+    series = series.sort_values(ascending=False)
+    series.attrs["trials"] = len(params)  # what the shares rest on
+    return series
 
 
 def _study(params: list[dict[str, Any]], values: list[float],

@@ -53,7 +53,11 @@ def report(experiment_path: str | Path, out_dir: str | Path | None = None, color
         lines += [f"Not computed: {exc}", ""]
     else:
         chart = plots.importance_chart(importance, out / "importance.png", f"Hyperparameter importance, {exp.name}")
-        lines += ["fANOVA (Optuna) on each trial's best val loss; shares of the explained variance.", "",
+        trials = importance.attrs["trials"]
+        caution = (f" **With {trials} trials these shares are rough (fANOVA wants about {FEW_TRIALS} or more): "
+                   "read them as hints.**" if trials < FEW_TRIALS else "")
+        lines += [f"fANOVA (Optuna) on the best val loss of {trials} trials; shares of the explained variance."
+                  + caution, "",
                   _table(pd.DataFrame({"hyperparameter": importance.index,
                                        "importance": importance.to_numpy()})), "",
                   f"![Hyperparameter importance]({chart.name})", ""]
@@ -91,7 +95,8 @@ def _final_section(exp: Experiment, out: Path) -> list[str]:
     other = summary.get("searched_model_test") or {}  # the best trial's own model, trained on train only
     ensemble = (summary.get("ensemble") or {}).get("test") or {}
     rows = [("test loss (BCE)", "loss"), ("test accuracy (logit > 0)", "accuracy"),
-            ("test accuracy at the val-chosen threshold", "accuracy_at_threshold"), ("test AUC", "auc")]
+            ("test accuracy at the val-chosen threshold", "accuracy_at_threshold"), ("test AUC", "auc"),
+            ("TAR at FAR 1e-2", "tar_at_far_0.01"), ("TAR at FAR 1e-3", "tar_at_far_0.001")]
     columns = {"retrained on train + val": test, "best trial's model (train only)": other}
     if ensemble:
         columns[f"ensemble of the top {len(summary['ensemble']['members'])} trials"] = ensemble
@@ -101,6 +106,9 @@ def _final_section(exp: Experiment, out: Path) -> list[str]:
     return lines + [f"Retrained on train + val for {summary.get('epochs')} epoch(s), then scored once on the test "
                     f"pairs; exported to `{summary.get('export')}`.", "", _table(table), "",
                     f"![Test ROC curve]({roc.name})", ""]
+
+
+FEW_TRIALS = 20  # below this, importances move a lot from one search to the next
 
 
 def _table(frame: pd.DataFrame) -> str:

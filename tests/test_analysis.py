@@ -134,6 +134,7 @@ def test_importance_one_value_per_hyperparameter_summing_to_one(exp):
     assert sorted(importance.index) == sorted(exp.hyperparameters)
     assert (importance >= 0).all()
     assert importance.sum() == pytest.approx(1.0, abs=1e-6)
+    assert importance.attrs["trials"] == len(exp.trials) == 6  # what the shares rest on
 
 
 def test_compare_one_row_per_experiment(experiment, smoke_search):
@@ -157,6 +158,9 @@ def test_report_writes_tables_and_valid_pngs(report_dir, exp):
     summary = exp.summary
     for scores in (summary["test"], summary["searched_model_test"], summary["ensemble"]["test"]):
         assert f"{scores['auc']:.4g}" in table  # retrained, the trial's own model, the ensemble
+    tar = [line for line in final.splitlines() if line.startswith("| TAR at FAR 1e-2")][0]
+    assert f"{summary['test']['tar_at_far_0.01']:.4g}" in tar  # what face verification reports, in the report too
+    assert "best val loss of 6 trials" in text and "With 6 trials these shares are rough" in text
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert sorted(links) == ["importance.png", "learning_curves.png", "loss_vs_hyperparameters.png", "roc.png"]
     for name in links:

@@ -257,3 +257,14 @@ def test_one_shot_accuracy_of_a_trained_model_beats_chance(learned, tiny_config)
                                 trials=300, seed=0)
     assert metrics["ways"] == 5 and metrics["trials"] == 300 and metrics["chance"] == 0.2
     assert metrics["accuracy"] > 0.3  # measured 0.56
+
+
+def test_tar_at_far_reads_the_roc_at_the_false_accept_rate():
+    from tune_siamese.engine import pair_metrics, tar_at_far
+
+    fpr, tpr = np.array([0.0, 0.005, 0.02, 1.0]), np.array([0.1, 0.4, 0.7, 1.0])
+    assert tar_at_far(fpr, tpr, 1e-2) == 0.4 and tar_at_far(fpr, tpr, 1e-3) == 0.1
+    assert tar_at_far(np.array([0.5, 1.0]), np.array([0.9, 1.0]), 1e-2) == 0.0  # no threshold that strict
+    labels = np.array([1, 1, 0, 0])
+    metrics = pair_metrics(labels, np.array([3.0, 1.0, 2.0, -1.0]), 0.0, with_roc=True)
+    assert metrics["tar_at_far_0.01"] == 0.5 and metrics["tar_at_far_0.001"] == 0.5  # 3.0 beats every false pair

@@ -182,7 +182,21 @@ def pair_metrics(labels: np.ndarray, logits: np.ndarray, threshold: float | None
     if with_roc:
         fpr, tpr, _ = roc_curve(labels, logits)
         metrics["roc_fpr"], metrics["roc_tpr"] = fpr.tolist(), tpr.tolist()
+        for far in TAR_AT_FAR:
+            metrics[f"tar_at_far_{far:g}"] = tar_at_far(fpr, tpr, far)
     return metrics
+
+
+# What face verification reports: the share of same-person pairs accepted when at most this share of
+# different-person pairs is.
+TAR_AT_FAR = (1e-2, 1e-3)
+
+
+def tar_at_far(fpr: np.ndarray, tpr: np.ndarray, far: float) -> float:
+    """The true accept rate at the best threshold whose false accept rate is at most `far` (ROC points; with 500
+    different-person pairs a FAR of 1e-3 means no false accept at all)."""
+    allowed = fpr <= far
+    return float(tpr[allowed].max()) if allowed.any() else 0.0
 
 
 def evaluate(model: torch.nn.Module, images: torch.Tensor, pairs: np.ndarray, config: Config,
