@@ -46,6 +46,12 @@ def report(experiment_path: str | Path, out_dir: str | Path | None = None, color
         scatter = plots.loss_vs_hyperparameters(exp, out / "loss_vs_hyperparameters.png")
         lines += ["## Validation loss against each hyperparameter", "",
                   f"![Best validation loss against each hyperparameter]({scatter.name})", ""]
+    if len(plots.trial_spans(exp)):
+        history = plots.optimisation_history(exp, out / "optimisation_history.png")
+        timeline = plots.trial_timeline(exp, out / "trial_timeline.png")
+        lines += ["## Optimisation history and timeline", "",
+                  f"![Best val loss per trial and best so far, by trial and by wall time]({history.name})", "",
+                  f"![When each trial ran, coloured by how it ended]({timeline.name})", ""]
     lines += ["## Hyperparameter importance", ""]
     try:
         importance = exp.importance()

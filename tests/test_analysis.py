@@ -137,6 +137,16 @@ def test_importance_one_value_per_hyperparameter_summing_to_one(exp):
     assert importance.attrs["trials"] == len(exp.trials) == 6  # what the shares rest on
 
 
+def test_trial_spans_give_every_trial_its_time_on_the_cluster(exp):
+    from analysis import plots
+
+    spans = plots.trial_spans(exp)
+    assert sorted(spans["trial_id"]) == sorted(exp.trials["trial_id"]) and spans["start"].min() == 0
+    assert (spans["end"] > spans["start"]).all() and spans["start"].is_monotonic_increasing
+    # trials ran side by side (4 at once on the session's declared GPU): some trial starts while another runs
+    assert any(((spans["start"] < row.start) & (spans["end"] > row.start)).any() for row in spans.itertuples())
+
+
 def test_compare_one_row_per_experiment(experiment, smoke_search):
     table = analysis.compare([experiment, experiment])
     assert len(table) == 2
@@ -162,7 +172,8 @@ def test_report_writes_tables_and_valid_pngs(report_dir, exp):
     assert f"{summary['test']['tar_at_far_0.01']:.4g}" in tar  # what face verification reports, in the report too
     assert "best val loss of 6 trials" in text and "With 6 trials these shares are rough" in text
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    assert sorted(links) == ["importance.png", "learning_curves.png", "loss_vs_hyperparameters.png", "roc.png"]
+    assert sorted(links) == ["importance.png", "learning_curves.png", "loss_vs_hyperparameters.png",
+                             "optimisation_history.png", "roc.png", "trial_timeline.png"]
     for name in links:
         data = (report_dir / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 5000, name
