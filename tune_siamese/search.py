@@ -194,6 +194,7 @@ def live_table(searched: list[str]) -> tune.CLIReporter:
 
 
 def restore_tuner(settings: SearchSettings, data: PairData) -> tune.Tuner:
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the saved run config holds live_table's reporter: keep using it
     return tune.Tuner.restore(settings.experiment_path, trainable=build_trainable(settings, data),
                               resume_unfinished=True, resume_errored=True)
 
