@@ -45,9 +45,7 @@ def trial_model(checkpoint: tune.Checkpoint | None, config: Config) -> Any:
         return None
     with checkpoint.as_directory() as folder:
         state = load_checkpoint(Path(folder) / STATE_FILE)
-    model = build_model(config)
-    model.load_state_dict(state["best_model"])
-    return as_trained(model, config)
+    return _rebuilt(config, state["best_model"])
 
 
 def retrain_and_test(config: Config, data: PairData, epochs: int, trial_model: Any = None
@@ -72,19 +70,28 @@ def retrain_and_test(config: Config, data: PairData, epochs: int, trial_model: A
     return model, {"test": test, "searched_model_test": trial_scores["test"], "epochs": epochs}
 
 
+def _each(results: tune.ResultGrid) -> Any:
+    """The results one by one (a ResultGrid indexes but declares no iterator)."""
+    return (results[i] for i in range(len(results)))
+
+
+def _diverged(frame: Any) -> bool:
+    """Whether a trial's reports say it diverged (its last report has diverged=1)."""
+    return bool(frame is not None and "diverged" in frame and frame["diverged"].fillna(0).max() > 0)
+
+
 def status_counts(results: tune.ResultGrid) -> dict[str, int]:
     """How many trials finished, were stopped by ASHA, diverged or errored (names.trial_status's rule)."""
     counts: dict[str, int] = {}
-    for result in (results[i] for i in range(len(results))):
+    for result in _each(results):
         frame = result.metrics_dataframe
         config = Config.from_dict(dict(result.config or {}), source="trial config")
-        diverged = bool(frame is not None and "diverged" in frame and frame["diverged"].fillna(0).max() > 0)
         epochs, best = 0, None
         if frame is not None and "epoch" in frame and VAL_LOSS in frame:
             rows = frame[frame["epoch"].notna() & frame[VAL_LOSS].notna()]  # a diverged trial's last row has neither
             if len(rows):
                 epochs, best = int(rows["epoch"].max()), int(rows.loc[rows[VAL_LOSS].idxmin(), "epoch"])
-        status = trial_status("ERROR" if result.error is not None else "TERMINATED", epochs, best, diverged,
+        status = trial_status("ERROR" if result.error is not None else "TERMINATED", epochs, best, _diverged(frame),
                               config.max_epochs, config.patience)
         counts[status] = counts.get(status, 0) + 1
     return counts
@@ -93,11 +100,11 @@ def status_counts(results: tune.ResultGrid) -> dict[str, int]:
 def top_trials(results: tune.ResultGrid, k: int) -> list[tuple[tune.Result, float]]:
     """The k trials with the lowest val loss at any epoch (errored, diverged and unreported trials left out)."""
     ranked = []
-    for result in (results[i] for i in range(len(results))):
+    for result in _each(results):
         frame = result.metrics_dataframe
         if result.error is not None or frame is None or VAL_LOSS not in frame or frame[VAL_LOSS].isna().all():
             continue
-        if "diverged" in frame and frame["diverged"].fillna(0).max() > 0:
+        if _diverged(frame):
             continue
         ranked.append((result, float(frame[VAL_LOSS].min())))
     ranked.sort(key=lambda pair: pair[1])
