@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Score a checkpoint file or an export folder. Default: the test pairs of "
                               "--data (loaded with the model's own image settings), at the model's stored "
                               "decision threshold. --pairs scores an LFW pair list instead; --one-shot runs "
-                              "Koch's N-way one-shot evaluation on an identity-folder dataset.")
+                              "Koch's N-way one-shot evaluation: seeded random trials on an identity-folder dataset, "
+                              "or Lake's fixed 20-way Omniglot runs (all_runs/runNN/class_labels.txt).")
     evaluate.add_argument("source", metavar="SOURCE", help="checkpoint file (checkpoint.pt) or export folder")
     evaluate.add_argument("--data", metavar="PATH|synthetic|lfw",
                           help=_data_help("default: the data the model was trained on"))
@@ -70,10 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--pairs", metavar="FILE", help="LFW pair list (pairsDevTest.txt format: header N, N same "
                       "then N different lines); images come from --data's LFW folder")
     mode.add_argument("--one-shot", metavar="ROOT", dest="one_shot",
-                      help="identity-folder dataset (one sub-folder of images per identity) for N-way one-shot")
-    evaluate.add_argument("--ways", type=_at_least(2), default=20, help="candidates per one-shot trial (default 20)")
-    evaluate.add_argument("--trials", type=_at_least(1), default=400, help="one-shot trials (default 400)")
-    evaluate.add_argument("--seed", type=int, default=0, help="seed that draws the one-shot trials (default 0)")
+                      help="identity-folder dataset (one sub-folder of images per identity) for N-way one-shot, "
+                           "or Lake's Omniglot one-shot runs: the all_runs folder (runNN/class_labels.txt, "
+                           "training/, test/) or a folder holding it; the layout is detected")
+    # Default None: an explicit --ways/--trials/--seed is refused for the fixed runs, which these do not apply to.
+    evaluate.add_argument("--ways", type=_at_least(2), help="candidates per one-shot trial (default 20; identity "
+                          "folders only)")
+    evaluate.add_argument("--trials", type=_at_least(1), help="one-shot trials (default 400; identity folders only)")
+    evaluate.add_argument("--seed", type=int, help="seed that draws the one-shot trials (default 0; identity "
+                          "folders only)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
 
     verify = sub.add_parser("verify", help="same person or not, for two image files",

@@ -20,7 +20,7 @@ from .config import Config, parse_overrides
 from .engine import Diverged, images_on, pair_metrics, predict, print_epochs, resolve_device, train_and_test
 from .errors import InputError
 from .model import EnsembleNet
-from .oneshot import one_shot_accuracy
+from .oneshot import one_shot_report
 
 PROG = "tune-siamese"
 
@@ -113,12 +113,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.one_shot is not None:
         if isinstance(model, EnsembleNet):  # one-shot compares embeddings; an ensemble has one per member
             raise InputError("option --one-shot needs a single model, not an ensemble export", args.source)
-        files = data_mod.identity_folder_files(Path(args.one_shot))
-        paths = [p for name in files for p in files[name]]
-        identity = np.array([i for i, name in enumerate(files) for _ in files[name]], dtype=np.int64)
-        images = data_mod.decode_images(paths, config.image_size, config.crop)
-        metrics = one_shot_accuracy(model, images_on(device, images), identity, config, args.ways, args.trials,
-                                    args.seed)
+        metrics = one_shot_report(model, Path(args.one_shot), config, device, args.ways, args.trials, args.seed)
         metrics = {"source": str(args.source), "data": str(args.one_shot), **metrics}
     elif args.pairs is not None:
         if args.data is None:
