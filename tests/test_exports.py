@@ -101,20 +101,20 @@ def empty_sums(export: Path, outside: Path):
 
 def duplicate_entry(export: Path, outside: Path):
     write_sums(export, [*listed(export), "model.safetensors"])
-    return export / "SHA256SUMS", [":5:", "model.safetensors is listed twice (first on line 1)"]
+    return export / "SHA256SUMS", [f":{len(listed(export))}:", "model.safetensors is listed twice (first on line 1)"]
 
 
 def entry_leaving_the_folder(export: Path, outside: Path):
     (export.parent / "outside").write_text("not part of the export\n")
     with open(export / "SHA256SUMS", "a") as fh:  # a correct checksum: only the place is wrong
         fh.write(f"{sha256(export.parent / 'outside')}  ../outside\n")
-    return export / "SHA256SUMS", [":5:", "../outside leaves the export folder"]
+    return export / "SHA256SUMS", [f":{len(listed(export))}:", "../outside leaves the export folder"]
 
 
 def absolute_entry(export: Path, outside: Path):
     with open(export / "SHA256SUMS", "a") as fh:
         fh.write(f"{sha256(outside)}  {outside}\n")
-    return export / "SHA256SUMS", [":5:", f"{outside} leaves the export folder"]
+    return export / "SHA256SUMS", [f":{len(listed(export))}:", f"{outside} leaves the export folder"]
 
 
 def weights_symlinked_outside(export: Path, outside: Path):

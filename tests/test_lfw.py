@@ -4,15 +4,21 @@ fails them."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+from helpers import REPO, cli_json
 
+from tune_siamese import cli
 from tune_siamese import data as data_mod
+from tune_siamese.checkpoint import export_model
 from tune_siamese.data import default_lfw_root, load_data, parse_pair_list
-from tune_siamese.engine import train_and_test
+from tune_siamese.engine import fit, train_and_test
 
 pytestmark = pytest.mark.lfw
 
@@ -74,3 +80,44 @@ def test_one_epoch_on_real_faces(lfw, lfw_root, tiny_config):
     for split in ("val", "test"):
         assert all(math.isfinite(report[split][k]) for k in ("loss", "auc", "accuracy_at_threshold"))
     assert 0.0 <= report["test"]["accuracy_at_threshold"] <= 1.0
+
+
+SNIPPET_MARK = "<!-- plain-torch snippet"
+# Runs a script in a fresh interpreter, then fails if anything it ran imported this package.
+RUN_WITHOUT_PACKAGE = ("import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__'); "
+                       "assert not [m for m in sys.modules if m.startswith('tune_siamese')], 'imported tune_siamese'")
+
+
+def readme_snippet() -> str:
+    after_mark = (REPO / "README.md").read_text().split(SNIPPET_MARK, 1)[1]
+    return after_mark.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def run_snippet(code: str, folder, *args) -> dict:
+    script = folder / "plain_verify.py"
+    script.write_text(code)
+    done = subprocess.run([sys.executable, "-c", RUN_WITHOUT_PACKAGE, str(script), *map(str, args)], cwd=folder,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_readme_plain_torch_snippet_matches_verify(lfw, lfw_root, tiny_config, tmp_path):
+    """The README's snippet (torch, numpy, Pillow only) on the export's verifier.pt2 gives verify's probability,
+    with every preprocessing step in play: a face crop, a zoom, a resize to another input size, flip averaging."""
+    config = tiny_config(data=str(lfw_root), image_size=80, zoom=0.85, input_size=72, tta_flip=True, max_epochs=1)
+    model = fit(config, dataclasses.replace(lfw, train=lfw.train[:600]), validate=False).model
+    export = export_model(model, config.replace(crop=0.8), tmp_path / "export", threshold_logit=0.1)
+    code = readme_snippet()
+    assert len(code.strip().splitlines()) <= 10
+    people = sorted(p for p in (lfw_root / "lfw2").iterdir() if len(list(p.glob("*.jpg"))) >= 2)
+    same, other = sorted(people[0].glob("*.jpg"))[:2], sorted(people[1].glob("*.jpg"))[0]
+    plain = {}
+    for a, b in ((same[0], same[1]), (same[0], other)):
+        plain[b] = run_snippet(code, tmp_path, export, a, b)
+        verified = cli_json(cli.main, ["verify", str(export), str(a), str(b)])
+        assert plain[b]["probability_same"] == pytest.approx(verified["probability_same"], abs=1e-4)
+        assert plain[b]["same_person"] == verified["same_person"]
+    # The comparison can tell decodings apart: a bilinear resize instead of Lanczos moves the probability.
+    bilinear = run_snippet(code.replace("LANCZOS", "BILINEAR"), tmp_path, export, same[0], other)
+    assert abs(bilinear["probability_same"] - plain[other]["probability_same"]) > 1e-4

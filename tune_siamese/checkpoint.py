@@ -3,9 +3,12 @@
 An export directory holds:
   model.safetensors  weights            config.json   the whole Config
   model.pt2          torch.export graph metrics.json  test metrics and the decision threshold
+  verifier.pt2       torch.export graph of the pair pipeline: decoded uint8 images -> probability (model.Verifier)
+  preprocess.json    how to decode an image for verifier.pt2 (grayscale, crop, size, filter) and the threshold
   SHA256SUMS         checksums of all of the above
 An ensemble export holds member_1/, member_2/, ... (each an export as above), ensemble.json (the member
-folders and the ensemble's input config), metrics.json and SHA256SUMS over those and the members' SHA256SUMS.
+folders and the ensemble's input config), metrics.json, verifier.pt2, preprocess.json and SHA256SUMS over those
+and the members' SHA256SUMS.
 Loading refuses an export unless every file it reads is listed in SHA256SUMS and matches, every listed file
 matches and lies inside the export folder, and the configs, metrics and weights read are what this code writes.
 """
@@ -27,11 +30,12 @@ from safetensors.torch import save_file
 from . import storage
 from .config import Config
 from .errors import InputError
-from .model import EnsembleNet, SiameseNet, build_model
+from .model import EnsembleNet, ProbabilityVerifier, SiameseNet, build_model
 
 CHECKSUMS = "SHA256SUMS"
 ENSEMBLE_FILE = "ensemble.json"
 EXPORT_NEEDS = ("model.safetensors", "config.json", "metrics.json")  # what loading an export reads
+VERIFIER_FILES = ("verifier.pt2", "preprocess.json")  # for users without this package; loading does not read them
 ENSEMBLE_KEYS = {"members", "config"}
 _SUMS_LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](.+)")  # sha256sum's text ("  ") and binary (" *") forms
 
@@ -83,7 +87,8 @@ def export_model(model: SiameseNet, config: Config, out_dir: str | Path, metrics
     batch = torch.export.Dim("batch", min=1)
     graph = torch.export.export(model, example, dynamic_shapes=({0: batch}, {0: batch}))
     torch.export.save(graph, str(out / "model.pt2"))  # torch.export.load(...).module()(a, b) -> logits
-    _write_checksums(out, ["model.safetensors", "config.json", "metrics.json", "model.pt2"])
+    _export_verifier(model, config, out, threshold_logit)
+    _write_checksums(out, ["model.safetensors", "config.json", "metrics.json", "model.pt2", *VERIFIER_FILES])
     return out
 
 
@@ -98,8 +103,35 @@ def export_ensemble(ensemble: EnsembleNet, out_dir: str | Path, metrics: dict[st
     (out / ENSEMBLE_FILE).write_text(json.dumps({"members": folders, "config": ensemble.config.to_dict()},
                                                 indent=2) + "\n")
     _write_metrics(out, metrics, threshold_logit)
-    _write_checksums(out, [ENSEMBLE_FILE, "metrics.json", *(f"{folder}/{CHECKSUMS}" for folder in folders)])
+    _export_verifier(copy.deepcopy(ensemble).to("cpu").eval(), ensemble.config, out, threshold_logit)
+    _write_checksums(out, [ENSEMBLE_FILE, "metrics.json", *VERIFIER_FILES,
+                           *(f"{folder}/{CHECKSUMS}" for folder in folders)])
     return out
+
+
+def _export_verifier(model: SiameseNet | EnsembleNet, config: Config, out: Path, threshold_logit: float) -> None:
+    """verifier.pt2 (decoded images in, probability out) and preprocess.json, the decoding in front of it.
+
+    The decoding stays outside the graph: it is PIL's (EXIF rotation, grayscale, central crop, Lanczos resize)
+    and torch.export cannot trace PIL. The README's plain-torch snippet does exactly these steps."""
+    size = config.image_size
+    example = tuple(torch.randint(0, 256, (2, size, size), dtype=torch.uint8,
+                                  generator=torch.Generator().manual_seed(i)) for i in (1, 2))
+    batch = torch.export.Dim("batch", min=1)
+    graph = torch.export.export(ProbabilityVerifier(model, config).eval(), example,
+                                dynamic_shapes=({0: batch}, {0: batch}))
+    torch.export.save(graph, str(out / "verifier.pt2"))
+    recipe = {
+        "graph": "verifier.pt2: torch.export.load(path).module()(a, b) -> probability [batch] that a[i], b[i] "
+                 "show the same person; a, b: uint8 tensors [batch, size, size]",
+        "decode": "PIL: ImageOps.exif_transpose(Image.open(path)).convert('L'), then the central `crop` fraction "
+                  "(width and height rounded, offsets floored), then resize to size x size with LANCZOS",
+        "crop": config.crop, "size": size, "resample": "LANCZOS",
+        "in_graph": {"zoom": config.zoom, "input_size": config.model_input_size, "flip_averaging": config.tta_flip},
+        "threshold_logit": threshold_logit,
+        "threshold_probability": 0.5 * (1.0 + math.tanh(0.5 * threshold_logit)),  # sigmoid, no overflow
+    }
+    (out / "preprocess.json").write_text(json.dumps(recipe, indent=2) + "\n")
 
 
 def _write_metrics(out: Path, metrics: dict[str, Any] | None, threshold_logit: float) -> None:

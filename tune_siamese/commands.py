@@ -19,7 +19,7 @@ from .checkpoint import export_model, load_model, save_checkpoint
 from .config import Config, parse_overrides
 from .engine import Diverged, images_on, pair_metrics, predict, print_epochs, resolve_device, train_and_test
 from .errors import InputError
-from .model import EnsembleNet
+from .model import EnsembleNet, Verifier
 from .oneshot import one_shot_report
 
 PROG = "tune-siamese"
@@ -142,8 +142,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise InputError("image not found", path)
         decoded.append(data_mod.decode_image(path, config.image_size, config.crop))
-    images = images_on(torch.device("cpu"), np.stack(decoded))
-    logit = float(predict(model, images, np.array([[0, 1, 0]], dtype=np.int64), config)[0])
+    # fp32 on purpose (not the bf16 autocast of batch scoring): one pair costs nothing, and the exported
+    # verifier.pt2, which runs the same Verifier, then agrees with this to float precision.
+    a, b = (torch.from_numpy(image).unsqueeze(0) for image in decoded)
+    with torch.no_grad():
+        logit = float(Verifier(model.eval(), config)(a, b)[0])
     print(json.dumps({"probability_same": 1.0 / (1.0 + math.exp(-logit)), "logit": logit,
                       "threshold_logit": threshold, "same_person": logit >= threshold}, indent=2))
     return 0
