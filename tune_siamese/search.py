@@ -176,10 +176,41 @@ def build_tuner(settings: SearchSettings, data: PairData, space: dict[str, Any],
             name=settings.name, storage_path=settings.storage_path, verbose=verbose,
             progress_reporter=live_table(list(space)),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[CompletionWatch(), SearchProgress(settings.num_samples)],
+            callbacks=[CompletionWatch(), SearchProgress(settings.num_samples), *mlflow_logger(settings)],
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         ),
     )
+
+
+def mlflow_logger(settings: SearchSettings) -> list[tune.Callback]:
+    """With --mlflow, Ray Tune's own MLflow callback: an MLflow experiment named after the search, one run per
+    trial with its config as params and every epoch's metrics (step = epoch). It runs in the driver, and Tune
+    saves it with the run config, so a resumed search logs to the same store."""
+    if not settings.mlflow:
+        return []
+    # Not at the top: it imports mlflow (an optional extra, and a second of start-up in every trial worker).
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    class MLflowLogger(MLflowLoggerCallback):
+        """A resumed search continues each interrupted trial's MLflow run rather than opening a second one of the
+        same name: Tune saves this state (trial id -> run id) with the experiment and, on resume, hands it back
+        before setup(), which empties the callback's own map."""
+
+        resumed: dict[str, str] = {}
+
+        def get_state(self) -> dict[str, Any]:
+            return {"runs": {trial.trial_id: run for trial, run in getattr(self, "_trial_runs", {}).items()}}
+
+        def set_state(self, state: dict[str, Any]) -> None:
+            self.resumed = dict(state["runs"])
+
+        def log_trial_start(self, trial: Any) -> None:
+            if trial not in self._trial_runs and trial.trial_id in self.resumed:
+                self._trial_runs[trial] = self.resumed.pop(trial.trial_id)
+            super().log_trial_start(trial)
+
+    return [MLflowLogger(tracking_uri=settings.mlflow, experiment_name=settings.name,
+                         tags={"tune_siamese.experiment": settings.experiment_path})]
 
 
 def live_table(searched: list[str]) -> tune.CLIReporter:

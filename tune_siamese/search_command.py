@@ -60,6 +60,12 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "run_search.py") -
                         "journal file path (default: sqlite EXPERIMENT/optuna.db for a local storage path, in "
                         "memory for a URI)")
     p.add_argument("--name", help="experiment name (default: siamese-<space>-<time>)")
+    p.add_argument("--mlflow", metavar="URI",
+                   help="also log the search to MLflow: an MLflow experiment named like the search, one run per "
+                        "trial (its config, every epoch's metrics). A tracking URI (http://HOST:5000, "
+                        "sqlite:///PATH/mlflow.db, file:///PATH/mlruns) or a folder; folders and relative paths are "
+                        "made absolute file:// URIs (a resume or a Ray job logs to the same store). Needs MLflow: "
+                        'pip install "tune-siamese[mlflow]"')
     p.add_argument("--resume", metavar="EXPERIMENT",
                    help="continue an interrupted experiment folder; finished trials are not run again")
     p.add_argument("--seed", type=int, default=0, help="seed of the searcher and of every trial")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -16,13 +17,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from . import storage
 from .cluster import resolve_address
 from .config import Config, parse_overrides
 from .errors import InputError
 from .names import SETTINGS_FILE
-from .study import check_new_study, default_study_storage, open_study_storage
+from .study import check_new_study, default_study_storage, open_study_storage, redact
 
 
 @dataclass
@@ -46,6 +48,7 @@ class SearchSettings:
     study_storage: str = ""  # where the Optuna study lives: an SQLAlchemy URL, a journal file, "" = in memory
     retrain_cpus: float = 0.0  # 0: what the search used at once, up to one node's CPUs
     retrain_gpus: float | None = None  # None: a trial's share
+    mlflow: str = ""  # MLflow tracking URI each trial is logged to (absolute); "" = no MLflow
 
     @property
     def experiment_path(self) -> str:
@@ -103,9 +106,52 @@ def build_settings(args: argparse.Namespace) -> tuple[SearchSettings, Any]:
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent or 0, seed=args.seed,
         storage_path=storage_path, name=name, max_failures=args.max_failures,
         study_storage=args.study_storage or default_study_storage(storage_path, name),
-        retrain_cpus=args.retrain_cpus, retrain_gpus=args.retrain_gpus,
+        retrain_cpus=args.retrain_cpus, retrain_gpus=args.retrain_gpus, mlflow=mlflow_uri(args.mlflow),
         command=" ".join([rerun(args.prog), shlex.join(sys.argv[1:] if args.argv is None else args.argv)]).strip())
     return settings, preset
+
+
+def mlflow_uri(value: str | None) -> str:
+    """--mlflow as an absolute tracking URI: a folder becomes file:///abs/folder and a relative SQLite file an
+    absolute one, so that a resumed search, or a Ray job (whose driver runs in a temporary copy of the code), logs
+    to the same store."""
+    if value is None:
+        return ""
+    if not value.strip():
+        raise InputError("option --mlflow needs a tracking URI or a folder")
+    if value.startswith("sqlite:///") and not value.startswith("sqlite:////"):
+        return f"sqlite:///{Path(value.removeprefix('sqlite:///')).expanduser().resolve()}"
+    return value if storage.is_uri(value) else Path(value).expanduser().resolve().as_uri()
+
+
+def require_mlflow(uri: str, source: str) -> None:
+    """MLflow is an optional extra: without it, stop before any Ray work rather than in Ray's MLflow callback (or
+    in unpickling a resumed search's state, which holds that callback)."""
+    if uri and importlib.util.find_spec("mlflow") is None:
+        raise InputError(f'{source} needs MLflow, which is not installed: pip install "tune-siamese[mlflow]"')
+
+
+def check_mlflow_store(uri: str, experiment: str) -> None:
+    """Open the MLflow tracking store now (a server must answer, a folder or database must take writes) and look
+    up the experiment: Ray's callback reuses one of that name, and fails on one that was deleted."""
+    if uri.startswith("file://"):
+        # MLflow 3 keeps folder stores in maintenance mode and refuses them unless told; one asked for is meant.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    # One try, 10 s at most: by default MLflow retries an unreachable server for minutes.
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    try:
+        from mlflow.tracking import MlflowClient
+
+        if uri.startswith("sqlite:///"):
+            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        with mock.patch.dict(os.environ, quick):
+            found = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
+    except Exception as exc:  # noqa: BLE001 - scheme, driver, network or permission: all mean "cannot use it"
+        reason = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:300]
+        raise InputError(f"option --mlflow={redact(uri)}: cannot use it ({reason})") from None
+    if found is not None and found.lifecycle_stage == "deleted":
+        raise InputError(f"option --mlflow={redact(uri)}: the MLflow experiment {experiment!r} was deleted; restore "
+                         "it (mlflow experiments restore) or choose another --name")
 
 
 def check_numbers(args: argparse.Namespace) -> None:
@@ -204,12 +250,14 @@ def check_targets(settings: SearchSettings, export_dir: str | None, new: bool) -
         check_new_study(settings.study_storage, settings.name)
     else:
         open_study_storage(settings.study_storage)
+    if settings.mlflow:
+        check_mlflow_store(settings.mlflow, settings.name)
 
 
 # Options that shape a search; a resumed search keeps its own (from search_settings.json).
 RESUME_KEEPS = ("data", "space", "num_samples", "max_epochs", "grace_period", "reduction_factor", "cpus_per_trial",
                 "gpus_per_trial", "max_concurrent", "storage_path", "study_storage", "name", "seed", "set",
-                "max_failures", "retrain_cpus", "retrain_gpus")
+                "max_failures", "retrain_cpus", "retrain_gpus", "mlflow")
 
 
 def check_resume_options(args: argparse.Namespace, defaults: dict[str, Any]) -> None:
@@ -227,8 +275,10 @@ def prepare(args: argparse.Namespace, defaults: dict[str, Any]) -> tuple[SearchS
     if args.resume:
         check_resume_options(args, defaults)
         settings = load_resume_settings(args.resume)
+        require_mlflow(settings.mlflow, f"this experiment logs to MLflow ({redact(settings.mlflow)}) and")
         preset = get_preset(settings.space)
     else:
+        require_mlflow(mlflow_uri(args.mlflow), "option --mlflow")
         settings, preset = build_settings(args)
     if args.ensemble == 1 or args.ensemble < 0:
         raise InputError(f"option --ensemble={args.ensemble} must be 0 (off) or at least 2")
