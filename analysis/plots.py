@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.cm import ScalarMappable
-from matplotlib.colors import LogNorm, Normalize
+from matplotlib.colors import ListedColormap, LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
@@ -162,6 +163,138 @@ def loss_vs_hyperparameters(exp: Experiment, path: str | Path) -> Path:
     return _save(fig, path)
 
 
+LOSS_AXIS = "best val loss"
+NO_LOSS = 1.1  # where a trial without a val loss (diverged at once, errored) meets the loss axis, above its top
+
+
+def parallel_axes(exp: Experiment) -> tuple[pd.DataFrame, dict[str, tuple[list[float], list[str]]]]:
+    """Each trial's searched values and best val loss on axes scaled to [0, 1], one row per trial (index
+    trial_id; columns the hyperparameters, then LOSS_AXIS; NaN where there is no value), and each axis's ticks:
+    (positions, the real values as text). Categorical axes space the choices seen evenly, in the space's order;
+    log axes are scaled on log10; numeric axes span the searched range (the values seen for an inferred space)."""
+    from .importance import distributions
+
+    kinds, spaces = axis_kinds(exp), distributions(exp)
+    trials = exp.trials.set_index("trial_id")
+    frame = pd.DataFrame(index=trials.index)
+    ticks: dict[str, tuple[list[float], list[str]]] = {}
+    for name in exp.hyperparameters:
+        values = trials[name]
+        if kinds.get(name, "categorical") == "categorical":
+            names = categories(exp, name, values.dropna())
+            spots = [i / (len(names) - 1) if len(names) > 1 else 0.5 for i in range(len(names))]
+            frame[name] = [spots[names.index(str(v))] if not _missing(v) else math.nan for v in values]
+            ticks[name] = (spots, names)
+            continue
+        log = kinds[name] == "log"
+        numbers = values.astype(float)
+        space = spaces.get(name)
+        low = float(getattr(space, "low", numbers.min()))
+        high = float(getattr(space, "high", numbers.max()))
+        scale = np.log10 if log else (lambda x: x)
+        frame[name], ticks[name] = _scaled(scale(numbers), scale(low), scale(high), log)
+    losses = trials["best_val_loss"].astype(float)
+    finite = losses[np.isfinite(losses)]
+    low, high = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+    frame[LOSS_AXIS], ticks[LOSS_AXIS] = _scaled(losses.where(np.isfinite(losses)), low, high, False)
+    return frame, ticks
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _scaled(values: pd.Series, low: float, high: float, log: bool) -> tuple[pd.Series, tuple[list[float], list[str]]]:
+    """Values (already on log10 for a log axis) to [0, 1] between low and high, and ticks labelled with the real
+    values: whole decades and both ends on a log axis, five even steps otherwise."""
+    if high <= low:
+        return values * 0 + 0.5, ([0.5], [_number(10 ** low if log else low)])
+    if log:
+        near = 0.15 * (high - low)  # a decade this close to an end would print over it
+        marks = [low, *(float(d) for d in range(math.ceil(low), math.floor(high) + 1)
+                        if min(d - low, high - d) > near), high]
+    else:
+        marks = [float(m) for m in np.linspace(low, high, 5)]
+    spots = [float((m - low) / (high - low)) for m in marks]
+    return (values - low) / (high - low), (spots, [_number(10 ** m if log else m) for m in marks])
+
+
+def _number(value: float) -> str:
+    return f"{value:.2g}" if abs(value) < 1e-2 or abs(value) >= 1e4 else f"{value:.4g}"
+
+
+def parallel_coordinates(exp: Experiment, path: str | Path) -> Path:
+    """One line per trial through its searched values to its best val loss, coloured by that loss (darkest is
+    best); ASHA-stopped, diverged and errored trials thin and faint, the best trial outlined in gold."""
+    from matplotlib import patheffects
+
+    frame, ticks = parallel_axes(exp)
+    columns = list(frame.columns)
+    trials = exp.trials.set_index("trial_id")
+    fig = Figure(figsize=(max(8.0, 1.5 * len(columns) + 2.5), 5.8), layout="constrained")
+    ax = fig.add_subplot()
+    losses = trials["best_val_loss"].astype(float)
+    finite = losses[np.isfinite(losses)]
+    low, high = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+    # dark = low loss; viridis without its palest yellow, which vanishes on white in a faint line
+    cmap = ListedColormap(colormaps["viridis"](np.linspace(0.0, 0.85, 256)))
+    mappable = ScalarMappable(Normalize(low, high if high > low else low + 1e-9), cmap)
+    x = np.arange(len(columns))
+    best = exp.best(1)
+    top = best.iloc[0]["trial_id"] if len(best) else None
+    # worst first, so the best lines lie on top; trials without a loss first of all
+    for trial_id in losses.fillna(np.inf).sort_values(ascending=False).index:
+        y = frame.loc[trial_id].to_numpy(dtype=float, copy=True)
+        loss = losses[trial_id]
+        if not np.isfinite(loss):
+            y[-1] = NO_LOSS
+        status = trials.at[trial_id, "status"]
+        colour = mappable.to_rgba(loss) if np.isfinite(loss) else "grey"
+        if trial_id == top:
+            ax.plot(x, y, color=colour, linewidth=3, zorder=4, path_effects=[
+                patheffects.Stroke(linewidth=6.5, foreground="gold"), patheffects.Normal()])
+        elif status in (FINISHED, RUNNING):  # ran its course (or still runs): full strength
+            ax.plot(x, y, color=colour, linewidth=1.8, alpha=0.9, zorder=3)
+        else:  # cut short: thin and faint, with the learning curves' line style and end marker
+            style, marker = STYLES[status]
+            ax.plot(x, y, color=colour, linewidth=1.0, alpha=0.5, linestyle=style, zorder=2)
+            if marker:
+                ax.plot(x[-1], y[-1], marker=marker, color=colour, markeredgecolor="black", markersize=6,
+                        alpha=0.8, zorder=3)
+    if (~np.isfinite(losses)).any():
+        spots, labels = ticks[LOSS_AXIS]
+        ticks[LOSS_AXIS] = ([*spots, NO_LOSS], [*labels, "no val loss"])
+    for i, name in enumerate(columns):
+        ax.axvline(i, color="black", linewidth=0.8, zorder=1)
+        for spot, label in zip(*ticks[name]):
+            ax.plot([i - 0.03, i], [spot, spot], color="black", linewidth=0.8)
+            ax.text(i - 0.05, spot, label, fontsize=7.5, ha="right", va="center", zorder=6,
+                    bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.75, "pad": 0.5})
+    kinds = axis_kinds(exp)
+    ax.set_xticks(x, [n + (" (log)" if kinds.get(n) == "log" else "") for n in columns],
+                  rotation=20 if len(columns) > 6 else 0, ha="right" if len(columns) > 6 else "center")
+    ax.set_xlim(-0.55, len(columns) - 0.8)
+    ax.set_ylim(-0.05, NO_LOSS + 0.05 if (~np.isfinite(losses)).any() else 1.05)
+    ax.set_yticks([])
+    for side in ("left", "right", "top"):
+        ax.spines[side].set_visible(False)
+    fig.colorbar(mappable, ax=ax, label="best val loss (darker is better)", pad=0.01)
+    present = [s for s in STYLES if s in set(trials["status"])]
+    handles = []
+    for s in present:
+        line: Any = "-" if s in (FINISHED, RUNNING) else STYLES[s][0]
+        handles.append(Line2D([], [], color="grey", linewidth=1.8 if line == "-" else 1.0, label=LABELS[s],
+                              linestyle=line, marker=None if line == "-" else STYLES[s][1],
+                              markeredgecolor="black"))
+    if top is not None:
+        handles.append(Line2D([], [], color=cmap(0.0), linewidth=3, label=f"best trial {top}",
+                              path_effects=[patheffects.Stroke(linewidth=6.5, foreground="gold"),
+                                            patheffects.Normal()]))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5), fontsize=8)
+    fig.suptitle(f"Searched values and best val loss of {len(frame)} trials, {exp.name}")
+    return _save(fig, path)
+
+
 def importance_chart(importance: pd.Series, path: str | Path, title: str = "") -> Path:
     """Horizontal bars, the most important hyperparameter on top."""
     fig = Figure(figsize=(7, 0.5 * len(importance) + 1.6), layout="constrained")
@@ -176,25 +309,42 @@ def importance_chart(importance: pd.Series, path: str | Path, title: str = "") -
     return _save(fig, path)
 
 
-def roc_curve(final: dict[str, Any], path: str | Path, title: str = "") -> Path:
-    """The retrained model's ROC on the test pairs, with its AUC and accuracies."""
-    fig = Figure(figsize=(5.5, 5.5), layout="constrained")
+def roc_curve(final: dict[str, Any], path: str | Path, title: str = "",
+              trial: dict[str, Any] | None = None) -> Path:
+    """The test ROC of the retrained model and, when `trial` (final.json's "searched_model_test") has ROC points,
+    of the best trial's own model; each with its AUC and a marker where the val-chosen threshold puts it."""
+    fig = Figure(figsize=(6, 6), layout="constrained")
     ax = fig.add_subplot()
-    ax.plot(final["roc_fpr"], final["roc_tpr"], color="tab:blue", linewidth=2,
-            label=f"retrained model (AUC {final['auc']:.3f})")
-    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="chance (AUC 0.5)")
+    curves = [(final, "retrained on train + val", "tab:blue", "-")]
+    if trial and "roc_fpr" in trial:
+        curves.append((trial, "best trial's model (train only)", "tab:orange", "--"))
+    for scores, name, colour, style in curves:
+        ax.plot(scores["roc_fpr"], scores["roc_tpr"], color=colour, linestyle=style, linewidth=2,
+                label=f"{name} (AUC {scores['auc']:.3f})")
+        point = operating_point(scores)
+        if point is not None:
+            ax.plot(*point, marker="o", markersize=9, color=colour, markeredgecolor="black", linestyle="none",
+                    zorder=5, label=f"threshold (val-chosen): FPR {point[0]:.2f}, TPR {point[1]:.2f}, "
+                                    f"accuracy {scores['accuracy_at_threshold']:.3f}")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance (AUC 0.5)")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
     ax.set_aspect("equal")
     ax.set_xlabel("false positive rate (different-person pairs accepted)")
     ax.set_ylabel("true positive rate (same-person pairs accepted)")
-    accuracy = f"test accuracy {final['accuracy']:.3f}"
-    if "accuracy_at_threshold" in final:
-        accuracy += f", {final['accuracy_at_threshold']:.3f} at the val threshold"
-    ax.set_title(f"{title or 'Test ROC'}\nAUC {final['auc']:.3f}, {accuracy}", fontsize=10)
-    ax.legend(loc="lower right")
+    threshold = final.get("threshold_logit")
+    ax.set_title((title or "Test ROC") + (f"\ndots: the val-chosen threshold, logit {threshold:.3g}"
+                                          if threshold is not None and operating_point(final) else ""), fontsize=10)
+    ax.legend(loc="lower right", fontsize=7.5)
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def operating_point(scores: dict[str, Any]) -> tuple[float, float] | None:
+    """(FPR, TPR) at the val-chosen threshold, as final.json stores it; None for a final.json from before."""
+    if "threshold_fpr" not in scores or "threshold_tpr" not in scores:
+        return None
+    return float(scores["threshold_fpr"]), float(scores["threshold_tpr"])
 
 
 def trial_spans(exp: Experiment) -> pd.DataFrame:

@@ -46,6 +46,13 @@ def report(experiment_path: str | Path, out_dir: str | Path | None = None, color
         scatter = plots.loss_vs_hyperparameters(exp, out / "loss_vs_hyperparameters.png")
         lines += ["## Validation loss against each hyperparameter", "",
                   f"![Best validation loss against each hyperparameter]({scatter.name})", ""]
+        parallel = plots.parallel_coordinates(exp, out / "parallel_coordinates.png")
+        lines += ["## Parallel coordinates", "",
+                  "One line per trial, from its searched values to its best val loss (darker is lower); faint "
+                  "dashed or dotted lines are trials that ASHA stopped early, that diverged or that errored; the "
+                  "best trial is outlined in gold. Choices are spaced evenly in the space's order; log-scaled "
+                  "values on a log axis.", "",
+                  f"![Searched values and best val loss of every trial]({parallel.name})", ""]
     if len(plots.trial_spans(exp)):
         history = plots.optimisation_history(exp, out / "optimisation_history.png")
         timeline = plots.trial_timeline(exp, out / "trial_timeline.png")
@@ -108,10 +115,20 @@ def _final_section(exp: Experiment, out: Path) -> list[str]:
         columns[f"ensemble of the top {len(summary['ensemble']['members'])} trials"] = ensemble
     table = pd.DataFrame([{"metric": label, **{name: scores.get(key, math.nan) for name, scores in columns.items()}}
                           for label, key in rows])
-    roc = plots.roc_curve(test, out / "roc.png", f"Test ROC of the retrained model, {exp.name}")
+    roc = plots.roc_curve(test, out / "roc.png", f"Test ROC, {exp.name}", other)
+    notes = []
+    if "roc_fpr" not in other:
+        notes.append("The ROC shows the retrained model only: this final.json has no ROC points of the best "
+                     "trial's own model (written by an older version).")
+    if plots.operating_point(test) is None:
+        notes.append("No threshold marked: this final.json does not record where the val-chosen threshold falls "
+                     "on the test ROC (written by an older version).")
+    else:
+        notes.append("The dots mark where the decision threshold chosen on the val pairs (by the best trial's "
+                     "model) puts each model on its test ROC.")
     return lines + [f"Retrained on train + val for {summary.get('epochs')} epoch(s), then scored once on the test "
                     f"pairs; exported to `{summary.get('export')}`.", "", _table(table), "",
-                    f"![Test ROC curve]({roc.name})", ""]
+                    f"![Test ROC curves]({roc.name})", "", " ".join(notes), ""]
 
 
 FEW_TRIALS = 20  # below this, importances move a lot from one search to the next

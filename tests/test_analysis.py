@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import analysis
@@ -20,6 +21,21 @@ from tune_siamese.errors import InputError
 PNG = b"\x89PNG\r\n\x1a\n"
 TUNE_STATUS = {"finished": "TERMINATED", "asha_stopped": "TERMINATED", "diverged": "TERMINATED",
                "errored": "ERROR", "pending": "PENDING", "running": "RUNNING"}
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk, which follows the signature."""
+    assert data[12:16] == b"IHDR"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def distance_to_polyline(x: float, y: float, xs: list[float], ys: list[float]) -> float:
+    """The shortest distance from (x, y) to the line through the points (xs, ys), segment by segment."""
+    p = np.array([x, y])
+    a, b = np.column_stack([xs, ys])[:-1], np.column_stack([xs, ys])[1:]
+    length = ((b - a) ** 2).sum(axis=1)
+    t = np.clip(((p - a) * (b - a)).sum(axis=1) / np.where(length > 0, length, 1), 0, 1)
+    return float(np.sqrt(((a + t[:, None] * (b - a) - p) ** 2).sum(axis=1)).min())
 
 
 def result_rows(trial_folder: Path) -> list[dict]:
@@ -173,12 +189,69 @@ def test_report_writes_tables_and_valid_pngs(report_dir, exp):
     assert "best val loss of 6 trials" in text and "With 6 trials these shares are rough" in text
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert sorted(links) == ["importance.png", "learning_curves.png", "loss_vs_hyperparameters.png",
-                             "optimisation_history.png", "roc.png", "trial_timeline.png"]
+                             "optimisation_history.png", "parallel_coordinates.png", "roc.png", "trial_timeline.png"]
     for name in links:
         data = (report_dir / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 5000, name
+        width, height = png_size(data)
+        assert 300 <= width <= 3000 and 300 <= height <= 3000, (name, width, height)
+    assert "## Parallel coordinates" in text
+    assert "The dots mark where the decision threshold" in text and "older version" not in text
     assert len((report_dir / "trials.csv").read_text().splitlines()) == len(exp.trials) + 1
     assert len((report_dir / "history.csv").read_text().splitlines()) == len(exp.history) + 1
+
+
+def test_parallel_axes_are_the_searched_parameters_scaled_to_unit_range(exp):
+    from analysis import plots
+
+    frame, ticks = plots.parallel_axes(exp)
+    assert list(frame.columns) == [*exp.hyperparameters, plots.LOSS_AXIS] == list(ticks)
+    assert list(frame.index) == list(exp.trials["trial_id"])
+    values = frame.to_numpy(dtype=float)
+    assert ((values[np.isfinite(values)] >= 0) & (values[np.isfinite(values)] <= 1)).all()
+    losses = exp.trials.set_index("trial_id")["best_val_loss"]
+    assert frame.at[losses.idxmin(), plots.LOSS_AXIS] == 0 and frame.at[losses.idxmax(), plots.LOSS_AXIS] == 1
+    choices = [name for name, kind in plots.axis_kinds(exp).items() if kind == "categorical"]
+    assert len(choices) == 3  # batch_size, optimizer, batchnorm
+    for trial_id, config in exp.configs.items():  # a choice sits at the tick that names it
+        for name in choices:
+            spots, labels = ticks[name]
+            assert labels[spots.index(frame.at[trial_id, name])] == str(config[name])
+    # lr is log-uniform over [1e-4, 1e-2] in the smoke space: scaled on log10 over that range, ticked in real values
+    lr = exp.trials.set_index("trial_id")["lr"]
+    assert frame["lr"].to_numpy() == pytest.approx(((np.log10(lr) + 4) / 2).to_numpy())
+    assert [(spot, float(label)) for spot, label in zip(*ticks["lr"])] == pytest.approx(
+        [(0, 1e-4), (0.5, 1e-3), (1, 1e-2)])
+
+
+def test_roc_threshold_marks_a_point_on_each_curve(exp):
+    """final.json carries the ROC of the retrained model and of the best trial's own model, each with the point
+    the val-chosen threshold picks on it; that point lies on its curve (and a point off it does not)."""
+    from analysis import plots
+
+    for scores in (exp.summary["test"], exp.summary["searched_model_test"]):
+        assert len(scores["roc_fpr"]) == len(scores["roc_tpr"]) > 2
+        fpr, tpr = plots.operating_point(scores)
+        assert 0 < fpr < 1 and 0 < tpr < 1
+        assert distance_to_polyline(fpr, tpr, scores["roc_fpr"], scores["roc_tpr"]) < 1e-9
+        assert distance_to_polyline(fpr, min(tpr + 0.05, 1.0), scores["roc_fpr"], scores["roc_tpr"]) > 1e-3
+
+
+def test_an_older_final_json_draws_one_roc_with_a_note(exp, tmp_path):
+    """final.json from before: no ROC points for the best trial's model and no threshold points."""
+    import dataclasses
+
+    from analysis.report import _final_section
+
+    summary = json.loads(json.dumps(exp.summary))
+    for key in ("roc_fpr", "roc_tpr", "threshold_fpr", "threshold_tpr"):
+        summary["searched_model_test"].pop(key)
+    for key in ("threshold_fpr", "threshold_tpr"):
+        summary["test"].pop(key)
+    text = "\n".join(_final_section(dataclasses.replace(exp, summary=summary), tmp_path))
+    assert "retrained model only" in text and "No threshold marked" in text and "The dots mark" not in text
+    data = (tmp_path / "roc.png").read_bytes()
+    assert data.startswith(PNG) and len(data) > 5000
 
 
 def test_cli_writes_a_report(experiment, tmp_path, capsys):
