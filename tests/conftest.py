@@ -117,14 +117,14 @@ def ray_session(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smoke_search(ray_session, tmp_path_factory):
-    """One real search on synthetic data (6 trials, 0.25 GPU each on the declared GPU), shared by the search
-    and analysis tests."""
+    """One real search on synthetic data (6 trials, 0.25 GPU each on the declared GPU), logged to MLflow, shared
+    by the search, analysis and MLflow tests."""
     import run_search
 
     storage = tmp_path_factory.mktemp("ray_results")
     args = run_search.parse_args(["--space", "smoke", "--seed", "0", "--num-samples", "6", "--max-epochs", "3",
                                   "--grace-period", "1", "--reduction-factor", "2", "--cpus-per-trial", "1",
                                   "--gpus-per-trial", "0.25", "--storage-path", str(storage), "--name", "smoke",
-                                  "--ensemble", "2"])
+                                  "--ensemble", "2", "--mlflow", str(storage / "mlruns")])
     summary, model = run_search.run(args)
     return {"experiment": storage / "smoke", "summary": summary, "model": model}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import io
 
 import numpy as np
 import pytest
@@ -15,12 +16,14 @@ from tune_siamese.config import Config
 from tune_siamese.engine import (
     Diverged,
     best_threshold,
+    epoch_line,
     evaluate,
     fit,
     images_on,
     make_optimizer,
     pair_metrics,
     predict,
+    print_epochs,
     to_input,
     train_and_test,
 )
@@ -268,3 +271,22 @@ def test_tar_at_far_reads_the_roc_at_the_false_accept_rate():
     labels = np.array([1, 1, 0, 0])
     metrics = pair_metrics(labels, np.array([3.0, 1.0, 2.0, -1.0]), 0.0, with_roc=True)
     assert metrics["tar_at_far_0.01"] == 0.5 and metrics["tar_at_far_0.001"] == 0.5  # 3.0 beats every false pair
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_epoch_progress_is_a_bar_on_a_terminal_and_plain_lines_elsewhere():
+    metrics = [{"epoch": e, "train_loss": 0.5, "val_loss": 0.4, "best_val_loss": 0.4, "val_auc": 0.9,
+                "epoch_seconds": 1.0} for e in (1, 2)]
+    log, terminal = io.StringIO(), Terminal()
+    for stream in (log, terminal):
+        on_epoch = print_epochs("[retrain] ", 3, stream)
+        for row in metrics:
+            on_epoch(row, lambda: {})
+    assert log.getvalue().splitlines() == [f"[retrain] {epoch_line(row, 3)}" for row in metrics]  # no bar in logs
+    shown = terminal.getvalue()
+    assert all(epoch_line(row, 3) in shown for row in metrics)  # the lines stay above the bar
+    assert "2/3" in shown and "epoch" in shown and "\r" in shown  # the bar: epochs done of all, redrawn in place

@@ -15,25 +15,19 @@ from tune_siamese.errors import InputError
 from tune_siamese.settings import SearchSettings, check_mlflow_store, mlflow_uri
 
 
-def test_each_trial_is_an_mlflow_run_with_its_params_and_epochs(ray_session, tmp_path, monkeypatch):
+def test_each_trial_is_an_mlflow_run_with_its_params_and_epochs(smoke_search):
     from mlflow.tracking import MlflowClient
 
-    monkeypatch.chdir(tmp_path)  # "--mlflow mlruns" is relative to where the search starts
-    args = run_search.parse_args([*SMOKE, "--num-samples", "2", "--max-epochs", "2", "--grace-period", "2",
-                                  "--storage-path", str(tmp_path / "results"), "--name", "logged", "--no-retrain",
-                                  "-q", "--mlflow", "mlruns"])
-    summary, _ = run_search.run(args)
-    assert summary is not None
-    experiment = tmp_path / "results" / "logged"
-    uri = (tmp_path / "mlruns").as_uri()
+    experiment = smoke_search["experiment"]
+    uri = (experiment.parent / "mlruns").as_uri()
     assert json.loads((experiment / "search_settings.json").read_text())["mlflow"] == uri  # what a resume keeps
 
     client = MlflowClient(tracking_uri=uri)
-    found = client.get_experiment_by_name("logged")
+    found = client.get_experiment_by_name("smoke")
     assert found is not None
     runs = client.search_runs([found.experiment_id])
     frames = trial_frames(experiment)
-    assert len(runs) == len(frames) == 2
+    assert len(runs) == len(frames) == 6
     for run in runs:
         assert run.info.status == "FINISHED"
         assert {"lr", "batch_size", "optimizer", "batchnorm"} <= set(run.data.params)  # the searched values

@@ -9,6 +9,7 @@ installed (see the README's cluster section).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import socket
 import sys
@@ -89,6 +90,9 @@ def connect(option: str | None, timeout: float = CONNECT_TIMEOUT_S, dashboard: b
         # processes inherit it.
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
+        # Ray enables token auth for a new local Ray and says so in a warning on every run; the behaviour is
+        # right (and the ports are on 127.0.0.1 anyway), the line is noise. RAY_AUTH_MODE set by the user wins.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         kwargs: dict[str, Any] = {"include_dashboard": dashboard, "log_to_driver": True}
         if dashboard:
             kwargs["dashboard_host"] = "127.0.0.1"

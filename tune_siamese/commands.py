@@ -144,7 +144,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         decoded.append(data_mod.decode_image(path, config.image_size, config.crop))
     # fp32 on purpose (not the bf16 autocast of batch scoring): one pair costs nothing, and the exported
     # verifier.pt2, which runs the same Verifier, then agrees with this to float precision.
-    a, b = (torch.from_numpy(image).unsqueeze(0) for image in decoded)
+    a, b = (torch.tensor(image).unsqueeze(0) for image in decoded)
     with torch.no_grad():
         logit = float(Verifier(model.eval(), config)(a, b)[0])
     print(json.dumps({"probability_same": 1.0 / (1.0 + math.exp(-logit)), "logit": logit,

@@ -8,12 +8,13 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, cast
+from typing import Any, Callable, TextIO, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score, roc_curve
+from tqdm import tqdm
 
 from .augment import koch_affine
 from .config import Config
@@ -184,6 +185,10 @@ def pair_metrics(labels: np.ndarray, logits: np.ndarray, threshold: float | None
         metrics["roc_fpr"], metrics["roc_tpr"] = fpr.tolist(), tpr.tolist()
         for far in TAR_AT_FAR:
             metrics[f"tar_at_far_{far:g}"] = tar_at_far(fpr, tpr, far)
+        if threshold is not None:  # where the threshold sits on that curve, by the rule accuracy_at_threshold uses
+            accepted, same = logits >= threshold, labels > 0.5
+            metrics["threshold_fpr"] = float(accepted[~same].mean()) if (~same).any() else float("nan")
+            metrics["threshold_tpr"] = float(accepted[same].mean()) if same.any() else float("nan")
     return metrics
 
 
@@ -302,11 +307,23 @@ def epoch_line(metrics: dict[str, Any], epochs: int) -> str:
     return ", ".join(parts) + f", {metrics['epoch_seconds']:.1f} s"
 
 
-def print_epochs(prefix: str, epochs: int) -> EpochCallback:
-    """An on_epoch callback that prints `epoch_line` (to stderr, beside the results on stdout)."""
-    def on_epoch(metrics: dict[str, Any], state: Any) -> None:
-        print(f"{prefix}{epoch_line(metrics, epochs)}", file=sys.stderr, flush=True)
-    return on_epoch
+def print_epochs(prefix: str, epochs: int, stream: TextIO | None = None) -> EpochCallback:
+    """An on_epoch callback that prints `epoch_line` to stderr (beside the results on stdout); where stderr is a
+    terminal, under a progress bar over the epochs with an ETA. Logs, CI and Ray tasks get the plain lines."""
+    out = stream or sys.stderr
+    if not out.isatty():
+        def print_line(metrics: dict[str, Any], state: Any) -> None:
+            print(f"{prefix}{epoch_line(metrics, epochs)}", file=out, flush=True)
+        return print_line
+    bar = tqdm(total=epochs, desc=prefix.strip() or "training", unit="epoch", file=out, dynamic_ncols=True,
+               leave=False)  # the lines stay; the bar goes once training ends (early stopping ends it short)
+
+    def bar_and_line(metrics: dict[str, Any], state: Any) -> None:
+        bar.write(f"{prefix}{epoch_line(metrics, epochs)}", file=out)
+        bar.update(1)
+        if metrics["epoch"] >= epochs:
+            bar.close()
+    return bar_and_line
 
 
 def val_and_test(model: torch.nn.Module, images: torch.Tensor, data: PairData, config: Config) -> dict[str, Any]:

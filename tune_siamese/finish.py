@@ -22,7 +22,7 @@ from .checkpoint import as_trained, export_ensemble, export_model, load_checkpoi
 from .cluster import alive_nodes
 from .config import Config
 from .data import PairData
-from .engine import fit, images_on, pair_metrics, predict, print_epochs, resolve_device, val_and_test
+from .engine import evaluate, fit, images_on, print_epochs, resolve_device, val_and_test
 from .errors import InputError
 from .model import EnsembleNet, build_model
 from .names import FINAL_FILE, MODE, STATE_FILE, VAL_LOSS, trial_status
@@ -65,21 +65,9 @@ def retrain_and_test(config: Config, data: PairData, epochs: int, trial_model: A
     threshold = trial_scores["val"]["threshold_logit"]
     full = replace(data, train=np.concatenate([data.train, data.val]))
     model = fit(config, full, validate=False, epochs=epochs, on_epoch=print_epochs("[retrain] ", epochs)).model
-    labels = data.test[:, 2]
-    logits = predict(model, images, data.test, config)
-    test = {**pair_metrics(labels, logits, threshold, with_roc=True), **operating_point(logits, labels, threshold)}
-    # val_and_test scored the trial's model with ROC points but keeps no logits: one more pass for its point
-    searched = {**trial_scores["test"],
-                **operating_point(predict(trial_model, images, data.test, config), labels, threshold)}
+    test = evaluate(model, images, data.test, config, threshold=threshold, with_roc=True)
     # final.json keeps its key "searched_model_test" for the trial's own model
-    return model, {"test": test, "searched_model_test": searched, "epochs": epochs}
-
-
-def operating_point(logits: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
-    """Where the threshold puts a model on its ROC curve: the shares of different-person (FPR) and same-person
-    (TPR) pairs with logit >= threshold, the rule accuracy_at_threshold scores; for the report's ROC plot."""
-    accepted, same = logits >= threshold, labels > 0.5
-    return {"threshold_fpr": float(accepted[~same].mean()), "threshold_tpr": float(accepted[same].mean())}
+    return model, {"test": test, "searched_model_test": trial_scores["test"], "epochs": epochs}
 
 
 def _each(results: tune.ResultGrid) -> Any:

@@ -138,6 +138,8 @@ def print_start(settings: Any) -> None:
           f"{settings.max_concurrent} at once)", flush=True)
     if settings.study_storage:
         print(f"Optuna study {settings.name!r} in {redact(settings.study_storage)}", flush=True)
+    if settings.mlflow:
+        print(f"MLflow experiment {settings.name!r} in {redact(settings.mlflow)}", flush=True)
 
 
 def print_summary(summary: dict[str, Any], preset: Any, settings: Any) -> None:
