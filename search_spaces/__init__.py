@@ -24,7 +24,9 @@ class Preset:
     space: dict[str, Any]
     points: list[dict[str, Any]] = field(default_factory=list)  # starting points for the searcher
     fixed: dict[str, Any] = field(default_factory=dict)  # Config values shared by every trial
-    option_defaults: dict[str, Any] = field(default_factory=dict)  # for run_search.py's options (num_samples, ...)
+    # Defaults of run_search.py's options: num_samples, max_epochs, grace_period, reduction_factor, searcher
+    # ("tpe", "random", "gp", "cmaes", "qmc"), rung_metric ("last", "best", "avg3"), reproducible (bool)
+    option_defaults: dict[str, Any] = field(default_factory=dict)
     doc: str = ""
 
 
@@ -72,7 +74,9 @@ BEST_POINT = {"zoom": 0.65, "input_size": 80, "width": 0.25, "embedding": 4096, 
               "augment_strength": 1.0}  # Koch's head on a face crop, the usual Adam defaults
 BEST_FIXED = {"image_size": 112, "crop": 0.7, "batchnorm": True, "init": "torch", "optimizer": "adamw",
               "augment": True, "tta_flip": True, "patience": 6}
-BEST_OPTIONS = {"num_samples": 32, "max_epochs": 40, "grace_period": 4}
+# The searcher and ASHA's rung metric stay today's (TPE, the last epoch's val loss) until the search-efficiency
+# benchmark picks (issue 15).
+BEST_OPTIONS = {"num_samples": 32, "max_epochs": 40, "grace_period": 4, "searcher": "tpe", "rung_metric": "last"}
 
 PRESETS: dict[str, Preset] = {
     "default": Preset(

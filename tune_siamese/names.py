@@ -9,9 +9,12 @@ STUDY_FILE = "optuna.db"  # the default Optuna study storage (SQLite), in a loca
 STATE_FILE = "state.pt"  # inside each trial checkpoint: the resumable training state
 
 # Reported metrics, and who ranks trials by which
-VAL_LOSS = "val_loss"  # this epoch's: ASHA compares trials at equal epochs by it; the final pick takes its minimum
+VAL_LOSS = "val_loss"  # this epoch's: ASHA's default rung metric; the final pick takes its minimum
 BEST_VAL_LOSS = "best_val_loss"  # the best so far: the Optuna searcher learns from it (a trial that later
 #                                  overfits still found a good point)
+VAL_LOSS_AVG3 = "val_loss_avg3"  # the mean val loss of the last 3 epochs (of all of them before epoch 3)
+# --rung-metric: what ASHA compares trials at equal epochs by (this epoch's, the best so far, a moving average)
+RUNG_METRICS = {"last": VAL_LOSS, "best": BEST_VAL_LOSS, "avg3": VAL_LOSS_AVG3}
 MODE = "min"
 DIVERGED_LOSS = 10.0  # reported by a diverged trial: finite, so the searcher ranks it as bad instead of failing
 

@@ -16,7 +16,8 @@ from typing import Any
 import optuna
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from . import storage
@@ -24,7 +25,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
 from .data import PairData
 from .engine import Diverged, fit
-from .names import BEST_VAL_LOSS, DIVERGED_LOSS, MODE, SETTINGS_FILE, STATE_FILE, VAL_LOSS
+from .names import BEST_VAL_LOSS, DIVERGED_LOSS, MODE, RUNG_METRICS, SETTINGS_FILE, STATE_FILE, VAL_LOSS, VAL_LOSS_AVG3
 from .settings import SearchSettings
 from .study import open_study_storage
 
@@ -40,6 +41,8 @@ def train_siamese(config: dict[str, Any], data: PairData) -> None:
         with checkpoint.as_directory() as folder:
             resume = load_checkpoint(Path(folder) / STATE_FILE)
 
+    # The val losses so far (a resumed trial's from its checkpoint), for the moving average ASHA may judge by.
+    val_losses = [epoch[VAL_LOSS] for epoch in resume["history"]] if resume is not None else []
     node = ray.get_runtime_context().get_node_id()
     # One line per trial per epoch saying a checkpoint was written buries the console; failures still log.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
@@ -50,14 +53,17 @@ def train_siamese(config: dict[str, Any], data: PairData) -> None:
             save_checkpoint(state(), Path(folder) / STATE_FILE)
             # Tune's live table shows the first few metrics of a report: the ones the search ranks by first.
             shown = {key: metrics[key] for key in LIVE_TABLE_METRICS if key in metrics}
-            tune.report({**shown, **metrics, "node_id": node}, checkpoint=tune.Checkpoint.from_directory(folder))
+            val_losses.append(metrics[VAL_LOSS])
+            average = sum(val_losses[-3:]) / len(val_losses[-3:])
+            tune.report({**shown, **metrics, VAL_LOSS_AVG3: average, "node_id": node},
+                        checkpoint=tune.Checkpoint.from_directory(folder))
 
     try:
         fit(cfg, data, on_epoch=on_epoch, resume=resume)
     except Diverged as exc:
         # End cleanly with a bad-but-finite loss so the searcher learns "this region diverges".
-        tune.report({VAL_LOSS: DIVERGED_LOSS, BEST_VAL_LOSS: DIVERGED_LOSS, "val_accuracy": 0.5, "val_auc": 0.5,
-                     "diverged": 1,
+        tune.report({VAL_LOSS: DIVERGED_LOSS, BEST_VAL_LOSS: DIVERGED_LOSS, VAL_LOSS_AVG3: DIVERGED_LOSS,
+                     "val_accuracy": 0.5, "val_auc": 0.5, "diverged": 1,
                      "diverged_reason": str(exc)})
 
 
@@ -152,22 +158,29 @@ def build_tuner(settings: SearchSettings, data: PairData, space: dict[str, Any],
     """verbose: Tune's console, 0 silent, 1 the live status table, 2 also each trial's results, 3 everything."""
     # Fixed values ride along as constants in the param space, so each trial's config is complete.
     param_space = {**settings.base, **space}
-    sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=max(2, settings.num_samples // 4))
-    # TPE learns from a trial's best val loss (a trial that later overfits still found a good point);
-    # ASHA compares trials at the same epoch, by that epoch's val loss.
-    # The study is named after the experiment; with a storage it can be watched live (optuna-dashboard) and
-    # queried later, and a resumed search keeps writing to it (the searcher's saved state holds the storage).
-    searcher = OptunaSearch(sampler=sampler, points_to_evaluate=points or None, metric=BEST_VAL_LOSS, mode=MODE,
-                            study_name=settings.name, storage=open_study_storage(settings.study_storage))
-    scheduler = ASHAScheduler(time_attr="training_iteration", metric=VAL_LOSS, mode=MODE, max_t=settings.max_epochs,
-                              grace_period=settings.grace_period, reduction_factor=settings.reduction_factor)
+    # The searcher learns from a trial's best val loss whatever the rung metric: the search hands back the trial
+    # with the lowest val loss at any epoch (finish.best_trial), and a trial that later overfits still found a
+    # good point. The study is named after the experiment; with a storage it can be watched live
+    # (optuna-dashboard) and queried later, and a resumed search keeps writing to it (the searcher's saved state
+    # holds the storage).
+    optuna_search = OptunaSearch(sampler=build_sampler(settings), points_to_evaluate=points or None,
+                                 metric=BEST_VAL_LOSS, mode=MODE, study_name=settings.name,
+                                 storage=open_study_storage(settings.study_storage))
+    # The concurrency is explicit: OptunaSearch alone keeps one trial pending (ray #46965).
+    searcher: Searcher = optuna_search
+    max_concurrent: int | None = settings.max_concurrent
+    if settings.reproducible:
+        # Suggestions come in batches of max_concurrent, each after the whole previous batch has ended, so they
+        # depend on finished results only, never on the order in which these arrived. The limiter then holds the
+        # concurrency itself (Tune would wrap the searcher in a second one).
+        searcher = ConcurrencyLimiter(optuna_search, max_concurrent=max(1, settings.max_concurrent), batch=True)
+        max_concurrent = None
     return tune.Tuner(
         build_trainable(settings, data),
         param_space=param_space,
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=build_scheduler(settings),
                                     num_samples=settings.num_samples,
-                                    # Explicit: OptunaSearch alone keeps one trial pending (ray #46965).
-                                    max_concurrent_trials=settings.max_concurrent,
+                                    max_concurrent_trials=max_concurrent,
                                     # A new trial takes over a finished trial's process: no worker start-up,
                                     # torch import or data fetch per trial (fit resets seeds and threads).
                                     reuse_actors=True,
@@ -180,6 +193,35 @@ def build_tuner(settings: SearchSettings, data: PairData, space: dict[str, Any],
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         ),
     )
+
+
+def build_sampler(settings: SearchSettings) -> optuna.samplers.BaseSampler:
+    """--searcher: one of Optuna's samplers, seeded from --seed. TPE and GP start from a quarter of the trials
+    (at least 2) drawn at random; CMA-ES keeps Optuna's default (its first generation is its own exploration)."""
+    seed, startup = settings.seed, max(2, settings.num_samples // 4)
+    samplers = optuna.samplers
+    if settings.searcher == "random":
+        return samplers.RandomSampler(seed=seed)
+    if settings.searcher == "gp":  # needs scipy and torch (checked with the options)
+        return samplers.GPSampler(seed=seed, n_startup_trials=startup)
+    if settings.searcher == "cmaes":  # needs cmaes; models the ranges only, choices come from a random sampler
+        return samplers.CmaEsSampler(seed=seed)
+    if settings.searcher == "qmc":  # the seed acts only on a scrambled sequence
+        return samplers.QMCSampler(scramble=True, seed=seed)
+    # Multivariate TPE models the parameters jointly; the constant liar counts the trials still running as bad
+    # ones, so that trials suggested side by side spread out rather than repeat each other.
+    return samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, constant_liar=True)
+
+
+def build_scheduler(settings: SearchSettings) -> TrialScheduler:
+    """ASHA, judging trials at each rung by --rung-metric; in the reproducible mode none (FIFO): ASHA's rung
+    cutoffs are taken from the results that have arrived so far, so which trial it stops depends on the order
+    in which concurrent trials report."""
+    if settings.reproducible:
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="training_iteration", metric=RUNG_METRICS[settings.rung_metric], mode=MODE,
+                         max_t=settings.max_epochs, grace_period=settings.grace_period,
+                         reduction_factor=settings.reduction_factor)
 
 
 def mlflow_logger(settings: SearchSettings) -> list[tune.Callback]:

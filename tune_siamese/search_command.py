@@ -9,7 +9,7 @@ import time
 from typing import Any, Sequence
 
 DESCRIPTION = """\
-Run a hyperparameter search: Ray Tune + OptunaSearch (TPE) + ASHA, then retrain the best, test and export.
+Run a hyperparameter search: Ray Tune + OptunaSearch (TPE by default) + ASHA, then retrain the best, test and export.
 
     {prog}                        # small search on the offline synthetic data
     {prog} --data ../shared/data/lfw-a --space default --num-samples 16
@@ -22,7 +22,8 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 
 from .config import Config  # noqa: E402
 from .errors import InputError, OneLineParser  # noqa: E402
-from .settings import rerun  # noqa: E402
+from .names import RUNG_METRICS  # noqa: E402
+from .settings import SEARCHERS, rerun  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None = None, prog: str = "run_search.py") -> argparse.Namespace:
@@ -38,7 +39,19 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "run_search.py") -
     p.add_argument("--num-samples", type=int, help="trials to run (default: the preset's)")
     p.add_argument("--max-epochs", type=int, help="epochs per trial at most, ASHA's max_t (default: the preset's)")
     p.add_argument("--grace-period", type=int, help="epochs before ASHA may stop a trial (default: the preset's)")
-    p.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA's reduction factor (default 3)")
+    p.add_argument("--reduction-factor", type=float, help="ASHA's reduction factor (default: the preset's, else 3)")
+    p.add_argument("--searcher", choices=SEARCHERS,
+                   help="Optuna's sampler (default: the preset's, else tpe): tpe (multivariate, constant liar for "
+                        "parallel trials), random, gp (Gaussian process; choices as unordered categories), cmaes "
+                        "(CMA-ES on the ranges only: choices are drawn at random, with Optuna's warning; needs "
+                        "pip install cmaes), qmc (scrambled Sobol, seeded)")
+    p.add_argument("--rung-metric", choices=list(RUNG_METRICS),
+                   help="what ASHA judges a trial by at each rung: last (this epoch's val loss), best (best so far) "
+                        "or avg3 (mean of the last 3 epochs') (default: the preset's, else last)")
+    p.add_argument("--reproducible", action=argparse.BooleanOptionalAction,
+                   help="the same trials run to run on the same machine: suggestions in batches of --max-concurrent, "
+                        "each from finished batches only, and no early stopping (ASHA off) (default: the preset's, "
+                        "else off)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial; also its torch threads")
     p.add_argument("--gpus-per-trial", type=float, default=0.0,
                    help="GPUs per trial; fractions that divide one GPU (0.5, 0.25, ...) share it")

@@ -23,7 +23,7 @@ from . import storage
 from .cluster import resolve_address
 from .config import Config, parse_overrides
 from .errors import InputError
-from .names import SETTINGS_FILE
+from .names import RUNG_METRICS, SETTINGS_FILE
 from .study import check_new_study, default_study_storage, open_study_storage, redact
 
 
@@ -49,6 +49,9 @@ class SearchSettings:
     retrain_cpus: float = 0.0  # 0: what the search used at once, up to one node's CPUs
     retrain_gpus: float | None = None  # None: a trial's share
     mlflow: str = ""  # MLflow tracking URI each trial is logged to (absolute); "" = no MLflow
+    searcher: str = "tpe"  # the Optuna sampler (SEARCHERS)
+    rung_metric: str = "last"  # what ASHA judges a trial by at each rung (names.RUNG_METRICS)
+    reproducible: bool = False  # batches of max_concurrent suggestions, no early stopping (search.build_tuner)
 
     @property
     def experiment_path(self) -> str:
@@ -69,6 +72,29 @@ def check_fraction(gpus: float, option: str) -> None:
         raise InputError(f"option {option}={gpus}: above 1 it must be a whole number of GPUs")
 
 
+# --searcher: Optuna's samplers, and the modules each needs beyond Optuna (checked before Ray starts)
+SEARCHERS = ("tpe", "random", "gp", "cmaes", "qmc")
+SEARCHER_NEEDS = {"gp": ("scipy", "torch"), "cmaes": ("cmaes",)}
+
+
+def require_searcher(searcher: str, source: str) -> None:
+    """A sampler whose package is missing fails at its first suggestion, inside Ray: refuse it here instead."""
+    missing = [module for module in SEARCHER_NEEDS.get(searcher, ()) if importlib.util.find_spec(module) is None]
+    if missing:
+        raise InputError(f"{source}={searcher} needs {', '.join(missing)}, which is not installed: "
+                         f"pip install {' '.join(missing)}")
+
+
+def preset_choice(run: dict[str, Any], key: str, choices: Any, given: str | None, source: str) -> str:
+    """An option's value: the one given (argparse checked it), else the preset's or the default (checked here)."""
+    if given is not None:
+        return given
+    value = run[key]
+    if value not in choices:
+        raise InputError(f"search space {source}: option_defaults {key}={value!r} is not one of {', '.join(choices)}")
+    return str(value)
+
+
 # Config fields that options of this script set; --set must not set them behind the option's back.
 SET_BY_OPTION = {"data": "--data", "seed": "--seed", "threads": "--cpus-per-trial"}
 
@@ -84,7 +110,8 @@ def build_settings(args: argparse.Namespace) -> tuple[SearchSettings, Any]:
     for key, option in SET_BY_OPTION.items():
         if key in overrides:
             raise InputError(f"option --set {key}=...: use {option} instead")
-    run = {"num_samples": 8, "max_epochs": 20, "grace_period": 2, **preset.option_defaults}
+    run = {"num_samples": 8, "max_epochs": 20, "grace_period": 2, "reduction_factor": 3.0, "searcher": "tpe",
+           "rung_metric": "last", "reproducible": False, **preset.option_defaults}
     if "max_epochs" in overrides:  # --set max_epochs=N means what --max-epochs N means
         if args.max_epochs is not None and str(args.max_epochs) != overrides["max_epochs"]:
             raise InputError("options --max-epochs and --set max_epochs disagree")
@@ -94,6 +121,13 @@ def build_settings(args: argparse.Namespace) -> tuple[SearchSettings, Any]:
         raise InputError(f"option --grace-period={args.grace_period} exceeds the {max_epochs} epochs a trial runs "
                          "at most (--max-epochs)")
     grace_period = min(args.grace_period or run["grace_period"], max_epochs)  # the preset's, cut to short runs
+    reduction_factor = float(args.reduction_factor or run["reduction_factor"])
+    searcher = preset_choice(run, "searcher", SEARCHERS, args.searcher, args.space)
+    require_searcher(searcher, "option --searcher")
+    rung_metric = preset_choice(run, "rung_metric", RUNG_METRICS, args.rung_metric, args.space)
+    reproducible = bool(run["reproducible"] if args.reproducible is None else args.reproducible)
+    if reproducible:
+        check_reproducible(args)
     base = {**preset.fixed, **overrides, "data": args.data, "max_epochs": max_epochs,
             "seed": args.seed, "threads": max(1, int(args.cpus_per_trial))}
     Config.from_dict(base, source="search settings")  # fail now on a bad fixed value, not in every trial
@@ -102,13 +136,23 @@ def build_settings(args: argparse.Namespace) -> tuple[SearchSettings, Any]:
     storage_path = storage.resolve(args.storage_path)
     settings = SearchSettings(
         base=base, space=args.space, num_samples=args.num_samples or run["num_samples"], max_epochs=max_epochs,
-        grace_period=grace_period, reduction_factor=args.reduction_factor, cpus_per_trial=args.cpus_per_trial,
+        grace_period=grace_period, reduction_factor=reduction_factor, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent or 0, seed=args.seed,
         storage_path=storage_path, name=name, max_failures=args.max_failures,
         study_storage=args.study_storage or default_study_storage(storage_path, name),
         retrain_cpus=args.retrain_cpus, retrain_gpus=args.retrain_gpus, mlflow=mlflow_uri(args.mlflow),
+        searcher=searcher, rung_metric=rung_metric, reproducible=reproducible,
         command=" ".join([rerun(args.prog), shlex.join(sys.argv[1:] if args.argv is None else args.argv)]).strip())
     return settings, preset
+
+
+def check_reproducible(args: argparse.Namespace) -> None:
+    """The reproducible mode runs every trial to its end (no ASHA): refuse ASHA's options rather than ignore them."""
+    given = [option for option, value in (("--grace-period", args.grace_period), ("--rung-metric", args.rung_metric),
+                                          ("--reduction-factor", args.reduction_factor)) if value is not None]
+    if given:
+        raise InputError(f"option --reproducible stops no trial early (no ASHA), so {', '.join(given)} would be "
+                         "ignored; leave them out")
 
 
 def mlflow_uri(value: str | None) -> str:
@@ -166,7 +210,7 @@ def check_numbers(args: argparse.Namespace) -> None:
             raise InputError(f"option --{name.replace('_', '-')}={value} must be a finite number")
     if args.cpus_per_trial <= 0:
         raise InputError(f"option --cpus-per-trial={args.cpus_per_trial} must be > 0")
-    if args.reduction_factor <= 1:
+    if args.reduction_factor is not None and args.reduction_factor <= 1:
         raise InputError(f"option --reduction-factor={args.reduction_factor} must be > 1")
     if args.max_failures < 0:
         raise InputError(f"option --max-failures={args.max_failures} must be >= 0 (restarts of a failing trial)")
@@ -257,7 +301,7 @@ def check_targets(settings: SearchSettings, export_dir: str | None, new: bool) -
 # Options that shape a search; a resumed search keeps its own (from search_settings.json).
 RESUME_KEEPS = ("data", "space", "num_samples", "max_epochs", "grace_period", "reduction_factor", "cpus_per_trial",
                 "gpus_per_trial", "max_concurrent", "storage_path", "study_storage", "name", "seed", "set",
-                "max_failures", "retrain_cpus", "retrain_gpus", "mlflow")
+                "max_failures", "retrain_cpus", "retrain_gpus", "mlflow", "searcher", "rung_metric", "reproducible")
 
 
 def check_resume_options(args: argparse.Namespace, defaults: dict[str, Any]) -> None:
@@ -276,6 +320,7 @@ def prepare(args: argparse.Namespace, defaults: dict[str, Any]) -> tuple[SearchS
         check_resume_options(args, defaults)
         settings = load_resume_settings(args.resume)
         require_mlflow(settings.mlflow, f"this experiment logs to MLflow ({redact(settings.mlflow)}) and")
+        require_searcher(settings.searcher, "option --resume: this experiment's --searcher")
         preset = get_preset(settings.space)
     else:
         require_mlflow(mlflow_uri(args.mlflow), "option --mlflow")
