@@ -96,7 +96,8 @@ def test_presets_choose_the_defaults_and_their_values_are_checked(tmp_path, caps
                      "LR = {'lr': tune.loguniform(1e-4, 1e-2)}\n"
                      "GOOD = Preset(space=LR, option_defaults={'searcher': 'random', 'rung_metric': 'avg3',\n"
                      "                                         'reproducible': True})\n"
-                     "BAD = Preset(space=LR, option_defaults={'searcher': 'annealing'})\n")
+                     "BAD = Preset(space=LR, option_defaults={'searcher': 'annealing'})\n"
+                     "FLAT = Preset(space=LR, option_defaults={'reduction_factor': 1})\n")
     good = run_search.build_settings(run_search.parse_args(["--space", f"{space}:GOOD", "--storage-path",
                                                             str(tmp_path)]))[0]
     assert (good.searcher, good.rung_metric, good.reproducible) == ("random", "avg3", True)
@@ -105,6 +106,8 @@ def test_presets_choose_the_defaults_and_their_values_are_checked(tmp_path, caps
     assert (given.searcher, given.reproducible) == ("qmc", False)  # an option given beats the preset
     assert run_search.main(["--space", f"{space}:BAD", "--storage-path", str(tmp_path)]) == 2
     assert "option_defaults searcher='annealing' is not one of tpe, random" in capsys.readouterr().err
+    assert run_search.main(["--space", f"{space}:FLAT", "--storage-path", str(tmp_path)]) == 2
+    assert "option_defaults reduction_factor=1.0 must be > 1" in capsys.readouterr().err
 
 
 def test_resume_keeps_searcher_rung_metric_and_mode(tmp_path, capsys):

@@ -122,6 +122,8 @@ def build_settings(args: argparse.Namespace) -> tuple[SearchSettings, Any]:
                          "at most (--max-epochs)")
     grace_period = min(args.grace_period or run["grace_period"], max_epochs)  # the preset's, cut to short runs
     reduction_factor = float(args.reduction_factor or run["reduction_factor"])
+    if not reduction_factor > 1:  # a given one was checked with the other numbers; this is the preset's
+        raise InputError(f"search space {args.space}: option_defaults reduction_factor={reduction_factor} must be > 1")
     searcher = preset_choice(run, "searcher", SEARCHERS, args.searcher, args.space)
     require_searcher(searcher, "option --searcher")
     rung_metric = preset_choice(run, "rung_metric", RUNG_METRICS, args.rung_metric, args.space)
