@@ -20,6 +20,7 @@ INITS = ("koch", "torch")
 HEADS = ("l1", "l1_sq", "l1_prod")
 PRECISIONS = ("auto", "fp32", "bf16")
 VAL_SPLITS = ("identity", "random")
+VAL_PAIRS = ("given", "all")
 LR_SCHEDULES = ("exp", "cosine")
 
 
@@ -31,6 +32,7 @@ class Config:
     crop: float = 1.0  # central fraction of each source image kept before resizing (LFW-a faces are central)
     val_fraction: float = 0.1
     val_split: str = "identity"  # "identity": val identities unseen in training; "random": the reference study's split
+    val_pairs: str = "given"  # "all": every pair among the validation people, each class half (its own split)
     data_seed: int = 0
     allow_identity_overlap: bool = False  # score a test list that shares people with training (warned, recorded)
     # --- model ---
@@ -89,6 +91,10 @@ class Config:
         choice("head", HEADS)
         choice("precision", PRECISIONS)
         choice("val_split", VAL_SPLITS)
+        choice("val_pairs", VAL_PAIRS)
+        if self.val_pairs == "all" and self.val_split != "identity":
+            raise InputError("option val_pairs='all' needs val_split='identity' (a random split shares people "
+                             "between training and validation)")
         choice("lr_schedule", LR_SCHEDULES)
         for name in ("image_size", "width", "embedding", "lr", "batch_size", "max_epochs", "patience",
                      "eval_batch_size", "crop", "augment_copies"):

@@ -163,30 +163,71 @@ def predict(model: torch.nn.Module, images: torch.Tensor, pairs: np.ndarray, con
     return torch.cat(out).cpu().numpy().astype(np.float64)
 
 
-def best_threshold(labels: np.ndarray, logits: np.ndarray) -> float:
-    """The logit threshold that maximises accuracy on these (validation) pairs."""
+@torch.no_grad()
+def predict_by_image(model: SiameseNet, images: torch.Tensor, pairs: np.ndarray, config: Config) -> np.ndarray:
+    """`predict`'s logits with each image embedded once (and its mirror, with tta_flip), then the head over the
+    pairs: all pairs among a few hundred validation images cost what those images cost, not twice per pair."""
+    model.eval()
+    device = images.device
+    used, inverse = np.unique(pairs[:, :2], return_inverse=True)
+    used_t, where = torch.from_numpy(used).to(device), torch.from_numpy(inverse.reshape(-1, 2)).to(device)
+    bf16 = use_bf16(config, device)
+    views = (False, True) if config.tta_flip else (False,)
+    total = torch.zeros(len(pairs), device=device)
+    for flip in views:
+        chunks = []
+        for start in range(0, len(used_t), config.eval_batch_size):
+            x = in_layout(to_input(images, used_t[start:start + config.eval_batch_size], config), config)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                chunks.append(model.embed(x.flip(-1) if flip else x))  # in autocast's dtype, as forward keeps it
+        emb = torch.cat(chunks)
+        for start in range(0, len(pairs), config.eval_batch_size):
+            rows = where[start:start + config.eval_batch_size]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                total[start:start + len(rows)] += model.score(emb[rows[:, 0]], emb[rows[:, 1]]).float()
+    return (total / len(views)).cpu().numpy().astype(np.float64)
+
+
+def best_threshold(labels: np.ndarray, logits: np.ndarray, balanced: bool = False) -> float:
+    """The logit threshold that maximises accuracy on these (validation) pairs; `balanced`: the mean of the two
+    classes' accuracies, so that ten times more different-person pairs do not pull it towards "different"."""
     fpr, tpr, thresholds = roc_curve(labels, logits)
     positives = labels.sum()
-    accuracy = (tpr * positives + (1 - fpr) * (len(labels) - positives)) / len(labels)
+    if balanced:
+        accuracy = (tpr + 1 - fpr) / 2
+    else:
+        accuracy = (tpr * positives + (1 - fpr) * (len(labels) - positives)) / len(labels)
     return float(np.clip(thresholds[int(np.argmax(accuracy))], -1e6, 1e6))
 
 
+def _mean(values: np.ndarray, same: np.ndarray, balanced: bool) -> float:
+    """The mean over pairs, or with `balanced` the mean of the same- and different-person pairs' means."""
+    if balanced:
+        return float(0.5 * values[same].mean() + 0.5 * values[~same].mean())
+    return float(np.mean(values))
+
+
 def pair_metrics(labels: np.ndarray, logits: np.ndarray, threshold: float | None = None,
-                 with_roc: bool = False) -> dict[str, Any]:
+                 with_roc: bool = False, balanced: bool = False) -> dict[str, Any]:
+    """Loss, accuracy at logit 0 and AUC (and at `threshold`, with ROC points); `balanced` weighs each class half
+    whatever its count (validation over all pairs among its people, where different-person pairs outnumber)."""
     labels = labels.astype(np.float64)
-    loss = float(np.mean(np.logaddexp(0, logits) - labels * logits))  # BCE with logits, numerically stable
-    metrics: dict[str, Any] = {"loss": loss, "accuracy": float(np.mean((logits > 0) == (labels > 0.5)))}
+    same = labels > 0.5
+    balanced = balanced and bool(same.any() and (~same).any())
+    losses = np.logaddexp(0, logits) - labels * logits  # BCE with logits, numerically stable
+    metrics: dict[str, Any] = {"loss": _mean(losses, same, balanced),
+                               "accuracy": _mean((logits > 0) == same, same, balanced)}
     metrics["auc"] = float(roc_auc_score(labels, logits)) if 0 < labels.sum() < len(labels) else float("nan")
     if threshold is not None:
         metrics["threshold_logit"] = threshold
-        metrics["accuracy_at_threshold"] = float(np.mean((logits >= threshold) == (labels > 0.5)))
+        metrics["accuracy_at_threshold"] = _mean((logits >= threshold) == same, same, balanced)
     if with_roc:
         fpr, tpr, _ = roc_curve(labels, logits)
         metrics["roc_fpr"], metrics["roc_tpr"] = fpr.tolist(), tpr.tolist()
         for far in TAR_AT_FAR:
             metrics[f"tar_at_far_{far:g}"] = tar_at_far(fpr, tpr, far)
         if threshold is not None:  # where the threshold sits on that curve, by the rule accuracy_at_threshold uses
-            accepted, same = logits >= threshold, labels > 0.5
+            accepted = logits >= threshold
             metrics["threshold_fpr"] = float(accepted[~same].mean()) if (~same).any() else float("nan")
             metrics["threshold_tpr"] = float(accepted[same].mean()) if same.any() else float("nan")
     return metrics
@@ -209,6 +250,18 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, pairs: np.ndarray, co
     return pair_metrics(pairs[:, 2], predict(model, images, pairs, config), threshold, with_roc)
 
 
+def validation_logits(model: torch.nn.Module, images: torch.Tensor, data: PairData, config: Config
+                      ) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Labels and logits of the pairs validation scores (`data.val_scored`), and whether the classes are weighed
+    half each: with val_pairs="all" they are, and a single net embeds each image once."""
+    pairs = data.val_scored
+    if data.val_all is None:
+        return pairs[:, 2], predict(model, images, pairs, config), False
+    if isinstance(model, SiameseNet):
+        return pairs[:, 2], predict_by_image(model, images, pairs, config), True
+    return pairs[:, 2], predict(model, images, pairs, config), True  # an ensemble: pair by pair
+
+
 @dataclass
 class FitResult:
     model: SiameseNet
@@ -227,6 +280,10 @@ def fit(config: Config, data: PairData, on_epoch: EpochCallback | None = None,
     train + val) it trains exactly `epochs` epochs (default `max_epochs`) and keeps the last weights; the
     learning-rate schedule is still the config's (a cosine spans `max_epochs`), as in the trial it repeats.
     """
+    if (config.val_pairs == "all") != (data.val_all is not None):
+        raise InputError(f"option val_pairs={config.val_pairs!r} but the data were loaded with "
+                         f"val_pairs={'all' if data.val_all is not None else 'given'!r}; it is a data setting, "
+                         "fixed for a whole search")
     device = setup(config)
     model = build_model(config).to(device)
     if config.channels_last:
@@ -274,7 +331,8 @@ def fit(config: Config, data: PairData, on_epoch: EpochCallback | None = None,
         scheduler.step()
         metrics: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "lr": lr, "train_pairs": len(pairs)}
         if validate:
-            val = evaluate(model, images, data.val, config)
+            labels, logits, balanced = validation_logits(model, images, data, config)
+            val = pair_metrics(labels, logits, balanced=balanced)
             metrics.update(val_loss=val["loss"], val_accuracy=val["accuracy"], val_auc=val["auc"])
             if not math.isfinite(val["loss"]):
                 raise Diverged(f"validation loss is {val['loss']} at epoch {epoch}")
@@ -329,9 +387,9 @@ def print_epochs(prefix: str, epochs: int, stream: TextIO | None = None) -> Epoc
 def val_and_test(model: torch.nn.Module, images: torch.Tensor, data: PairData, config: Config) -> dict[str, Any]:
     """Choose the decision threshold on the val pairs, then score the test pairs at it (with ROC points).
     Every reported test score of the project comes through here: the threshold never sees a test pair."""
-    val_logits = predict(model, images, data.val, config)
-    threshold = best_threshold(data.val[:, 2], val_logits)
-    return {"val": pair_metrics(data.val[:, 2], val_logits, threshold),
+    labels, val_logits, balanced = validation_logits(model, images, data, config)
+    threshold = best_threshold(labels, val_logits, balanced)
+    return {"val": pair_metrics(labels, val_logits, threshold, balanced=balanced),
             "test": evaluate(model, images, data.test, config, threshold, with_roc=True)}
 
 

@@ -28,15 +28,26 @@ from .lfw import (
     pair_rows,
     parse_pair_list,
 )
-from .pairs import PairData, PairMiner, RawData, balanced_pairs, identity_overlap, split_validation
+from .pairs import (
+    DIFFERENT_PER_SAME,
+    PairData,
+    PairMiner,
+    RawData,
+    all_validation_pairs,
+    balanced_pairs,
+    identity_overlap,
+    split_for_all_pairs,
+    split_validation,
+)
 from .synthetic import load_synthetic, render_synthetic
 
-__all__ = ["IMAGE_EXTENSIONS", "PairData", "PairLine", "PairMiner", "RawData", "balanced_pairs", "cache_dir",
+__all__ = ["DIFFERENT_PER_SAME", "IMAGE_EXTENSIONS", "PairData", "PairLine", "PairMiner", "RawData",
+           "all_validation_pairs", "balanced_pairs", "cache_dir",
            "decode_image", "decode_images", "default_lfw_root", "describe", "find_pair_lists",
            "identity_folder_files", "identity_overlap", "index_pair_images", "lfw_image_dir", "lfw_image_path",
            "load_data", "load_identity_folder", "load_lfw_folder", "load_raw", "load_synthetic",
            "load_torchvision_lfw", "odd_name", "pair_rows", "parse_pair_list", "render_synthetic",
-           "split_validation"]
+           "split_for_all_pairs", "split_validation"]
 
 
 def load_raw(config: Config) -> RawData:
@@ -62,12 +73,19 @@ def load_data(config: Config) -> PairData:
         train, val, dropped = raw.trainval, raw.val, 0
     else:
         rng = np.random.default_rng(config.data_seed + 2)
-        train, val, dropped = split_validation(raw.trainval, raw.identity, config.val_fraction, config.val_split,
-                                               rng)
+        if config.val_pairs == "all":
+            train, val, dropped = split_for_all_pairs(raw.trainval, raw.identity, config.val_fraction, rng)
+        else:
+            train, val, dropped = split_validation(raw.trainval, raw.identity, config.val_fraction,
+                                                   config.val_split, rng)
     info = {**raw.info, "dropped_pairs": dropped, "val_split": config.val_split}
     data = PairData(raw.images, raw.identity, raw.names, train, val, raw.test, info)
     if len(data.train) < 2 or len(data.val) < 2 or len(data.test) < 2:
         raise InputError(f"too few pairs after splitting: {data.summary()}")
+    if config.val_pairs == "all":  # index rows over the images already loaded: milliseconds, shared with the data
+        data.val_all = all_validation_pairs(data, config.data_seed + 3)
+        data.info.update(val_pairs="all", val_scored_pairs=len(data.val_all),
+                         val_scored_same=int(data.val_all[:, 2].sum()))
     return data
 
 

@@ -1,6 +1,7 @@
 """The compact dataset (`PairData`: one uint8 image array, int64 pair rows) and how pairs are made and split:
-balanced pairs inside identity groups, the identity-disjoint validation split, the overlap check between test
-and training people, and the pairs mined each epoch from training identities."""
+balanced pairs inside identity groups, the identity-disjoint validation split, the larger validation set of all
+pairs among the validation identities, the overlap check between test and training people, and the pairs mined
+each epoch from training identities."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -23,6 +24,13 @@ class PairData:
     val: np.ndarray
     test: np.ndarray
     info: dict[str, Any] = field(default_factory=dict)
+    val_all: np.ndarray | None = None  # with val_pairs="all": what validation scores instead of `val`
+
+    @property
+    def val_scored(self) -> np.ndarray:
+        """The pairs each epoch's validation (val loss, model selection, the threshold) scores: the given `val`
+        pairs, or with val_pairs="all" every pair among the validation identities (`all_validation_pairs`)."""
+        return self.val if self.val_all is None else self.val_all
 
     def identities_of(self, pairs: np.ndarray) -> set[int]:
         return set(self.identity[pairs[:, 0]].tolist()) | set(self.identity[pairs[:, 1]].tolist())
@@ -36,8 +44,9 @@ class PairData:
     def summary(self) -> str:
         def count(p: np.ndarray) -> str:
             return f"{len(p)} ({int(p[:, 2].sum())} same)"
+        scored = "" if self.val_all is None else f" (scored on all {count(self.val_all)} among its people)"
         return (f"{self.info.get('source', '?')}: {len(self.images)} images {self.images.shape[1]}px, "
-                f"{len(self.names)} identities; train {count(self.train)}, val {count(self.val)}, "
+                f"{len(self.names)} identities; train {count(self.train)}, val {count(self.val)}{scored}, "
                 f"test {count(self.test)}; dropped {self.info.get('dropped_pairs', 0)} pairs for disjointness")
 
 
@@ -178,6 +187,79 @@ def split_validation(pairs: np.ndarray, identity: np.ndarray, fraction: float, m
     train = pairs[~touches]
     dropped = len(pairs) - len(train) - len(val)
     return train, pairs[val], dropped
+
+
+# val_pairs="all": different-person pairs drawn per same-person pair. On LFW-a the s.e. of the val loss hardly
+# falls past 4 (the same-person half limits it; benchmarks/val_signal.py); 10 keeps a margin, and scoring embeds
+# each image once, so the count costs almost nothing.
+DIFFERENT_PER_SAME = 10
+
+
+def all_validation_pairs(data: PairData, seed: int, different_per_same: int = DIFFERENT_PER_SAME) -> np.ndarray:
+    """Every same-person pair of images among the validation identities (the people of `data.val`), plus a seeded
+    sample of `different_per_same` times as many distinct different-person pairs among them (all of them when
+    fewer exist), as pair rows in a seeded order. Refused when a validation identity appears in a train or test
+    pair: then these pairs would score people the model trained on or the test measures."""
+    people = np.array(sorted(data.identities_of(data.val)), dtype=np.int64)
+    for part, pairs in (("test", data.test), ("training", data.train)):
+        shared = data.identities_of(pairs).intersection(people.tolist())
+        if shared:
+            raise InputError(f"option val_pairs='all': {len(shared)} validation identities also appear in the "
+                             f"{part} pairs (e.g. {data.names[min(shared)]}); use val_pairs=given")
+    rng = np.random.default_rng(seed)
+    members = np.flatnonzero(np.isin(data.identity, people))  # every image the data has of those people
+    owner = data.identity[members]
+    same = [group[np.stack(np.triu_indices(len(group), 1), axis=1)] for group in
+            (members[owner == person] for person in people)]
+    same_pairs = np.concatenate(same).astype(np.int64)
+    n_total = len(members) * (len(members) - 1) // 2 - len(same_pairs)
+    if not len(same_pairs) or not n_total:
+        raise InputError("option val_pairs='all': the validation identities hold no two images of one person, or "
+                         "only one person; use val_pairs=given")
+    wanted = min(n_total, different_per_same * len(same_pairs))
+    if wanted * 4 >= n_total:  # a large share of all of them: list them and choose
+        a, b = np.triu_indices(len(members), 1)
+        keep = owner[a] != owner[b]
+        chosen = rng.choice(int(keep.sum()), size=wanted, replace=False)
+        diff_pairs = np.stack([members[a[keep][chosen]], members[b[keep][chosen]]], axis=1)
+    else:  # few of many: draw, keep distinct different-person pairs in the order drawn
+        found: dict[tuple[int, int], None] = {}
+        while len(found) < wanted:
+            a, b = rng.integers(len(members), size=(2, 2 * (wanted - len(found)) + 16))
+            for i, j in zip(a.tolist(), b.tolist()):
+                if owner[i] != owner[j] and len(found) < wanted:
+                    found.setdefault((members[min(i, j)], members[max(i, j)]), None)
+        diff_pairs = np.array(list(found), dtype=np.int64)
+    rows = np.concatenate([np.column_stack([same_pairs, np.ones(len(same_pairs), np.int64)]),
+                           np.column_stack([diff_pairs, np.zeros(len(diff_pairs), np.int64)])])
+    return rows[rng.permutation(len(rows))]
+
+
+def split_for_all_pairs(pairs: np.ndarray, identity: np.ndarray, fraction: float, rng: np.random.Generator
+                        ) -> tuple[np.ndarray, np.ndarray, int]:
+    """The identity split for val_pairs="all": (train, val, dropped count) like `split_validation`'s, but the
+    validation people are chosen for their same-person pairs alone, those in the fewest pairs first, until as many
+    pairs as the default split holds out have left training (theirs, and pairs shared with them, dropped). The
+    different-person pairs come from all pairs among their images (`all_validation_pairs`), so holding out people
+    for them would only take training pairs: the same-person half is what limits the signal."""
+    budget = 2 * max(1, round(len(pairs) * fraction / 2))
+    ids = identity[pairs[:, :2]]
+    rows_of: dict[int, list[int]] = {}
+    for row, (a, b) in enumerate(ids.tolist()):
+        rows_of.setdefault(a, []).append(row)
+        if b != a:
+            rows_of.setdefault(b, []).append(row)
+    people = rng.permutation(np.unique(ids[pairs[:, 2] == 1, 0])).tolist()
+    people.sort(key=lambda k: len(rows_of[k]))  # stable: seeded order among equally cheap people
+    chosen, touched, taken = np.zeros(identity.max() + 1, bool), np.zeros(len(pairs), bool), 0
+    for person in people:
+        new = [row for row in rows_of[person] if not touched[row]]
+        if taken + len(new) <= budget:
+            chosen[person], touched[new], taken = True, True, taken + len(new)
+        if taken == budget:
+            break
+    inside = np.flatnonzero(chosen[ids].all(axis=1))
+    return pairs[~touched], pairs[rng.permutation(inside)], taken - len(inside)
 
 
 class PairMiner:
