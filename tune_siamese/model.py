@@ -127,7 +127,7 @@ class EnsembleNet(nn.Module):
         return torch.stack(logits).mean(0)
 
 
-DATA_FIELDS = ("data", "image_size", "crop", "val_fraction", "val_split", "data_seed")
+DATA_FIELDS = ("data", "image_size", "crop", "val_fraction", "val_split", "val_pairs", "data_seed")
 
 
 class Verifier(nn.Module):
