@@ -13,8 +13,8 @@ from . import plots
 from .experiment import Experiment, load
 
 TOP = 5  # best trials shown in report.md; trials.csv has them all
-SETTING_KEYS = ["space", "num_samples", "max_epochs", "grace_period", "reduction_factor", "cpus_per_trial",
-                "gpus_per_trial", "max_concurrent", "max_failures", "seed"]
+SETTING_KEYS = ["space", "searcher", "rung_metric", "reproducible", "num_samples", "max_epochs", "grace_period",
+                "reduction_factor", "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures", "seed"]
 
 
 def report(experiment_path: str | Path, out_dir: str | Path | None = None, color_by: str | None = None) -> Path:
