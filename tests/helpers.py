@@ -83,3 +83,17 @@ def resume_and_check(experiment: Path, log: Path, before: dict[str, int], trials
             assert len(after[name]) == rows
     for frame in after.values():
         assert list(frame["epoch"]) == list(range(1, epochs + 1))
+
+
+def real_lfw_root() -> Path:
+    """The real LFW-a beside the repo ($TUNE_SIAMESE_LFW or ../shared/data/lfw-a): missing, the calling test skips,
+    or fails under TUNE_SIAMESE_REQUIRE_LFW=1 (CI)."""
+    from tune_siamese.data import default_lfw_root
+
+    root = default_lfw_root()
+    if not (root / "pairsDevTrain.txt").is_file() or not (root / "pairsDevTest.txt").is_file():
+        reason = f"real LFW-a data not found at {root.resolve()} (set TUNE_SIAMESE_LFW)"
+        if os.environ.get("TUNE_SIAMESE_REQUIRE_LFW") == "1":
+            pytest.fail(reason + " but TUNE_SIAMESE_REQUIRE_LFW=1")
+        pytest.skip(reason)
+    return root

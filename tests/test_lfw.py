@@ -6,18 +6,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from helpers import REPO, cli_json
+from helpers import REPO, cli_json, real_lfw_root
 
 from tune_siamese import cli
 from tune_siamese import data as data_mod
 from tune_siamese.checkpoint import export_model
-from tune_siamese.data import default_lfw_root, load_data, parse_pair_list
+from tune_siamese.data import load_data, parse_pair_list
 from tune_siamese.engine import fit, train_and_test
 
 pytestmark = pytest.mark.lfw
@@ -25,13 +24,7 @@ pytestmark = pytest.mark.lfw
 
 @pytest.fixture(scope="module")
 def lfw_root():
-    root = default_lfw_root()
-    if not (root / "pairsDevTrain.txt").is_file() or not (root / "pairsDevTest.txt").is_file():
-        reason = f"real LFW-a data not found at {root.resolve()} (set TUNE_SIAMESE_LFW)"
-        if os.environ.get("TUNE_SIAMESE_REQUIRE_LFW") == "1":
-            pytest.fail(reason + " but TUNE_SIAMESE_REQUIRE_LFW=1")
-        pytest.skip(reason)
-    return root
+    return real_lfw_root()
 
 
 @pytest.fixture(scope="module")

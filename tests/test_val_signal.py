@@ -3,12 +3,12 @@ scored with each class weighing half; never a test or training identity."""
 from __future__ import annotations
 
 import dataclasses
-import os
 from itertools import combinations
 
 import numpy as np
 import pytest
 import torch
+from helpers import real_lfw_root
 
 from tune_siamese.config import Config
 from tune_siamese.data import (
@@ -260,15 +260,9 @@ def test_ensembles_score_all_pairs_pair_by_pair(synthetic_small, tiny_config):
 def real_lfw(monkeypatch):
     """The real LFW-a pair lists and folder (as tests/test_lfw.py finds them), with the image decoding stubbed out:
     the splits and pairs need only the lists and the file names."""
-    from tune_siamese.data import default_lfw_root
     from tune_siamese.data import lfw as lfw_mod
 
-    root = default_lfw_root()
-    if not (root / "pairsDevTrain.txt").is_file() or not (root / "pairsDevTest.txt").is_file():
-        reason = f"real LFW-a data not found at {root.resolve()} (set TUNE_SIAMESE_LFW)"
-        if os.environ.get("TUNE_SIAMESE_REQUIRE_LFW") == "1":
-            pytest.fail(reason + " but TUNE_SIAMESE_REQUIRE_LFW=1")
-        pytest.skip(reason)
+    root = real_lfw_root()
     monkeypatch.setattr(lfw_mod, "cached", lambda key, build: {"images": np.zeros((4992, 1, 1), np.uint8)})
     return root
 
