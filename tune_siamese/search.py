@@ -98,6 +98,8 @@ class CompletionWatch(tune.Callback):
         self.ended.add(trial.trial_id)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
+        if not self.started:  # no step ran: a resumed search (or finalist stage) whose trials had all ended before
+            self.ended |= {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
         self.cut_short = {t.trial_id for t in trials if t.trial_id not in self.ended}
 
 
