@@ -87,6 +87,22 @@ class Experiment:
         """The retrained model's test metrics and ROC points (final.json's "test"), None before or without."""
         return (self.summary or {}).get("test")
 
+    @property
+    def finalists(self) -> pd.DataFrame | None:
+        """One row per finalist (final.json's "finalists", --finalists): its search trial, whether it won, its
+        searched values, the mean and s.d. of its best val loss over the fresh seeds, each seed's best val loss
+        and epoch (lists, None for a run that failed) and its val loss in the search; None without finalists."""
+        record = (self.summary or {}).get("finalists")
+        if not isinstance(record, dict):
+            return None
+        rows = [{"trial_id": entry["trial_id"], "winner": bool(entry["winner"]),
+                 **{h: entry["config"].get(h) for h in self.hyperparameters},
+                 "mean_val_loss": _number(entry["mean_val_loss"]), "sd_val_loss": _number(entry["sd_val_loss"]),
+                 "val_losses": entry["val_losses"], "best_epochs": entry["best_epochs"],
+                 "search_val_loss": _number(entry["search_val_loss"])} for entry in record.get("trials", [])]
+        return pd.DataFrame(rows, columns=["trial_id", "winner", *self.hyperparameters, "mean_val_loss",
+                                           "sd_val_loss", "val_losses", "best_epochs", "search_val_loss"])
+
     def best(self, n: int = 1) -> pd.DataFrame:
         """The n trials with the lowest val loss at any epoch, best first."""
         return self.trials.dropna(subset=["best_val_loss"]).nsmallest(n, "best_val_loss")
@@ -96,6 +112,11 @@ class Experiment:
         from .importance import importances
 
         return importances(self, evaluator)
+
+
+def _number(value: Any) -> float:
+    """A JSON number, or NaN for null (a finalist without a mean, an s.d. of one seed)."""
+    return math.nan if value is None else float(value)
 
 
 def load(experiment_path: str | Path) -> Experiment:

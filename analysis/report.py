@@ -39,6 +39,7 @@ def report(experiment_path: str | Path, out_dir: str | Path | None = None, color
              "Every trial: [trials.csv](trials.csv); every epoch of every trial: [history.csv](history.csv). "
              "Status: finished = ran max epochs or its own early stopping; asha_stopped = ended sooner by ASHA.",
              ""]
+    lines += _finalists_section(exp)
     lines += _final_section(exp, out)
     curves = plots.learning_curves(exp, out / "learning_curves.png", color_by)
     lines += ["## Learning curves", "", f"![Validation loss per epoch of every trial]({curves.name})", ""]
@@ -96,6 +97,31 @@ def _best_table(exp: Experiment) -> pd.DataFrame:
                                  "wall_time_s": "wall time (s)"})
 
 
+def _finalists_section(exp: Experiment) -> list[str]:
+    """--finalists: each finalist's best val loss over its fresh seeds (mean ± s.d., each seed's value and best
+    epoch), the winner marked; or why none won."""
+    record, table = (exp.summary or {}).get("finalists"), exp.finalists
+    if not record or table is None:
+        return []
+    seeds = ", ".join(map(str, record["seeds"]))
+    lines = ["## Finalists", "", f"The top {len(table)} trials trained again with seeds {seeds} (validated, with "
+             "early stopping, like search trials), ranked by the mean of their best val loss over those seeds. "
+             f"Runs: `{record.get('experiment')}`.", ""]
+    if record.get("fallback"):
+        lines += [f"**No finalist won** ({record['fallback']}): the search's best trial was retrained instead.", ""]
+    else:
+        lines += [f"The winner, `{record['winner']}`, was retrained on train + val for {record['retrain_epochs']} "
+                  "epoch(s) (the median of its seeds' best epochs) and exported; its run "
+                  f"`{record['threshold_run']}` (best val loss closest to its mean) chose the decision threshold.", ""]
+    runs = [", ".join("failed" if loss is None else f"{loss:.4f} ({epoch})" for loss, epoch in zip(losses, epochs))
+            for losses, epochs in zip(table["val_losses"], table["best_epochs"])]
+    shown = pd.DataFrame({"trial": table["trial_id"], "winner": ["yes" if w else "" for w in table["winner"]],
+                          **{h: table[h] for h in exp.hyperparameters},
+                          "mean best val loss": table["mean_val_loss"], "s.d.": table["sd_val_loss"],
+                          "per seed (best epoch)": runs, "in the search": table["search_val_loss"]})
+    return lines + [_table(shown), ""]
+
+
 def _final_section(exp: Experiment, out: Path) -> list[str]:
     summary, test = exp.summary, exp.final
     if summary is None:
@@ -107,10 +133,18 @@ def _final_section(exp: Experiment, out: Path) -> list[str]:
         return lines + ["Not retrained (run with --no-retrain): no test scores.", ""]
     other = summary.get("searched_model_test") or {}  # the best trial's own model, trained on train only
     ensemble = (summary.get("ensemble") or {}).get("test") or {}
+    winner = (summary.get("finalists") or {}).get("winner")
+    if winner == summary.get("best_trial"):  # its own model is then one of its finalist runs
+        lines += ["It also won the finalists (see Finalists above).", ""]
+    elif winner:
+        config = next(entry["config"] for entry in summary["finalists"]["trials"] if entry["trial_id"] == winner)
+        lines += [f"Retrained instead: the finalist winner `{winner}`'s config: "
+                  + ", ".join(f"`{h}={config.get(h)}`" for h in exp.hyperparameters) + ".", ""]
     rows = [("test loss (BCE)", "loss"), ("test accuracy (logit > 0)", "accuracy"),
             ("test accuracy at the val-chosen threshold", "accuracy_at_threshold"), ("test AUC", "auc"),
             ("TAR at FAR 1e-2", "tar_at_far_0.01"), ("TAR at FAR 1e-3", "tar_at_far_0.001")]
-    columns = {"retrained on train + val": test, "best trial's model (train only)": other}
+    own = "the winner's finalist run (train only)" if winner else "best trial's model (train only)"
+    columns = {"retrained on train + val": test, own: other}
     if ensemble:
         columns[f"ensemble of the top {len(summary['ensemble']['members'])} trials"] = ensemble
     table = pd.DataFrame([{"metric": label, **{name: scores.get(key, math.nan) for name, scores in columns.items()}}
@@ -124,8 +158,9 @@ def _final_section(exp: Experiment, out: Path) -> list[str]:
         notes.append("No threshold marked: this final.json does not record where the val-chosen threshold falls "
                      "on the test ROC (written by an older version).")
     else:
-        notes.append("The dots mark where the decision threshold chosen on the val pairs (by the best trial's "
-                     "model) puts each model on its test ROC.")
+        chooser = "the winner's finalist run" if winner else "the best trial's model"
+        notes.append(f"The dots mark where the decision threshold chosen on the val pairs (by {chooser}) puts each "
+                     "model on its test ROC.")
     return lines + [f"Retrained on train + val for {summary.get('epochs')} epoch(s), then scored once on the test "
                     f"pairs; exported to `{summary.get('export')}`.", "", _table(table), "",
                     f"![Test ROC curves]({roc.name})", "", " ".join(notes), ""]

@@ -85,7 +85,14 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "run_search.py") -
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a Config value for every trial, e.g. --set image_size=96 (repeatable)")
     p.add_argument("--export-dir", help="also copy the export (EXPERIMENT/export) to this local folder")
-    p.add_argument("--no-retrain", action="store_true", help="stop after the search: no retrain, test or export")
+    p.add_argument("--no-retrain", action="store_true",
+                   help="stop after the search: no finalists, retrain, test or export")
+    p.add_argument("--finalists", type=int, metavar="K",
+                   help="after the search, train the top K configurations again with --finalist-seeds fresh seeds "
+                        "each (Ray trials, in parallel, under EXPERIMENT/finalists) and retrain and export the one "
+                        "with the lowest mean best val loss (default: the preset's, else 0: off)")
+    p.add_argument("--finalist-seeds", type=int, metavar="S",
+                   help="seeds per finalist, >= 1 with --finalists (default: the preset's, else 0)")
     p.add_argument("--ensemble", type=int, default=0, metavar="K",
                    help="also test and export the mean of the top K trials' own models (K >= 2; exported to "
                         "EXPERIMENT/export-ensemble, or EXPORT_DIR-ensemble)")
@@ -109,7 +116,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, Any]:
     """The recipe; returns (summary as written to final.json, retrained model), or (None, None) if interrupted."""
     from . import cluster, storage
     from .data import load_data
-    from .finish import finish_search
+    from .finish import finish_search, run_finalists
     from .search import interrupted, tuner_for
     from .settings import check_targets, prepare
 
@@ -120,7 +127,8 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, Any]:
     with storage.experiment_lock(settings.experiment_path):
         cluster.connect(args.address, args.connect_timeout, args.dashboard)
         settings = cluster.fit_resources(settings, args.wait_for_resources)
-        tuner = tuner_for(settings, preset, data, resume=bool(args.resume), verbose=tune_verbosity(args))
+        verbose = tune_verbosity(args)
+        tuner = tuner_for(settings, preset, data, resume=bool(args.resume), verbose=verbose)
         print_start(settings)
         started = time.time()
         results = tuner.fit()
@@ -130,8 +138,16 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, Any]:
             print(f"\nSearch interrupted; nothing was retrained or exported. Continue it with: "
                   f"{rerun(args.prog)} --resume {settings.experiment_path}", flush=True)
             return None, None
+        finalists = None
+        if settings.finalists and not args.no_retrain:
+            finalists = run_finalists(settings, results, data, verbose)
+            if finalists is None:  # Ctrl-C: a winner from some of the runs would be the luck this stage removes
+                print(f"\nFinalist stage interrupted; nothing was retrained or exported. Continue it with: "
+                      f"{rerun(args.prog)} --resume {settings.experiment_path}", flush=True)
+                return None, None
         summary, model = finish_search(settings, results, data, args.export_dir, retrain=not args.no_retrain,
-                                ensemble=args.ensemble, search_seconds=search_seconds, resumed=bool(args.resume))
+                                ensemble=args.ensemble, search_seconds=search_seconds, resumed=bool(args.resume),
+                                finalists=finalists)
     print_summary(summary, preset, settings)
     return summary, model
 
@@ -159,6 +175,8 @@ def print_summary(summary: dict[str, Any], preset: Any, settings: Any) -> None:
     print("\nBest configuration (val loss {:.4f} at epoch {}):".format(summary["best_val_loss"],
                                                                        summary["best_epoch"]))
     print(json.dumps({k: summary["best_config"][k] for k in sorted(preset.space)}, indent=2))
+    if "finalists" in summary:
+        print_finalists(summary, preset)
     if "test" in summary:
         test = summary["test"]
         print(f"Retrained on train+val for {summary['epochs']} epochs (node {summary['retrain_node'][:12]}); "
@@ -179,8 +197,37 @@ def print_summary(summary: dict[str, Any], preset: Any, settings: Any) -> None:
     statuses = ", ".join(f"{count} {status.replace('_', ' ')}" for status, count in summary["trial_statuses"].items())
     wall = summary["wall_seconds"]
     print(f"Trials: {summary['trials']} ({statuses}); best: {summary['best_trial']}")
-    print(f"Wall time: search {wall['search']:.0f} s, retrain/test/export {wall['retrain_test_export']:.0f} s")
+    finalists = f", finalists {wall['finalists']:.0f} s" if "finalists" in wall else ""
+    print(f"Wall time: search {wall['search']:.0f} s{finalists}, retrain/test/export "
+          f"{wall['retrain_test_export']:.0f} s")
     print(f"Analyse it: python -m analysis {settings.experiment_path}")
+
+
+def print_finalists(summary: dict[str, Any], preset: Any) -> None:
+    """One line per finalist (best val loss over its seeds, mean ± s.d.; the winner marked), then what is retrained."""
+    def number(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    record = summary["finalists"]
+    seeds = ", ".join(map(str, record["seeds"]))
+    print(f"\nFinalists: the top {len(record['trials'])} trials trained again with seeds {seeds} "
+          "(best val loss, mean ± s.d. over the seeds):")
+    for entry in record["trials"]:
+        runs = ", ".join(f"{number(loss)} at epoch {epoch}" if loss is not None else str(failed)
+                         for loss, epoch, failed in zip(entry["val_losses"], entry["best_epochs"], entry["failed"]))
+        mark = "  <- winner" if entry["winner"] else ""
+        print(f"  {'*' if entry['winner'] else ' '} {entry['trial_id']}: {number(entry['mean_val_loss'])} ± "
+              f"{number(entry['sd_val_loss'])} ({runs}; in the search {entry['search_val_loss']:.4f}){mark}")
+    if record["fallback"]:
+        print(f"No finalist wins ({record['fallback']}): the search's best trial is retrained instead.")
+        return
+    winner = next(entry for entry in record["trials"] if entry["winner"])
+    same = winner["trial_id"] == summary["best_trial"]
+    print(f"Retrained: the winner's configuration{' (the best trial above)' if same else ''}, for "
+          f"{record['retrain_epochs']} epochs (the median of its seeds' best epochs; threshold from its run "
+          f"{record['threshold_run']}){'' if same else ':'}")
+    if not same:
+        print(json.dumps({k: winner["config"][k] for k in sorted(preset.space)}, indent=2))
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "run_search.py") -> int:

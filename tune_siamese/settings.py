@@ -52,6 +52,8 @@ class SearchSettings:
     searcher: str = "tpe"  # the Optuna sampler (SEARCHERS)
     rung_metric: str = "last"  # what ASHA judges a trial by at each rung (names.RUNG_METRICS)
     reproducible: bool = False  # batches of max_concurrent suggestions, no early stopping (search.build_tuner)
+    finalists: int = 0  # after the search, retrain the top K configurations with fresh seeds (finish.run_finalists)
+    finalist_seeds: int = 0  # seeds per finalist (>= 1 when finalists > 0)
 
     @property
     def experiment_path(self) -> str:
@@ -130,6 +132,8 @@ def build_settings(args: argparse.Namespace) -> tuple[SearchSettings, Any]:
     reproducible = bool(run["reproducible"] if args.reproducible is None else args.reproducible)
     if reproducible:
         check_reproducible(args)
+    num_samples = args.num_samples or run["num_samples"]
+    finalists, finalist_seeds = check_finalists(args, preset.option_defaults, num_samples)
     base = {**preset.fixed, **overrides, "data": args.data, "max_epochs": max_epochs,
             "seed": args.seed, "threads": max(1, int(args.cpus_per_trial))}
     Config.from_dict(base, source="search settings")  # fail now on a bad fixed value, not in every trial
@@ -137,15 +141,54 @@ def build_settings(args: argparse.Namespace) -> tuple[SearchSettings, Any]:
     name = args.name or f"siamese-{Path(args.space).stem.replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage_path = storage.resolve(args.storage_path)
     settings = SearchSettings(
-        base=base, space=args.space, num_samples=args.num_samples or run["num_samples"], max_epochs=max_epochs,
+        base=base, space=args.space, num_samples=num_samples, max_epochs=max_epochs,
         grace_period=grace_period, reduction_factor=reduction_factor, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent or 0, seed=args.seed,
         storage_path=storage_path, name=name, max_failures=args.max_failures,
         study_storage=args.study_storage or default_study_storage(storage_path, name),
         retrain_cpus=args.retrain_cpus, retrain_gpus=args.retrain_gpus, mlflow=mlflow_uri(args.mlflow),
-        searcher=searcher, rung_metric=rung_metric, reproducible=reproducible,
+        searcher=searcher, rung_metric=rung_metric, reproducible=reproducible, finalists=finalists,
+        finalist_seeds=finalist_seeds,
         command=" ".join([rerun(args.prog), shlex.join(sys.argv[1:] if args.argv is None else args.argv)]).strip())
     return settings, preset
+
+
+def check_finalists(args: argparse.Namespace, preset_defaults: dict[str, Any], num_samples: int) -> tuple[int, int]:
+    """--finalists K and --finalist-seeds S (given, else the preset's, else 0 = off), checked before Ray starts.
+
+    The finalist stage trains K x S models to the end (no ASHA); more of them than the search has trials would
+    outweigh the search it refines, and is more likely a typo than a plan."""
+    def value(key: str) -> tuple[int, str]:
+        option = f"--{key.replace('_', '-')}"
+        given = getattr(args, key)
+        if given is not None:
+            return given, f"option {option}={given}"
+        if key not in preset_defaults:
+            return 0, f"option {option}=0 (the default)"
+        number = preset_defaults[key]
+        if isinstance(number, bool) or not isinstance(number, int):
+            raise InputError(f"search space {args.space}: option_defaults {key}={number!r} must be a whole number")
+        return number, f"search space {args.space}: option_defaults {key}={number} ({option})"
+
+    (k, k_source), (s, s_source) = value("finalists"), value("finalist_seeds")
+    if k < 0:
+        raise InputError(f"{k_source} must be >= 0 (0: no finalist stage)")
+    if s < 0:
+        raise InputError(f"{s_source} must be >= 0")
+    if k == 0:
+        if s and args.finalist_seeds is not None:
+            raise InputError(f"{s_source} needs --finalists K > 0; without finalists it would be ignored")
+        return 0, 0
+    if s < 1:
+        raise InputError(f"{s_source} must be >= 1 with --finalists={k} (the fresh seeds each finalist trains with)")
+    if k > num_samples:
+        raise InputError(f"{k_source} exceeds the {num_samples} trials of the search (--num-samples)")
+    if k * s > num_samples:
+        raise InputError(f"{k_source} x --finalist-seeds={s} = {k * s} finalist runs exceed the {num_samples} trials "
+                         "of the search (--num-samples); lower one of them or search more")
+    if args.no_retrain and args.finalists is not None:
+        raise InputError(f"{k_source}: --no-retrain stops after the search, so the finalists would not run")
+    return k, s
 
 
 def check_reproducible(args: argparse.Namespace) -> None:
@@ -303,7 +346,8 @@ def check_targets(settings: SearchSettings, export_dir: str | None, new: bool) -
 # Options that shape a search; a resumed search keeps its own (from search_settings.json).
 RESUME_KEEPS = ("data", "space", "num_samples", "max_epochs", "grace_period", "reduction_factor", "cpus_per_trial",
                 "gpus_per_trial", "max_concurrent", "storage_path", "study_storage", "name", "seed", "set",
-                "max_failures", "retrain_cpus", "retrain_gpus", "mlflow", "searcher", "rung_metric", "reproducible")
+                "max_failures", "retrain_cpus", "retrain_gpus", "mlflow", "searcher", "rung_metric", "reproducible",
+                "finalists", "finalist_seeds")
 
 
 def check_resume_options(args: argparse.Namespace, defaults: dict[str, Any]) -> None:
