@@ -19,6 +19,9 @@ Run a hyperparameter search: Ray Tune + OptunaSearch (TPE by default) + ASHA, th
 
 # Tune warns whenever per-epoch checkpoints force an experiment snapshot; locally a snapshot takes ~10 ms.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# Ray colours the "(task pid=...)" prefix of worker output; in a log file that is escape codes, not colour.
+if not sys.stderr.isatty():
+    os.environ.setdefault("RAY_COLOR_PREFIX", "0")
 
 from .config import Config  # noqa: E402
 from .errors import InputError, OneLineParser  # noqa: E402
