@@ -19,9 +19,9 @@ import torch
 
 from .config import Config
 from .data import decode_images, identity_folder_files
-from .engine import images_on, to_input, use_bf16
+from .engine import images_on, predict_by_image
 from .errors import InputError
-from .model import SiameseNet, in_layout
+from .model import SiameseNet
 
 
 def one_shot_trials(identity: np.ndarray, ways: int, trials: int,
@@ -61,34 +61,12 @@ def one_shot_correct(model: SiameseNet, images: torch.Tensor, query: np.ndarray,
     return one_shot_scores(model, images, query, candidates, config).argmax(axis=1) == target
 
 
-@torch.no_grad()
 def one_shot_scores(model: SiameseNet, images: torch.Tensor, query: np.ndarray, candidates: np.ndarray,
                     config: Config) -> np.ndarray:
     """Logits [T, N] of (query, candidate) pairs: each used image is embedded once, in eval batches."""
-    model.eval()
-    device = images.device
-    used, inverse = np.unique(np.concatenate([query, candidates.ravel()]), return_inverse=True)
-    used_t = torch.from_numpy(used).to(device)
-    bf16 = use_bf16(config, device)
-    views = [False, True] if config.tta_flip else [False]
-    logits = torch.zeros(candidates.shape, dtype=torch.float32)
-    for flip in views:
-        chunks = []
-        for start in range(0, len(used_t), config.eval_batch_size):
-            x = to_input(images, used_t[start:start + config.eval_batch_size], config)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                chunks.append(model.embed(in_layout(x.flip(-1) if flip else x, config)).float())
-        emb = torch.cat(chunks)
-        q_pos = torch.from_numpy(inverse[:len(query)]).to(device)
-        c_pos = torch.from_numpy(inverse[len(query):]).to(device)
-        ea = emb[q_pos].repeat_interleave(candidates.shape[1], dim=0)
-        scores = []
-        for start in range(0, len(c_pos), config.eval_batch_size):
-            stop = start + config.eval_batch_size
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                scores.append(model.score(ea[start:stop], emb[c_pos[start:stop]]).float())
-        logits += torch.cat(scores).cpu().view(candidates.shape)
-    return (logits / len(views)).numpy().astype(np.float64)
+    pairs = np.stack([np.repeat(query, candidates.shape[1]), candidates.ravel(),
+                      np.zeros(candidates.size, dtype=np.int64)], axis=1)
+    return predict_by_image(model, images, pairs, config).reshape(candidates.shape)
 
 
 def one_shot_accuracy(model: SiameseNet, images: torch.Tensor, identity: np.ndarray, config: Config,
