@@ -37,11 +37,28 @@ from .settings import SearchSettings, check_owner
 def best_trial(results: tune.ResultGrid) -> tuple[tune.Result, int, float]:
     """(result, epoch of its best val loss, that loss) of the trial with the lowest val loss at any epoch."""
     best = results.get_best_result(metric=VAL_LOSS, mode=MODE, scope="all")
-    frame = best.metrics_dataframe
-    assert frame is not None, "the best trial reported nothing"
-    frame = frame[frame[VAL_LOSS].notna()]
-    row = frame.loc[frame[VAL_LOSS].idxmin()]
-    return best, int(row["epoch"]), float(row[VAL_LOSS])
+    assert best.metrics_dataframe is not None, "the best trial reported nothing"
+    epoch, loss = _best_epoch(best.metrics_dataframe)
+    return best, epoch, loss
+
+
+def _best_epoch(frame: Any) -> tuple[int, float]:
+    """(epoch, val loss) of a trial's lowest val loss at any epoch."""
+    rows = frame[frame[VAL_LOSS].notna()]
+    row = rows.loc[rows[VAL_LOSS].idxmin()]
+    return int(row["epoch"]), float(row[VAL_LOSS])
+
+
+def _unusable(result: tune.Result) -> str | None:
+    """Why a trial cannot be ranked by its val loss ("errored", "diverged", "reported no val loss"), or None."""
+    frame = result.metrics_dataframe
+    if result.error is not None:
+        return "errored"
+    if _diverged(frame):
+        return "diverged"
+    if frame is None or VAL_LOSS not in frame or frame[VAL_LOSS].isna().all():
+        return "reported no val loss"
+    return None
 
 
 def trial_model(checkpoint: tune.Checkpoint | None, config: Config) -> Any:
@@ -106,12 +123,8 @@ def top_trials(results: tune.ResultGrid, k: int) -> list[tuple[tune.Result, floa
     """The k trials with the lowest val loss at any epoch (errored, diverged and unreported trials left out)."""
     ranked = []
     for result in _each(results):
-        frame = result.metrics_dataframe
-        if result.error is not None or frame is None or VAL_LOSS not in frame or frame[VAL_LOSS].isna().all():
-            continue
-        if _diverged(frame):
-            continue
-        ranked.append((result, float(frame[VAL_LOSS].min())))
+        if _unusable(result) is None:
+            ranked.append((result, float(result.metrics_dataframe[VAL_LOSS].min())))
     ranked.sort(key=lambda pair: pair[1])
     return ranked[:k]
 
@@ -191,16 +204,11 @@ def finalist_tuner(settings: SearchSettings, data: PairData, configs: dict[str, 
 def run_outcome(result: tune.Result) -> dict[str, Any]:
     """One finalist run: its trial folder and its best val loss and epoch, or why it has none ("error")."""
     outcome: dict[str, Any] = {"run": Path(result.path).name}
-    frame = result.metrics_dataframe
-    if result.error is not None:
-        return {**outcome, "error": "errored"}
-    if _diverged(frame):
-        return {**outcome, "error": "diverged"}
-    if frame is None or VAL_LOSS not in frame or frame[VAL_LOSS].isna().all():
-        return {**outcome, "error": "reported no val loss"}
-    rows = frame[frame[VAL_LOSS].notna()]
-    row = rows.loc[rows[VAL_LOSS].idxmin()]
-    return {**outcome, "best_val_loss": float(row[VAL_LOSS]), "best_epoch": int(row["epoch"])}
+    error = _unusable(result)
+    if error is not None:
+        return {**outcome, "error": error}
+    epoch, loss = _best_epoch(result.metrics_dataframe)
+    return {**outcome, "best_val_loss": loss, "best_epoch": epoch}
 
 
 def summarise_finalists(top: list[tuple[str, float, dict[str, Any]]], seeds: list[int],
