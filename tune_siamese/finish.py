@@ -30,7 +30,7 @@ from .engine import evaluate, fit, images_on, print_epochs, resolve_device, val_
 from .errors import InputError
 from .model import EnsembleNet, build_model
 from .names import FINAL_FILE, MODE, STATE_FILE, VAL_LOSS, trial_status
-from .search import CompletionWatch, live_table, train_siamese
+from .search import CompletionWatch, SearchProgress, live_table, train_siamese
 from .settings import SearchSettings, check_owner
 
 
@@ -159,26 +159,6 @@ def finalist_seeds(settings: SearchSettings) -> list[int]:
     return [settings.seed + 1 + i for i in range(settings.finalist_seeds)]
 
 
-class FinalistProgress(tune.Callback):
-    """'[finalists] n/N runs ended' each time a finalist run ends (runs that ended before a resume count)."""
-
-    def __init__(self, runs: int) -> None:
-        self.runs = runs
-        self.errored: set[str] = set()
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._report(trials, trial)
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.errored.add(trial.trial_id)
-        self._report(trials, trial)
-
-    def _report(self, trials: list, ending: Any) -> None:
-        ended = sum(t is ending or t.status in ("TERMINATED", "ERROR") for t in trials)
-        errored = f" ({len(self.errored)} errored)" if self.errored else ""
-        print(f"[finalists] {ended}/{self.runs} runs ended{errored}", flush=True)
-
-
 def finalist_tuner(settings: SearchSettings, data: PairData, configs: dict[str, dict[str, Any]], seeds: list[int],
                    verbose: int = 1) -> tune.Tuner:
     """A grid of (finalist, seed), FIFO, no searcher, each run with a search trial's resources; after a resume
@@ -197,7 +177,7 @@ def finalist_tuner(settings: SearchSettings, data: PairData, configs: dict[str, 
         run_config=tune.RunConfig(
             name=FINALISTS_DIR, storage_path=settings.experiment_path, verbose=verbose,
             progress_reporter=live_table(["finalist", "seed"]), checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[CompletionWatch(), FinalistProgress(len(configs) * len(seeds))],
+            callbacks=[CompletionWatch(), SearchProgress(len(configs) * len(seeds), "finalists", "runs")],
             failure_config=tune.FailureConfig(max_failures=settings.max_failures)))
 
 

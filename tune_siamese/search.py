@@ -105,10 +105,11 @@ class CompletionWatch(tune.Callback):
 
 class SearchProgress(tune.Callback):
     """One line each time a trial ends: how many of N have ended (errored ones counted), how many run, the
-    elapsed time and a rough time left (elapsed per ended trial, times the trials left)."""
+    elapsed time and a rough time left (elapsed per ended trial, times the trials left). `label` and `unit` name
+    the stage: "[search] ... trials", or "[finalists] ... runs" for finish.py's finalist stage."""
 
-    def __init__(self, num_samples: int) -> None:
-        self.num_samples = num_samples
+    def __init__(self, num_samples: int, label: str = "search", unit: str = "trials") -> None:
+        self.num_samples, self.label, self.unit = num_samples, label, unit
         self.started = time.monotonic()
         self.ended = self.errored = self.ended_before = 0
         self.counted = False
@@ -135,8 +136,8 @@ class SearchProgress(tune.Callback):
         left = self.num_samples - self.ended_before - self.ended
         eta = f", about {_minutes(elapsed / self.ended * left)} left" if left > 0 else ""
         errored = f" ({self.errored} errored)" if self.errored else ""
-        print(f"[search] {self.ended_before + self.ended}/{self.num_samples} trials ended{errored}, {running} running; "
-              f"{_minutes(elapsed)} elapsed{eta}", flush=True)
+        print(f"[{self.label}] {self.ended_before + self.ended}/{self.num_samples} {self.unit} ended{errored}, "
+              f"{running} running; {_minutes(elapsed)} elapsed{eta}", flush=True)
 
 
 def _minutes(seconds: float) -> str:
