@@ -128,11 +128,11 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, Any]:
     print(data.summary(), flush=True)
     check_targets(settings, args.export_dir, new=not args.resume)  # the first thing written
     with storage.experiment_lock(settings.experiment_path):
-        cluster.connect(args.address, args.connect_timeout, args.dashboard)
+        address = cluster.connect(args.address, args.connect_timeout, args.dashboard)
         settings = cluster.fit_resources(settings, args.wait_for_resources)
         verbose = tune_verbosity(args)
         tuner = tuner_for(settings, preset, data, resume=bool(args.resume), verbose=verbose)
-        print_start(settings)
+        print_start(settings, on_cluster=address not in ("local", "existing"))
         started = time.time()
         results = tuner.fit()
         search_seconds = time.time() - started
@@ -163,7 +163,8 @@ def tune_verbosity(args: argparse.Namespace) -> int:
     return 0 if args.quiet else min(3, 1 + args.verbose)
 
 
-def print_start(settings: Any) -> None:
+def print_start(settings: Any, on_cluster: bool = False) -> None:
+    from .gpu_sharing import sharing_warning
     from .study import redact
 
     print(f"Experiment: {settings.experiment_path} ({settings.num_samples} trials, "
@@ -172,6 +173,9 @@ def print_start(settings: Any) -> None:
         print(f"Optuna study {settings.name!r} in {redact(settings.study_storage)}", flush=True)
     if settings.mlflow:
         print(f"MLflow experiment {settings.name!r} in {redact(settings.mlflow)}", flush=True)
+    warning = sharing_warning(settings.gpus_per_trial, on_cluster)  # trials sharing a GPU without MPS take turns
+    if warning:
+        print(warning, flush=True)
 
 
 def print_summary(summary: dict[str, Any], preset: Any, settings: Any) -> None:
