@@ -11,7 +11,9 @@ lr 1e-3, batch 32), same LFW-a DevTrain training pairs, same seed (identical ini
            reference; a second peer row uses more workers (2 = one per core here; 8 on CUDA, as the popular
            harveyslash/Facial-Similarity-with-Siamese-Networks does).
   project  tune_siamese.engine.train_one_epoch on the cached uint8 arrays (images_on: decoded once, batches
-           gathered and converted on the device): fp32 NCHW, fp32 channels_last, bf16 autocast channels_last.
+           gathered and converted on the device): fp32 NCHW, fp32 channels_last, bf16 autocast channels_last;
+           on CUDA also fp32 NCHW and bf16 channels_last with Config.cuda_graphs (each full batch one CUDA graph
+           replay, warmed up by its capture).
 
 Timing: every variant first runs a few warm-up batches on a throwaway copy, then epoch 1 of all variants runs
 interleaved in --rounds slices (variant A slice 1, B slice 1, ..., A slice 2, ...) so a change in machine load
@@ -51,6 +53,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from tune_siamese.config import Config  # noqa: E402
+from tune_siamese.cuda_graph import GraphedStep  # noqa: E402
 from tune_siamese.data import (  # noqa: E402
     PairData,
     decode_image,
@@ -60,7 +63,15 @@ from tune_siamese.data import (  # noqa: E402
     parse_pair_list,
     render_synthetic,
 )
-from tune_siamese.engine import cpu_has_native_bf16, images_on, make_optimizer, predict, train_one_epoch  # noqa: E402
+from tune_siamese.engine import (  # noqa: E402
+    cpu_has_native_bf16,
+    images_on,
+    make_optimizer,
+    predict,
+    train_one_epoch,
+    training_step,
+    uses_cuda_graphs,
+)
 from tune_siamese.model import build_model, forward_flops  # noqa: E402
 
 LOG_INTERVAL = 10  # pytorch/examples' siamese_network logs loss.item() every 10 batches
@@ -307,8 +318,14 @@ class ProjectRunner(Runner):
         self.channels_last = cfg.channels_last
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)  # as engine.fit does
-        self.optimizer = make_optimizer(cfg, self.model)
+        graphed = uses_cuda_graphs(cfg, device)
+        self.optimizer = make_optimizer(cfg, self.model, graphed)
         self.generator = torch.Generator().manual_seed(seed)
+        self.graph = None
+        if graphed:  # as engine.fit builds it; its capture warms it up (and leaves the weights as they were)
+            step = training_step(self.model, self.optimizer, images, cfg, self.generator)
+            self.graph = GraphedStep(step, torch.from_numpy(pairs[:cfg.batch_size]).to(device), self.model,
+                                     self.optimizer)
 
     def plan(self, rounds: int) -> list[int]:
         n = self.capped or len(self.pairs)
@@ -325,13 +342,15 @@ class ProjectRunner(Runner):
         chunk = self.order[self.position:self.position + n * self.cfg.batch_size]
         self.position += len(chunk)
         started = time.perf_counter()
-        loss = train_one_epoch(self.model, self.optimizer, self.images, chunk, self.cfg, self.generator)
+        loss = train_one_epoch(self.model, self.optimizer, self.images, chunk, self.cfg, self.generator, self.graph)
         sync(self.device)
         self.seconds += time.perf_counter() - started
         self.loss_sum += loss * len(chunk)
         self.count += len(chunk)
 
     def warm_up(self, batches: int) -> None:
+        if self.graph is not None:
+            return  # warmed up by its capture
         model, optimizer = copy.deepcopy((self.model, self.optimizer))
         train_one_epoch(model, optimizer, self.images, self.pairs[:batches * self.cfg.batch_size], self.cfg,
                         torch.Generator().manual_seed(12345))
@@ -454,6 +473,11 @@ def run(args: argparse.Namespace, device: torch.device, info: dict, root: Path, 
         "project fp32 channels_last": base.replace(precision="fp32", channels_last=True),
         "project bf16 autocast channels_last": base.replace(precision="bf16", channels_last=True),
     }
+    if device.type == "cuda":  # Config.cuda_graphs: each full batch one CUDA graph replay
+        project["project fp32 NCHW CUDA graphs"] = base.replace(precision="fp32", channels_last=False,
+                                                                cuda_graphs=True)
+        project["project bf16 autocast channels_last CUDA graphs"] = base.replace(precision="bf16",
+                                                                                  channels_last=True, cuda_graphs=True)
     runners += [ProjectRunner(name, cfg, images, train, device, args.seed,
                               cap=cap if cfg.precision == "bf16" else 0) for name, cfg in project.items()]
     for r in runners:

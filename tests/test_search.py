@@ -179,6 +179,18 @@ def test_set_max_epochs_is_not_overridden_by_the_preset(tmp_path):
     assert settings.max_epochs == 7 and settings.base["max_epochs"] == 7
 
 
+def test_gpu_trials_use_cuda_graphs_unless_told_not_to(tmp_path):
+    from tune_siamese.config import Config
+
+    def trial_config(*options: str) -> Config:
+        args = run_search.parse_args([*SMOKE, "--storage-path", str(tmp_path), *options])
+        return Config.from_dict(run_search.build_settings(args)[0].base)
+
+    assert trial_config().cuda_graphs is False  # CPU trials: the Config default
+    assert trial_config("--gpus-per-trial", "0.25").cuda_graphs is True
+    assert trial_config("--gpus-per-trial", "0.25", "--set", "cuda_graphs=false").cuda_graphs is False
+
+
 def experiment_with_settings(storage_path: Path) -> Path:
     """An experiment folder holding only the search settings of a smoke search (what --resume reads first)."""
     experiment = storage_path / "exp"

@@ -23,7 +23,8 @@ def koch_affine(x: torch.Tensor, generator: torch.Generator | None = None, stren
     theta = gate(uniform(-10, 10) * strength * math.pi / 180, 0.0)
     shear = gate(uniform(-0.3, 0.3, (b, 2)) * strength, 0.0)
     scale = gate(1 + uniform(-0.2, 0.2, (b, 2)) * strength, 1.0)
-    shift = gate(uniform(-2, 2, (b, 2)) * strength * 2 / torch.tensor([w, h], device=dev, dtype=dt), 0.0)
+    shift = uniform(-2, 2, (b, 2)) * strength * 2  # pixels -> grid units; no host tensor (CUDA graphs)
+    shift = gate(torch.stack([shift[:, 0] / w, shift[:, 1] / h], -1), 0.0)
     flip = torch.where(torch.rand(b, generator=generator, device=dev) < 0.5, -1.0, 1.0).to(dt)
 
     cos, sin = torch.cos(theta), torch.sin(theta)

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from .augment import koch_affine
 from .config import Config
+from .cuda_graph import UNCAPTURED_WARNING, GraphedStep
 from .data import PairData, PairMiner
 from .errors import InputError
 from .model import SiameseNet, build_model, center_crop, in_layout, resize
@@ -77,15 +78,26 @@ def setup(config: Config) -> torch.device:
     return resolve_device(config)
 
 
-def make_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
-    params = model.parameters()
+def make_optimizer(config: Config, model: torch.nn.Module, graphed: bool = False) -> torch.optim.Optimizer:
+    """`graphed`: for a step captured as a CUDA graph (cuda_graph.GraphedStep), which replays the optimizer's
+    kernels as captured: the learning rate is a device tensor that the scheduler updates in place, and the update
+    is the fused kernel, capturable (Adam's `capturable`; fused SGD reads a tensor lr on the device)."""
+    params = list(model.parameters())
+    lr: float | torch.Tensor = torch.tensor(config.lr, device=params[0].device) if graphed else config.lr
+    fused = True if graphed else None  # None: torch's default (foreach)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                               fused=fused)
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=config.weight_decay, fused=fused, capturable=graphed)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay, fused=fused, capturable=graphed)
     raise InputError(f"unknown optimizer {config.optimizer!r}; use sgd, adam or adamw")
+
+
+def uses_cuda_graphs(config: Config, device: torch.device) -> bool:
+    """cuda_graphs applies on CUDA only; elsewhere the same steps run eagerly."""
+    return config.cuda_graphs and device.type == "cuda"
 
 
 def make_scheduler(config: Config, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
@@ -111,22 +123,19 @@ def to_input(images: torch.Tensor, index: torch.Tensor, config: Config) -> torch
     return resize(x, config.model_input_size)
 
 
-def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-                    pairs: np.ndarray, config: Config, generator: torch.Generator) -> float:
-    model.train()
+def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, config: Config,
+                  generator: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
+    """step(batch): one optimizer step on (i, j, label) rows of pair indices; returns the mean loss on the device.
+    Everything runs on the images' device and nothing waits for it, so the step can be captured as a CUDA graph."""
     device = images.device
-    pairs_t = torch.from_numpy(pairs).to(device)
-    order = torch.randperm(len(pairs_t), generator=generator, device="cpu").to(device)
     bf16 = use_bf16(config, device)
-    total, count = torch.zeros((), device=device), 0
-    for start in range(0, len(order), config.batch_size):
-        batch = pairs_t[order[start:start + config.batch_size]]
-        if len(batch) < 2 and config.batchnorm:
-            continue  # BatchNorm cannot train on a single pair
+    augment_rng = generator if device.type == "cpu" else None  # on CUDA torch's own generator, which graphs track
+
+    def step(batch: torch.Tensor) -> torch.Tensor:
         a, b = to_input(images, batch[:, 0], config), to_input(images, batch[:, 1], config)
         if config.augment:
-            a = koch_affine(a, generator if device.type == "cpu" else None, config.augment_strength)
-            b = koch_affine(b, generator if device.type == "cpu" else None, config.augment_strength)
+            a = koch_affine(a, augment_rng, config.augment_strength)
+            b = koch_affine(b, augment_rng, config.augment_strength)
         target = batch[:, 2].float()
         if config.label_smoothing:
             target = target * (1 - config.label_smoothing) + 0.5 * config.label_smoothing
@@ -136,7 +145,32 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, im
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += loss.detach() * len(batch)
+        return loss.detach()
+    return step
+
+
+def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+                    pairs: np.ndarray, config: Config, generator: torch.Generator,
+                    graph: GraphedStep | None = None) -> float:
+    """One pass over `pairs` in a shuffled order. With `graph`, full batches replay the captured step; a last,
+    smaller batch runs the same step eagerly, so every pair is trained exactly as without graphs."""
+    model.train()
+    device = images.device
+    pairs_t = torch.from_numpy(pairs).to(device)
+    order = torch.randperm(len(pairs_t), generator=generator, device="cpu").to(device)
+    step = training_step(model, optimizer, images, config, generator)
+    total, count = torch.zeros((), device=device), 0
+    for start in range(0, len(order), config.batch_size):
+        batch = pairs_t[order[start:start + config.batch_size]]
+        if len(batch) < 2 and config.batchnorm:
+            continue  # BatchNorm cannot train on a single pair
+        if graph is not None and len(batch) == graph.batch_size:
+            loss = graph(batch)
+        else:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=UNCAPTURED_WARNING)
+                loss = step(batch)
+        total += loss * len(batch)
         count += len(batch)
     value = float(total) / max(count, 1)  # one device sync per epoch, not per batch
     if not math.isfinite(value):
@@ -288,7 +322,8 @@ def fit(config: Config, data: PairData, on_epoch: EpochCallback | None = None,
     model = build_model(config).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(config, model)
+    graphed = uses_cuda_graphs(config, device)
+    optimizer = make_optimizer(config, model, graphed)
     scheduler = make_scheduler(config, optimizer)
     # Only the training steps are compiled (fixed batch size); evaluation batches vary, so it stays eager.
     # The compiled wrapper shares the parameters, so state_dicts are taken from `model` as before.
@@ -302,6 +337,9 @@ def fit(config: Config, data: PairData, on_epoch: EpochCallback | None = None,
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
+        if graphed:  # a saved tensor lr comes back where it was loaded (the CPU); graphs read it on the device
+            for group in optimizer.param_groups:
+                group["lr"] = torch.tensor(float(group["lr"]), device=device)
         scheduler.load_state_dict(resume["scheduler"])
         generator.set_state(resume["generator"])
         torch.set_rng_state(resume["torch_rng"])
@@ -320,14 +358,18 @@ def fit(config: Config, data: PairData, on_epoch: EpochCallback | None = None,
                 "bad_epochs": bad_epochs, "epoch": result.history[-1]["epoch"] if result.history else 0,
                 "config": config.to_dict()}
 
+    graph = None
+    if graphed and len(data.train) >= config.batch_size:  # captured after a resume has loaded its state
+        example = torch.from_numpy(data.train[:config.batch_size]).to(device)
+        graph = GraphedStep(training_step(trainer, optimizer, images, config, generator), example, model, optimizer)
     last_epoch = config.max_epochs if epochs is None else min(epochs, config.max_epochs)
     for epoch in range(start_epoch, last_epoch + 1):
         started = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
+        lr = float(optimizer.param_groups[0]["lr"])
         pairs = data.train if miner is None else np.concatenate([data.train, miner.sample(config.mined_pairs)])
         if config.augment and config.augment_copies > 1:
             pairs = np.tile(pairs, (config.augment_copies, 1))  # shuffled together, each copy augmented anew
-        train_loss = train_one_epoch(trainer, optimizer, images, pairs, config, generator)
+        train_loss = train_one_epoch(trainer, optimizer, images, pairs, config, generator, graph)
         scheduler.step()
         metrics: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "lr": lr, "train_pairs": len(pairs)}
         if validate:

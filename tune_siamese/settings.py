@@ -134,7 +134,10 @@ def build_settings(args: argparse.Namespace) -> tuple[SearchSettings, Any]:
         check_reproducible(args)
     num_samples = args.num_samples or run["num_samples"]
     finalists, finalist_seeds = check_finalists(args, preset.option_defaults, num_samples)
-    base = {**preset.fixed, **overrides, "data": args.data, "max_epochs": max_epochs,
+    # GPU trials replay each training step as a CUDA graph (2.3x the pairs/s at batch 32 on an H200,
+    # benchmarks/RESULTS.md); a preset or --set cuda_graphs=false says otherwise. On a CPU it changes nothing.
+    gpu_defaults = {"cuda_graphs": True} if args.gpus_per_trial else {}
+    base = {**gpu_defaults, **preset.fixed, **overrides, "data": args.data, "max_epochs": max_epochs,
             "seed": args.seed, "threads": max(1, int(args.cpus_per_trial))}
     Config.from_dict(base, source="search settings")  # fail now on a bad fixed value, not in every trial
     check_trial_values(check_values(preset, base, args.space), args)
