@@ -23,7 +23,7 @@ def comparable(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in history]
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "sgd", "adamw"])
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])  # AdamW's state is Adam's
 @pytest.mark.parametrize("steps_before", [0, 1])
 def test_restore_undoes_steps_exactly(synthetic_small, tiny_config, optimizer, steps_before):
     """Snapshot, train 3 steps (the warm-up), restore, train 2: bit for bit what 2 steps from the snapshot give,
