@@ -53,7 +53,6 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from tune_siamese.config import Config  # noqa: E402
-from tune_siamese.cuda_graph import GraphedStep  # noqa: E402
 from tune_siamese.data import (  # noqa: E402
     PairData,
     decode_image,
@@ -65,11 +64,11 @@ from tune_siamese.data import (  # noqa: E402
 )
 from tune_siamese.engine import (  # noqa: E402
     cpu_has_native_bf16,
+    graphed_step,
     images_on,
     make_optimizer,
     predict,
     train_one_epoch,
-    training_step,
     uses_cuda_graphs,
 )
 from tune_siamese.model import build_model, forward_flops  # noqa: E402
@@ -321,11 +320,8 @@ class ProjectRunner(Runner):
         graphed = uses_cuda_graphs(cfg, device)
         self.optimizer = make_optimizer(cfg, self.model, graphed)
         self.generator = torch.Generator().manual_seed(seed)
-        self.graph = None
-        if graphed:  # as engine.fit builds it; its capture warms it up (and leaves the weights as they were)
-            step = training_step(self.model, self.optimizer, images, cfg, self.generator)
-            self.graph = GraphedStep(step, torch.from_numpy(pairs[:cfg.batch_size]).to(device), self.model,
-                                     self.optimizer)
+        # as engine.fit builds it; its capture warms it up (and leaves the weights as they were)
+        self.graph = graphed_step(self.model, self.optimizer, images, pairs, cfg, self.generator)
 
     def plan(self, rounds: int) -> list[int]:
         n = self.capped or len(self.pairs)

@@ -17,7 +17,8 @@ Levers (issue 16), each a list so that one run measures them side by side: --ste
 Config.cuda_graphs, each full training step one CUDA graph replay), --batch-sizes 32,128, --mps off,on (on: the
 script starts NVIDIA's MPS control daemon for those rows, with its own pipe and log folders, and stops it after;
 without MPS, processes sharing a GPU are time-sliced). Each row also gives the share of its wall time each
-process spent on the CPU (process_time ÷ wall): near 100 % means Python launching kernels is the bottleneck.
+process spent on the CPU (process_time ÷ wall); torch.cuda.synchronize spins, so near 100 % does not by itself
+mean launching is the bottleneck (benchmarks/gpu_profile.py's device idle share says that).
 
 Imports: only torch, numpy, PIL, scikit-learn (through the engine), safetensors and tune_siamese's core
 modules (config, data, model, engine, augment, cuda_graph, gpu_sharing); the script checks that ray and optuna
@@ -48,7 +49,6 @@ import torch  # noqa: E402
 
 from tune_siamese import augment, config, data, engine, gpu_sharing, model  # noqa: E402,F401  (core modules only)
 from tune_siamese.config import Config  # noqa: E402
-from tune_siamese.cuda_graph import GraphedStep  # noqa: E402
 
 FORBIDDEN = ("ray", "optuna")
 BARRIER_TIMEOUT_S = 300
@@ -101,10 +101,7 @@ def worker(rank: int, args: argparse.Namespace, device: str, group: dict[str, An
         graphed = engine.uses_cuda_graphs(cfg, dev)
         optimizer = engine.make_optimizer(cfg, net, graphed)
         generator = torch.Generator().manual_seed(rank)
-        graph = None
-        if graphed:  # as engine.fit builds it
-            step = engine.training_step(net, optimizer, images, cfg, generator)
-            graph = GraphedStep(step, torch.from_numpy(train[:cfg.batch_size]).to(dev), net, optimizer)
+        graph = engine.graphed_step(net, optimizer, images, train, cfg, generator)  # as engine.fit builds it
         engine.train_one_epoch(net, optimizer, images, train[:args.warmup_batches * cfg.batch_size], cfg, generator,
                                graph)
         sync(dev)

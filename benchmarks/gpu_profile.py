@@ -30,7 +30,6 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from tune_siamese import data, engine, model  # noqa: E402
 from tune_siamese.config import Config  # noqa: E402
-from tune_siamese.cuda_graph import GraphedStep  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,7 +76,7 @@ class Trial:
         self.optimizer = engine.make_optimizer(cfg, self.net, graphed)
         self.eager = engine.training_step(self.net, self.optimizer, self.images, cfg, torch.Generator())
         self.batches = torch.from_numpy(pairs.train).to(device).split(cfg.batch_size)[:-1]  # full batches only
-        self.graph = GraphedStep(self.eager, self.batches[0], self.net, self.optimizer) if graphed else None
+        self.graph = engine.graphed_step(self.net, self.optimizer, self.images, pairs.train, cfg, torch.Generator())
         self.index = 0
 
     def step(self) -> torch.Tensor:

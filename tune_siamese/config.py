@@ -66,7 +66,7 @@ class Config:
     precision: str = "auto"  # "auto" = bf16 autocast on CUDA and on CPUs with native bf16, else fp32
     channels_last: bool = True
     compile: str = ""  # "" = eager; else a torch.compile backend for training steps ("inductor": worth it on CUDA)
-    cuda_graphs: bool = False  # on CUDA, each training step is one CUDA graph replay (static batches: drops the last)
+    cuda_graphs: bool = False  # on CUDA, each full batch's training step is one CUDA graph replay
     threads: int = 0  # torch intra-op threads; 0 = leave torch's default
     eval_batch_size: int = 512
 

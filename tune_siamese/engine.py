@@ -149,6 +149,17 @@ def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, imag
     return step
 
 
+def graphed_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, pairs: np.ndarray,
+                 config: Config, generator: torch.Generator) -> GraphedStep | None:
+    """training_step captured as a CUDA graph on the first batch of `pairs`, for train_one_epoch's full batches;
+    None where cuda_graphs does not apply (off, not CUDA, fewer pairs than a batch). The optimizer must come from
+    make_optimizer(..., graphed=True); build this after a resume has loaded its state."""
+    if not uses_cuda_graphs(config, images.device) or len(pairs) < config.batch_size:
+        return None
+    example = torch.from_numpy(pairs[:config.batch_size]).to(images.device)
+    return GraphedStep(training_step(model, optimizer, images, config, generator), example, model, optimizer)
+
+
 def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                     pairs: np.ndarray, config: Config, generator: torch.Generator,
                     graph: GraphedStep | None = None) -> float:
@@ -358,10 +369,7 @@ def fit(config: Config, data: PairData, on_epoch: EpochCallback | None = None,
                 "bad_epochs": bad_epochs, "epoch": result.history[-1]["epoch"] if result.history else 0,
                 "config": config.to_dict()}
 
-    graph = None
-    if graphed and len(data.train) >= config.batch_size:  # captured after a resume has loaded its state
-        example = torch.from_numpy(data.train[:config.batch_size]).to(device)
-        graph = GraphedStep(training_step(trainer, optimizer, images, config, generator), example, model, optimizer)
+    graph = graphed_step(trainer, optimizer, images, data.train, config, generator)  # after a resume's state
     last_epoch = config.max_epochs if epochs is None else min(epochs, config.max_epochs)
     for epoch in range(start_epoch, last_epoch + 1):
         started = time.perf_counter()
