@@ -121,8 +121,15 @@ def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def repo_relative(text: str) -> str:
+    """Paths of this checkout and of the folder beside it (../shared/data/lfw-a) written relative to the repository
+    root: a reader of RESULTS.md has neither this machine nor its folders."""
+    return text.replace(f"{REPO}/", "").replace(f"{REPO.parent}/", "../")
+
+
 def record(title: str, body: str, info: dict[str, Any], started: float, enabled: bool = True) -> None:
     """Print the section and, unless disabled (--no-record), append it to RESULTS.md under a file lock."""
+    body = repo_relative(body)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     section = (f"\n## {title} — {stamp}\n\n"
                f"- machine: {machine_line(info)}\n"
