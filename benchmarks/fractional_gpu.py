@@ -13,8 +13,9 @@ max_memory_reserved per process, plus the device memory in use while all K are a
 process's CUDA context). With --device cpu (for testing) each process uses --threads threads and the memory
 figure is its peak RSS.
 
-Levers (issue 16), each a list so that one run measures them side by side: --steps eager,graphs (graphs:
-Config.cuda_graphs, each full training step one CUDA graph replay), --batch-sizes 32,128, --mps off,on (on: the
+Levers (issue 16), each a list so that one run measures them side by side: --steps eager,graphs,tuned (graphs:
+Config.cuda_graphs, each full training step one CUDA graph replay; tuned: graphs plus the Config levers of
+--levers, e.g. the fastest of benchmarks/gpu_profile.py --variants; eager rows stay today's trial), --batch-sizes 32,128, --mps off,on (on: the
 script starts NVIDIA's MPS control daemon for those rows, with its own pipe and log folders, and stops it after;
 without MPS, processes sharing a GPU are time-sliced). Each row also gives the share of its wall time each
 process spent on the CPU (process_time ÷ wall); torch.cuda.synchronize spins, so near 100 % does not by itself
@@ -48,7 +49,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from tune_siamese import augment, config, data, engine, gpu_sharing, model  # noqa: E402,F401  (core modules only)
-from tune_siamese.config import Config  # noqa: E402
+from tune_siamese.config import Config, parse_overrides  # noqa: E402
+from tune_siamese.errors import InputError  # noqa: E402
 
 FORBIDDEN = ("ray", "optuna")
 BARRIER_TIMEOUT_S = 300
@@ -61,7 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--width", type=float, default=0.25)
     p.add_argument("--image-size", type=int, default=105)
     p.add_argument("--batch-sizes", default="32", help="comma list; every combination is one group of rows")
-    p.add_argument("--steps", default="eager", help="comma list of eager, graphs (Config.cuda_graphs)")
+    p.add_argument("--steps", default="eager", help="comma list of eager, graphs (Config.cuda_graphs), tuned")
+    p.add_argument("--levers", default="default", metavar="KEY=VALUE,...",
+                   help="Config levers of the tuned rows, e.g. cudnn_benchmark=true,stem_fp32=true (default: none)")
     p.add_argument("--mps", default="off", help="comma list of off, on (start NVIDIA MPS for those rows)")
     p.add_argument("--pairs", type=int, default=0, help="seeded subset of N training pairs (0 = all 1980)")
     p.add_argument("--epochs", type=int, default=0, help="timed epochs per process (0 = 20 on CUDA, 1 on CPU)")
@@ -78,17 +82,19 @@ def import_check() -> dict[str, bool]:
 
 
 def trial_config(args: argparse.Namespace, device: str, seed: int, batch_size: int = 32,
-                 graphs: bool = False) -> Config:
-    return Config(data="synthetic", image_size=args.image_size, width=args.width, batchnorm=True, optimizer="adam",
+                 steps: str = "eager") -> Config:
+    base = Config(data="synthetic", image_size=args.image_size, width=args.width, batchnorm=True, optimizer="adam",
                   lr=1e-3, batch_size=batch_size, seed=seed, device=device, precision=args.precision,
-                  channels_last=args.channels_last, threads=args.threads, cuda_graphs=graphs)
+                  channels_last=args.channels_last, threads=args.threads, cuda_graphs=steps != "eager")
+    levers = parse_overrides(args.levers.split(",")) if steps == "tuned" and args.levers != "default" else {}
+    return Config.from_dict({**base.to_dict(), **levers}, source="option --levers")
 
 
 def worker(rank: int, args: argparse.Namespace, device: str, group: dict[str, Any], barriers: Any,
            queue: Any) -> None:
     """One 'trial': load the cached data, build the model on the shared device, warm up, then train."""
     try:
-        cfg = trial_config(args, device, seed=rank, batch_size=group["batch"], graphs=group["steps"] == "graphs")
+        cfg = trial_config(args, device, seed=rank, batch_size=group["batch"], steps=group["steps"])
         dev = engine.setup(cfg)  # threads and seeds, as engine.fit does
         pairs = data.load_data(cfg)
         train = pairs.train
@@ -101,13 +107,14 @@ def worker(rank: int, args: argparse.Namespace, device: str, group: dict[str, An
         graphed = engine.uses_cuda_graphs(cfg, dev)
         optimizer = engine.make_optimizer(cfg, net, graphed)
         generator = torch.Generator().manual_seed(rank)
-        graph = engine.graphed_step(net, optimizer, images, train, cfg, generator)  # as engine.fit builds it
-        engine.train_one_epoch(net, optimizer, images, train[:args.warmup_batches * cfg.batch_size], cfg, generator,
-                               graph)
+        trainer = engine.compiled(net, cfg)
+        graph = engine.graphed_step(trainer, optimizer, images, train, cfg, generator)  # as engine.fit builds it
+        engine.train_one_epoch(trainer, optimizer, images, train[:args.warmup_batches * cfg.batch_size], cfg,
+                               generator, graph)
         sync(dev)
         barriers[0].wait(BARRIER_TIMEOUT_S)
         started, cpu_started = time.time(), time.process_time()
-        losses = [engine.train_one_epoch(net, optimizer, images, train, cfg, generator, graph)
+        losses = [engine.train_one_epoch(trainer, optimizer, images, train, cfg, generator, graph)
                   for _ in range(args.epochs)]
         sync(dev)
         ended = time.time()
@@ -216,8 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     batches = [int(b) for b in args.batch_sizes.split(",")]
     steps = args.steps.split(",")
     mps_states = args.mps.split(",")
-    if not set(steps) <= {"eager", "graphs"} or not set(mps_states) <= {"off", "on"}:
-        raise SystemExit("fractional_gpu: --steps takes eager and/or graphs, --mps off and/or on")
+    if not set(steps) <= {"eager", "graphs", "tuned"} or not set(mps_states) <= {"off", "on"}:
+        raise SystemExit("fractional_gpu: --steps takes eager, graphs and/or tuned, --mps off and/or on")
+    try:
+        trial_config(args, device, seed=0, steps="tuned")  # refuse an unknown or bad lever before any work
+    except InputError as exc:
+        raise SystemExit(f"fractional_gpu: {exc}") from None
     if "on" in mps_states and not cuda:
         raise SystemExit("fractional_gpu: --mps on needs a CUDA device")
 
@@ -286,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         "aggregate = all pairs trained ÷ (last finish − first start); 'vs 1 process' compares with the first row "
         "of its group, 'vs eager, no MPS' with one eager process at that batch size without MPS (today's trial)",
         "- steps: eager = one Python-launched kernel after another; graphs = Config.cuda_graphs (each full batch "
-        "one CUDA graph replay, tune_siamese.cuda_graph); MPS on = NVIDIA's MPS daemon started by the script",
+        "one CUDA graph replay, tune_siamese.cuda_graph); tuned = graphs with "
+        f"{args.levers if args.levers != 'default' else 'no further levers'}; MPS on = NVIDIA's MPS daemon started by the script",
         f"- imports in each process: ray {'yes' if child_imports['ray'] else 'no'}, optuna "
         f"{'yes' if child_imports['optuna'] else 'no'}, pandas "
         f"{'yes (scikit-learn imports it)' if child_imports['pandas'] else 'no'}",

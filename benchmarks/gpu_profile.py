@@ -8,17 +8,26 @@ per step (the union of the kernels' intervals, so overlapping kernels count once
 the idle share of the device, 1 − busy ÷ wall; the kernels that take most of the time are listed. Wall time per
 step is also measured without the profiler (its own overhead would inflate the eager steps).
 
+--variants crosses the steps with Config levers, each a comma list of KEY=VALUE (`default`: none), for example
+cudnn_benchmark=true (cuDNN times its algorithms per shape), stem_fp32=true (the one-channel first conv outside
+bf16 autocast) and compile=inductor (torch.compile, captured inside the graph); a variant that fails is listed
+as failed and the others still run. --best-out writes the fastest variant (of the graphs rows where there are
+any) to a file, for a script to hand to fractional_gpu.py --levers.
+
 Needs only torch and the core modules, like fractional_gpu.py. On a CPU (for testing) the "kernels" are the
 profiler's CPU operator events of the step and "busy" is their union.
 
     python3 benchmarks/gpu_profile.py                                  # on a CUDA machine: eager and graphs
+    python3 benchmarks/gpu_profile.py --steps graphs --variants "default;cudnn_benchmark=true;stem_fp32=true"
     python3 benchmarks/gpu_profile.py --device cpu --steps eager --width 0.0625 --image-size 72 --no-record
 """
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +38,8 @@ from torch.autograd import DeviceType  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from tune_siamese import data, engine, model  # noqa: E402
-from tune_siamese.config import Config  # noqa: E402
+from tune_siamese.config import Config, parse_overrides  # noqa: E402
+from tune_siamese.errors import InputError  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--precision", default="auto", help="auto (bf16 autocast on CUDA), fp32 or bf16")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    p.add_argument("--variants", default="default",
+                   help="';'-separated Config levers to compare, each 'default' or a comma list of KEY=VALUE")
+    p.add_argument("--best-out", default="", help="write the fastest variant there (fractional_gpu's --levers)")
     p.add_argument("--warmup-steps", type=int, default=20)
     p.add_argument("--profile-steps", type=int, default=20)
     p.add_argument("--timed-steps", type=int, default=200, help="steps timed without the profiler")
@@ -74,9 +87,10 @@ class Trial:
             self.net = self.net.to(memory_format=torch.channels_last)
         graphed = engine.uses_cuda_graphs(cfg, device)
         self.optimizer = engine.make_optimizer(cfg, self.net, graphed)
-        self.eager = engine.training_step(self.net, self.optimizer, self.images, cfg, torch.Generator())
+        trainer = engine.compiled(self.net, cfg)
+        self.eager = engine.training_step(trainer, self.optimizer, self.images, cfg, torch.Generator())
         self.batches = torch.from_numpy(pairs.train).to(device).split(cfg.batch_size)[:-1]  # full batches only
-        self.graph = engine.graphed_step(self.net, self.optimizer, self.images, pairs.train, cfg, torch.Generator())
+        self.graph = engine.graphed_step(trainer, self.optimizer, self.images, pairs.train, cfg, torch.Generator())
         self.index = 0
 
     def step(self) -> torch.Tensor:
@@ -122,6 +136,16 @@ def measure(trial: Trial, args: argparse.Namespace, name: str) -> dict[str, Any]
             "profiled_ms": profiled_ms, "top": [(k, v / 1e3 / args.profile_steps) for k, v in top]}
 
 
+def parse_variants(text: str) -> dict[str, dict[str, str]]:
+    """{"default": {}, "cudnn_benchmark=true": {"cudnn_benchmark": "true"}, ...}, checked against Config."""
+    variants: dict[str, dict[str, str]] = {}
+    for item in (v.strip() for v in text.split(";") if v.strip()):
+        levers = {} if item == "default" else parse_overrides(item.split(","))
+        Config.from_dict(levers, source=f"option --variants {item!r}")  # unknown keys, bad values: refuse now
+        variants[item] = levers
+    return variants
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.time()
@@ -130,37 +154,61 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps.split(",")
     if "graphs" in steps and device.type != "cuda":
         raise SystemExit("gpu_profile: graphs steps need a CUDA device (use --steps eager on a CPU)")
+    try:
+        variants = parse_variants(args.variants)
+    except InputError as exc:
+        raise SystemExit(f"gpu_profile: {exc}") from None
     info = _common.machine_info(1)
     print(_common.machine_line(info), flush=True)
-    results = {}
-    for name in steps:
-        cfg = Config(data="synthetic", image_size=args.image_size, width=args.width, batchnorm=True,
-                     optimizer="adam", lr=1e-3, batch_size=args.batch_size, device=str(device), threads=1,
-                     precision=args.precision, channels_last=args.channels_last, cuda_graphs=name == "graphs")
-        results[name] = measure(Trial(cfg, device), args, name)
-        r = results[name]
-        print(f"{name}: {r['kernels']:.0f} kernels/step, busy {r['busy_ms']:.3f} ms of {r['wall_ms']:.3f} ms "
-              f"per step", flush=True)
+    results: dict[tuple[str, str], dict[str, Any] | None] = {}
+    for variant, levers in variants.items():
+        for name in steps:
+            base = Config(data="synthetic", image_size=args.image_size, width=args.width, batchnorm=True,
+                          optimizer="adam", lr=1e-3, batch_size=args.batch_size, device=str(device), threads=1,
+                          precision=args.precision, channels_last=args.channels_last, cuda_graphs=name == "graphs")
+            cfg = Config.from_dict({**base.to_dict(), **levers}, source=f"option --variants {variant!r}")
+            try:
+                r = measure(Trial(cfg, device), args, re.sub(r"[^\w.-]+", "_", f"{name}-{variant}"))  # a file name
+            except Exception:  # one lever failing (a compile backend, say) must not cost the others' figures
+                traceback.print_exc()
+                print(f"{variant} / {name}: FAILED", flush=True)
+                results[variant, name] = None
+                continue
+            results[variant, name] = r
+            print(f"{variant} / {name}: {r['kernels']:.0f} kernels/step, busy {r['busy_ms']:.3f} ms of "
+                  f"{r['wall_ms']:.3f} ms per step", flush=True)
     unit = "kernels" if device.type == "cuda" else "CPU operators"
-    table = [[name, f"{r['kernels']:.0f}", f"{r['wall_ms']:.3f}", f"{r['profiled_ms']:.3f}", f"{r['busy_ms']:.3f}",
-              f"{100 * (1 - r['busy_ms'] / r['wall_ms']):.0f} %",
-              f"{1e3 * args.batch_size / r['wall_ms']:.0f}"] for name, r in results.items()]
-    tops = [f"- {name}: " + "; ".join(f"{k[:70]} {v:.3f} ms" for k, v in r["top"]) for name, r in results.items()]
+    table = [[variant, name, "failed", "", "", "", "", ""] if r is None else
+             [variant, name, f"{r['kernels']:.0f}", f"{r['wall_ms']:.3f}", f"{r['profiled_ms']:.3f}",
+              f"{r['busy_ms']:.3f}", f"{100 * (1 - r['busy_ms'] / r['wall_ms']):.0f} %",
+              f"{1e3 * args.batch_size / r['wall_ms']:.0f}"] for (variant, name), r in results.items()]
+    tops = [f"- {variant} / {name}: " + "; ".join(f"{k[:70]} {v:.3f} ms" for k, v in r["top"])
+            for (variant, name), r in results.items() if r is not None]
+    best = fastest(results, "graphs" if "graphs" in steps else steps[0])
+    if args.best_out and best:
+        Path(args.best_out).write_text(best + "\n")
     body = "\n".join([
         f"- trial: synthetic data, Koch net width {args.width}, {args.image_size} px, BatchNorm, Adam, batch "
         f"{args.batch_size}, precision {args.precision}, channels_last {args.channels_last}, 1 torch thread, "
-        f"device {device}",
+        f"device {device}; variants: Config levers on top of that",
         f"- {args.warmup_steps} warm-up steps; wall per step timed over {args.timed_steps} steps without the profiler; "
         f"{unit} and busy time from torch.profiler over {args.profile_steps} steps (busy = union of their intervals)",
         "",
-        _common.md_table(["steps", f"{unit} per step", "wall ms per step", "wall ms per step (profiled)",
+        _common.md_table(["variant", "steps", f"{unit} per step", "wall ms per step", "wall ms per step (profiled)",
                           "device busy ms per step", "device idle", "pairs/s"], table),
         "",
+        *([f"Fastest variant ({'graphs' if 'graphs' in steps else steps[0]} steps): {best}", ""] if best else []),
         "Longest per step:",
         *tops,
     ])
     _common.record("gpu_profile", body, info, started, enabled=not args.no_record)
     return 0
+
+
+def fastest(results: dict[tuple[str, str], dict[str, Any] | None], steps: str) -> str | None:
+    """The variant with the shortest wall time per step among the `steps` rows that ran."""
+    timed = [(r["wall_ms"], variant) for (variant, name), r in results.items() if name == steps and r is not None]
+    return min(timed)[1] if timed else None
 
 
 if __name__ == "__main__":

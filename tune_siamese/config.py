@@ -67,6 +67,8 @@ class Config:
     channels_last: bool = True
     compile: str = ""  # "" = eager; else a torch.compile backend for training steps ("inductor": worth it on CUDA)
     cuda_graphs: bool = False  # on CUDA, each full batch's training step is one CUDA graph replay
+    cudnn_benchmark: bool = False  # let cuDNN time its algorithms per shape (faster kernels; not bit-reproducible)
+    stem_fp32: bool = False  # the first conv (one input channel) outside bf16 autocast, where its kernel is slow
     threads: int = 0  # torch intra-op threads; 0 = leave torch's default
     eval_batch_size: int = 512
 

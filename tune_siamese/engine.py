@@ -75,6 +75,7 @@ def setup(config: Config) -> torch.device:
     if config.threads > 0:
         torch.set_num_threads(config.threads)  # one trial's share of the cores, so trials don't oversubscribe
     seed_everything(config.seed)
+    torch.backends.cudnn.benchmark = config.cudnn_benchmark  # process-wide; a trial is one process
     return resolve_device(config)
 
 
@@ -98,6 +99,13 @@ def make_optimizer(config: Config, model: torch.nn.Module, graphed: bool = False
 def uses_cuda_graphs(config: Config, device: torch.device) -> bool:
     """cuda_graphs applies on CUDA only; elsewhere the same steps run eagerly."""
     return config.cuda_graphs and device.type == "cuda"
+
+
+def compiled(model: torch.nn.Module, config: Config) -> torch.nn.Module:
+    """The module training steps call: torch.compile'd with config.compile's backend, else `model` itself.
+    Only training is compiled (fixed batch size); evaluation batches vary, so it stays eager. The wrapper shares
+    the parameters, so state_dicts are still taken from `model`."""
+    return cast(torch.nn.Module, torch.compile(model, backend=config.compile)) if config.compile else model
 
 
 def make_scheduler(config: Config, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
@@ -336,9 +344,7 @@ def fit(config: Config, data: PairData, on_epoch: EpochCallback | None = None,
     graphed = uses_cuda_graphs(config, device)
     optimizer = make_optimizer(config, model, graphed)
     scheduler = make_scheduler(config, optimizer)
-    # Only the training steps are compiled (fixed batch size); evaluation batches vary, so it stays eager.
-    # The compiled wrapper shares the parameters, so state_dicts are taken from `model` as before.
-    trainer = cast(torch.nn.Module, torch.compile(model, backend=config.compile)) if config.compile else model
+    trainer = compiled(model, config)
     generator = torch.Generator().manual_seed(config.seed)
     miner = PairMiner(data, np.random.default_rng(config.seed)) if config.mined_pairs else None
     images = images_on(device, data.images)

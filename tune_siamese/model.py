@@ -20,8 +20,10 @@ class SiameseNet(nn.Module):
     """Twin embedding network; `forward(a, b)` returns one logit per pair (same person > 0)."""
 
     def __init__(self, width: float = 1.0, input_size: int = 105, batchnorm: bool = False,
-                 embedding: int = 4096, head: str = "l1", dropout: float = 0.0, init: str = "koch"):
+                 embedding: int = 4096, head: str = "l1", dropout: float = 0.0, init: str = "koch",
+                 stem_fp32: bool = False):
         super().__init__()
+        self.stem_fp32 = stem_fp32
         layers: list[nn.Module] = []
         in_ch = 1
         for index, (out_ch, kernel) in enumerate(KOCH_CONVS):
@@ -58,6 +60,12 @@ class SiameseNet(nn.Module):
                     nn.init.normal_(module.bias, 0.5, 1e-2)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stem_fp32 and torch.is_autocast_enabled(x.device.type):
+            # cuDNN's bf16 kernel for a one-channel input was the slowest of an H200 step (gpu_profile); this conv
+            # is a sliver of the FLOPs, so fp32 costs little there. The rest of the net stays in autocast's dtype.
+            with torch.autocast(x.device.type, enabled=False):
+                x = self.features[0](x.float())
+            return self.fc(self.features[1:](x))
         return self.fc(self.features(x))
 
     def score(self, ea: torch.Tensor, eb: torch.Tensor) -> torch.Tensor:
@@ -79,7 +87,8 @@ class SiameseNet(nn.Module):
 
 def build_model(config: Config) -> SiameseNet:
     return SiameseNet(width=config.width, input_size=config.model_input_size, batchnorm=config.batchnorm,
-                      embedding=config.embedding, head=config.head, dropout=config.dropout, init=config.init)
+                      embedding=config.embedding, head=config.head, dropout=config.dropout, init=config.init,
+                      stem_fp32=config.stem_fp32)
 
 
 def center_crop(x: torch.Tensor, zoom: float) -> torch.Tensor:
