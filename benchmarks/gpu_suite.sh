@@ -13,9 +13,9 @@ out=${OUT:-/tmp/gpu_suite}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 TUNE_SIAMESE_CACHE=${TUNE_SIAMESE_CACHE:-/tmp/tune_siamese_cache}
 status=0
-step() {  # run one measurement; keep going on failure, but remember it
+step() {  # run one measurement, at most STEP_TIMEOUT_S seconds; keep going on failure, but remember it
     echo "=== $* ($(date -u +%H:%M:%S))"
-    "$@" || { echo "=== FAILED (exit $?): $*"; status=1; }
+    timeout "${STEP_TIMEOUT_S:-300}" "$@" || { echo "=== FAILED (exit $?): $*"; status=1; }
     cp benchmarks/RESULTS.md "$out/RESULTS.md"
 }
 exec > >(tee "$out/log.txt") 2>&1
