@@ -7,13 +7,15 @@ import json
 import math
 import statistics
 from pathlib import Path
+from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 from helpers import SMOKE, trial_frames
 
 import run_search
 from tune_siamese.checkpoint import load_checkpoint
-from tune_siamese.finish import FINALISTS_DIR, summarise_finalists
+from tune_siamese.finish import FINALISTS_DIR, summarise_finalists, top_trials
 from tune_siamese.names import FINAL_FILE, STATE_FILE
 from tune_siamese.settings import load_resume_settings
 
@@ -97,6 +99,18 @@ def test_the_lowest_mean_wins_not_the_search_best():
                                                       ("trial_a", 2): run(0.75, 6, "a2")})
     assert two_seeds["retrain_epochs"] == 5  # the median of 3 and 6, 4.5, rounded up
     assert two_seeds["threshold_run"] == "a1"  # both equally close to the mean: the first seed
+
+
+def test_trials_tied_on_val_loss_rank_the_same_in_any_listing_order():
+    """A restored ResultGrid may list trials in another order; a resumed stage must pick the same top trials."""
+    def result(name: str, losses: list[float]) -> SimpleNamespace:
+        return SimpleNamespace(path=f"/exp/{name}", error=None,
+                               metrics_dataframe=pd.DataFrame({"epoch": range(1, len(losses) + 1), "val_loss": losses}))
+
+    trials = [result("trial_d", [0.7, 0.6]), result("trial_b", [0.65]), result("trial_c", [0.65, 0.9]),
+              result("trial_a", [0.8])]
+    for listing in (trials, trials[::-1], trials[1:] + trials[:1]):
+        assert [Path(r.path).name for r, _ in top_trials(listing, 3)] == ["trial_d", "trial_b", "trial_c"]
 
 
 def test_an_errored_or_missing_run_means_no_winner_and_a_diverged_one_disqualifies():

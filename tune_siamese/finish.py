@@ -120,12 +120,14 @@ def status_counts(results: tune.ResultGrid) -> dict[str, int]:
 
 
 def top_trials(results: tune.ResultGrid, k: int) -> list[tuple[tune.Result, float]]:
-    """The k trials with the lowest val loss at any epoch (errored, diverged and unreported trials left out)."""
+    """The k trials with the lowest val loss at any epoch (errored, diverged and unreported trials left out).
+    Equal losses are ordered by trial name: a restored ResultGrid may list the trials in another order, and a
+    resumed finalist stage must find the same finalists (seen on tiny data, where trials tie exactly)."""
     ranked = []
     for result in _each(results):
         if _unusable(result) is None:
             ranked.append((result, float(result.metrics_dataframe[VAL_LOSS].min())))
-    ranked.sort(key=lambda pair: pair[1])
+    ranked.sort(key=lambda pair: (pair[1], Path(pair[0].path).name))
     return ranked[:k]
 
 
