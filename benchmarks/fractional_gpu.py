@@ -15,9 +15,9 @@ figure is its peak RSS.
 
 Levers (issue 16), each a list so that one run measures them side by side: --steps eager,graphs,tuned (graphs:
 Config.cuda_graphs, each full training step one CUDA graph replay; tuned: graphs plus the Config levers of
---levers, e.g. the fastest of benchmarks/gpu_profile.py --variants; eager rows stay today's trial), --batch-sizes 32,128, --mps off,on (on: the
-script starts NVIDIA's MPS control daemon for those rows, with its own pipe and log folders, and stops it after;
-without MPS, processes sharing a GPU are time-sliced). Each row also gives the share of its wall time each
+--levers, e.g. the fastest of benchmarks/gpu_profile.py --variants; eager rows stay today's trial), --batch-sizes
+32,128, --mps off,on (on: the script starts NVIDIA's MPS control daemon for those rows, with its own pipe and log
+folders, and stops it after; without MPS, processes sharing a GPU are time-sliced). Each row also gives the share of its wall time each
 process spent on the CPU (process_time ÷ wall); torch.cuda.synchronize spins, so near 100 % does not by itself
 mean launching is the bottleneck (benchmarks/gpu_profile.py's device idle share says that).
 
