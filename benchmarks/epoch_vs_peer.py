@@ -66,10 +66,9 @@ from tune_siamese.engine import (  # noqa: E402
     cpu_has_native_bf16,
     graphed_step,
     images_on,
-    make_optimizer,
+    model_and_optimizer,
     predict,
     train_one_epoch,
-    uses_cuda_graphs,
 )
 from tune_siamese.model import build_model, forward_flops  # noqa: E402
 
@@ -313,12 +312,8 @@ class ProjectRunner(Runner):
         super().__init__()
         self.name, self.cfg, self.images, self.pairs, self.device, self.capped = name, cfg, images, pairs, device, cap
         torch.manual_seed(seed)
-        self.model = build_model(cfg).to(device)
         self.channels_last = cfg.channels_last
-        if cfg.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)  # as engine.fit does
-        graphed = uses_cuda_graphs(cfg, device)
-        self.optimizer = make_optimizer(cfg, self.model, graphed)
+        self.model, self.optimizer = model_and_optimizer(cfg, device)  # as engine.fit builds them
         self.generator = torch.Generator().manual_seed(seed)
         # as engine.fit builds it; its capture warms it up (and leaves the weights as they were)
         self.graph = graphed_step(self.model, self.optimizer, images, pairs, cfg, self.generator)

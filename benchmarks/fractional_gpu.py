@@ -101,11 +101,7 @@ def worker(rank: int, args: argparse.Namespace, device: str, group: dict[str, An
         if args.pairs:
             train = train[np.random.default_rng(0).permutation(len(train))[:args.pairs]]
         images = engine.images_on(dev, pairs.images)
-        net = model.build_model(cfg).to(dev)
-        if cfg.channels_last:
-            net = net.to(memory_format=torch.channels_last)
-        graphed = engine.uses_cuda_graphs(cfg, dev)
-        optimizer = engine.make_optimizer(cfg, net, graphed)
+        net, optimizer = engine.model_and_optimizer(cfg, dev)  # as engine.fit builds them
         generator = torch.Generator().manual_seed(rank)
         trainer = engine.compiled(net, cfg)
         graph = engine.graphed_step(trainer, optimizer, images, train, cfg, generator)  # as engine.fit builds it

@@ -37,7 +37,7 @@ import torch  # noqa: E402
 from torch.autograd import DeviceType  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from tune_siamese import data, engine, model  # noqa: E402
+from tune_siamese import data, engine  # noqa: E402
 from tune_siamese.config import Config, parse_overrides  # noqa: E402
 from tune_siamese.errors import InputError  # noqa: E402
 
@@ -82,11 +82,7 @@ class Trial:
         pairs = data.load_data(cfg)
         self.device = device
         self.images = engine.images_on(device, pairs.images)
-        self.net = model.build_model(cfg).to(device)
-        if cfg.channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
-        graphed = engine.uses_cuda_graphs(cfg, device)
-        self.optimizer = engine.make_optimizer(cfg, self.net, graphed)
+        self.net, self.optimizer = engine.model_and_optimizer(cfg, device)  # as engine.fit builds them
         trainer = engine.compiled(self.net, cfg)
         self.eager = engine.training_step(trainer, self.optimizer, self.images, cfg, torch.Generator())
         self.batches = torch.from_numpy(pairs.train).to(device).split(cfg.batch_size)[:-1]  # full batches only

@@ -96,6 +96,15 @@ def make_optimizer(config: Config, model: torch.nn.Module, graphed: bool = False
     raise InputError(f"unknown optimizer {config.optimizer!r}; use sgd, adam or adamw")
 
 
+def model_and_optimizer(config: Config, device: torch.device) -> tuple[SiameseNet, torch.optim.Optimizer]:
+    """A fresh model on `device` in the config's memory layout, and its optimizer (capturable where cuda_graphs
+    applies): what fit trains, and what the GPU benchmarks build to train the same way."""
+    model = build_model(config).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, make_optimizer(config, model, uses_cuda_graphs(config, device))
+
+
 def uses_cuda_graphs(config: Config, device: torch.device) -> bool:
     """cuda_graphs applies on CUDA only; elsewhere the same steps run eagerly."""
     return config.cuda_graphs and device.type == "cuda"
@@ -338,11 +347,8 @@ def fit(config: Config, data: PairData, on_epoch: EpochCallback | None = None,
                          f"val_pairs={'all' if data.val_all is not None else 'given'!r}; it is a data setting, "
                          "fixed for a whole search")
     device = setup(config)
-    model = build_model(config).to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model, optimizer = model_and_optimizer(config, device)
     graphed = uses_cuda_graphs(config, device)
-    optimizer = make_optimizer(config, model, graphed)
     scheduler = make_scheduler(config, optimizer)
     trainer = compiled(model, config)
     generator = torch.Generator().manual_seed(config.seed)
