@@ -220,8 +220,9 @@ def test_parallel_axes_are_the_searched_parameters_scaled_to_unit_range(exp):
     # lr is log-uniform over [1e-4, 1e-2] in the smoke space: scaled on log10 over that range, ticked in real values
     lr = exp.trials.set_index("trial_id")["lr"]
     assert frame["lr"].to_numpy() == pytest.approx(((np.log10(lr) + 4) / 2).to_numpy())
-    assert [(spot, float(label)) for spot, label in zip(*ticks["lr"])] == pytest.approx(
-        [(0, 1e-4), (0.5, 1e-3), (1, 1e-2)])
+    spots, labels = ticks["lr"]
+    assert list(spots) == [0, 0.5, 1]
+    assert [float(label) for label in labels] == pytest.approx([1e-4, 1e-3, 1e-2])
 
 
 def test_roc_threshold_marks_a_point_on_each_curve(exp):
