@@ -1,0 +1,105 @@
+"""The final-model policies (tune_siamese.final_model): identity-disjoint folds, each policy end to end on small
+synthetic data with its members fitted as concurrent Ray tasks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tune_siamese.errors import InputError
+from tune_siamese.final_model import build_final_model, check_policy, identity_folds
+
+
+def test_folds_are_identity_disjoint_cover_every_pair_and_hold_both_labels(synthetic_small):
+    data = synthetic_small
+    trainval = np.concatenate([data.train, data.val])
+    folds = identity_folds(trainval, data.identity, 3, seed=0)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(len(trainval)))
+    people = [set(data.identity[trainval[rows, :2]].ravel().tolist()) for rows in folds]
+    for i in range(3):
+        assert set(trainval[folds[i], 2].tolist()) == {0, 1}
+        for j in range(i + 1, 3):
+            assert not people[i] & people[j]
+    sizes = [len(rows) for rows in folds]
+    assert max(sizes) - min(sizes) <= max(len(trainval) // 10, 2)  # small linked groups: nearly equal folds
+    assert [r.tolist() for r in identity_folds(trainval, data.identity, 3, seed=0)] == [r.tolist() for r in folds]
+
+
+def test_folds_that_cannot_hold_both_labels_are_refused(synthetic_small):
+    data = synthetic_small
+    same = data.train[data.train[:, 2] == 1][:3]
+    with pytest.raises(InputError, match="fold"):
+        identity_folds(same, data.identity, 2, seed=0)
+
+
+@pytest.mark.parametrize("policy, size, message", [("best", 1, "not one of"), ("retrain", 3, "one model"),
+                                                    ("folds", 1, ">= 2"), ("seeds", 0, ">= 1")])
+def test_bad_policy_options_are_refused(policy, size, message):
+    with pytest.raises(InputError, match=message):
+        check_policy(policy, size)
+
+
+
+def test_retrain_matches_the_single_retrain_it_replaces(ray_session, synthetic_small, tiny_config):
+    from tune_siamese.finish import retrain_and_test
+
+    config = tiny_config(max_epochs=2)
+    final = build_final_model("retrain", 1, config, 2, synthetic_small, None, {"num_cpus": 1}, {"num_cpus": 1})
+    _, scores = retrain_and_test(config, synthetic_small, 2)
+    assert final.scores["test"]["auc"] == pytest.approx(scores["test"]["auc"], abs=1e-6)
+    assert final.threshold_logit == pytest.approx(scores["test"]["threshold_logit"], abs=1e-6)
+    assert final.record["policy"] == "retrain" and len(final.record["members"]) == 1
+
+
+@pytest.mark.parametrize("policy", ["seeds", "folds"])
+def test_members_fit_side_by_side_and_are_averaged(ray_session, synthetic_small, tiny_config, policy):
+    from tune_siamese.model import EnsembleNet
+
+    config = tiny_config(max_epochs=2, patience=2)
+    final = build_final_model(policy, 2, config, 2, synthetic_small, None, {"num_cpus": 1}, {"num_cpus": 1})
+    assert isinstance(final.model, EnsembleNet) and len(final.model.members) == 2
+    members = final.record["members"]
+    assert [m["seed"] for m in members] == [config.seed, config.seed + 1]
+    test = final.scores["test"]
+    assert 0 <= test["auc"] <= 1 and test["threshold_logit"] == final.threshold_logit
+    if policy == "folds":
+        assert sum(m["fold_pairs"] for m in members) == len(synthetic_small.train) + len(synthetic_small.val)
+
+
+def test_every_member_is_submitted_before_any_is_waited_for(monkeypatch, synthetic_small, tiny_config):
+    """The K fits are Ray tasks submitted together, so a cluster with room runs them side by side: a stand-in for
+    Ray records the order of submissions and waits (wall-clock overlap would make a flaky test on 2 cores)."""
+    from tune_siamese import final_model
+
+    events: list[str] = []
+    member = {"state": {}, "epochs": 1, "node": "n", "started": 0.0, "ended": 1.0,
+              "held_out_logits": None, "best_epoch": 1}
+
+    class FakeRay:
+        @staticmethod
+        def put(value):
+            return value
+
+        @staticmethod
+        def remote(function):
+            class Task:
+                def options(self, **_):
+                    return self
+
+                def remote(self, *args):
+                    events.append(f"submit {function.__name__}")
+                    return function.__name__
+            return Task()
+
+        @staticmethod
+        def get(refs):
+            events.append(f"wait {refs}")
+            if isinstance(refs, list):
+                return [member] * len(refs)
+            return {"test": {"threshold_logit": 0.0}}
+
+    monkeypatch.setattr(final_model, "ray", FakeRay)
+    monkeypatch.setattr(final_model, "rebuilt", lambda config, state: None)
+    monkeypatch.setattr(final_model, "EnsembleNet", lambda models, configs: models)
+    final_model.build_final_model("seeds", 3, tiny_config(), 2, synthetic_small, None, {}, {})
+    assert events == ["submit _member_task"] * 3 + ["wait ['_member_task', '_member_task', '_member_task']",
+                                                    "submit _score_task", "wait _score_task"]

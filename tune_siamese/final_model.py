@@ -1,0 +1,215 @@
+"""The model a search hands back (--final POLICY, --final-size K), built from the winning configuration:
+
+- `retrain`: one model trained on train + val for the best trial's best epoch count (K = 1 of `seeds`);
+- `trial`: the best trial's own model (trained on the train part, its epoch chosen on the val pairs);
+- `seeds`: K such retrains with seeds seed, seed + 1, ..., their logits averaged;
+- `folds`: K identity-disjoint folds of train + val; member k trains on the other folds and stops early on fold k;
+  the K members are averaged, and the threshold is chosen on their out-of-fold logits, so every pair serves for
+  training and for stopping.
+
+Each member is fitted in a Ray task with a trial's resources, all submitted at once (side by side where the
+cluster has room); a last task scores the test pairs. Tasks return CPU weights; the driver exports.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from .checkpoint import as_trained, load_checkpoint
+from .config import Config
+from .data import PairData
+from .engine import best_threshold, evaluate, fit, images_on, predict, print_epochs, resolve_device, val_and_test
+from .errors import InputError
+from .model import EnsembleNet, build_model
+from .names import STATE_FILE
+
+POLICIES = ("retrain", "trial", "seeds", "folds")
+DEFAULT_SIZE = 3  # members of `seeds` and `folds`
+
+
+def check_policy(policy: str, size: int, source: str = "option --final") -> None:
+    if policy not in POLICIES:
+        raise InputError(f"{source}={policy!r} is not one of {', '.join(POLICIES)}")
+    if policy in ("retrain", "trial") and size != 1:
+        raise InputError(f"{source}={policy} hands back one model; --final-size={size} applies to seeds and folds")
+    if policy == "seeds" and size < 1:
+        raise InputError(f"option --final-size={size} must be >= 1 for --final seeds")
+    if policy == "folds" and size < 2:
+        raise InputError(f"option --final-size={size} must be >= 2 for --final folds (one fold is held out)")
+
+
+def identity_folds(pairs: np.ndarray, identity: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
+    """K arrays of row indices into `pairs`, no person in two of them, every row in one.
+
+    A pair links its two people; the linked groups (connected components) go whole into the fold with the fewest
+    pairs so far, largest first (ties in a seeded order). On LFW's DevTrain the largest group holds 21 of 2200
+    pairs, so the folds come out nearly equal; a fold without both kinds of pair is refused."""
+    people_a, people_b = identity[pairs[:, 0]], identity[pairs[:, 1]]
+    n = int(identity.max()) + 1
+    graph = coo_matrix((np.ones(len(pairs)), (people_a, people_b)), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    group_of_pair = component[people_a]
+    groups, sizes = np.unique(group_of_pair, return_counts=True)
+    order = np.random.default_rng(seed).permutation(len(groups))
+    order = order[np.argsort(-sizes[order], kind="stable")]
+    fold_of_group: dict[int, int] = {}
+    filled = np.zeros(k, dtype=np.int64)
+    for g in order:
+        fold = int(np.argmin(filled))
+        fold_of_group[int(groups[g])] = fold
+        filled[fold] += sizes[g]
+    fold_of_pair = np.array([fold_of_group[int(g)] for g in group_of_pair], dtype=np.int64)
+    folds = [np.flatnonzero(fold_of_pair == fold) for fold in range(k)]
+    for fold, rows in enumerate(folds):
+        labels = pairs[rows, 2]
+        if not (labels == 1).any() or not (labels == 0).any():
+            raise InputError(f"option --final-size={k}: fold {fold + 1} of the train + val pairs would hold "
+                             f"{len(rows)} pairs without both same- and different-person pairs; use fewer folds")
+    return folds
+
+
+# ------------------------------------------------------------------------------------------------------
+# Ray tasks: they return CPU weights (and a fold's out-of-fold logits); the driver rebuilds the models.
+
+def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+
+
+def rebuilt(config: Config, state: dict[str, torch.Tensor]) -> Any:
+    model = build_model(config)
+    model.load_state_dict(state)
+    return as_trained(model, config)
+
+
+def trial_model(checkpoint: Any, config: Config) -> Any:
+    """A trial's own model at its best epoch, from its last checkpoint (trained on the train part only)."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        state = load_checkpoint(Path(folder) / STATE_FILE)
+    return rebuilt(config, state["best_model"])
+
+
+def _member_task(config: dict[str, Any], data: PairData, train: np.ndarray, held_out: np.ndarray | None,
+                 epochs: int, label: str) -> dict[str, Any]:
+    """One member: `epochs` epochs on `train` without validation, or (with `held_out`) early stopping on it,
+    returning its logits there for the out-of-fold threshold."""
+    started = time.time()
+    cfg = Config.from_dict(config, source="final model member")
+    out: dict[str, Any] = {}
+    if held_out is None:
+        model = fit(cfg, replace(data, train=train), validate=False, epochs=epochs,
+                    on_epoch=print_epochs(f"[{label}] ", epochs)).model
+        out["epochs"] = epochs
+    else:
+        # The held-out fold is this member's validation set as given; val_pairs="all" draws its own pairs from
+        # data.val, which no longer describes the fold.
+        cfg = cfg.replace(val_pairs="given")
+        result = fit(cfg, replace(data, train=train, val=held_out, val_all=None),
+                     on_epoch=print_epochs(f"[{label}] ", cfg.max_epochs))
+        model = result.model
+        images = images_on(resolve_device(cfg), data.images)
+        out.update(epochs=len(result.history), best_epoch=result.best_epoch,
+                   held_out_logits=predict(model, images, held_out, cfg))
+    return {**out, "state": cpu_state(model), "node": ray.get_runtime_context().get_node_id(),
+            "started": started, "ended": time.time()}
+
+
+def _score_task(members: list[tuple[dict[str, Any], dict[str, torch.Tensor]]], data: PairData,
+                threshold: float | None, threshold_checkpoint: Any, threshold_config: dict[str, Any],
+                epochs: int) -> dict[str, Any]:
+    """Test scores of the members' mean logit (one member: itself) at a threshold chosen by the policy.
+
+    threshold None: chosen here on the val pairs by the model itself (the `trial` policy, never trained on them);
+    else the given one (the folds' out-of-fold choice) or, when NaN, the one the trial's own model chooses on the
+    val pairs, as for today's retrain (that model is refitted on the train part alone when it has no checkpoint).
+    """
+    configs = [Config.from_dict(values, source="final model member") for values, _ in members]
+    models = [rebuilt(config, state) for config, (_, state) in zip(configs, members)]
+    model = models[0] if len(models) == 1 else EnsembleNet(models, configs)
+    config = configs[0] if len(models) == 1 else model.config
+    device = resolve_device(config)
+    images = images_on(device, data.images)
+    model = model.to(device)
+    report: dict[str, Any] = {}
+    if threshold is None:
+        scores = val_and_test(model, images, data, config)
+        return {"test": scores["test"], "val": scores["val"]}
+    if np.isnan(threshold):
+        own_config = Config.from_dict(threshold_config, source="threshold model")
+        own = trial_model(threshold_checkpoint, own_config)
+        if own is None:
+            own = fit(own_config, data, validate=False, epochs=epochs,
+                      on_epoch=print_epochs("[threshold model] ", epochs)).model
+        own_scores = val_and_test(own.to(device), images, data, own_config)
+        threshold = float(own_scores["val"]["threshold_logit"])
+        report["searched_model_test"] = own_scores["test"]  # the best trial's own model, for the record
+    report["test"] = evaluate(model, images, data.test, config, threshold=threshold, with_roc=True)
+    return report
+
+
+@dataclass
+class FinalModel:
+    """What a policy hands back: the model (a SiameseNet, or an EnsembleNet of K), its decision threshold, the
+    test scores, and final.json's record of how it was made."""
+
+    model: Any
+    configs: list[Config]
+    threshold_logit: float
+    scores: dict[str, Any]
+    record: dict[str, Any]
+
+
+def build_final_model(policy: str, size: int, config: Config, epochs: int, data: PairData, checkpoint: Any,
+                      options: dict[str, Any], member_options: dict[str, Any]) -> FinalModel:
+    """Fit the policy's members as Ray tasks (member_options: a trial's resources each), then score them in one
+    task (options: the retrain's resources). `epochs`: the best trial's best epoch (retrain, seeds)."""
+    data_ref = ray.put(data)
+    score = ray.remote(_score_task).options(**options)
+    started = time.time()
+    if policy == "trial":
+        if checkpoint is None:
+            raise InputError("option --final trial: the best trial left no checkpoint to hand back")
+        state = cpu_state(trial_model(checkpoint, config))
+        scores = ray.get(score.remote([(config.to_dict(), state)], data_ref, None, None, {}, epochs))
+        record = {"policy": policy, "size": 1, "members": [{"from": "best trial's own model"}]}
+        return FinalModel(rebuilt(config, state), [config], float(scores["test"]["threshold_logit"]), scores,
+                          {**record, "wall_seconds": round(time.time() - started, 1)})
+    fit_member = ray.remote(_member_task).options(**member_options)
+    trainval = np.concatenate([data.train, data.val])
+    folds: list[np.ndarray] = []
+    if policy == "folds":
+        folds = identity_folds(trainval, data.identity, size, config.seed)
+        configs = [config.replace(seed=config.seed + k) for k in range(size)]
+        futures = [fit_member.remote(c.to_dict(), data_ref, trainval[np.concatenate(folds[:k] + folds[k + 1:])],
+                                     trainval[folds[k]], epochs, f"fold {k + 1}/{size}")
+                   for k, c in enumerate(configs)]
+    else:  # retrain (one member) and seeds
+        configs = [config.replace(seed=config.seed + k) for k in range(size)]
+        label = "retrain" if policy == "retrain" else "seed {}/{}"
+        futures = [fit_member.remote(c.to_dict(), data_ref, trainval, None, epochs, label.format(k + 1, size))
+                   for k, c in enumerate(configs)]
+    fitted = ray.get(futures)
+    members = [(c.to_dict(), f["state"]) for c, f in zip(configs, fitted)]
+    threshold = float("nan")
+    if policy == "folds":
+        labels = np.concatenate([trainval[fold, 2] for fold in folds])
+        out_of_fold = np.concatenate([f["held_out_logits"] for f in fitted])
+        threshold = best_threshold(labels, out_of_fold)
+    scores = ray.get(score.remote(members, data_ref, threshold, checkpoint, config.to_dict(), epochs))
+    models = [rebuilt(c, f["state"]) for c, f in zip(configs, fitted)]
+    model = models[0] if size == 1 else EnsembleNet(models, configs)
+    record = {"policy": policy, "size": size, "wall_seconds": round(time.time() - started, 1),
+              "members": [{"seed": c.seed, "epochs": f["epochs"], "node": f["node"],
+                           "started": f["started"], "ended": f["ended"],
+                           **({"best_epoch": f["best_epoch"], "fold_pairs": len(folds[k])} if folds else {})}
+                          for k, (c, f) in enumerate(zip(configs, fitted))]}
+    return FinalModel(model, configs, float(scores["test"]["threshold_logit"]), scores, record)
