@@ -22,7 +22,7 @@ same cores, --max-concurrent trials at once, one CPU and one torch thread each.
 
 Each search method runs once per searcher seed (--seeds, default 5: seeds 0..4). Its pick is what run_search.py
 hands back: the trial with the lowest val loss at any epoch (finish.best_trial), or the finalists' winner
-(finish.run_finalists), retrained on train + val by finish._retrain_task as a Ray task with finish.task_options
+(finish.run_finalists), retrained on train + val by final_model's `retrain` policy (Ray tasks) with finish.task_options
 (finish_search's path, without the export): trained for the pick's epochs, DevTest scored at the threshold the
 pick's own model chose on the val pairs. A pick that was retrained before (same configuration, epochs and threshold
 model) is not retrained again: every trial trains with the same trial seed (Config.seed = --trial-seed, whatever
@@ -329,38 +329,32 @@ def count_finalist_epochs(experiment: str) -> int:
 
 
 # ------------------------------------------------------------------------------------------------------
-# Retraining: finish_search's path (finish._retrain_task as a Ray task with finish.task_options), no export
+# Retraining: finish_search's path (final_model's `retrain` policy with finish.task_options), no export
 
 
 class Retrainer:
     """Retrains picks and remembers the scores, keyed by what determines them (trials are seeded alike)."""
 
     def __init__(self, settings: Any, cache: dict[str, Any], save: Any) -> None:
-        import ray
-
         from tune_siamese import finish
 
         self.options = finish.task_options(settings)
-        self.task = ray.remote(finish._retrain_task).options(**self.options)
         self.cache, self.save = cache, save
-        self.refs: dict[str, Any] = {}
 
     def __call__(self, data: Any, variant: str, config: dict[str, Any], keys: list[str], epochs: int,
                  checkpoint: Any, threshold: tuple[int, int]) -> tuple[dict[str, Any], bool]:
         """(scores, retrained now?) for `config` retrained `epochs` epochs, its threshold chosen by the model of
         seed threshold[0] at epoch threshold[1] (the checkpoint's best model)."""
-        import ray
+        from tune_siamese.final_model import build_final_model
 
         key = json.dumps([variant, describe(config, keys), epochs, *threshold])
         if key in self.cache:
             return self.cache[key], False
-        if variant not in self.refs:
-            self.refs[variant] = ray.put(data)
         threads = max(1, int(self.options["num_cpus"]))
-        values = Config.from_dict(dict(config), source="pick").replace(threads=threads).to_dict()
+        pick = Config.from_dict(dict(config), source="pick").replace(threads=threads)
         print(f"  retraining {describe(config, keys)} for {epochs} epochs ...", flush=True)
         started = time.time()
-        _, scores, _ = ray.get(self.task.remote(values, self.refs[variant], epochs, checkpoint))
+        scores = build_final_model("retrain", 1, pick, epochs, data, checkpoint, self.options, self.options).scores
         test, own = scores["test"], scores["searched_model_test"]
         self.cache[key] = {"auc": test["auc"], "accuracy_at_threshold": test["accuracy_at_threshold"],
                            "accuracy": test["accuracy"], "own_auc": own["auc"],
@@ -378,11 +372,11 @@ def best_epoch(result: Any) -> tuple[int, float]:
 
 def own_model_auc(result: Any, data: Any) -> float:
     """DevTest AUC of a trial's own model (train part only, best epoch): --oracle-top's cheap ranking."""
-    from tune_siamese import finish
+    from tune_siamese import final_model
     from tune_siamese.engine import images_on, resolve_device, val_and_test
 
     config = Config.from_dict(dict(result.config), source="grid trial")
-    model = finish.trial_model(result.checkpoint, config)
+    model = final_model.trial_model(result.checkpoint, config)
     device = resolve_device(config)
     return float(val_and_test(model.to(device), images_on(device, data.images), data, config)["test"]["auc"])
 
@@ -675,7 +669,7 @@ def report(args: argparse.Namespace, state: dict[str, Any], searches: list[Metho
         + f"; ASHA max_t {args.max_epochs}, grace {args.grace_period}, reduction factor {args.reduction_factor:g}; "
         f"searcher seeds 0..{args.seeds - 1}",
         "- pick: what run_search.py hands back (the lowest val loss at any epoch, or the finalists' winner), "
-        "retrained on train + val by finish._retrain_task as a Ray task with finish.task_options (finish_search's "
+        "retrained on train + val by final_model's `retrain` policy (Ray tasks) with finish.task_options (finish_search's "
         "path, no export); DevTest accuracy at the threshold its own model chose on the val pairs",
         f"- oracle ({oracle_how}; each at its best val epoch, threshold from its own model): "
         f"{describe(oracle['config'], keys)}, {oracle['epochs']} epochs: DevTest AUC {oracle['auc']:.4f}, "

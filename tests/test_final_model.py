@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from tune_siamese.errors import InputError
-from tune_siamese.final_model import build_final_model, check_policy, identity_folds
+from tune_siamese.final_model import build_final_model, identity_folds
+from tune_siamese.settings import check_final_policy
 
 
 def test_folds_are_identity_disjoint_cover_every_pair_and_hold_both_labels(synthetic_small):
@@ -35,18 +36,28 @@ def test_folds_that_cannot_hold_both_labels_are_refused(synthetic_small):
                                                     ("folds", 1, ">= 2"), ("seeds", 0, ">= 1")])
 def test_bad_policy_options_are_refused(policy, size, message):
     with pytest.raises(InputError, match=message):
-        check_policy(policy, size)
+        check_final_policy(policy, size)
 
 
 
-def test_retrain_matches_the_single_retrain_it_replaces(ray_session, synthetic_small, tiny_config):
-    from tune_siamese.finish import retrain_and_test
+def test_retrain_is_one_model_on_train_and_val_with_the_trial_models_threshold(ray_session, synthetic_small,
+                                                                                tiny_config):
+    """The `retrain` policy is what a search handed back before the policies: a model fitted on train + val for the
+    given epochs, scored at the threshold a train-only model chooses on the val pairs."""
+    from dataclasses import replace
 
-    config = tiny_config(max_epochs=2)
-    final = build_final_model("retrain", 1, config, 2, synthetic_small, None, {"num_cpus": 1}, {"num_cpus": 1})
-    _, scores = retrain_and_test(config, synthetic_small, 2)
-    assert final.scores["test"]["auc"] == pytest.approx(scores["test"]["auc"], abs=1e-6)
-    assert final.threshold_logit == pytest.approx(scores["test"]["threshold_logit"], abs=1e-6)
+    from tune_siamese.engine import evaluate, fit, images_on, resolve_device, val_and_test
+
+    config, data = tiny_config(max_epochs=2), synthetic_small
+    final = build_final_model("retrain", 1, config, 2, data, None, {"num_cpus": 1}, {"num_cpus": 1})
+    own = fit(config, data, validate=False, epochs=2).model
+    images = images_on(resolve_device(config), data.images)
+    threshold = val_and_test(own, images, data, config)["val"]["threshold_logit"]
+    model = fit(config, replace(data, train=np.concatenate([data.train, data.val])), validate=False, epochs=2).model
+    test = evaluate(model, images, data.test, config, threshold=threshold)
+    assert final.threshold_logit == pytest.approx(threshold, abs=1e-6)
+    assert final.scores["test"]["auc"] == pytest.approx(test["auc"], abs=1e-6)
+    assert final.scores["test"]["auc_ci"][0] <= final.scores["test"]["auc"] <= final.scores["test"]["auc_ci"][1]
     assert final.record["policy"] == "retrain" and len(final.record["members"]) == 1
 
 

@@ -5,7 +5,11 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from tune_siamese.intervals import accuracy_at, auc, bootstrap_intervals, person_weights, tar_at
+from tune_siamese.engine import pair_metrics
+from tune_siamese.intervals import bootstrap_intervals, person_weights, weighted_scores
+
+THRESHOLDS = {"accuracy": (0.0, True), "accuracy_at_threshold": (0.3, False)}
+FARS = {"tar_at_far_0.01": 1e-2, "tar_at_far_0.001": 1e-3}
 
 
 def scored_pairs(people: int, pairs: int, person_effect: float, seed: int = 0):
@@ -16,25 +20,37 @@ def scored_pairs(people: int, pairs: int, person_effect: float, seed: int = 0):
     a = rng.integers(0, people, pairs)
     labels = (np.arange(pairs) < pairs // 2).astype(float)
     b = np.where(labels > 0, a, (a + rng.integers(1, people, pairs)) % people)
-    logits = rng.normal(labels * 1.5 - 0.75, 1.0) + effect[a] * np.where(labels > 0, 1, -1)
+    logits = np.round(rng.normal(labels * 1.5 - 0.75, 1.0) + effect[a] * np.where(labels > 0, 1, -1), 1)  # ties
     return labels, logits, a, b
+
+
+def test_weighted_scores_agree_with_the_unweighted_metrics_and_with_repeated_pairs():
+    labels, logits, a, b = scored_pairs(people=80, pairs=500, person_effect=0.5)
+    metrics = pair_metrics(labels, logits, threshold=0.3, with_roc=True)
+    ones = weighted_scores(labels, logits, np.ones((1, len(labels))), THRESHOLDS, FARS)
+    for name in ("accuracy", "accuracy_at_threshold", "auc", *FARS):
+        assert ones[name][0] == pytest.approx(metrics[name], abs=1e-12), name
+    # An integer weight is the pair repeated that many times.
+    weights = np.random.default_rng(1).integers(0, 4, len(labels)).astype(float)
+    repeated = np.repeat(np.arange(len(labels)), weights.astype(int))
+    found = weighted_scores(labels, logits, weights[None, :], THRESHOLDS, FARS)
+    assert found["auc"][0] == pytest.approx(roc_auc_score(labels[repeated], logits[repeated]), abs=1e-12)
+    assert found["accuracy"][0] == pytest.approx(np.mean((logits[repeated] > 0) == (labels[repeated] > 0)))
 
 
 def test_interval_contains_the_point_estimate_and_repeats_with_its_seed():
     labels, logits, a, b = scored_pairs(people=120, pairs=600, person_effect=0.5)
-    metrics = {"auc": auc, "accuracy": accuracy_at(0.0), "tar": tar_at(1e-2)}
-    found = bootstrap_intervals(labels, logits, a, b, metrics, resamples=300, seed=3)
-    point = {"auc": roc_auc_score(labels, logits), "accuracy": np.mean((logits >= 0) == (labels > 0)),
-             "tar": tar_at(1e-2)(labels, logits, np.ones_like(labels))}
+    found = bootstrap_intervals(labels, logits, a, b, THRESHOLDS, FARS, resamples=300, seed=3)
+    point = pair_metrics(labels, logits, threshold=0.3, with_roc=True)
     for name, (low, high) in found.items():
         assert low <= point[name] <= high and low < high, name
-    assert bootstrap_intervals(labels, logits, a, b, metrics, resamples=300, seed=3) == found
+    assert bootstrap_intervals(labels, logits, a, b, THRESHOLDS, FARS, resamples=300, seed=3) == found
 
 
 def test_pairs_of_the_same_people_widen_the_interval_beyond_a_pair_bootstrap():
     """With few people whose pairs move together, resampling pairs as if independent understates the spread."""
     labels, logits, a, b = scored_pairs(people=15, pairs=600, person_effect=1.5)
-    low, high = bootstrap_intervals(labels, logits, a, b, {"auc": auc}, resamples=300)["auc"]
+    low, high = bootstrap_intervals(labels, logits, a, b, {}, {}, resamples=300)["auc"]
     rng = np.random.default_rng(0)
     by_pairs = []
     for _ in range(300):
@@ -46,14 +62,11 @@ def test_pairs_of_the_same_people_widen_the_interval_beyond_a_pair_bootstrap():
 
 def test_a_pair_counts_as_often_as_its_people_were_drawn():
     a, b = np.array([0, 0, 1]), np.array([0, 1, 2])  # a same-person pair, then two different-person pairs
-    for seed in range(20):
-        rng = np.random.default_rng(seed)
-        weights = person_weights(a, b, rng)
-        draws = np.bincount(np.random.default_rng(seed).integers(0, 3, 3), minlength=3)
-        assert weights.tolist() == [draws[0], draws[0] * draws[1], draws[1] * draws[2]]
+    weights = person_weights(a, b, 50, np.random.default_rng(0))
+    draws = np.stack([np.bincount(row, minlength=3) for row in np.random.default_rng(0).integers(0, 3, (50, 3))])
+    assert weights.tolist() == np.stack([draws[:, 0], draws[:, 0] * draws[:, 1], draws[:, 1] * draws[:, 2]], 1).tolist()
 
 
 def test_one_kind_of_pair_only_is_refused():
-    labels, logits = np.ones(4), np.zeros(4)
     with pytest.raises(ValueError):
-        bootstrap_intervals(labels, logits, np.arange(4), np.arange(4), {"auc": auc}, resamples=10)
+        bootstrap_intervals(np.ones(4), np.zeros(4), np.arange(4), np.arange(4), {}, {}, resamples=10)

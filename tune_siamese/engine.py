@@ -21,13 +21,27 @@ from .config import Config
 from .cuda_graph import UNCAPTURED_WARNING, GraphedStep
 from .data import PairData, PairMiner
 from .errors import InputError
+from .intervals import bootstrap_intervals
 from .model import SiameseNet, build_model, center_crop, in_layout, resize
 
 EpochCallback = Callable[[dict[str, Any], Callable[[], dict[str, Any]]], None]
 
 
 class Diverged(RuntimeError):
-    """The training loss became NaN or infinite (e.g. a learning rate that is far too high)."""
+    """The loss became NaN, infinite or absurd (e.g. a learning rate that is far too high)."""
+
+
+# A constant prediction of 0.5 costs ln 2 per pair in BCE. A mean loss a hundred times that needs confident wrong
+# answers on most pairs (|logit| ~ 100): no model that is learning gets there, an exploding one does (SGD at
+# lr 1e10 reached 2e9 with chance-level AUC), and a finite exploded loss would otherwise pass for a result.
+DIVERGED_ABOVE = 100 * math.log(2)
+
+
+def check_loss(value: float, what: str) -> None:
+    """Raise Diverged for a loss that is not finite or is absurdly high (DIVERGED_ABOVE)."""
+    if not math.isfinite(value) or value > DIVERGED_ABOVE:
+        raise Diverged(f"{what} is {value:.4g}" + ("" if not math.isfinite(value) else
+                                                   f", above {DIVERGED_ABOVE:.1f} (100 x a constant guess's)"))
 
 
 def resolve_device(config: Config) -> torch.device:
@@ -201,8 +215,7 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, im
         total += loss * len(batch)
         count += len(batch)
     value = float(total) / max(count, 1)  # one device sync per epoch, not per batch
-    if not math.isfinite(value):
-        raise Diverged(f"training loss is {value}")
+    check_loss(value, "training loss")
     return value
 
 
@@ -259,7 +272,11 @@ def best_threshold(labels: np.ndarray, logits: np.ndarray, balanced: bool = Fals
         accuracy = (tpr + 1 - fpr) / 2
     else:
         accuracy = (tpr * positives + (1 - fpr) * (len(labels) - positives)) / len(labels)
-    return float(np.clip(thresholds[int(np.argmax(accuracy))], -1e6, 1e6))
+    return float(np.clip(thresholds[int(np.argmax(accuracy))], -THRESHOLD_LIMIT, THRESHOLD_LIMIT))
+
+
+# best_threshold's ends: roc_curve's first threshold is +inf ("reject every pair"), kept finite for JSON.
+THRESHOLD_LIMIT = 1e6
 
 
 def _mean(values: np.ndarray, same: np.ndarray, balanced: bool) -> float:
@@ -270,9 +287,12 @@ def _mean(values: np.ndarray, same: np.ndarray, balanced: bool) -> float:
 
 
 def pair_metrics(labels: np.ndarray, logits: np.ndarray, threshold: float | None = None,
-                 with_roc: bool = False, balanced: bool = False) -> dict[str, Any]:
+                 with_roc: bool = False, balanced: bool = False,
+                 people: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     """Loss, accuracy at logit 0 and AUC (and at `threshold`, with ROC points); `balanced` weighs each class half
-    whatever its count (validation over all pairs among its people, where different-person pairs outnumber)."""
+    whatever its count (validation over all pairs among its people, where different-person pairs outnumber).
+    With ROC points and `people` (each pair's two people), every score but the loss gets `<name>_ci`, its 95 %
+    interval from a bootstrap over people (tune_siamese.intervals)."""
     labels = labels.astype(np.float64)
     same = labels > 0.5
     balanced = balanced and bool(same.any() and (~same).any())
@@ -292,6 +312,12 @@ def pair_metrics(labels: np.ndarray, logits: np.ndarray, threshold: float | None
             accepted = logits >= threshold
             metrics["threshold_fpr"] = float(accepted[~same].mean()) if (~same).any() else float("nan")
             metrics["threshold_tpr"] = float(accepted[same].mean()) if same.any() else float("nan")
+        if people is not None and same.any() and (~same).any():
+            thresholds = {"accuracy": (0.0, True), **({} if threshold is None else
+                                                       {"accuracy_at_threshold": (threshold, False)})}
+            fars = {f"tar_at_far_{far:g}": far for far in TAR_AT_FAR}
+            intervals = bootstrap_intervals(labels, logits, people[0], people[1], thresholds, fars)
+            metrics.update({f"{name}_ci": interval for name, interval in intervals.items()})
     return metrics
 
 
@@ -308,8 +334,11 @@ def tar_at_far(fpr: np.ndarray, tpr: np.ndarray, far: float) -> float:
 
 
 def evaluate(model: torch.nn.Module, images: torch.Tensor, pairs: np.ndarray, config: Config,
-             threshold: float | None = None, with_roc: bool = False) -> dict[str, Any]:
-    return pair_metrics(pairs[:, 2], predict(model, images, pairs, config), threshold, with_roc)
+             threshold: float | None = None, with_roc: bool = False,
+             identity: np.ndarray | None = None) -> dict[str, Any]:
+    """pair_metrics of the model's logits; with `identity` (image -> person) and ROC, 95 % intervals too."""
+    people = None if identity is None else (identity[pairs[:, 0]], identity[pairs[:, 1]])
+    return pair_metrics(pairs[:, 2], predict(model, images, pairs, config), threshold, with_roc, people=people)
 
 
 def validation_logits(model: torch.nn.Module, images: torch.Tensor, data: PairData, config: Config
@@ -396,8 +425,7 @@ def fit(config: Config, data: PairData, on_epoch: EpochCallback | None = None,
             labels, logits, balanced = validation_logits(model, images, data, config)
             val = pair_metrics(labels, logits, balanced=balanced)
             metrics.update(val_loss=val["loss"], val_accuracy=val["accuracy"], val_auc=val["auc"])
-            if not math.isfinite(val["loss"]):
-                raise Diverged(f"validation loss is {val['loss']} at epoch {epoch}")
+            check_loss(val["loss"], f"validation loss at epoch {epoch}")
             if val["loss"] < result.best_val_loss:
                 result.best_val_loss, result.best_epoch, bad_epochs = val["loss"], epoch, 0
                 best_state = copy.deepcopy(model.state_dict())
@@ -452,7 +480,7 @@ def val_and_test(model: torch.nn.Module, images: torch.Tensor, data: PairData, c
     labels, val_logits, balanced = validation_logits(model, images, data, config)
     threshold = best_threshold(labels, val_logits, balanced)
     return {"val": pair_metrics(labels, val_logits, threshold, balanced=balanced),
-            "test": evaluate(model, images, data.test, config, threshold, with_roc=True)}
+            "test": evaluate(model, images, data.test, config, threshold, with_roc=True, identity=data.identity)}
 
 
 def train_and_test(config: Config, data: PairData, on_epoch: EpochCallback | None = None) -> tuple[FitResult, dict]:

@@ -31,20 +31,6 @@ from .errors import InputError
 from .model import EnsembleNet, build_model
 from .names import STATE_FILE
 
-POLICIES = ("retrain", "trial", "seeds", "folds")
-DEFAULT_SIZE = 3  # members of `seeds` and `folds`
-
-
-def check_policy(policy: str, size: int, source: str = "option --final") -> None:
-    if policy not in POLICIES:
-        raise InputError(f"{source}={policy!r} is not one of {', '.join(POLICIES)}")
-    if policy in ("retrain", "trial") and size != 1:
-        raise InputError(f"{source}={policy} hands back one model; --final-size={size} applies to seeds and folds")
-    if policy == "seeds" and size < 1:
-        raise InputError(f"option --final-size={size} must be >= 1 for --final seeds")
-    if policy == "folds" and size < 2:
-        raise InputError(f"option --final-size={size} must be >= 2 for --final folds (one fold is held out)")
-
 
 def identity_folds(pairs: np.ndarray, identity: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
     """K arrays of row indices into `pairs`, no person in two of them, every row in one.
@@ -152,7 +138,8 @@ def _score_task(members: list[tuple[dict[str, Any], dict[str, torch.Tensor]]], d
         own_scores = val_and_test(own.to(device), images, data, own_config)
         threshold = float(own_scores["val"]["threshold_logit"])
         report["searched_model_test"] = own_scores["test"]  # the best trial's own model, for the record
-    report["test"] = evaluate(model, images, data.test, config, threshold=threshold, with_roc=True)
+    report["test"] = evaluate(model, images, data.test, config, threshold=threshold, with_roc=True,
+                              identity=data.identity)
     return report
 
 

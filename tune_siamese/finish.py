@@ -11,40 +11,53 @@ import os
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import ray
 import torch
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
 from . import storage
-from .checkpoint import as_trained, export_ensemble, export_model, load_checkpoint
+from .checkpoint import export_ensemble, export_model
 from .cluster import alive_nodes
 from .config import Config
 from .data import PairData
-from .engine import evaluate, fit, images_on, print_epochs, resolve_device, val_and_test
+from .engine import THRESHOLD_LIMIT, images_on, resolve_device, val_and_test
 from .errors import InputError
-from .model import EnsembleNet, build_model
-from .names import FINAL_FILE, MODE, STATE_FILE, VAL_LOSS, trial_status
+from .final_model import FinalModel, build_final_model, cpu_state, rebuilt, trial_model
+from .model import EnsembleNet
+from .names import FINAL_FILE, VAL_LOSS, trial_status
 from .search import CompletionWatch, SearchProgress, live_table, train_siamese
 from .settings import SearchSettings, check_owner
 
 
-def best_trial(results: tune.ResultGrid) -> tuple[tune.Result, int, float]:
-    """(result, epoch of its best val loss, that loss) of the trial with the lowest val loss at any epoch."""
-    best = results.get_best_result(metric=VAL_LOSS, mode=MODE, scope="all")
-    assert best.metrics_dataframe is not None, "the best trial reported nothing"
+def best_trial(results: tune.ResultGrid) -> tuple[tune.Result, int, float] | None:
+    """(result, epoch of its best val loss, that loss) of the trial with the lowest val loss at any epoch, by
+    top_trials' rule (errored, diverged and unreported trials never win); None when no trial is usable."""
+    top = top_trials(results, 1)
+    if not top:
+        return None
+    best, _ = top[0]
     epoch, loss = _best_epoch(best.metrics_dataframe)
     return best, epoch, loss
 
 
+def no_usable_trial(results: tune.ResultGrid) -> str:
+    """Why no trial can be handed back, e.g. "of 4 trials, 3 diverged, 1 errored"."""
+    reasons: dict[str, int] = {}
+    for result in _each(results):
+        reason = _unusable(result) or "usable"
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return f"of {len(results)} trial(s), " + ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))
+
+
 def _best_epoch(frame: Any) -> tuple[int, float]:
-    """(epoch, val loss) of a trial's lowest val loss at any epoch."""
-    rows = frame[frame[VAL_LOSS].notna()]
+    """(epoch, val loss) of a trial's lowest val loss at any epoch (rows without an epoch, such as a diverged
+    trial's closing report, do not count)."""
+    rows = frame[frame[VAL_LOSS].notna() & frame["epoch"].notna()]
     row = rows.loc[rows[VAL_LOSS].idxmin()]
     return int(row["epoch"]), float(row[VAL_LOSS])
 
@@ -56,40 +69,10 @@ def _unusable(result: tune.Result) -> str | None:
         return "errored"
     if _diverged(frame):
         return "diverged"
-    if frame is None or VAL_LOSS not in frame or frame[VAL_LOSS].isna().all():
+    if frame is None or VAL_LOSS not in frame or "epoch" not in frame or \
+            (frame[VAL_LOSS].notna() & frame["epoch"].notna()).sum() == 0:
         return "reported no val loss"
     return None
-
-
-def trial_model(checkpoint: tune.Checkpoint | None, config: Config) -> Any:
-    """A trial's own model at its best epoch, from its last checkpoint (trained on the train part only)."""
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as folder:
-        state = load_checkpoint(Path(folder) / STATE_FILE)
-    return _rebuilt(config, state["best_model"])
-
-
-def retrain_and_test(config: Config, data: PairData, epochs: int, trial_model: Any = None
-                     ) -> tuple[Any, dict[str, Any]]:
-    """Retrain on train + val pairs for `epochs` epochs, then score the test pairs.
-
-    The decision threshold is chosen on the validation pairs by the trial's own model (trained on the train part
-    only, so it never saw them) and applied to the retrained model's logits. Without that model, a train-only
-    model is fitted for the same epochs to choose it.
-    """
-    if trial_model is None:
-        trial_model = fit(config, data, validate=False, epochs=epochs,
-                          on_epoch=print_epochs("[threshold model] ", epochs)).model
-    device = resolve_device(config)
-    images = images_on(device, data.images)
-    trial_scores = val_and_test(trial_model.to(device), images, data, config)
-    threshold = trial_scores["val"]["threshold_logit"]
-    full = replace(data, train=np.concatenate([data.train, data.val]))
-    model = fit(config, full, validate=False, epochs=epochs, on_epoch=print_epochs("[retrain] ", epochs)).model
-    test = evaluate(model, images, data.test, config, threshold=threshold, with_roc=True)
-    # final.json keeps its key "searched_model_test" for the trial's own model
-    return model, {"test": test, "searched_model_test": trial_scores["test"], "epochs": epochs}
 
 
 def _each(results: tune.ResultGrid) -> Any:
@@ -126,7 +109,7 @@ def top_trials(results: tune.ResultGrid, k: int) -> list[tuple[tune.Result, floa
     ranked = []
     for result in _each(results):
         if _unusable(result) is None:
-            ranked.append((result, float(result.metrics_dataframe[VAL_LOSS].min())))
+            ranked.append((result, _best_epoch(result.metrics_dataframe)[1]))
     ranked.sort(key=lambda pair: (pair[1], Path(pair[0].path).name))
     return ranked[:k]
 
@@ -287,19 +270,8 @@ def run_finalists(settings: SearchSettings, results: tune.ResultGrid, data: Pair
 # ------------------------------------------------------------------------------------------------------
 # The Ray tasks: they return CPU weights and scores; the driver rebuilds the models to export them.
 
-def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-
-
 def _node_id() -> str:
     return ray.get_runtime_context().get_node_id()
-
-
-def _retrain_task(config: dict[str, Any], data: PairData, epochs: int,
-                  checkpoint: tune.Checkpoint | None) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
-    cfg = Config.from_dict(config, source="retrain config")
-    model, scores = retrain_and_test(cfg, data, epochs, trial_model(checkpoint, cfg))
-    return _cpu_state(model), scores, _node_id()
 
 
 def _ensemble_task(members: list[tuple[dict[str, Any], tune.Checkpoint | None]], data: PairData
@@ -309,13 +281,7 @@ def _ensemble_task(members: list[tuple[dict[str, Any], tune.Checkpoint | None]],
         config = Config.from_dict(values, source="ensemble member")
         loaded.append((config, trial_model(checkpoint, config)))
     model, report = ensemble_and_test(loaded, data)
-    return [_cpu_state(member) for member in model.members], report, _node_id()
-
-
-def _rebuilt(config: Config, state: dict[str, torch.Tensor]) -> Any:
-    model = build_model(config)
-    model.load_state_dict(state)
-    return as_trained(model, config)
+    return [cpu_state(member) for member in model.members], report, _node_id()
 
 
 def task_options(settings: SearchSettings) -> dict[str, Any]:
@@ -327,6 +293,11 @@ def task_options(settings: SearchSettings) -> dict[str, Any]:
         cpus = settings.retrain_cpus
     gpus = settings.gpus_per_trial if settings.retrain_gpus is None else settings.retrain_gpus
     return {"num_cpus": cpus, "num_gpus": gpus, "max_retries": 1}
+
+
+def member_options(settings: SearchSettings) -> dict[str, Any]:
+    """Each member of a final model (--final seeds/folds) is fitted with one trial's resources."""
+    return {"num_cpus": settings.cpus_per_trial, "num_gpus": settings.gpus_per_trial, "max_retries": 1}
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -357,6 +328,41 @@ def _scalars(test: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in test.items() if not k.startswith("roc_")}
 
 
+def score_warnings(test: dict[str, Any]) -> list[str]:
+    """What a user must know before believing a test score: a threshold that decides every pair alike, or a
+    model whose AUC is not surely above chance (its 95 % interval reaches 0.5)."""
+    warnings = []
+    threshold = test.get("threshold_logit", 0.0)
+    if abs(threshold) >= THRESHOLD_LIMIT:
+        decision = "rejects" if threshold > 0 else "accepts"
+        warnings.append(f"the decision threshold {decision} every pair: the validation pairs gave no threshold "
+                        "better than that (a model without signal there)")
+    low, high = test.get("auc_ci", [test["auc"], test["auc"]])
+    if low <= 0.5:
+        warnings.append(f"test AUC {test['auc']:.3f} (95 % interval {low:.3f}-{high:.3f}) is no better than chance")
+    return warnings
+
+
+def hand_back(final: FinalModel, settings: SearchSettings, export_dir: str | None, epochs: int,
+              suffix: str = "") -> dict[str, Any]:
+    """Export a final model to EXPERIMENT/export<suffix> (and EXPORT_DIR<suffix>); its part of final.json."""
+    target, copy = export_targets(settings, export_dir, suffix)
+    test, threshold = final.scores["test"], final.threshold_logit
+    if isinstance(final.model, EnsembleNet):
+        publish(lambda folder: export_ensemble(final.model, folder, metrics=_scalars(test),
+                                               threshold_logit=threshold), target, copy)
+    else:
+        publish(lambda folder: export_model(final.model, final.configs[0], folder, threshold_logit=threshold,
+                                            metrics={"epochs_trained": epochs, **_scalars(test)}), target, copy)
+    part: dict[str, Any] = {**final.scores, "epochs": epochs, "final": final.record, "export": target,
+                            **({"export_copy": copy} if copy else {})}
+    part["retrain_node"] = final.record["members"][0].get("node")
+    warnings = score_warnings(test)
+    if warnings:
+        part["warnings"] = warnings
+    return part
+
+
 def finish_search(settings: SearchSettings, results: tune.ResultGrid, data: PairData, export_dir: str | None,
            retrain: bool = True, ensemble: int = 0, search_seconds: float = 0.0,
            resumed: bool = False, finalists: Finalists | None = None) -> tuple[dict[str, Any], Any]:
@@ -365,12 +371,18 @@ def finish_search(settings: SearchSettings, results: tune.ResultGrid, data: Pair
 
     Returns (summary, retrained model)."""
     started = time.time()
-    best, epoch, loss = best_trial(results)
+    counts = {"experiment": settings.experiment_path, "trials": len(results), "errored_trials": len(results.errors),
+              "trial_statuses": status_counts(results)}
+    ranked = best_trial(results)
+    if ranked is None:  # nothing to hand back: say so in final.json rather than crash or export a broken model
+        unusable = {"no_usable_trial": no_usable_trial(results), **counts,
+                    "wall_seconds": {"search": round(search_seconds, 1), "resumed": resumed}}
+        storage.write_text(storage.child(settings.experiment_path, FINAL_FILE), json.dumps(unusable, indent=2) + "\n")
+        return unusable, None
+    best, epoch, loss = ranked
     config = Config.from_dict(dict(best.config or {}), source="best trial")
     summary: dict[str, Any] = {"best_config": config.to_dict(), "best_epoch": epoch, "best_val_loss": loss,
-                               "best_trial": Path(best.path).name, "experiment": settings.experiment_path,
-                               "trials": len(results), "errored_trials": len(results.errors),
-                               "trial_statuses": status_counts(results)}
+                               "best_trial": Path(best.path).name, **counts}
     if "identity_overlap" in data.info:  # allowed by allow_identity_overlap: the test score is not clean
         summary["identity_overlap"] = data.info["identity_overlap"]
     # What is retrained and exported: the finalists' winner, else the best trial at its best epoch.
@@ -381,23 +393,12 @@ def finish_search(settings: SearchSettings, results: tune.ResultGrid, data: Pair
             retrained, epochs, threshold_checkpoint = finalists.config, finalists.epochs, finalists.checkpoint
     options = task_options(settings)
     threads = max(1, int(options["num_cpus"]))
-    data_ref = ray.put(data)  # once for both tasks
     model = None
     if retrain:
-        retrain_task = ray.remote(_retrain_task).options(**options)
-        state, scores, node = ray.get(retrain_task.remote(retrained.replace(threads=threads).to_dict(), data_ref,
-                                                          epochs, threshold_checkpoint))
-        model = _rebuilt(retrained, state)
-        summary.update(scores)
-        summary["retrain_node"] = node
-        target, copy = export_targets(settings, export_dir)
-        threshold = scores["test"]["threshold_logit"]
-        publish(lambda folder: export_model(model, retrained, folder, threshold_logit=threshold,
-                                            metrics={"epochs_trained": epochs, **_scalars(scores["test"])}),
-                target, copy)
-        summary["export"] = target
-        if copy:
-            summary["export_copy"] = copy
+        final = build_final_model(settings.final, settings.final_size, retrained.replace(threads=threads), epochs,
+                                  data, threshold_checkpoint, options, member_options(settings))
+        summary.update(hand_back(final, settings, export_dir, epochs))
+        model = final.model
     if ensemble >= 2:
         chosen = [(result, loss) for result, loss in top_trials(results, ensemble) if result.checkpoint is not None]
         if len(chosen) < 2:
@@ -405,8 +406,8 @@ def finish_search(settings: SearchSettings, results: tune.ResultGrid, data: Pair
         configs = [Config.from_dict(dict(result.config or {}), source="ensemble member") for result, _ in chosen]
         ensemble_task = ray.remote(_ensemble_task).options(**options)
         states, report, node = ray.get(ensemble_task.remote(
-            [(c.replace(threads=threads).to_dict(), r.checkpoint) for c, (r, _) in zip(configs, chosen)], data_ref))
-        members = EnsembleNet([_rebuilt(c, s) for c, s in zip(configs, states)], configs)
+            [(c.replace(threads=threads).to_dict(), r.checkpoint) for c, (r, _) in zip(configs, chosen)], data))
+        members = EnsembleNet([rebuilt(c, s) for c, s in zip(configs, states)], configs)
         report["members"] = [{"trial_id": Path(result.path).name, "val_loss": loss} for result, loss in chosen]
         target, copy = export_targets(settings, export_dir, "-ensemble")
         publish(lambda folder: export_ensemble(members, folder, metrics=_scalars(report["test"]),

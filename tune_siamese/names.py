@@ -18,6 +18,10 @@ RUNG_METRICS = {"last": VAL_LOSS, "best": BEST_VAL_LOSS, "avg3": VAL_LOSS_AVG3}
 MODE = "min"
 DIVERGED_LOSS = 10.0  # reported by a diverged trial: finite, so the searcher ranks it as bad instead of failing
 
+# What a search hands back (--final; final_model builds each) and the members of a seeds or folds final model
+FINAL_POLICIES = ("retrain", "trial", "seeds", "folds")
+FINAL_SIZE = 3
+
 # A trial's status as the search's summary and the analysis report it (trial_status gives the rule)
 FINISHED, ASHA_STOPPED, DIVERGED, ERRORED, RUNNING, PENDING = (
     "finished", "asha_stopped", "diverged", "errored", "running", "pending")

@@ -25,8 +25,12 @@ if not sys.stderr.isatty():
 
 from .config import Config  # noqa: E402
 from .errors import InputError, OneLineParser  # noqa: E402
-from .names import RUNG_METRICS  # noqa: E402
+from .names import FINAL_FILE, FINAL_POLICIES, RUNG_METRICS  # noqa: E402
 from .settings import SEARCHERS, rerun  # noqa: E402
+
+# Exit codes: 0 done, 2 bad input (nothing started), 3 every trial errored or diverged (nothing handed back),
+# 130 interrupted (Ctrl-C or SIGTERM; --resume continues).
+NO_USABLE_TRIAL = 3
 
 
 def parse_args(argv: Sequence[str] | None = None, prog: str = "run_search.py") -> argparse.Namespace:
@@ -96,6 +100,15 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "run_search.py") -
                         "with the lowest mean best val loss (default: the preset's, else 0: off)")
     p.add_argument("--finalist-seeds", type=int, metavar="S",
                    help="seeds per finalist, >= 1 with --finalists (default: the preset's, else 0)")
+    p.add_argument("--final", choices=FINAL_POLICIES,
+                   help="what the search hands back, built from the best configuration: retrain (one model on "
+                        "train + val, the best trial's epochs), trial (the best trial's own model), seeds (K "
+                        "retrains with seeds seed..seed+K-1, averaged), folds (K identity-disjoint folds of train + "
+                        "val, each model stopped early on its own fold, averaged) (default: the preset's, else "
+                        "retrain); `tune-siamese finalize` builds another later")
+    p.add_argument("--final-size", type=int, metavar="K",
+                   help="models in a seeds or folds final model (default 3); their fits run side by side as Ray "
+                        "tasks, one trial's resources each")
     p.add_argument("--ensemble", type=int, default=0, metavar="K",
                    help="also test and export the mean of the top K trials' own models (K >= 2; exported to "
                         "EXPERIMENT/export-ensemble, or EXPORT_DIR-ensemble)")
@@ -151,6 +164,10 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, Any]:
         summary, model = finish_search(settings, results, data, args.export_dir, retrain=not args.no_retrain,
                                 ensemble=args.ensemble, search_seconds=search_seconds, resumed=bool(args.resume),
                                 finalists=finalists)
+    if "no_usable_trial" in summary:
+        print(f"\nNo usable trial ({summary['no_usable_trial']}): nothing was retrained or exported; "
+              f"{FINAL_FILE} records it. Exit code {NO_USABLE_TRIAL}.", flush=True)
+        return summary, None
     print_summary(summary, preset, settings)
     return summary, model
 
@@ -179,23 +196,17 @@ def print_start(settings: Any, on_cluster: bool = False) -> None:
 
 
 def print_summary(summary: dict[str, Any], preset: Any, settings: Any) -> None:
-    print("\nBest configuration (val loss {:.4f} at epoch {}):".format(summary["best_val_loss"],
-                                                                       summary["best_epoch"]))
+    print("\nBest configuration (val loss {:.4f} at epoch {}; optimistic: it won a selection among {} trials, "
+          "quote the test figures):".format(summary["best_val_loss"], summary["best_epoch"], summary["trials"]))
     print(json.dumps({k: summary["best_config"][k] for k in sorted(preset.space)}, indent=2))
     if "finalists" in summary:
         print_finalists(summary, preset)
     if "test" in summary:
-        test = summary["test"]
-        print(f"Retrained on train+val for {summary['epochs']} epochs (node {summary['retrain_node'][:12]}); "
-              f"test: accuracy {test['accuracy']:.4f}, accuracy at val threshold "
-              f"{test['accuracy_at_threshold']:.4f}, AUC {test['auc']:.4f}")
-        print(f"Exported to {summary['export']}" + (f" and {summary['export_copy']}" if "export_copy" in summary
-                                                     else ""))
+        print_final(summary)
     if "ensemble" in summary:
         ens = summary["ensemble"]
-        print(f"Ensemble of the top {len(ens['members'])} trials' own models; test: accuracy "
-              f"{ens['test']['accuracy']:.4f}, accuracy at val threshold {ens['test']['accuracy_at_threshold']:.4f}, "
-              f"AUC {ens['test']['auc']:.4f}; exported to {ens['export']}")
+        print(f"Ensemble of the top {len(ens['members'])} trials' own models; test: {test_line(ens['test'])}; "
+              f"exported to {ens['export']}")
     if "identity_overlap" in summary:
         overlap = summary["identity_overlap"]
         print(f"WARNING: {overlap['shared_identities']} of the {overlap['test_identities']} test identities also "
@@ -208,6 +219,41 @@ def print_summary(summary: dict[str, Any], preset: Any, settings: Any) -> None:
     print(f"Wall time: search {wall['search']:.0f} s{finalists}, retrain/test/export "
           f"{wall['retrain_test_export']:.0f} s")
     print(f"Analyse it: python -m analysis {settings.experiment_path}")
+
+
+def test_line(test: dict[str, Any]) -> str:
+    """Test scores, each with its 95 % interval (people resampled) where final.json has one."""
+    def score(name: str, label: str) -> str:
+        low_high = test.get(f"{name}_ci")
+        interval = f" [{low_high[0]:.3f}, {low_high[1]:.3f}]" if low_high else ""
+        return f"{label} {test[name]:.3f}{interval}"
+    names = [("accuracy", "accuracy"), ("accuracy_at_threshold", "at the val threshold"), ("auc", "AUC"),
+             ("tar_at_far_0.01", "TAR at FAR 1e-2")]
+    return ", ".join(score(name, label) for name, label in names if name in test)
+
+
+def describe_final(summary: dict[str, Any]) -> str:
+    """One sentence on what was handed back (--final)."""
+    record, epochs = summary["final"], summary["epochs"]
+    members = record["members"]
+    if record["policy"] == "trial":
+        return f"The best trial's own model (trained on the train part, epoch {summary['best_epoch']})"
+    if record["policy"] == "retrain":
+        return f"Retrained on train+val for {epochs} epochs (node {(members[0]['node'] or '')[:12]})"
+    if record["policy"] == "seeds":
+        seeds = ", ".join(str(m["seed"]) for m in members)
+        return f"{len(members)} models retrained on train+val for {epochs} epochs with seeds {seeds}, averaged"
+    stops = ", ".join(str(m["best_epoch"]) for m in members)
+    return (f"{len(members)} models on identity-disjoint folds of train+val, each stopped on its own fold (best "
+            f"epochs {stops}), averaged; threshold from their out-of-fold scores")
+
+
+def print_final(summary: dict[str, Any]) -> None:
+    print(f"{describe_final(summary)}.\nTest (95 % intervals over people): {test_line(summary['test'])}")
+    print(f"Exported to {summary['export']}" + (f" and {summary['export_copy']}" if "export_copy" in summary
+                                                 else ""))
+    for warning in summary.get("warnings", []):
+        print(f"WARNING: {warning}")
 
 
 def print_finalists(summary: dict[str, Any], preset: Any) -> None:
@@ -243,4 +289,6 @@ def main(argv: Sequence[str] | None = None, prog: str = "run_search.py") -> int:
     except InputError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    return 0 if summary is not None else 130
+    if summary is None:
+        return 130  # interrupted: resume it
+    return NO_USABLE_TRIAL if "no_usable_trial" in summary else 0

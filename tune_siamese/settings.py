@@ -23,7 +23,7 @@ from . import storage
 from .cluster import resolve_address
 from .config import Config, parse_overrides
 from .errors import InputError
-from .names import RUNG_METRICS, SETTINGS_FILE
+from .names import FINAL_POLICIES, FINAL_SIZE, RUNG_METRICS, SETTINGS_FILE
 from .study import check_new_study, default_study_storage, open_study_storage, redact
 
 
@@ -54,6 +54,8 @@ class SearchSettings:
     reproducible: bool = False  # batches of max_concurrent suggestions, no early stopping (search.build_tuner)
     finalists: int = 0  # after the search, retrain the top K configurations with fresh seeds (finish.run_finalists)
     finalist_seeds: int = 0  # seeds per finalist (>= 1 when finalists > 0)
+    final: str = "retrain"  # what is handed back (names.FINAL_POLICIES, built by final_model)
+    final_size: int = 1  # members of a `seeds` or `folds` final model
 
     @property
     def experiment_path(self) -> str:
@@ -113,7 +115,7 @@ def build_settings(args: argparse.Namespace) -> tuple[SearchSettings, Any]:
         if key in overrides:
             raise InputError(f"option --set {key}=...: use {option} instead")
     run = {"num_samples": 8, "max_epochs": 20, "grace_period": 2, "reduction_factor": 3.0, "searcher": "tpe",
-           "rung_metric": "last", "reproducible": False, **preset.option_defaults}
+           "rung_metric": "last", "reproducible": False, "final": "retrain", **preset.option_defaults}
     if "max_epochs" in overrides:  # --set max_epochs=N means what --max-epochs N means
         if args.max_epochs is not None and str(args.max_epochs) != overrides["max_epochs"]:
             raise InputError("options --max-epochs and --set max_epochs disagree")
@@ -134,6 +136,7 @@ def build_settings(args: argparse.Namespace) -> tuple[SearchSettings, Any]:
         check_reproducible(args)
     num_samples = args.num_samples or run["num_samples"]
     finalists, finalist_seeds = check_finalists(args, preset.option_defaults, num_samples)
+    final, final_size = final_policy(args.final, args.final_size, run, args.space)
     # GPU trials replay each training step as a CUDA graph (2.3x the pairs/s at batch 32 on an H200,
     # benchmarks/RESULTS.md); a preset or --set cuda_graphs=false says otherwise. On a CPU it changes nothing.
     gpu_defaults = {"cuda_graphs": True} if args.gpus_per_trial else {}
@@ -151,7 +154,7 @@ def build_settings(args: argparse.Namespace) -> tuple[SearchSettings, Any]:
         study_storage=args.study_storage or default_study_storage(storage_path, name),
         retrain_cpus=args.retrain_cpus, retrain_gpus=args.retrain_gpus, mlflow=mlflow_uri(args.mlflow),
         searcher=searcher, rung_metric=rung_metric, reproducible=reproducible, finalists=finalists,
-        finalist_seeds=finalist_seeds,
+        finalist_seeds=finalist_seeds, final=final, final_size=final_size,
         command=" ".join([rerun(args.prog), shlex.join(sys.argv[1:] if args.argv is None else args.argv)]).strip())
     return settings, preset
 
@@ -192,6 +195,27 @@ def check_finalists(args: argparse.Namespace, preset_defaults: dict[str, Any], n
     if args.no_retrain and args.finalists is not None:
         raise InputError(f"{k_source}: --no-retrain stops after the search, so the finalists would not run")
     return k, s
+
+
+def final_policy(policy: str | None, size: int | None, run: dict[str, Any], space: str) -> tuple[str, int]:
+    """--final and --final-size (given, else the preset's, else retrain; 3 members), checked before Ray starts."""
+    chosen = preset_choice(run, "final", FINAL_POLICIES, policy, space)
+    if size is None:
+        size = int(run.get("final_size", FINAL_SIZE)) if chosen in ("seeds", "folds") else 1
+    check_final_policy(chosen, size)
+    return chosen, size
+
+
+def check_final_policy(policy: str, size: int) -> None:
+    if policy not in FINAL_POLICIES:
+        raise InputError(f"option --final={policy!r} is not one of {', '.join(FINAL_POLICIES)}")
+    if policy in ("retrain", "trial") and size != 1:
+        raise InputError(f"option --final={policy} hands back one model; --final-size={size} applies to seeds and "
+                         "folds")
+    if policy == "seeds" and size < 1:
+        raise InputError(f"option --final-size={size} must be >= 1 for --final seeds")
+    if policy == "folds" and size < 2:
+        raise InputError(f"option --final-size={size} must be >= 2 for --final folds (one fold is held out)")
 
 
 def check_reproducible(args: argparse.Namespace) -> None:
@@ -350,7 +374,7 @@ def check_targets(settings: SearchSettings, export_dir: str | None, new: bool) -
 RESUME_KEEPS = ("data", "space", "num_samples", "max_epochs", "grace_period", "reduction_factor", "cpus_per_trial",
                 "gpus_per_trial", "max_concurrent", "storage_path", "study_storage", "name", "seed", "set",
                 "max_failures", "retrain_cpus", "retrain_gpus", "mlflow", "searcher", "rung_metric", "reproducible",
-                "finalists", "finalist_seeds")
+                "finalists", "finalist_seeds", "final", "final_size")
 
 
 def check_resume_options(args: argparse.Namespace, defaults: dict[str, Any]) -> None:
