@@ -1,4 +1,4 @@
-"""`tune-siamese` command line: train one configuration, evaluate a model, verify a pair of images.
+"""`tune-siamese` command line: train one configuration, evaluate a model, verify a pair of images, finalize a search.
 
 Bad input of any kind (options, config files, data, models) ends with one line on stderr and exit code 2,
 always before training starts; a diverged training run ends with exit code 1.
@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 from . import __version__
 from .errors import InputError, OneLineParser
+from .names import FINAL_POLICIES
 
 PROG = "tune-siamese"
 
@@ -82,6 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
                           "folders only)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
 
+    finalize = sub.add_parser("finalize", help="another final model from a finished search, without searching",
+                              description="Build, test and export another final model from a finished search's "
+                              "best configuration: final-NAME.json and export-NAME/ in the experiment (NAME: the "
+                              "policy, with K for seeds and folds), beside final.json and export/, never over "
+                              "them. Works on a storage URI too.")
+    finalize.add_argument("experiment", metavar="EXPERIMENT", help="the search's experiment folder or URI")
+    finalize.add_argument("--final", required=True, choices=FINAL_POLICIES,
+                          help="retrain, trial, seeds or folds (as run_search.py --final)")
+    finalize.add_argument("--final-size", type=_at_least(1), metavar="K",
+                          help="models in a seeds or folds final model (default 3)")
+    finalize.add_argument("--address", help="Ray cluster to join (as run_search.py; default: a new local Ray)")
+    finalize.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
+                          help="give up joining a cluster after this long (default 30)")
+
     verify = sub.add_parser("verify", help="same person or not, for two image files",
                             description="Decode both images exactly as training data is decoded (grayscale, the "
                             "model's crop and image size), score the pair and compare the logit with the stored "
@@ -101,6 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return search_main(argv[1:], prog=f"{PROG} search")
     try:
         args = build_parser().parse_args(argv)
+        if args.command == "finalize":
+            from .finalize import cmd_finalize
+
+            return cmd_finalize(args)
         from . import commands  # torch and the rest load only now: --help and --version stay quick
 
         return {"train": commands.cmd_train, "evaluate": commands.cmd_evaluate,

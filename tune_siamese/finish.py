@@ -328,6 +328,15 @@ def _scalars(test: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in test.items() if not k.startswith("roc_")}
 
 
+def final_basis(config: Config, epoch: int, checkpoint: tune.Checkpoint | None, finalists: Finalists | None
+                ) -> tuple[Config, int, tune.Checkpoint | None]:
+    """What the final model is built from: the finalists' winner (its config, the median of its seeds' best
+    epochs, its most typical run), else the best trial (its config, best epoch and checkpoint)."""
+    if finalists is not None and finalists.config is not None:
+        return finalists.config, finalists.epochs, finalists.checkpoint
+    return config, epoch, checkpoint
+
+
 def score_warnings(test: dict[str, Any]) -> list[str]:
     """What a user must know before believing a test score: a threshold that decides every pair alike, or a
     model whose AUC is not surely above chance (its 95 % interval reaches 0.5)."""
@@ -385,12 +394,9 @@ def finish_search(settings: SearchSettings, results: tune.ResultGrid, data: Pair
                                "best_trial": Path(best.path).name, **counts}
     if "identity_overlap" in data.info:  # allowed by allow_identity_overlap: the test score is not clean
         summary["identity_overlap"] = data.info["identity_overlap"]
-    # What is retrained and exported: the finalists' winner, else the best trial at its best epoch.
-    retrained, epochs, threshold_checkpoint = config, epoch, best.checkpoint
     if finalists is not None:
         summary["finalists"] = finalists.record
-        if finalists.config is not None:
-            retrained, epochs, threshold_checkpoint = finalists.config, finalists.epochs, finalists.checkpoint
+    retrained, epochs, threshold_checkpoint = final_basis(config, epoch, best.checkpoint, finalists)
     options = task_options(settings)
     threads = max(1, int(options["num_cpus"]))
     model = None

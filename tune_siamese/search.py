@@ -144,10 +144,12 @@ def _minutes(seconds: float) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
-def interrupted(results: tune.ResultGrid, num_samples: int) -> bool:
-    """True when the search did not run every trial to its own end (see CompletionWatch)."""
+def interrupted(results: tune.ResultGrid, num_samples: int, watched: bool = True) -> bool:
+    """True when the search did not run every trial to its own end (see CompletionWatch). `watched=False`: the
+    results of a restored experiment that this process did not run, judged by the trials' recorded states."""
     watch = CompletionWatch.latest
-    return bool(watch is None or watch.cut_short or len(results) < num_samples
+    unwatched_or_cut = watched and (watch is None or bool(watch.cut_short))
+    return bool(unwatched_or_cut or len(results) < num_samples
                 or results.num_terminated + results.num_errors < num_samples)
 
 
