@@ -2,6 +2,8 @@
 synthetic data with its members fitted as concurrent Ray tasks."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -114,3 +116,25 @@ def test_every_member_is_submitted_before_any_is_waited_for(monkeypatch, synthet
     final_model.build_final_model("seeds", 3, tiny_config(), 2, synthetic_small, None, {}, {})
     assert events == ["submit _member_task"] * 3 + ["wait ['_member_task', '_member_task', '_member_task']",
                                                     "submit _score_task", "wait _score_task"]
+
+
+def test_finalize_adds_final_models_beside_the_search_and_never_overwrites(smoke_search, capsys):
+    """`tune-siamese finalize` on a finished search: each policy's record and export beside final.json and
+    export/, which stay byte for byte; the same name twice is refused; intervals hold their point estimates."""
+    from tune_siamese.cli import main
+
+    experiment = smoke_search["experiment"]
+    before = {path.name: path.read_bytes() for path in [experiment / "final.json", *(experiment / "export").iterdir()]}
+    for policy, size, name in (("trial", None, "trial"), ("folds", "2", "folds2")):
+        argv = ["finalize", str(experiment), "--final", policy, *(["--final-size", size] if size else [])]
+        assert main(argv) == 0
+        record = json.loads((experiment / f"final-{name}.json").read_text())
+        assert record["final"]["policy"] == policy and (experiment / f"export-{name}" / "SHA256SUMS").is_file()
+        test = record["test"]
+        for score in ("accuracy", "accuracy_at_threshold", "auc", "tar_at_far_0.01"):
+            low, high = test[f"{score}_ci"]
+            assert low <= test[score] <= high, score
+        assert main(argv) == 2
+        assert "never writes over an earlier one" in capsys.readouterr().err
+    after = {path.name: path.read_bytes() for path in [experiment / "final.json", *(experiment / "export").iterdir()]}
+    assert after == before
