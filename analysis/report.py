@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from tune_siamese.errors import InputError
+from tune_siamese.names import final_label
 
 from . import plots
 from .experiment import Experiment, load
@@ -144,10 +145,12 @@ def _final_section(exp: Experiment, out: Path) -> list[str]:
             ("test accuracy at the val-chosen threshold", "accuracy_at_threshold"), ("test AUC", "auc"),
             ("TAR at FAR 1e-2", "tar_at_far_0.01"), ("TAR at FAR 1e-3", "tar_at_far_0.001")]
     own = "the winner's finalist run (train only)" if winner else "best trial's model (train only)"
-    columns = {"retrained on train + val": test, own: other}
+    final = summary.get("final") or {"policy": "retrain", "size": 1}  # older final.json: always a retrain
+    handed_back = final_label(final["policy"], final["size"])
+    columns = {handed_back: test, **({own: other} if other and final["policy"] != "trial" else {})}
     if ensemble:
         columns[f"ensemble of the top {len(summary['ensemble']['members'])} trials"] = ensemble
-    table = pd.DataFrame([{"metric": label, **{name: scores.get(key, math.nan) for name, scores in columns.items()}}
+    table = pd.DataFrame([{"metric": label, **{name: _with_interval(scores, key) for name, scores in columns.items()}}
                           for label, key in rows])
     roc = plots.roc_curve(test, out / "roc.png", f"Test ROC, {exp.name}", other)
     notes = []
@@ -161,9 +164,18 @@ def _final_section(exp: Experiment, out: Path) -> list[str]:
         chooser = "the winner's finalist run" if winner else "the best trial's model"
         notes.append(f"The dots mark where the decision threshold chosen on the val pairs (by {chooser}) puts each "
                      "model on its test ROC.")
-    return lines + [f"Retrained on train + val for {summary.get('epochs')} epoch(s), then scored once on the test "
-                    f"pairs; exported to `{summary.get('export')}`.", "", _table(table), "",
+    made = (f"{handed_back[0].upper()}{handed_back[1:]}" + ("" if final["policy"] in ("trial", "folds") else
+                                                             f" for {summary.get('epochs')} epoch(s)"))
+    return lines + [f"{made}, then scored once on the test pairs (95 % intervals over people in brackets); "
+                    f"exported to `{summary.get('export')}`. The val loss above won a selection among the trials "
+                    "and is optimistic: quote the test figures.", "", _table(table), "",
                     f"![Test ROC curves]({roc.name})", "", " ".join(notes), ""]
+
+
+def _with_interval(scores: dict[str, Any], key: str) -> Any:
+    """A score, with its 95 % interval when final.json has one ("0.8123 [0.781, 0.842]")."""
+    value, interval = scores.get(key, math.nan), scores.get(f"{key}_ci")
+    return f"{value:.4f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else value
 
 
 FEW_TRIALS = 20  # below this, importances move a lot from one search to the next

@@ -22,6 +22,13 @@ DIVERGED_LOSS = 10.0  # reported by a diverged trial: finite, so the searcher ra
 FINAL_POLICIES = ("retrain", "trial", "seeds", "folds")
 FINAL_SIZE = 3
 
+
+def final_label(policy: str, size: int) -> str:
+    """A few words on a final model, for tables (final.json's final.policy and final.size)."""
+    return {"retrain": "retrained on train + val", "trial": "the best trial's own model (train only)",
+            "seeds": f"{size} retrains on train + val, averaged",
+            "folds": f"{size} models on identity-disjoint folds, averaged"}[policy]
+
 # A trial's status as the search's summary and the analysis report it (trial_status gives the rule)
 FINISHED, ASHA_STOPPED, DIVERGED, ERRORED, RUNNING, PENDING = (
     "finished", "asha_stopped", "diverged", "errored", "running", "pending")
