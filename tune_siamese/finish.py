@@ -393,7 +393,8 @@ def finish_search(settings: SearchSettings, results: tune.ResultGrid, data: Pair
         target, copy = export_targets(settings, export_dir)
         threshold = scores["test"]["threshold_logit"]
         publish(lambda folder: export_model(model, retrained, folder, threshold_logit=threshold,
-                                            metrics={"epochs_trained": epochs, **_scalars(scores["test"])}),
+                                            metrics={"epochs_trained": epochs, **_scalars(scores["test"])},
+                                            trained_people=data.training_people),  # for evaluate's check
                 target, copy)
         summary["export"] = target
         if copy:
@@ -410,7 +411,8 @@ def finish_search(settings: SearchSettings, results: tune.ResultGrid, data: Pair
         report["members"] = [{"trial_id": Path(result.path).name, "val_loss": loss} for result, loss in chosen]
         target, copy = export_targets(settings, export_dir, "-ensemble")
         publish(lambda folder: export_ensemble(members, folder, metrics=_scalars(report["test"]),
-                                               threshold_logit=report["test"]["threshold_logit"]), target, copy)
+                                               threshold_logit=report["test"]["threshold_logit"],
+                                               trained_people=data.training_people), target, copy)
         summary["ensemble"] = {**report, "node": node, "export": target, **({"export_copy": copy} if copy else {})}
     summary["wall_seconds"] = {"search": round(search_seconds, 1),  # of this invocation (a resume: its part only)
                                "retrain_test_export": round(time.time() - started, 1), "resumed": resumed}
