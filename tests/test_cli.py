@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
+import dataclasses
+import hashlib
 import io
 import json
 import shutil
@@ -15,9 +18,17 @@ import torch
 from helpers import REPO
 
 from tune_siamese import cli
-from tune_siamese.checkpoint import load_checkpoint, load_model
-from tune_siamese.data import decode_image
-from tune_siamese.engine import images_on, predict
+from tune_siamese.checkpoint import (
+    as_trained,
+    export_ensemble,
+    export_model,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+)
+from tune_siamese.data import decode_image, load_data, parse_pair_list
+from tune_siamese.engine import best_threshold, fit, images_on, pair_metrics, predict, validation_logits
+from tune_siamese.model import EnsembleNet, build_model
 
 TINY = {"image_size": 72, "width": 0.0625, "init": "torch", "batchnorm": True, "lr": 3e-3, "max_epochs": 3,
         "device": "cpu", "threads": 1}
@@ -53,7 +64,7 @@ def test_train_prints_each_epoch(trained):
 def test_train_writes_checkpoint_and_metrics(trained):
     out, summary = trained["out"], trained["summary"]
     state = load_checkpoint(out / "checkpoint.pt")
-    assert set(state) == {"model", "config", "threshold_logit"}
+    assert set(state) == {"model", "config", "threshold_logit", "trained_people"}
     assert state["config"]["max_epochs"] == 1 and state["config"]["seed"] == 3  # --set over the file
     assert state["config"]["lr"] == 3e-3 and state["config"]["data"] == "synthetic"  # the file, --data
     assert state["threshold_logit"] == summary["threshold_logit"]
@@ -66,6 +77,19 @@ def test_train_writes_checkpoint_and_metrics(trained):
     assert metrics["data"]["test_pairs"] == 1000 and metrics["config"]["width"] == 0.0625
     assert summary["epochs"] == 1 and 0.0 <= summary["test"]["accuracy_at_threshold"] <= 1.0
     assert (out / "export" / "SHA256SUMS").is_file() and summary["export"] == str(out / "export")
+
+
+def test_train_records_whom_the_model_trained_on(trained, tiny_config):
+    """checkpoint.pt and the export hold a salted SHA-256 digest of each train and val person, not the names."""
+    people = load_data(tiny_config()).training_people
+    export = trained["out"] / "export"
+    assert "identities.json" in (export / "SHA256SUMS").read_text()
+    records = [json.loads((export / "identities.json").read_text()),
+               load_checkpoint(trained["out"] / "checkpoint.pt")["trained_people"]]
+    for record in records:
+        salt = bytes.fromhex(record["salt"])
+        assert record["digests"] == sorted(hashlib.sha256(salt + name.encode()).hexdigest() for name in people)
+        assert record["people"] == len(people) > 300 and "synthetic_" not in json.dumps(record)
 
 
 def test_evaluate_checkpoint_reproduces_the_test_metrics(trained, capsys):
@@ -85,6 +109,89 @@ def test_evaluate_export_on_a_pair_list(trained, fake_lfw, capsys):
     assert code == 0
     result = json.loads(out)
     assert result["n_pairs"] == 4 and 0.0 <= result["accuracy_at_threshold"] <= 1.0
+
+
+def test_evaluate_pairs_refuses_people_the_model_trained_on(trained, fake_lfw, tiny_config, tmp_path, capsys):
+    """Scoring pairsDevTrain.txt with a model trained on it used to give a number, exit 0."""
+    out = tmp_path / "run"
+    code, _, err = run_main(["train", "--data", fake_lfw, "--config", trained["root"] / "tiny.json", "--set",
+                             "max_epochs=1", "--out", out, "--export"], capsys)
+    assert code == 0, err
+    people = load_data(tiny_config(data=str(fake_lfw))).training_people  # of the 7 people of DevTrain
+    assert len(people) >= 5
+    listed = fake_lfw / "pairsDevTrain.txt"
+    first = next(p.line for p in parse_pair_list(listed)[0] if {p.name_a, p.name_b} & set(people))
+    text = (f"{listed}:{first}: {len(people)} of the 7 identities in these pairs are among the {len(people)} people "
+            f"the model trained or was selected on (e.g. {', '.join(people[:3])}); the score would not measure "
+            f"unseen people")
+    for source in (out / "export", out / "checkpoint.pt"):
+        evaluate = ["evaluate", source, "--data", fake_lfw, "--pairs", listed]
+        code, printed, err = run_main(evaluate, capsys)
+        assert code == 2 and printed == "" and err.count("\n") == 1, err
+        assert err == f"tune-siamese: error: {text}. --allow-identity-overlap scores it anyway\n"
+        code, printed, err = run_main([*evaluate, "--allow-identity-overlap"], capsys)
+        assert code == 0 and err == f"warning: {text}; scored anyway (--allow-identity-overlap)\n"
+        assert json.loads(printed)["identity_overlap"] == {"shared_identities": len(people), "identities": 7,
+                                                           "examples": people[:3]}
+        code, printed, err = run_main(["evaluate", source, "--data", fake_lfw, "--pairs",
+                                       fake_lfw / "pairsDevTest.txt"], capsys)
+        assert code == 0 and err == "" and "identity_overlap" not in json.loads(printed)
+
+
+def test_evaluate_data_checks_the_people_the_model_trained_on(tiny_config, tmp_path, capsys):
+    """The default mode (the test pairs of --data) against the record of an export, single or ensemble; an export
+    from before the record is scored with a warning."""
+    config = tiny_config()
+    data = load_data(config)
+    seen = sorted({data.names[i] for i in data.identities_of(data.test[:100])})  # as if trained on some test people
+    torch.manual_seed(0)
+    models = [build_model(config) for _ in range(2)]
+    single = export_model(models[0], config, tmp_path / "export", trained_people=seen)
+    ensemble = export_ensemble(EnsembleNet(models, [config, config]), tmp_path / "ensemble", trained_people=seen)
+    test_people = len(data.identities_of(data.test))
+    for source in (single, ensemble):
+        code, printed, err = run_main(["evaluate", source, "--data", "synthetic"], capsys)
+        assert code == 2 and printed == "" and err.count("\n") == 1, err
+        assert err.startswith(f"tune-siamese: error: synthetic: {len(seen)} of the {test_people} identities in the "
+                              f"test pairs are among the {len(seen)} people the model trained or was selected on")
+    old = export_model(models[0], config, tmp_path / "old")
+    code, printed, err = run_main(["evaluate", old, "--data", "synthetic"], capsys)
+    assert code == 0 and json.loads(printed)["n_pairs"] == 1000
+    assert err == f"warning: {old} records no training identities (written before they were recorded): cannot " \
+                  f"check the evaluated people against them\n"
+
+
+def test_evaluate_and_verify_a_trial_state_use_its_best_epoch_and_val_threshold(tiny_config, tmp_path, make_image,
+                                                                                 capsys):
+    """A search trial's state.pt used to be scored with its last epoch's weights at threshold 0."""
+    config = tiny_config(max_epochs=2)
+    data = load_data(config)
+    states = []
+    fit(config, dataclasses.replace(data, train=data.train[:300]),
+        on_epoch=lambda metrics, state: states.append(copy.deepcopy(state())))
+    state = states[-1]
+    torch.manual_seed(7)
+    state["model"] = build_model(config).state_dict()  # the last epoch's weights: here far off the best epoch's
+    path = tmp_path / "trial_0001" / "checkpoint_000001" / "state.pt"
+    save_checkpoint(state, path)
+
+    best = build_model(config)
+    best.load_state_dict(state["best_model"])
+    best = as_trained(best, config)
+    images = images_on(torch.device("cpu"), data.images)
+    threshold = best_threshold(*validation_logits(best, images, data, config))
+    expected = pair_metrics(data.test[:, 2], predict(best, images, data.test, config), threshold)
+
+    code, printed, err = run_main(["evaluate", path, "--device", "cpu"], capsys)
+    assert code == 0, err
+    result = json.loads(printed)
+    assert result["threshold_logit"] == pytest.approx(threshold, abs=1e-6) and threshold != 0.0
+    assert result["auc"] == pytest.approx(expected["auc"], abs=1e-6)
+    assert result["best_epoch"] == state["best_epoch"] and result["threshold_from"] == "validation pairs"
+    assert err.startswith(f"note: {path}: a search trial's state: scoring its best epoch ({state['best_epoch']})")
+    a, b = make_image(tmp_path / "a.png", seed=1), make_image(tmp_path / "b.png", seed=2)
+    code, printed, err = run_main(["verify", path, a, b], capsys)
+    assert code == 0 and json.loads(printed)["threshold_logit"] == pytest.approx(threshold, abs=1e-6)
 
 
 def test_evaluate_one_shot(trained, identity_folder, capsys):
@@ -121,7 +228,7 @@ def test_help_explains_every_command(capsys):
 
 
 @pytest.fixture
-def bad_inputs(tmp_path, trained, make_image):
+def bad_inputs(tmp_path, trained, make_image, fake_lfw):
     bad_json = tmp_path / "bad.json"
     bad_json.write_text('{"lr": 0.1,\n "width": }\n')
     tampered = tmp_path / "tampered"
@@ -130,8 +237,11 @@ def bad_inputs(tmp_path, trained, make_image):
     image = make_image(tmp_path / "a.jpg", seed=0)
     garbage = tmp_path / "garbage.jpg"
     garbage.write_bytes(b"nope" * 10)
+    repeated = tmp_path / "repeated.txt"
+    repeated.write_text("2\nPerson_I\t1\t2\nPerson_I\t2\t1\nPerson_I\t1\tPerson_J\t2\nPerson_I\t1\tPerson_J\t1\n")
     return {"bad_json": bad_json, "tampered": tampered, "image": image, "garbage": garbage,
-            "ckpt": trained["out"] / "checkpoint.pt", "export": trained["out"] / "export"}
+            "ckpt": trained["out"] / "checkpoint.pt", "export": trained["out"] / "export", "lfw": fake_lfw,
+            "repeated": repeated}
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -153,7 +263,10 @@ def bad_inputs(tmp_path, trained, make_image):
     (["evaluate", "{ckpt}", "--one-shot", "{tmp}", "--ways", "1"], "--ways: 1 is less than 2"),
     (["evaluate", "{ckpt}", "--one-shot", "{tmp}"], "identity folder needs at least 4 identities"),
     (["evaluate", "{ckpt}", "--one-shot", "{tmp}", "--pairs", "x"], "not allowed with argument"),
+    (["evaluate", "{export}", "--data", "{lfw}", "--pairs", "{repeated}"],
+     "repeated.txt:3: the evaluated pairs hold 0 self-pair(s) (one image twice) and 1 duplicate(s)"),
     (["verify", "{export}", "{image}", "{tmp}/missing.jpg"], "missing.jpg: image not found"),
+    (["verify", "{export}", "{image}", "{lfw}"], "lfw: is a folder, not an image"),
     (["verify", "{export}", "{image}", "{garbage}"], "garbage.jpg: unreadable or corrupt image"),
     (["verify", "{export}", "{image}"], "required: B"),
 ])

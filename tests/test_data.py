@@ -229,6 +229,62 @@ def test_view2_last_fold_sharing_people_is_refused(tmp_path, make_image, tiny_co
 
 
 # --------------------------------------------------------------------------------------------------
+# self-pairs and duplicates: refused in test pairs, dropped from training pairs before the split
+
+def repeats(pairs: np.ndarray) -> int:
+    """Rows that pair an image with itself or repeat an earlier row's two images (either order)."""
+    keys = [(min(a, b), max(a, b)) for a, b in pairs[:, :2].tolist()]
+    return sum(a == b for a, b in keys) + len(keys) - len(set(keys))
+
+
+@pytest.mark.parametrize("line_2, line_3, message", [
+    ("Person_I\t1\t1", "Person_J\t1\t2", "1 self-pair(s) (one image twice) and 0 duplicate(s) (the same two images as "
+     "an earlier line, either order): line 2 (self-pair)"),
+    ("Person_I\t1\t2", "Person_I\t2\t1", "0 self-pair(s) (one image twice) and 1 duplicate(s) (the same two images as "
+     "an earlier line, either order): line 3 (= line 2)"),
+])
+def test_test_list_with_a_self_pair_or_a_duplicate_is_refused(fake_lfw, tiny_config, line_2, line_3, message):
+    test = fake_lfw / "pairsDevTest.txt"
+    lines = test.read_text().splitlines()
+    test.write_text("\n".join([lines[0], line_2, line_3, *lines[3:]]) + "\n")
+    first = 2 if "self" in message.split(":")[1] else 3
+    with pytest.raises(InputError) as refused:
+        load_data(tiny_config(data=str(fake_lfw)))
+    assert str(refused.value).startswith(f"{test}:{first}: the test pairs hold {message}"), refused.value
+    assert "\n" not in str(refused.value)
+
+
+def test_training_list_repeats_are_dropped_before_the_split_with_a_warning(fake_lfw, tiny_config, capsys):
+    train = fake_lfw / "pairsDevTrain.txt"
+    lines = train.read_text().splitlines()
+    lines[2] = "Person_A\t2\t1"  # line 3 repeats line 2 (Person_A 1 2) reversed
+    lines[3] = "Person_C\t1\t1"  # line 4: one image twice
+    train.write_text("\n".join(lines) + "\n")
+    data = load_data(tiny_config(data=str(fake_lfw)))
+    warning = capsys.readouterr().err.strip()
+    assert warning == (f"warning: {train}:3: dropped 2 training pair(s) before the validation split: 1 self-pair(s) "
+                       f"(one image twice) and 1 duplicate(s) (the same two images as an earlier line, either "
+                       f"order): line 3 (= line 2), line 4 (self-pair)")
+    assert data.info["repeated_pairs_dropped"] == 2 and "2 repeated" in data.summary()
+    assert len(data.train) + len(data.val) + data.info["dropped_pairs"] == 10
+    assert repeats(np.concatenate([data.train, data.val])) == 0
+
+
+def test_generated_pairs_never_repeat(tmp_path, tiny_config, make_image):
+    """Identity folders with two images a person have few distinct same-person pairs: drawing more used to
+    repeat them (4 of 16 test pairs here)."""
+    for person in range(20):
+        for i in range(2):
+            make_image(tmp_path / "faces" / f"id{person:02d}" / f"{i}.png", seed=10 * person + i)
+    data = load_data(tiny_config(data=str(tmp_path / "faces")))
+    for part in (data.train, data.val, data.test):
+        assert repeats(part) == 0
+    assert same_counts(data.test)[0] >= 2 and same_counts(data.test)[1] >= 2
+    synthetic = load_data(tiny_config())
+    assert repeats(np.concatenate([synthetic.train, synthetic.val, synthetic.test])) == 0
+
+
+# --------------------------------------------------------------------------------------------------
 # decoding images as a viewer shows them
 
 def asymmetric(height: int = 32, width: int = 48) -> np.ndarray:

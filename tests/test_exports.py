@@ -60,7 +60,8 @@ def pristine(tmp_path_factory, tiny_config, make_image) -> dict[str, Path]:
     for config in configs:
         torch.manual_seed(config.seed)
         models.append(build_model(config).eval())
-    single = export_model(models[0], configs[0], root / "export", {"auc": 0.6}, threshold_logit=0.3)
+    single = export_model(models[0], configs[0], root / "export", {"auc": 0.6}, threshold_logit=0.3,
+                          trained_people=["Ann", "Bob"])
     ensemble = export_ensemble(EnsembleNet(models, configs), root / "ensemble", {"auc": 0.7}, threshold_logit=-0.2)
     checkpoint = root / "run" / "checkpoint.pt"
     save_checkpoint({"model": models[0].state_dict(), "config": configs[0].to_dict(), "threshold_logit": 0.3},
@@ -152,9 +153,22 @@ def metrics_invalid_json(export: Path, outside: Path):
     return export / "metrics.json", [":3:", "not valid JSON"]
 
 
+def identities_not_listed(export: Path, outside: Path):
+    # Without its entry the record could be swapped for one that hides whom the model trained on.
+    write_sums(export, [n for n in listed(export) if n != "identities.json"])
+    return export / "SHA256SUMS", ["identities.json is not listed"]
+
+
+def identities_malformed(export: Path, outside: Path):
+    edit_json(export / "identities.json", lambda record: record.update(digests=["Ann", "Bob"]))
+    write_sums(export, listed(export))
+    return export / "identities.json", ["digests must be a sorted list of distinct sha256 hex digests"]
+
+
 @pytest.mark.parametrize("tamper", [sums_without_weights, empty_sums, duplicate_entry, entry_leaving_the_folder,
                                     absolute_entry, weights_symlinked_outside, config_width_changed,
-                                    threshold_not_a_number, threshold_nan, metrics_invalid_json],
+                                    threshold_not_a_number, threshold_nan, metrics_invalid_json,
+                                    identities_not_listed, identities_malformed],
                          ids=lambda f: f.__name__)
 def test_tampered_export_is_refused_with_one_line(tamper, pristine, tmp_path, capsys):
     export = Path(shutil.copytree(pristine["single"], tmp_path / "export"))

@@ -18,6 +18,7 @@ from tune_siamese import data as data_mod
 from tune_siamese.checkpoint import export_model
 from tune_siamese.data import load_data, parse_pair_list
 from tune_siamese.engine import fit, train_and_test
+from tune_siamese.model import build_model
 
 pytestmark = pytest.mark.lfw
 
@@ -52,6 +53,19 @@ def test_val_is_identity_disjoint_from_train(lfw):
     assert not lfw.identities_of(lfw.val) & lfw.identities_of(lfw.train)
     labels = lfw.identity[lfw.train[:, 0]] == lfw.identity[lfw.train[:, 1]]
     assert labels.tolist() == (lfw.train[:, 2] == 1).tolist()
+
+
+def test_real_lists_load_whole_and_devtrain_is_refused_to_a_model_trained_on_it(lfw, lfw_root, tiny_config, tmp_path,
+                                                                                 capsys):
+    """The real lists hold no self-pair or duplicate; `evaluate --pairs pairsDevTrain.txt` of a model that
+    trained on DevTrain used to give a number, exit 0 (refused now before any image is decoded)."""
+    assert lfw.info["repeated_pairs_dropped"] == 0 and len(lfw.training_people) == 2132
+    config = tiny_config(data=str(lfw_root), image_size=80)
+    export = export_model(build_model(config), config, tmp_path / "export", trained_people=lfw.training_people)
+    code = cli.main(["evaluate", str(export), "--data", str(lfw_root), "--pairs", str(lfw_root / "pairsDevTrain.txt")])
+    assert code == 2 and capsys.readouterr().err.startswith(
+        f"tune-siamese: error: {lfw_root / 'pairsDevTrain.txt'}:2: 2132 of the 2132 identities in these pairs are "
+        f"among the 2132 people the model trained or was selected on")
 
 
 def test_second_load_does_not_decode(lfw, lfw_root, tiny_config, monkeypatch):

@@ -14,7 +14,9 @@ import torch
 from helpers import SMOKE, cli_json, reap, resume_and_check, spawn, spawn_until_a_trial_finished, trial_frames
 
 import run_search
-from tune_siamese.checkpoint import load_model
+from tune_siamese.checkpoint import load, load_model
+from tune_siamese.config import Config
+from tune_siamese.data import load_data
 from tune_siamese.names import FINAL_FILE
 
 
@@ -63,8 +65,12 @@ def test_best_trial_retrained_tested_and_exported(smoke_search):
     assert 0.0 <= test["accuracy"] <= 1.0 and 0.0 <= test["auc"] <= 1.0
     assert len(test["roc_fpr"]) == len(test["roc_tpr"]) > 2
     export = Path(summary["export"])
-    assert {"model.safetensors", "config.json", "metrics.json", "model.pt2", "SHA256SUMS"} <= {
+    assert {"model.safetensors", "config.json", "metrics.json", "model.pt2", "SHA256SUMS", "identities.json"} <= {
         p.name for p in export.iterdir()}
+    # whom it trained on, for evaluate's check: the train and val people of the search's data
+    data = load_data(Config.from_dict(summary["best_config"]))
+    people = load(export).trained_people
+    assert people is not None and people.among(data.names) == data.training_people
 
 
 def test_export_round_trip_matches_in_memory_model(smoke_search, tmp_path):
@@ -112,6 +118,7 @@ def test_top_trials_ensembled_tested_and_exported(smoke_search):
     export = Path(ensemble["export"])
     assert export == smoke_search["experiment"] / "export-ensemble"
     printed = cli_json(cli.main, ["evaluate", str(export), "--data", "synthetic"])
+    assert "identity_overlap" not in printed and load(export).trained_people is not None
     assert printed["auc"] == pytest.approx(ensemble["test"]["auc"], abs=1e-6)
     assert printed["accuracy_at_threshold"] == pytest.approx(ensemble["test"]["accuracy_at_threshold"])
 

@@ -5,10 +5,12 @@ An export directory holds:
   model.pt2          torch.export graph metrics.json  test metrics and the decision threshold
   verifier.pt2       torch.export graph of the pair pipeline: decoded uint8 images -> probability (model.Verifier)
   preprocess.json    how to decode an image for verifier.pt2 (grayscale, crop, size, filter) and the threshold
+  identities.json    whom the model trained or was selected on: a salted SHA-256 digest of each person's name
+                     (exports from before it have none; `evaluate` then cannot check the people it scores)
   SHA256SUMS         checksums of all of the above
 An ensemble export holds member_1/, member_2/, ... (each an export as above), ensemble.json (the member
-folders and the ensemble's input config), metrics.json, verifier.pt2, preprocess.json and SHA256SUMS over those
-and the members' SHA256SUMS.
+folders and the ensemble's input config), metrics.json, verifier.pt2, preprocess.json, identities.json and
+SHA256SUMS over those and the members' SHA256SUMS.
 Loading refuses an export unless every file it reads is listed in SHA256SUMS and matches, every listed file
 matches and lies inside the export folder, and the configs, metrics and weights read are what this code writes.
 """
@@ -20,9 +22,11 @@ import json
 import math
 import os
 import re
+import secrets
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Collection, cast
+from typing import Any, Collection, Iterable, cast
 
 import safetensors.torch
 import torch
@@ -38,7 +42,72 @@ ENSEMBLE_FILE = "ensemble.json"
 EXPORT_NEEDS = ("model.safetensors", "config.json", "metrics.json")  # what loading an export reads
 VERIFIER_FILES = ("verifier.pt2", "preprocess.json")  # for users without this package; loading does not read them
 ENSEMBLE_KEYS = {"members", "config"}
+IDENTITIES_FILE = "identities.json"
 _SUMS_LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](.+)")  # sha256sum's text ("  ") and binary (" *") forms
+
+
+# --------------------------------------------------------------------------------------------------
+# whom a model trained on: names are not stored (a face model's training people can be private), only a salted
+# SHA-256 digest of each, enough to tell whether a person to be scored was among them
+
+PEOPLE_SCHEME = "sha256(bytes.fromhex(salt) + name.encode('utf-8')).hexdigest()"
+PEOPLE_KEYS = {"scheme", "salt", "people", "digests"}
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def _person_digest(salt: str, name: str) -> str:
+    return hashlib.sha256(bytes.fromhex(salt) + name.encode("utf-8")).hexdigest()
+
+
+def people_record(names: Iterable[str]) -> dict[str, Any]:
+    """The record of whom a model trained or was selected on (identities.json, checkpoint.pt's "trained_people"):
+    a fresh random salt and each person's salted digest, sorted. Whoever guesses a name can still test it."""
+    salt = secrets.token_hex(16)
+    digests = sorted({_person_digest(salt, name) for name in names})
+    return {"scheme": PEOPLE_SCHEME, "salt": salt, "people": len(digests), "digests": digests}
+
+
+@dataclass(frozen=True)
+class TrainedPeople:
+    """A loaded people record: which of some names were among the people a model trained or was selected on."""
+    salt: str
+    digests: frozenset[str]
+
+    @classmethod
+    def of(cls, names: Iterable[str]) -> "TrainedPeople":
+        record = people_record(names)
+        return cls(record["salt"], frozenset(record["digests"]))
+
+    def among(self, names: Iterable[str]) -> list[str]:
+        return sorted(name for name in set(names) if _person_digest(self.salt, name) in self.digests)
+
+
+def _people(record: Any, path: Path) -> TrainedPeople:
+    """Parse a people record; anything but what `people_record` writes is refused, naming the file."""
+    if not isinstance(record, dict) or set(record) != PEOPLE_KEYS:
+        raise InputError(f"the training people record must be a JSON object with keys {', '.join(sorted(PEOPLE_KEYS))}",
+                         path)
+    if record["scheme"] != PEOPLE_SCHEME:
+        raise InputError(f"unknown digest scheme {record['scheme']!r} of the training people", path)
+    salt, digests = record["salt"], record["digests"]
+    if not isinstance(salt, str) or not re.fullmatch(r"(?:[0-9a-f]{2})+", salt):
+        raise InputError("salt must be a string of hex digits", path)
+    if (not isinstance(digests, list) or not all(isinstance(d, str) and _HEX_DIGEST.fullmatch(d) for d in digests)
+            or digests != sorted(set(digests))):
+        raise InputError("digests must be a sorted list of distinct sha256 hex digests", path)
+    if record["people"] != len(digests) or isinstance(record["people"], bool):
+        raise InputError(f"people={record['people']!r} is not the number of digests ({len(digests)})", path)
+    return TrainedPeople(salt, frozenset(digests))
+
+
+@dataclass
+class LoadedModel:
+    """What `load` reads from an export or a checkpoint file."""
+    model: SiameseNet | EnsembleNet
+    config: Config
+    threshold: float | None  # the decision threshold as a logit; None: a search trial's state, which holds none
+    trained_people: TrainedPeople | None  # None: not recorded (an older export or checkpoint, a trial's state)
+    best_epoch: int | None = None  # a trial's state: the epoch whose weights these are
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
@@ -73,8 +142,10 @@ def _sha256(path: Path) -> str:
 
 
 def export_model(model: SiameseNet, config: Config, out_dir: str | Path, metrics: dict[str, Any] | None = None,
-                 threshold_logit: float = 0.0) -> Path:
-    """Write weights, config, a torch.export graph (dynamic batch size), metrics and checksums to `out_dir`."""
+                 threshold_logit: float = 0.0, trained_people: Iterable[str] | None = None) -> Path:
+    """Write weights, config, a torch.export graph (dynamic batch size), metrics, the record of `trained_people`
+    (the names of everyone the model trained or was selected on; every export the project writes gives them)
+    and checksums to `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(model).to("cpu").to(memory_format=torch.contiguous_format).eval()  # caller's stays put
@@ -89,25 +160,38 @@ def export_model(model: SiameseNet, config: Config, out_dir: str | Path, metrics
     graph = torch.export.export(model, example, dynamic_shapes=({0: batch}, {0: batch}))
     _save_graph(graph, out / "model.pt2")  # torch.export.load(...).module()(a, b) -> logits
     _export_verifier(model, config, out, threshold_logit)
-    _write_checksums(out, ["model.safetensors", "config.json", "metrics.json", "model.pt2", *VERIFIER_FILES])
+    recorded = _write_people(out, trained_people)
+    _write_checksums(out, ["model.safetensors", "config.json", "metrics.json", "model.pt2", *VERIFIER_FILES,
+                           *recorded])
     return out
 
 
 def export_ensemble(ensemble: EnsembleNet, out_dir: str | Path, metrics: dict[str, Any] | None = None,
-                    threshold_logit: float = 0.0) -> Path:
-    """Each member as a full export in member_K/, plus ensemble.json, metrics.json and checksums over all."""
+                    threshold_logit: float = 0.0, trained_people: Iterable[str] | None = None) -> Path:
+    """Each member as a full export in member_K/, plus ensemble.json, metrics.json, the people record and
+    checksums over all."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     folders = [f"member_{k}" for k in range(1, len(ensemble.members) + 1)]
+    people = None if trained_people is None else list(trained_people)
     for model, config, folder in zip(ensemble.members, ensemble.configs, folders):
-        export_model(cast(SiameseNet, model), config, out / folder)
+        export_model(cast(SiameseNet, model), config, out / folder, trained_people=people)
     (out / ENSEMBLE_FILE).write_text(json.dumps({"members": folders, "config": ensemble.config.to_dict()},
                                                 indent=2) + "\n")
     _write_metrics(out, metrics, threshold_logit)
     _export_verifier(copy.deepcopy(ensemble).to("cpu").eval(), ensemble.config, out, threshold_logit)
-    _write_checksums(out, [ENSEMBLE_FILE, "metrics.json", *VERIFIER_FILES,
+    recorded = _write_people(out, people)
+    _write_checksums(out, [ENSEMBLE_FILE, "metrics.json", *VERIFIER_FILES, *recorded,
                            *(f"{folder}/{CHECKSUMS}" for folder in folders)])
     return out
+
+
+def _write_people(out: Path, names: Iterable[str] | None) -> list[str]:
+    """identities.json from the names, if given; the files written, for SHA256SUMS."""
+    if names is None:
+        return []
+    (out / IDENTITIES_FILE).write_text(json.dumps(people_record(names), indent=2) + "\n")
+    return [IDENTITIES_FILE]
 
 
 def _save_graph(graph: torch.export.ExportedProgram, path: Path) -> None:
@@ -153,17 +237,28 @@ def _write_checksums(out: Path, files: list[str]) -> None:
     (out / CHECKSUMS).write_text("".join(f"{_sha256(out / name)}  {name}\n" for name in files))
 
 
-def load_model(source: str | Path) -> tuple[SiameseNet | EnsembleNet, Config, float]:
-    """(model, config, decision threshold as a logit) from an export directory (single or ensemble, local or
-    a storage URI such as s3://bucket/results/EXP/export) or a checkpoint file. The config is the one to feed
-    `engine.predict` with."""
+def load(source: str | Path) -> LoadedModel:
+    """Model, config (the one to feed `engine.predict` with), decision threshold and training people from an
+    export directory (single or ensemble, local or a storage URI such as s3://bucket/results/EXP/export) or a
+    checkpoint file: `tune-siamese train`'s checkpoint.pt, or a search trial's state.pt, whose best epoch's
+    weights load (it holds no threshold: LoadedModel.threshold is None)."""
     if storage.is_uri(source):
         with storage.local_copy(source) as folder:  # everything is read into memory before it goes
             return _load_local(folder)
     return _load_local(Path(source))
 
 
-def _load_local(source: Path) -> tuple[SiameseNet | EnsembleNet, Config, float]:
+def load_model(source: str | Path) -> tuple[SiameseNet | EnsembleNet, Config, float]:
+    """(model, config, decision threshold as a logit) of `load`; a trial's state, which holds no threshold, is
+    refused."""
+    loaded = load(source)
+    if loaded.threshold is None:
+        raise InputError("a search trial's state holds no decision threshold (`tune-siamese evaluate` chooses one "
+                         "on the trial's validation pairs)", source)
+    return loaded.model, loaded.config, loaded.threshold
+
+
+def _load_local(source: Path) -> LoadedModel:
     if (source / ENSEMBLE_FILE).is_file():
         return _load_ensemble(source)
     if source.is_dir():
@@ -171,8 +266,19 @@ def _load_local(source: Path) -> tuple[SiameseNet | EnsembleNet, Config, float]:
     return _load_checkpoint_file(source)
 
 
-def _load_export(folder: Path) -> tuple[SiameseNet, Config, float]:
-    files = verify_checksums(folder, EXPORT_NEEDS)
+def _needs(folder: Path, needs: tuple[str, ...]) -> tuple[str, ...]:
+    """The files loading reads: `needs`, and the people record where the export has one (then it must be listed)."""
+    return (*needs, IDENTITIES_FILE) if (folder / IDENTITIES_FILE).is_file() else needs
+
+
+def _loaded_people(folder: Path, files: dict[str, bytes]) -> TrainedPeople | None:
+    if IDENTITIES_FILE not in files:
+        return None
+    return _people(_json_object(files[IDENTITIES_FILE], folder / IDENTITIES_FILE), folder / IDENTITIES_FILE)
+
+
+def _load_export(folder: Path) -> LoadedModel:
+    files = verify_checksums(folder, _needs(folder, EXPORT_NEEDS))
     config = _config(_json_object(files["config.json"], folder / "config.json"), folder / "config.json")
     weights_path = folder / "model.safetensors"
     try:
@@ -182,11 +288,11 @@ def _load_export(folder: Path) -> tuple[SiameseNet, Config, float]:
     model = _fitted(config, folder / "config.json", weights, weights_path)
     metrics_path = folder / "metrics.json"
     threshold = _json_object(files["metrics.json"], metrics_path).get("threshold_logit")
-    return model, config, _threshold(threshold, metrics_path)
+    return LoadedModel(model, config, _threshold(threshold, metrics_path), _loaded_people(folder, files))
 
 
-def _load_ensemble(source: Path) -> tuple[EnsembleNet, Config, float]:
-    files = verify_checksums(source, (ENSEMBLE_FILE, "metrics.json"))
+def _load_ensemble(source: Path) -> LoadedModel:
+    files = verify_checksums(source, _needs(source, (ENSEMBLE_FILE, "metrics.json")))
     spec_path = source / ENSEMBLE_FILE
     spec = _json_object(files[ENSEMBLE_FILE], spec_path)
     unknown, missing = sorted(set(spec) - ENSEMBLE_KEYS), sorted(ENSEMBLE_KEYS - set(spec))
@@ -210,28 +316,35 @@ def _load_ensemble(source: Path) -> tuple[EnsembleNet, Config, float]:
     config = _config(spec["config"], spec_path)
     loaded = [_load_export(source / name) for name in folders]
     try:
-        model = EnsembleNet([m for m, _, _ in loaded], [c for _, c, _ in loaded])
+        model = EnsembleNet([cast(SiameseNet, m.model) for m in loaded], [m.config for m in loaded])
     except InputError as exc:  # members that cannot be ensembled: say which file put them together
         raise InputError(str(exc), spec_path) from None
     if config != model.config:  # engine.predict feeds the ensemble by this config: it must be the members'
         raise InputError("config differs from the one its members' configs give", spec_path)
     metrics_path = source / "metrics.json"
     threshold = _json_object(files["metrics.json"], metrics_path).get("threshold_logit")
-    return model.eval(), config, _threshold(threshold, metrics_path)
+    return LoadedModel(model.eval(), config, _threshold(threshold, metrics_path), _loaded_people(source, files))
 
 
-def _load_checkpoint_file(source: Path) -> tuple[SiameseNet, Config, float]:
+def _load_checkpoint_file(source: Path) -> LoadedModel:
     state = load_checkpoint(source)
     if not isinstance(state, dict) or "config" not in state or "model" not in state:
         raise InputError("checkpoint holds no config and model", source)
     if not isinstance(state["config"], dict):
         raise InputError("checkpoint's config is not a dict of Config options", source)
-    weights = state["model"]
+    # A search trial's state (engine.fit's, with its optimizer and history): "model" holds the last epoch's
+    # weights, "best_model" the best epoch's, the ones the search ranks the trial by.
+    trial = "best_model" in state
+    weights = state["best_model" if trial else "model"]
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise InputError("checkpoint's model is not a dict of tensors", source)
     config = _config(state["config"], source)
     model = _fitted(config, source, weights, source)
-    return model, config, _threshold(state.get("threshold_logit", 0.0), source)  # trial states hold none
+    people = _people(state["trained_people"], source) if "trained_people" in state else None
+    if trial:
+        best_epoch = state.get("best_epoch")
+        return LoadedModel(model, config, None, people, best_epoch if isinstance(best_epoch, int) else None)
+    return LoadedModel(model, config, _threshold(state.get("threshold_logit", 0.0), source), people)
 
 
 def verify_checksums(folder: Path, needed: Collection[str]) -> dict[str, bytes]:

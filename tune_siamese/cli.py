@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="score a trained model on test pairs, a pair list or one-shot",
                               description="Score a checkpoint file or an export folder. Default: the test pairs of "
                               "--data (loaded with the model's own image settings), at the model's stored "
-                              "decision threshold. --pairs scores an LFW pair list instead; --one-shot runs "
+                              "decision threshold (a search trial's state.pt: its best epoch, at the threshold chosen "
+                              "on its validation pairs). Pairs of people the model trained on are refused. --pairs "
+                              "scores an LFW pair list instead (no self-pairs or duplicates); --one-shot runs "
                               "Koch's N-way one-shot evaluation: seeded random trials on an identity-folder dataset, "
                               "or Lake's fixed 20-way Omniglot runs (all_runs/runNN/class_labels.txt).")
     evaluate.add_argument("source", metavar="SOURCE", help="checkpoint file (checkpoint.pt) or export folder")
@@ -81,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--trials", type=_at_least(1), help="one-shot trials (default 400; identity folders only)")
     evaluate.add_argument("--seed", type=int, help="seed that draws the one-shot trials (default 0; identity "
                           "folders only)")
+    evaluate.add_argument("--allow-identity-overlap", action="store_true", dest="allow_identity_overlap",
+                          help="score pairs of people the model trained or was selected on (by default refused, "
+                               "as the search refuses such test pairs), with a warning that the JSON records")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
 
     finalize = sub.add_parser("finalize", help="another final model from a finished search, without searching",

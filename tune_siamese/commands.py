@@ -15,9 +15,19 @@ import numpy as np
 import torch
 
 from . import data as data_mod
-from .checkpoint import export_model, load_model, save_checkpoint
+from .checkpoint import LoadedModel, TrainedPeople, export_model, load, people_record, save_checkpoint
 from .config import Config, parse_overrides
-from .engine import Diverged, images_on, pair_metrics, predict, print_epochs, resolve_device, train_and_test
+from .engine import (
+    Diverged,
+    best_threshold,
+    images_on,
+    pair_metrics,
+    predict,
+    print_epochs,
+    resolve_device,
+    train_and_test,
+    validation_logits,
+)
 from .errors import InputError
 from .model import EnsembleNet, Verifier
 from .oneshot import one_shot_report
@@ -78,8 +88,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     threshold = float(report["val"]["threshold_logit"])
     out.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().to("cpu").contiguous() for k, v in result.model.state_dict().items()}
-    save_checkpoint({"model": weights, "config": config.to_dict(), "threshold_logit": threshold},
-                    out / "checkpoint.pt")
+    people = data.training_people  # so that `evaluate` can tell whether it scores people the model has seen
+    save_checkpoint({"model": weights, "config": config.to_dict(), "threshold_logit": threshold,
+                     "trained_people": people_record(people)}, out / "checkpoint.pt")
     write_history(result.history, out / "metrics.csv")
     summary = {"out": str(out), "best_epoch": report["best_epoch"], "epochs": report["epochs"],
                "stopped_early": result.stopped_early, "threshold_logit": threshold,
@@ -87,7 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     (out / "metrics.json").write_text(json.dumps(_finite({**report, "data": data_mod.describe(data),
                                                           "config": config.to_dict()}), indent=2) + "\n")
     if args.export:
-        export_model(result.model, config, out / "export", summary["test"], threshold)
+        export_model(result.model, config, out / "export", summary["test"], threshold, trained_people=people)
         summary["export"] = str(out / "export")
     print(json.dumps(_finite(summary), indent=2))
     return 0
@@ -96,57 +107,119 @@ def cmd_train(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------------
 # evaluate and verify
 
-def pair_list_data(pair_file: Path, lfw_root: Path, config: Config) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 images, pair rows) for every pair of an LFW pair list, images from an LFW folder."""
-    lines = [p for fold in data_mod.parse_pair_list(pair_file) for p in fold]
+def pair_list_data(pair_file: Path, lines: list[data_mod.PairLine], lfw_root: Path, config: Config
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images, pair rows) for the lines of an LFW pair list, images from an LFW folder; a self-pair or a
+    duplicate is refused before any image is decoded."""
     if not lfw_root.is_dir():
         raise InputError("LFW folder for --pairs not found (give it with --data)", lfw_root)
     index, paths = data_mod.index_pair_images(data_mod.lfw_image_dir(lfw_root), [(pair_file, lines)])
-    return data_mod.decode_images(paths, config.image_size, config.crop), data_mod.pair_rows(lines, index)
+    pairs = data_mod.pair_rows(lines, index)
+    data_mod.refuse_repeated_pairs(pairs, "evaluated", data_mod.PairOrigin(pair_file, [p.line for p in lines]))
+    return data_mod.decode_images(paths, config.image_size, config.crop), pairs
+
+
+def threshold_and_people(loaded: LoadedModel, config: Config, device: torch.device, source: str
+                         ) -> tuple[float, TrainedPeople | None, dict[str, Any]]:
+    """The decision threshold, whom the model trained on, and what the JSON should say about either. A search
+    trial's state holds its best epoch's weights but no threshold: it is chosen on the trial's own validation
+    pairs (which that model never trained on), as the search does for a trial's own model."""
+    if loaded.threshold is not None:
+        return loaded.threshold, loaded.trained_people, {}
+    try:
+        data = data_mod.load_data(config)
+    except InputError as exc:
+        raise InputError(f"a search trial's state holds no decision threshold, and choosing it on the trial's "
+                         f"validation pairs needs the trial's data ({exc})", source) from None
+    labels, logits, balanced = validation_logits(loaded.model.to(device), images_on(device, data.images), data,
+                                                 config)
+    threshold = best_threshold(labels, logits, balanced)
+    print(f"note: {source}: a search trial's state: scoring its best epoch ({loaded.best_epoch}) at the decision "
+          f"threshold chosen on its validation pairs ({threshold:.4g})", file=sys.stderr)
+    return (threshold, TrainedPeople.of(data.training_people),
+            {"best_epoch": loaded.best_epoch, "threshold_from": "validation pairs"})
+
+
+def people_overlap(people: TrainedPeople | None, source: str, evaluated: list[tuple[int | None, set[str]]],
+                   what: str, where: str | Path, allow: bool) -> dict[str, Any] | None:
+    """Refuse to score people the model trained or was selected on (the search's rule for its test pairs), unless
+    `allow`: then warn and return the overlap for the JSON. `evaluated`: (line or None, names) per pair or part."""
+    if people is None:
+        print(f"warning: {source} records no training identities (written before they were recorded): cannot "
+              f"check the evaluated people against them", file=sys.stderr)
+        return None
+    names = set().union(*(pair for _, pair in evaluated))
+    shared = people.among(names)
+    if not shared:
+        return None
+    line = next(number for number, pair in evaluated if pair.intersection(shared))
+    text = (f"{len(shared)} of the {len(names)} identities in {what} are among the {len(people.digests)} people "
+            f"the model trained or was selected on (e.g. {', '.join(shared[:3])}); the score would not measure "
+            f"unseen people")
+    if not allow:
+        raise InputError(f"{text}. --allow-identity-overlap scores it anyway", where, line)
+    print(f"warning: {where if line is None else f'{where}:{line}'}: {text}; scored anyway "
+          f"(--allow-identity-overlap)", file=sys.stderr)
+    return {"shared_identities": len(shared), "identities": len(names), "examples": shared[:3]}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    model, config, threshold = load_model(args.source)
-    config = config.replace(device=args.device)
+    loaded = load(args.source)
+    config = loaded.config.replace(device=args.device)
     device = resolve_device(config)
-    model = model.to(device)
+    model = loaded.model.to(device)
+    metrics: dict[str, Any] = {"source": str(args.source)}
     if args.one_shot is not None:
         if isinstance(model, EnsembleNet):  # one-shot compares embeddings; an ensemble has one per member
             raise InputError("option --one-shot needs a single model, not an ensemble export", args.source)
-        metrics = one_shot_report(model, Path(args.one_shot), config, device, args.ways, args.trials, args.seed)
-        metrics = {"source": str(args.source), "data": str(args.one_shot), **metrics}
-    elif args.pairs is not None:
-        if args.data is None:
-            raise InputError("option --pairs needs --data, the LFW folder that holds the images")
-        images, pairs = pair_list_data(Path(args.pairs), Path(args.data), config)
-        logits = predict(model, images_on(device, images), pairs, config)
-        metrics = {"source": str(args.source), "pairs": str(args.pairs), "n_pairs": len(pairs),
-                   **pair_metrics(pairs[:, 2], logits, threshold)}
+        metrics.update(data=str(args.one_shot), **one_shot_report(model, Path(args.one_shot), config, device,
+                                                                   args.ways, args.trials, args.seed))
+        print(json.dumps(_finite(metrics), indent=2))
+        return 0
+    if args.pairs is not None and args.data is None:
+        raise InputError("option --pairs needs --data, the LFW folder that holds the images")
+    threshold, people, about_threshold = threshold_and_people(loaded, config, device, args.source)
+    allow = args.allow_identity_overlap
+    if args.pairs is not None:
+        pair_file = Path(args.pairs)
+        lines = [p for fold in data_mod.parse_pair_list(pair_file) for p in fold]
+        overlap = people_overlap(people, args.source, [(p.line, {p.name_a, p.name_b}) for p in lines],
+                                 "these pairs", pair_file, allow)
+        images, pairs = pair_list_data(pair_file, lines, Path(args.data), config)
+        metrics.update(pairs=str(args.pairs))
     else:
         if args.data is not None:
             config = config.replace(data=args.data)
         data = data_mod.load_data(config)
-        logits = predict(model, images_on(device, data.images), data.test, config)
-        metrics = {"source": str(args.source), "data": config.data, "n_pairs": len(data.test),
-                   **pair_metrics(data.test[:, 2], logits, threshold)}
+        test_people = {data.names[i] for i in data.identities_of(data.test)}
+        overlap = people_overlap(people, args.source, [(None, test_people)], "the test pairs", config.data, allow)
+        images, pairs = data.images, data.test
+        metrics.update(data=config.data)
+    logits = predict(model, images_on(device, images), pairs, config)
+    metrics.update(n_pairs=len(pairs), **about_threshold, **pair_metrics(pairs[:, 2], logits, threshold))
+    if overlap is not None:
+        metrics["identity_overlap"] = overlap
     print(json.dumps(_finite(metrics), indent=2))
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    model, config, threshold = load_model(args.source)
-    config = config.replace(device="cpu")
+    loaded = load(args.source)
+    config = loaded.config.replace(device="cpu")
     decoded = []
     for name in (args.image_a, args.image_b):
         path = Path(name)
+        if path.is_dir():
+            raise InputError("is a folder, not an image", path)
         if not path.is_file():
             raise InputError("image not found", path)
         decoded.append(data_mod.decode_image(path, config.image_size, config.crop))
+    threshold, _, _ = threshold_and_people(loaded, config, torch.device("cpu"), args.source)
     # fp32 on purpose (not the bf16 autocast of batch scoring): one pair costs nothing, and the exported
     # verifier.pt2, which runs the same Verifier, then agrees with this to float precision.
     a, b = (torch.tensor(image).unsqueeze(0) for image in decoded)
     with torch.no_grad():
-        logit = float(Verifier(model.eval(), config)(a, b)[0])
+        logit = float(Verifier(loaded.model.eval(), config)(a, b)[0])
     print(json.dumps({"probability_same": 1.0 / (1.0 + math.exp(-logit)), "logit": logit,
                       "threshold_logit": threshold, "same_person": logit >= threshold}, indent=2))
     return 0

@@ -76,7 +76,7 @@ def finalize(experiment: str, policy: str, size: int | None, address: str | None
                                   data, checkpoint, options, member_options(settings))
         record = {"best_trial": best.path.rsplit("/", 1)[-1], "best_config": config.to_dict(), "best_epoch": epoch,
                   "best_val_loss": loss, "trials": len(results),
-                  **hand_back(final, settings, None, epochs, suffix=f"-{name}"),
+                  **hand_back(final, settings, data, None, epochs, suffix=f"-{name}"),
                   "wall_seconds": {"final_model": round(time.time() - started, 1)}}
         storage.write_text(record_path, json.dumps(record, indent=2) + "\n")
     return {**record, "record": record_path}

@@ -352,17 +352,19 @@ def score_warnings(test: dict[str, Any]) -> list[str]:
     return warnings
 
 
-def hand_back(final: FinalModel, settings: SearchSettings, export_dir: str | None, epochs: int,
+def hand_back(final: FinalModel, settings: SearchSettings, data: PairData, export_dir: str | None, epochs: int,
               suffix: str = "") -> dict[str, Any]:
-    """Export a final model to EXPERIMENT/export<suffix> (and EXPORT_DIR<suffix>); its part of final.json."""
+    """Export a final model to EXPERIMENT/export<suffix> (and EXPORT_DIR<suffix>), with whom it trained on (for
+    evaluate's overlap check); returns its part of final.json."""
     target, copy = export_targets(settings, export_dir, suffix)
-    test, threshold = final.scores["test"], final.threshold_logit
+    test, threshold, people = final.scores["test"], final.threshold_logit, data.training_people
     if isinstance(final.model, EnsembleNet):
-        publish(lambda folder: export_ensemble(final.model, folder, metrics=_scalars(test),
-                                               threshold_logit=threshold), target, copy)
+        publish(lambda folder: export_ensemble(final.model, folder, metrics=_scalars(test), threshold_logit=threshold,
+                                               trained_people=people), target, copy)
     else:
         publish(lambda folder: export_model(final.model, final.configs[0], folder, threshold_logit=threshold,
-                                            metrics={"epochs_trained": epochs, **_scalars(test)}), target, copy)
+                                            metrics={"epochs_trained": epochs, **_scalars(test)},
+                                            trained_people=people), target, copy)
     part: dict[str, Any] = {**final.scores, "epochs": epochs, "final": final.record, "export": target,
                             **({"export_copy": copy} if copy else {})}
     part["retrain_node"] = final.record["members"][0].get("node")
@@ -403,7 +405,7 @@ def finish_search(settings: SearchSettings, results: tune.ResultGrid, data: Pair
     if retrain:
         final = build_final_model(settings.final, settings.final_size, retrained.replace(threads=threads), epochs,
                                   data, threshold_checkpoint, options, member_options(settings))
-        summary.update(hand_back(final, settings, export_dir, epochs))
+        summary.update(hand_back(final, settings, data, export_dir, epochs))
         model = final.model
     if ensemble >= 2:
         chosen = [(result, loss) for result, loss in top_trials(results, ensemble) if result.checkpoint is not None]
@@ -417,7 +419,8 @@ def finish_search(settings: SearchSettings, results: tune.ResultGrid, data: Pair
         report["members"] = [{"trial_id": Path(result.path).name, "val_loss": loss} for result, loss in chosen]
         target, copy = export_targets(settings, export_dir, "-ensemble")
         publish(lambda folder: export_ensemble(members, folder, metrics=_scalars(report["test"]),
-                                               threshold_logit=report["test"]["threshold_logit"]), target, copy)
+                                               threshold_logit=report["test"]["threshold_logit"],
+                                               trained_people=data.training_people), target, copy)
         summary["ensemble"] = {**report, "node": node, "export": target, **({"export_copy": copy} if copy else {})}
     summary["wall_seconds"] = {"search": round(search_seconds, 1),  # of this invocation (a resume: its part only)
                                "retrain_test_export": round(time.time() - started, 1), "resumed": resumed}

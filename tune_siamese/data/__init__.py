@@ -32,22 +32,25 @@ from .pairs import (
     DIFFERENT_PER_SAME,
     PairData,
     PairMiner,
+    PairOrigin,
     RawData,
     all_validation_pairs,
     balanced_pairs,
+    drop_repeated_pairs,
     identity_overlap,
+    refuse_repeated_pairs,
     split_for_all_pairs,
     split_validation,
 )
 from .synthetic import load_synthetic, render_synthetic
 
-__all__ = ["DIFFERENT_PER_SAME", "IMAGE_EXTENSIONS", "PairData", "PairLine", "PairMiner", "RawData",
+__all__ = ["DIFFERENT_PER_SAME", "IMAGE_EXTENSIONS", "PairData", "PairLine", "PairMiner", "PairOrigin", "RawData",
            "all_validation_pairs", "balanced_pairs", "cache_dir",
-           "decode_image", "decode_images", "default_lfw_root", "describe", "find_pair_lists",
+           "decode_image", "decode_images", "default_lfw_root", "describe", "drop_repeated_pairs", "find_pair_lists",
            "identity_folder_files", "identity_overlap", "index_pair_images", "lfw_image_dir", "lfw_image_path",
            "load_data", "load_identity_folder", "load_lfw_folder", "load_raw", "load_synthetic",
-           "load_torchvision_lfw", "odd_name", "pair_rows", "parse_pair_list", "render_synthetic",
-           "split_for_all_pairs", "split_validation"]
+           "load_torchvision_lfw", "odd_name", "pair_rows", "parse_pair_list", "refuse_repeated_pairs",
+           "render_synthetic", "split_for_all_pairs", "split_validation"]
 
 
 def load_raw(config: Config) -> RawData:
@@ -67,18 +70,23 @@ def load_raw(config: Config) -> RawData:
 
 
 def load_data(config: Config) -> PairData:
-    """Load (from cache when possible) and split into train / val / test pairs."""
+    """Load (from cache when possible) and split into train / val / test pairs. Every source passes the same
+    check: self-pairs and duplicates are refused in the test (and given validation) pairs and dropped, with a
+    warning, from the training pairs before they are split."""
     raw = load_raw(config)
+    refuse_repeated_pairs(raw.test, "test", raw.origin("test"))
     if raw.val is not None:
-        train, val, dropped = raw.trainval, raw.val, 0
+        refuse_repeated_pairs(raw.val, "validation", raw.origin("val"))
+    trainval, repeated = drop_repeated_pairs(raw.trainval, "training", raw.origin("trainval"))
+    if raw.val is not None:
+        train, val, dropped = trainval, raw.val, 0
     else:
         rng = np.random.default_rng(config.data_seed + 2)
         if config.val_pairs == "all":
-            train, val, dropped = split_for_all_pairs(raw.trainval, raw.identity, config.val_fraction, rng)
+            train, val, dropped = split_for_all_pairs(trainval, raw.identity, config.val_fraction, rng)
         else:
-            train, val, dropped = split_validation(raw.trainval, raw.identity, config.val_fraction,
-                                                   config.val_split, rng)
-    info = {**raw.info, "dropped_pairs": dropped, "val_split": config.val_split}
+            train, val, dropped = split_validation(trainval, raw.identity, config.val_fraction, config.val_split, rng)
+    info = {**raw.info, "dropped_pairs": dropped, "repeated_pairs_dropped": repeated, "val_split": config.val_split}
     data = PairData(raw.images, raw.identity, raw.names, train, val, raw.test, info)
     if len(data.train) < 2 or len(data.val) < 2 or len(data.test) < 2:
         raise InputError(f"too few pairs after splitting: {data.summary()}")

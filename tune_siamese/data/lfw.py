@@ -15,7 +15,7 @@ import numpy as np
 from ..config import Config
 from ..errors import InputError
 from .images import CACHE_VERSION, cached, content_key, decode_images, file_bytes, odd_name
-from .pairs import RawData, identity_overlap, touches_trainval
+from .pairs import PairOrigin, RawData, identity_overlap, touches_trainval
 
 DEFAULT_LFW_ROOT = "../shared/data/lfw-a"
 
@@ -193,7 +193,9 @@ def load_lfw_folder(root: Path, config: Config) -> RawData:
                                     train_path.read_bytes(), test_path.read_bytes() if test_path else b""]
     key = "lfw-" + content_key([*key_parts, *file_bytes(paths)])
     arrays = cached(key, lambda: {"images": decode_images(paths, config.image_size, config.crop)})
-    return RawData(arrays["images"], identity, names, trainval, test, info)
+    origins = {"trainval": PairOrigin(train_path, [p.line for p in trainval_lines]),
+               "test": PairOrigin(test_path or train_path, [p.line for p in test_lines])}
+    return RawData(arrays["images"], identity, names, trainval, test, info, origins=origins)
 
 
 def _refuse_or_record_overlap(overlap: dict[str, Any], config: Config, info: dict[str, Any], where: Path,

@@ -1,10 +1,13 @@
 """The compact dataset (`PairData`: one uint8 image array, int64 pair rows) and how pairs are made and split:
-balanced pairs inside identity groups, the identity-disjoint validation split, the larger validation set of all
-pairs among the validation identities, the overlap check between test and training people, and the pairs mined
-each epoch from training identities."""
+balanced pairs inside identity groups, self-pairs and duplicates (refused in test pairs, dropped from training
+pairs), the identity-disjoint validation split, the larger validation set of all pairs among the validation
+identities, the overlap check between test and training people, and the pairs mined each epoch from training
+identities."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +39,12 @@ class PairData:
         return set(self.identity[pairs[:, 0]].tolist()) | set(self.identity[pairs[:, 1]].tolist())
 
     @property
+    def training_people(self) -> list[str]:
+        """Sorted names of everyone a model trained on this data has seen: the people of the train and val pairs
+        (a retrain fits both; a trial selects its epoch on val; mined pairs come from train people)."""
+        return sorted({self.names[i] for i in self.identities_of(self.train) | self.identities_of(self.val)})
+
+    @property
     def mining_identities(self) -> np.ndarray:
         """Identities of the training part that appear in neither validation nor test pairs."""
         allowed = self.identities_of(self.train) - self.identities_of(self.val) - self.identities_of(self.test)
@@ -47,7 +56,8 @@ class PairData:
         scored = "" if self.val_all is None else f" (scored on all {count(self.val_all)} among its people)"
         return (f"{self.info.get('source', '?')}: {len(self.images)} images {self.images.shape[1]}px, "
                 f"{len(self.names)} identities; train {count(self.train)}, val {count(self.val)}{scored}, "
-                f"test {count(self.test)}; dropped {self.info.get('dropped_pairs', 0)} pairs for disjointness")
+                f"test {count(self.test)}; dropped {self.info.get('dropped_pairs', 0)} pairs for disjointness"
+                + (f", {repeated} repeated" if (repeated := self.info.get("repeated_pairs_dropped")) else ""))
 
 
 def touches_trainval(identity: np.ndarray, trainval: np.ndarray, test: np.ndarray) -> np.ndarray:
@@ -70,8 +80,11 @@ def identity_overlap(identity: np.ndarray, names: list[str], trainval: np.ndarra
             "examples": sorted(names[i] for i in shared)[:5]}
 
 
-def balanced_pairs(identity: np.ndarray, group: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
-    """`count` pairs (half same, half different, distinct rows where possible) among the identities in `group`."""
+def balanced_pairs(identity: np.ndarray, group: np.ndarray, count: int, rng: np.random.Generator,
+                   repeats: bool = False) -> np.ndarray:
+    """`count` pairs (half same, half different) among the identities in `group`, never an image with itself.
+    Distinct pairs (either order), fewer than `count` where the group holds too few; `repeats=True` (pairs mined
+    for training) fills up with repeats instead."""
     members = [np.flatnonzero(identity == g) for g in group]
     multi = [m for m in members if len(m) >= 2]
     if not multi or len(members) < 2:
@@ -91,7 +104,7 @@ def balanced_pairs(identity: np.ndarray, group: np.ndarray, count: int, rng: np.
                 ga, gb = rng.choice(len(members), size=2, replace=False)
                 a, b = rng.choice(members[ga]), rng.choice(members[gb])
             key = (int(min(a, b)), int(max(a, b)))
-            if key in seen and tries < target * 10:
+            if key in seen and (not repeats or tries < target * 10):
                 continue
             seen.add(key)
             rows.append((int(a), int(b), label))
@@ -132,6 +145,20 @@ def pairs_from_identities(images: np.ndarray, identity: np.ndarray, names: list[
 
 
 @dataclass
+class PairOrigin:
+    """Where a part's pair rows came from, for messages: a pair list and each row's line in it, or (no lines) a
+    source without a file, whose rows are named by position."""
+    where: str | Path
+    lines: list[int] | None = None
+
+    def line(self, row: int) -> int | None:
+        return None if self.lines is None else self.lines[row]
+
+    def name(self, row: int) -> str:
+        return f"pair {row + 1}" if self.lines is None else f"line {self.lines[row]}"
+
+
+@dataclass
 class RawData:
     images: np.ndarray
     identity: np.ndarray
@@ -140,6 +167,61 @@ class RawData:
     test: np.ndarray
     info: dict[str, Any]
     val: np.ndarray | None = None  # set when the loader already made identity-disjoint val pairs
+    origins: dict[str, PairOrigin] = field(default_factory=dict)  # "trainval", "test": where the rows came from
+
+    def origin(self, part: str) -> PairOrigin:
+        return self.origins.get(part) or PairOrigin(f"{self.info.get('source', 'data')} ({part} pairs)")
+
+
+def repeated_rows(pairs: np.ndarray) -> list[tuple[int, int | None]]:
+    """(row, the earlier row it repeats, or None where it pairs an image with itself) for every row that does
+    either; a duplicate is the same two images in either order."""
+    first: dict[tuple[int, int], int] = {}
+    found: list[tuple[int, int | None]] = []
+    for row, (a, b) in enumerate(pairs[:, :2].tolist()):
+        key = (min(a, b), max(a, b))
+        if a == b:
+            found.append((row, None))
+        elif key in first:
+            found.append((row, first[key]))
+        else:
+            first[key] = row
+    return found
+
+
+def _repeats_text(found: list[tuple[int, int | None]], origin: PairOrigin, shown: int = 5) -> str:
+    selves = sum(earlier is None for _, earlier in found)
+    examples = ", ".join(f"{origin.name(row)} ({'self-pair' if earlier is None else '= ' + origin.name(earlier)})"
+                         for row, earlier in found[:shown])
+    more = f" and {len(found) - shown} more" if len(found) > shown else ""
+    unit = "pair" if origin.lines is None else "line"
+    return (f"{selves} self-pair(s) (one image twice) and {len(found) - selves} duplicate(s) (the same two images "
+            f"as an earlier {unit}, either order): {examples}{more}")
+
+
+def refuse_repeated_pairs(pairs: np.ndarray, part: str, origin: PairOrigin) -> None:
+    """Scored pairs (test, validation, a list given to evaluate) must not pair an image with itself (trivially the
+    same person) or repeat a pair (it would count twice): refused, naming the first offender's line."""
+    found = repeated_rows(pairs)
+    if found:
+        raise InputError(f"the {part} pairs hold {_repeats_text(found, origin)}; a self-pair is trivially the same "
+                         f"person and a duplicate counts twice in the score: remove them", origin.where,
+                         origin.line(found[0][0]))
+
+
+def drop_repeated_pairs(pairs: np.ndarray, part: str, origin: PairOrigin) -> tuple[np.ndarray, int]:
+    """(the pairs without self-pairs and later duplicates, how many went), with a one-line warning. Done before
+    the validation split, so no pair can land in both the training and the validation part."""
+    found = repeated_rows(pairs)
+    if not found:
+        return pairs, 0
+    line = origin.line(found[0][0])
+    where = origin.where if line is None else f"{origin.where}:{line}"
+    print(f"warning: {where}: dropped {len(found)} {part} pair(s) before the validation split: "
+          f"{_repeats_text(found, origin)}", file=sys.stderr)
+    keep = np.ones(len(pairs), dtype=bool)
+    keep[[row for row, _ in found]] = False
+    return pairs[keep], len(found)
 
 
 def split_validation(pairs: np.ndarray, identity: np.ndarray, fraction: float, mode: str,
@@ -276,4 +358,4 @@ class PairMiner:
     def sample(self, count: int) -> np.ndarray:
         if count <= 0 or len(self.allowed) < 2:
             return np.empty((0, 3), dtype=np.int64)
-        return balanced_pairs(self.identity, self.allowed, count, self.rng)
+        return balanced_pairs(self.identity, self.allowed, count, self.rng, repeats=True)
