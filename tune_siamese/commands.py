@@ -186,6 +186,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         overlap = people_overlap(people, args.source, [(p.line, {p.name_a, p.name_b}) for p in lines],
                                  "these pairs", pair_file, allow)
         images, pairs = pair_list_data(pair_file, lines, Path(args.data), config)
+        people_of_pairs = (np.array([p.name_a for p in lines]), np.array([p.name_b for p in lines]))
         metrics.update(pairs=str(args.pairs))
     else:
         if args.data is not None:
@@ -194,9 +195,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         test_people = {data.names[i] for i in data.identities_of(data.test)}
         overlap = people_overlap(people, args.source, [(None, test_people)], "the test pairs", config.data, allow)
         images, pairs = data.images, data.test
+        people_of_pairs = (data.identity[pairs[:, 0]], data.identity[pairs[:, 1]])
         metrics.update(data=config.data)
     logits = predict(model, images_on(device, images), pairs, config)
-    metrics.update(n_pairs=len(pairs), **about_threshold, **pair_metrics(pairs[:, 2], logits, threshold))
+    scores = pair_metrics(pairs[:, 2], logits, threshold, with_roc=True, people=people_of_pairs)  # with intervals
+    metrics.update(n_pairs=len(pairs), **about_threshold,
+                   **{key: value for key, value in scores.items() if not key.startswith("roc_")})
     if overlap is not None:
         metrics["identity_overlap"] = overlap
     print(json.dumps(_finite(metrics), indent=2))
