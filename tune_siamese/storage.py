@@ -87,11 +87,8 @@ def replacing(path: str | Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # on the disk before the rename: a crash then leaves the old file or the new one
-        finally:
-            os.close(fd)
+        # No fsync: a full disk or a lost mount fails the write or the close, inside the block. (An fsync would
+        # also survive a power cut, at its cost on every epoch's checkpoint.)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -107,6 +104,7 @@ def replacing_folder(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp, old = (path.with_name(f".{path.name}.{os.getpid()}.{kind}") for kind in ("tmp", "old.tmp"))
     try:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process of the same id
         tmp.mkdir()
         yield tmp
         if path.exists():
