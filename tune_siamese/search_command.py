@@ -17,6 +17,9 @@ Run a hyperparameter search: Ray Tune + OptunaSearch (TPE by default) + ASHA, th
     {prog} --data ../shared/data/lfw-a --space default --num-samples 16
     {prog} --address auto --gpus-per-trial 0.25 --storage-path /shared/ray_results
     {prog} --resume ray_results/siamese-quick-20261128-170000
+
+Exit status: 0 done; 2 bad input; 3 no usable trial (every one diverged or errored: final.json says why, nothing is
+exported); 130 Ctrl-C, 143 SIGTERM (both print the command that resumes the search).
 """
 
 # Tune warns whenever per-epoch checkpoints force an experiment snapshot; locally a snapshot takes ~10 ms.
