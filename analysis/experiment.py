@@ -17,7 +17,7 @@ import pyarrow.fs
 
 from tune_siamese import storage
 from tune_siamese.errors import InputError
-from tune_siamese.names import FINAL_FILE, SETTINGS_FILE, VAL_LOSS, trial_status
+from tune_siamese.names import DIVERGED, ERRORED, FINAL_FILE, SETTINGS_FILE, VAL_LOSS, trial_status
 
 # Columns of `Experiment.trials`; the hyperparameters come right after trial_id.
 TRIAL_COLUMNS = ["trial_id", "status", "tune_status", "epochs", "best_val_loss", "best_epoch", "last_val_loss",
@@ -104,8 +104,10 @@ class Experiment:
                                            "sd_val_loss", "val_losses", "best_epochs", "search_val_loss"])
 
     def best(self, n: int = 1) -> pd.DataFrame:
-        """The n trials with the lowest val loss at any epoch, best first."""
-        return self.trials.dropna(subset=["best_val_loss"]).nsmallest(n, "best_val_loss")
+        """The n trials with the lowest val loss at any epoch, best first, ranked as the search ranks them for its
+        pick: diverged and errored trials left out, equal losses in trial order."""
+        usable = self.trials[~self.trials["status"].isin([DIVERGED, ERRORED])].dropna(subset=["best_val_loss"])
+        return usable.sort_values(["best_val_loss", "trial_id"], kind="stable").head(n)
 
     def importance(self, evaluator: Any = None) -> pd.Series:
         """Hyperparameter importances for the best val loss, largest first, summing to 1 (see analysis.importance)."""

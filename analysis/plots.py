@@ -16,6 +16,7 @@ from matplotlib.colors import ListedColormap, LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from tune_siamese import storage
 from tune_siamese.errors import InputError
 from tune_siamese.names import ASHA_STOPPED, DIVERGED, ERRORED, FINISHED, PENDING, RUNNING
 
@@ -421,6 +422,6 @@ def _time_unit(spans: pd.DataFrame) -> tuple[float, str]:
 
 def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with storage.replacing(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     return path

@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from tune_siamese import storage
 from tune_siamese.errors import InputError
 from tune_siamese.names import final_label
 
@@ -27,8 +28,9 @@ def report(experiment_path: str | Path, out_dir: str | Path | None = None, color
     out = Path(out_dir)
     plots.check_color_by(exp, color_by)  # before writing anything
     out.mkdir(parents=True, exist_ok=True)
-    exp.trials.to_csv(out / "trials.csv", index=False)
-    exp.history.to_csv(out / "history.csv", index=False)
+    for table, name in ((exp.trials, "trials.csv"), (exp.history, "history.csv")):
+        with storage.replacing(out / name) as tmp:
+            table.to_csv(tmp, index=False)
 
     lines = [f"# Search report: {exp.name}", "", f"Experiment `{exp.path}`, search space "
              f"`{exp.settings.get('space')}`: {_counts(exp)}.", ""]
@@ -80,7 +82,7 @@ def report(experiment_path: str | Path, out_dir: str | Path | None = None, color
         [{"setting": k, "value": exp.settings[k]} for k in SETTING_KEYS if k in exp.settings])), "",
         "Fixed config of every trial: " + ", ".join(f"`{k}={v}`" for k, v in exp.settings.get("base", {}).items())
         + ".", ""]
-    (out / "report.md").write_text("\n".join(lines))
+    storage.write_text(out / "report.md", "\n".join(lines))
     return out
 
 
@@ -127,6 +129,9 @@ def _final_section(exp: Experiment, out: Path) -> list[str]:
     summary, test = exp.summary, exp.final
     if summary is None:
         return []
+    if "no_usable_trial" in summary:
+        return ["## Final model", "", f"No usable trial: {summary['no_usable_trial']}. Nothing was retrained or "
+                "exported.", ""]
     lines = ["## Final model", "", f"Best trial's config (val loss {summary['best_val_loss']:.4f} at epoch "
              f"{summary['best_epoch']}): " + ", ".join(
                  f"`{h}={summary['best_config'].get(h)}`" for h in exp.hyperparameters) + ".", ""]

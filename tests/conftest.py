@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 from typing import Callable
 
@@ -88,6 +89,27 @@ def fake_lfw(tmp_path) -> Path:
 @pytest.fixture
 def identity_folder(tmp_path) -> Path:
     return write_identity_folder(tmp_path / "faces")
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A folder on its own 1 MiB tmpfs, for writes on a really full disk (fill it with helpers.fill_up). Mounting
+    needs the right to (root in most containers); elsewhere the test is skipped, and the fakes of
+    helpers.enospc_open stand in."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    try:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
+                                 capture_output=True, text=True)
+        refused = mounted.stderr.strip() if mounted.returncode else ""
+    except OSError as exc:  # no mount command
+        refused = str(exc)
+    if refused:
+        pytest.skip(f"cannot mount a tmpfs here ({refused[:200]})")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=False)
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ the repository root, the smoke-search options, Tune's per-trial results, and run
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import pandas as pd
 import pytest
@@ -97,3 +99,50 @@ def real_lfw_root() -> Path:
             pytest.fail(reason + " but TUNE_SIAMESE_REQUIRE_LFW=1")
         pytest.skip(reason)
     return root
+
+
+def enospc_open(after: int) -> Callable[..., Any]:
+    """A stand-in for a module's open(): files opened for writing take `after` bytes, then fail as a full disk
+    does (OSError ENOSPC). Patch it in with monkeypatch.setattr(module, "open", enospc_open(n), raising=False)."""
+    real_open = open
+
+    class FullDiskFile:
+        def __init__(self, handle: Any) -> None:
+            self.handle = handle
+
+        def write(self, data: Any) -> int:
+            self.handle.write(bytes(data)[:after] if isinstance(data, (bytes, bytearray, memoryview))
+                              else data[:after])
+            self.handle.flush()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.handle, name)
+
+        def __enter__(self) -> "FullDiskFile":
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            self.handle.close()
+
+    def full_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        handle = real_open(file, mode, *args, **kwargs)
+        return FullDiskFile(handle) if any(m in mode for m in "wax+") else handle
+    return full_open
+
+
+def fill_up(folder: Path) -> None:
+    """Write a filler file into `folder` until its filesystem is full (ENOSPC)."""
+    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC, exc
+    finally:
+        os.close(fd)
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary files or folders anywhere under `folder` (storage.replacing's): what a write cut short leaves."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if ".tmp" in p.name)

@@ -311,6 +311,32 @@ def test_missing_or_half_written_experiment_is_one_clear_error(case, message, ex
     assert not (path / "report").exists()
 
 
+def test_a_report_cut_short_by_a_full_disk_leaves_no_partial_file(experiment, tmp_path, monkeypatch):
+    """Each report file is written whole or not at all: a CSV that fails after a few bytes leaves nothing."""
+    import errno
+    import os
+
+    import pandas as pd
+
+    def full_disk_csv(self, path, *args, **kwargs):
+        Path(path).write_text("trial_id,sta")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full_disk_csv)
+    with pytest.raises(OSError):
+        analysis.report(experiment, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_full_disk_stops_the_report_with_no_partial_file(experiment, full_disk):
+    from helpers import fill_up
+
+    fill_up(full_disk)
+    with pytest.raises(OSError):
+        analysis.report(experiment, full_disk / "report")
+    assert [p.name for p in full_disk.rglob("*") if p.is_file()] == ["filler"]
+
+
 def test_unknown_color_by_is_an_input_error(experiment, tmp_path, capsys):
     assert main([str(experiment), "--out", str(tmp_path / "out"), "--color-by", "nope"]) == 2
     assert "'nope' is not a hyperparameter" in capsys.readouterr().err

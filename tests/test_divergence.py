@@ -1,4 +1,4 @@
-"""Diverged trials: an exploding but finite loss counts as diverged, a diverged trial never wins, and a search
+"""Diverged trials: a NaN-diverged trial (stand-in loss 10) never outranks exploded ones, and a search
 whose every trial diverged ends with exit 3 and a final.json that says why (nothing retrained or exported)."""
 from __future__ import annotations
 
@@ -7,15 +7,7 @@ import json
 import pytest
 
 import run_search
-from tune_siamese.engine import Diverged, fit
 from tune_siamese.names import FINAL_FILE
-
-
-def test_a_finite_exploding_loss_is_diverged(synthetic_small, tiny_config):
-    """SGD at lr 1e10 without BatchNorm: losses of ~1e9, finite, at chance level; no longer a result."""
-    with pytest.raises(Diverged, match="above"):
-        fit(tiny_config(optimizer="sgd", lr=1e10, batchnorm=False, max_epochs=2), synthetic_small)
-
 
 EXPLODING_SPACE = '''
 from ray import tune
@@ -39,7 +31,8 @@ def test_a_search_without_a_usable_trial_ends_with_exit_3_and_says_why(ray_sessi
             "--name", "exploding", *(["--no-retrain"] if no_retrain else [])]
     assert run_search.main(argv) == 3
     final = json.loads((tmp_path / "exploding" / FINAL_FILE).read_text())
-    assert final["no_usable_trial"] == "of 2 trial(s), 2 diverged"
+    assert final["no_usable_trial"] == "none of the 2 trials has a usable val loss (2 diverged)"
     assert final["trial_statuses"] == {"diverged": 2}
     assert "test" not in final and not (tmp_path / "exploding" / "export").exists()
-    assert "No usable trial (of 2 trial(s), 2 diverged): nothing was retrained or exported" in capsys.readouterr().out
+    assert "No usable trial: none of the 2 trials has a usable val loss (2 diverged); nothing was retrained" in \
+        capsys.readouterr().out

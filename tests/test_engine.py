@@ -14,8 +14,10 @@ from tune_siamese.augment import koch_affine
 from tune_siamese.checkpoint import load_checkpoint, save_checkpoint
 from tune_siamese.config import Config
 from tune_siamese.engine import (
+    DIVERGED_ABOVE,
     Diverged,
     best_threshold,
+    chance_check,
     epoch_line,
     evaluate,
     fit,
@@ -24,6 +26,7 @@ from tune_siamese.engine import (
     pair_metrics,
     predict,
     print_epochs,
+    threshold_note,
     to_input,
     train_and_test,
 )
@@ -138,6 +141,14 @@ def test_nan_loss_raises_diverged(synthetic_small, tiny_config):
         fit(tiny_config(optimizer="sgd", lr=1e30, max_epochs=3), synthetic_small)
 
 
+def test_a_finite_but_exploding_loss_is_divergence_too(synthetic_small, tiny_config):
+    """SGD at lr 1e10 keeps its losses finite (around 1e9 to 1e10) and its AUC at chance: without a ceiling the
+    trial counted as trained, and the search could retrain and export it."""
+    with pytest.raises(Diverged, match="above 69.3"):
+        fit(tiny_config(optimizer="sgd", lr=1e10, max_epochs=2), synthetic_small)
+    assert DIVERGED_ABOVE == pytest.approx(100 * np.log(2))  # 100 times a constant predictor's loss
+
+
 def test_bad_device_is_input_error(synthetic_small, tiny_config):
     with pytest.raises(InputError, match="option device='gpu'"):
         fit(tiny_config(device="gpu"), synthetic_small)
@@ -199,6 +210,31 @@ def test_metrics_and_threshold():
     assert metrics["auc"] == pytest.approx(8 / 9)
     perfect = pair_metrics(labels, np.array([5.0, 4, 3, -3, -4, -5]))
     assert perfect["auc"] == 1.0 and perfect["loss"] < 0.06
+
+
+def test_a_val_set_without_signal_rejects_every_pair_and_says_so():
+    """No threshold beats "reject every pair" on pairs a model scores alike (or backwards): best_threshold keeps
+    that one, clipped to logit 1e6, and threshold_note says what it means."""
+    labels = np.array([1, 1, 1, 0, 0, 0])
+    for logits in (np.zeros(6), np.array([-3.0, -2, -1, 1, 2, 3])):
+        threshold = best_threshold(labels, logits)
+        assert threshold == 1e6
+        assert pair_metrics(labels, logits, threshold)["accuracy_at_threshold"] == 0.5
+        note = threshold_note(threshold)
+        assert note is not None and "rejects every pair" in note and "no signal" in note
+    assert threshold_note(best_threshold(labels, np.array([3.0, 2.0, -0.5, -1.0, -2.0, 0.5]))) is None
+
+
+def test_chance_check_uses_the_auc_a_model_without_signal_reaches_one_time_in_twenty():
+    labels = np.array([1] * 500 + [0] * 500)  # DevTest's 500 + 500 pairs
+    check = chance_check(0.52, labels, "test")
+    assert check["chance_bound"] == pytest.approx(0.5 + 1.645 * np.sqrt(1001 / (12 * 500 * 500)))  # 0.530
+    assert check["no_better_than_chance"] and check["scored_on"] == "test" and check["auc"] == 0.52
+    assert check["pairs"] == {"same": 500, "different": 500}
+    assert not chance_check(0.60, labels, "test")["no_better_than_chance"]
+    small = chance_check(0.55, np.array([1] * 110 + [0] * 110), "val")  # the given val pairs: bound 0.564
+    assert small["no_better_than_chance"] and small["chance_bound"] == pytest.approx(0.564, abs=1e-3)
+    assert chance_check(float("nan"), labels, "test")["no_better_than_chance"]  # no AUC at all
 
 
 def test_tta_flip_is_symmetric_to_mirroring(synthetic_small, tiny_config):

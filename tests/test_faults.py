@@ -1,4 +1,4 @@
-"""Faults during a search: errored and diverged trials, a killed worker, a killed driver, a lost node.
+"""Faults during a search: errored and diverged trials, a killed worker, a killed driver, SIGTERM, a lost node.
 
 Every test checks that the search finishes and that no finished trial is lost or run again.
 """
@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from helpers import REPO, SMOKE, reap, resume_and_check, spawn, spawn_until_a_trial_finished, trial_frames
+from helpers import REPO, SMOKE, leftovers, reap, resume_and_check, spawn, spawn_until_a_trial_finished, trial_frames
 
 import run_search
 from tune_siamese.names import DIVERGED_LOSS, FINAL_FILE
@@ -53,12 +53,99 @@ def test_errored_and_diverged_trials_leave_the_search_standing(ray_session, tmp_
     good = by_config[("cpu", 1e-3)]
     assert list(good["epoch"]) == [1, 2]  # the healthy trial ran to the end
     assert summary["best_config"]["lr"] == 1e-3 and summary["best_config"]["device"] == "cpu"
+    chance = summary["chance"]  # without a retrain: the best trial's val AUC at its best epoch
+    assert chance["scored_on"] == "val" and chance["auc"] == good["val_auc"].iloc[-1]
+    assert chance["no_better_than_chance"] == (chance["auc"] <= chance["chance_bound"])
     assert json.loads((tmp_path / "faulty" / FINAL_FILE).read_text())["errored_trials"] == 1
     import analysis  # the report lists both casualties
 
     out = analysis.report(tmp_path / "faulty", tmp_path / "report")
     statuses = sorted(pd.read_csv(out / "trials.csv")["status"])
     assert statuses == ["diverged", "errored", "finished"]
+
+
+DIVERGING_SPACE = '''
+from ray import tune
+from search_spaces import PRESETS, Preset
+
+# SGD at lr 1e30 turns the weights to NaN in the first epoch; at 1e10 the losses stay finite but explode (1e9 and
+# more, AUC 0.5): before the loss ceiling, the NaN trial's stand-in loss 10 ranked first and crashed the end.
+SPACE = Preset(space={"lr": tune.choice([1e10, 1e30])}, fixed={**PRESETS["smoke"].fixed, "optimizer": "sgd"},
+               points=[{"lr": 1e10}, {"lr": 1e30}])
+'''
+
+
+def test_a_search_without_a_usable_trial_says_so_and_exports_nothing(ray_session, tmp_path, capsys):
+    space = tmp_path / "diverging.py"
+    space.write_text(DIVERGING_SPACE)
+    code = run_search.main(["--space", f"{space}:SPACE", "--num-samples", "2", "--max-epochs", "2",
+                            "--grace-period", "2", "--storage-path", str(tmp_path), "--name", "diverging", "-q"])
+    out = capsys.readouterr().out
+    experiment = tmp_path / "diverging"
+    assert code == 3, out[-3000:]
+    final = json.loads((experiment / FINAL_FILE).read_text())
+    assert final["no_usable_trial"] == "none of the 2 trials has a usable val loss (2 diverged)"
+    assert final["trial_statuses"] == {"diverged": 2} and "best_config" not in final
+    assert not (experiment / "export").exists()
+    assert out.strip().splitlines()[-1] == (f"No usable trial: {final['no_usable_trial']}; nothing was retrained or "
+                                            f"exported (exit 3). Analyse it: python -m analysis {experiment}")
+    import analysis
+
+    report = (analysis.report(experiment, tmp_path / "report") / "report.md").read_text()
+    assert f"No usable trial: {final['no_usable_trial']}" in report
+
+
+def test_sigterm_ends_a_search_like_ctrl_c(tmp_path):
+    """What Kubernetes, Slurm and most schedulers send on preemption. Ray's own handler aborted the driver (exit
+    134, a C++ stack dump, no resume line)."""
+    experiment = tmp_path / "preempted"
+    argv = ["run_search.py", *SMOKE, "--num-samples", "2", "--max-epochs", "2", "--grace-period", "2",
+            "--max-concurrent", "1", "--storage-path", str(tmp_path), "--name", "preempted", "--no-retrain"]
+    log = tmp_path / "first.log"
+    proc = spawn_until_a_trial_finished(argv, experiment, log, epochs=2)
+    try:
+        proc.send_signal(signal.SIGTERM)  # the driver alone, as Kubernetes signals a container's main process
+        assert proc.wait(timeout=120) == 143, log.read_text()[-3000:]
+    finally:
+        reap(proc)
+    output = log.read_text()
+    assert "Search interrupted (SIGTERM)" in output and f"--resume {experiment}" in output
+    assert not (experiment / FINAL_FILE).exists()
+    before = {n: len(f) for n, f in trial_frames(experiment).items()}
+    resume_and_check(experiment, tmp_path / "second.log", before, trials=2, epochs=2)
+
+
+def test_ctrl_c_or_sigterm_during_the_export_leaves_no_export_and_a_resume_finishes(ray_session, tmp_path, capsys,
+                                                                                   monkeypatch):
+    """After the search Tune's SIGINT handler stayed installed: Ctrl-C during the retrain or export only set a
+    flag nobody read (the export went on, exit 0), and SIGTERM met Ray's handler (sys.exit, a half-written export
+    folder). Now both end the run there, with the resume command, and no export or temporary folder is left."""
+    from tune_siamese import checkpoint
+
+    real = checkpoint._export_verifier
+    signals: list[int] = []
+
+    def export_cut_short(*args, **kwargs):  # weights, config and metrics are written by now
+        if signals:
+            os.kill(os.getpid(), signals.pop())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "_export_verifier", export_cut_short)
+    experiment = tmp_path / "stopped"
+    for signum, code, argv in [
+            (signal.SIGINT, 130, [*SMOKE, "--num-samples", "1", "--max-epochs", "1", "--grace-period", "1",
+                                  "--storage-path", str(tmp_path), "--name", "stopped", "-q"]),
+            (signal.SIGTERM, 143, ["--resume", str(experiment), "-q"])]:
+        signals.append(signum)
+        assert run_search.main(argv) == code
+        out = capsys.readouterr().out
+        assert "during the retrain, test and export" in out and f"--resume {experiment}" in out
+        assert not (experiment / FINAL_FILE).exists() and leftovers(experiment) == []
+        assert not [p.name for p in experiment.iterdir() if "export" in p.name]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own again
+    assert run_search.main(["--resume", str(experiment), "-q"]) == 0
+    assert json.loads((experiment / FINAL_FILE).read_text())["trials"] == 1
+    assert (experiment / "export" / "SHA256SUMS").is_file()
 
 
 def _kill_worker_after_first_epoch(experiment: Path, killed: list[int], stop: threading.Event) -> None:

@@ -15,7 +15,7 @@ from helpers import SMOKE, trial_frames
 
 import run_search
 from tune_siamese.checkpoint import load_checkpoint
-from tune_siamese.finish import FINALISTS_DIR, summarise_finalists, top_trials
+from tune_siamese.finish import FINALISTS_DIR, best_trial, no_usable_reason, summarise_finalists, top_trials
 from tune_siamese.names import FINAL_FILE, STATE_FILE
 from tune_siamese.settings import load_resume_settings
 
@@ -111,6 +111,32 @@ def test_trials_tied_on_val_loss_rank_the_same_in_any_listing_order():
               result("trial_a", [0.8])]
     for listing in (trials, trials[::-1], trials[1:] + trials[:1]):
         assert [Path(r.path).name for r, _ in top_trials(listing, 3)] == ["trial_d", "trial_b", "trial_c"]
+
+
+def reported(name: str, losses: list[float], error: str | None = None, diverged: bool = False) -> SimpleNamespace:
+    """A trial as a ResultGrid holds it: its folder, error and reported rows; a diverged trial's last row carries
+    diverged=1 and the finite stand-in loss, without an epoch (search.train_siamese)."""
+    rows = [{"epoch": epoch, "val_loss": loss} for epoch, loss in enumerate(losses, start=1)]
+    if diverged:
+        rows.append({"val_loss": 10.0, "diverged": 1})
+    return SimpleNamespace(path=f"/exp/{name}", error=error, metrics_dataframe=pd.DataFrame(rows))
+
+
+def test_the_best_trial_is_ranked_as_the_finalists_are_and_never_diverged_or_errored():
+    """get_best_result(scope="all") ranked every reported loss: a trial with a good epoch before it diverged, or
+    an errored one, could win; and a diverged trial's stand-in loss 10 beat exploded finite losses, after which
+    its row without an epoch crashed the search's end (KeyError: 'epoch')."""
+    trials = [reported("trial_d", [0.7, 0.6]), reported("trial_b", [0.3], diverged=True),
+              reported("trial_c", [0.2], error="RuntimeError"), reported("trial_a", [0.9, 0.6, 0.8]),
+              reported("trial_e", [], diverged=True)]
+    for listing in (trials, trials[::-1]):
+        best, epoch, loss = best_trial(listing)
+        assert (Path(best.path).name, epoch, loss) == ("trial_a", 2, 0.6)  # tied with trial_d: by name
+        assert Path(top_trials(listing, 1)[0][0].path).name == "trial_a"  # one ranking for both
+    unusable = trials[1:3] + trials[4:]
+    assert best_trial(unusable) is None
+    assert no_usable_reason(unusable) == "none of the 3 trials has a usable val loss (2 diverged, 1 errored)"
+    assert no_usable_reason([]) == "the search ran no trial"
 
 
 def test_an_errored_or_missing_run_means_no_winner_and_a_diverged_one_disqualifies():

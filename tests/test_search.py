@@ -71,6 +71,9 @@ def test_best_trial_retrained_tested_and_exported(smoke_search):
     data = load_data(Config.from_dict(summary["best_config"]))
     people = load(export).trained_people
     assert people is not None and people.among(data.names) == data.training_people
+    chance = final["chance"]  # the retrained model's test AUC against what a model without signal reaches
+    assert chance["scored_on"] == "test" and chance["auc"] == test["auc"]
+    assert chance["no_better_than_chance"] == (test["auc"] <= chance["chance_bound"])
 
 
 def test_export_round_trip_matches_in_memory_model(smoke_search, tmp_path):
@@ -123,6 +126,27 @@ def test_top_trials_ensembled_tested_and_exported(smoke_search):
     assert printed["accuracy_at_threshold"] == pytest.approx(ensemble["test"]["accuracy_at_threshold"])
 
 
+
+
+def test_the_summary_says_when_the_model_is_no_better_than_chance_and_its_threshold_rejects_every_pair(capsys):
+    """A chance-level model used to be retrained, exported and summarised like any other (exit 0), and a val set
+    with no signal stored threshold 1e6 ("reject everything") without a word."""
+    from types import SimpleNamespace
+
+    from tune_siamese.engine import chance_check, threshold_note
+    from tune_siamese.search_command import print_summary
+
+    test = {"accuracy": 0.5, "accuracy_at_threshold": 0.5, "auc": 0.51, "threshold_logit": 1e6}
+    summary = {"best_val_loss": 0.69, "best_epoch": 1, "best_config": {"lr": 1.0}, "test": test, "epochs": 1,
+               "retrain_node": "node", "export": "EXP/export", "trial_statuses": {"finished": 1}, "trials": 1,
+               "best_trial": "trial_1", "wall_seconds": {"search": 1.0, "retrain_test_export": 1.0},
+               "chance": chance_check(0.51, np.array([1] * 500 + [0] * 500), "test"),
+               "threshold_note": threshold_note(1e6)}
+    print_summary(summary, SimpleNamespace(space={"lr": None}), SimpleNamespace(experiment_path="EXP"))
+    out = capsys.readouterr().out
+    assert ("WARNING: the retrained model is no better than chance: test AUC 0.5100 is at most 0.5300, which a model "
+            "without any signal exceeds one time in 20 on 500 same- and 500 different-person pairs") in out
+    assert f"WARNING: {threshold_note(1e6)}" in out and "rejects every pair" in out
 
 
 @pytest.mark.parametrize("argv, message", [

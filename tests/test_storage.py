@@ -2,15 +2,17 @@
 final.json, the export, the analysis and `tune-siamese verify` all work on an s3:// URI; bad targets fail first."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow.fs
 import pytest
-from helpers import REPO, SMOKE, cli_json
+from helpers import REPO, SMOKE, cli_json, enospc_open, fill_up, leftovers
 from services import S3_ENV, s3_server
 
 import analysis
@@ -103,6 +105,105 @@ def test_unwritable_targets_fail_before_the_search(s3_query, tmp_path):
                        "--export-dir", str(not_a_folder / "export")])
     assert done.returncode == 2, done.stderr[-2000:]
     assert "option --export-dir is not writable" in done.stderr and "Traceback" not in done.stderr
+
+
+OLD, NEW = '{"old": true}\n', '{"new": "' + "x" * 5000 + '"}\n'
+
+
+def test_a_write_that_fails_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    """On a full disk final.json was left at 0 bytes (the analysis then refused the experiment)."""
+    final = tmp_path / "exp" / "final.json"
+    storage.write_text(final, OLD)
+    monkeypatch.setattr(storage, "open", enospc_open(after=10), raising=False)
+    with pytest.raises(OSError) as caught:
+        storage.write_text(final, NEW)
+    assert caught.value.errno == errno.ENOSPC
+    with pytest.raises(OSError):
+        storage.write_text(tmp_path / "exp" / "new.json", NEW)
+    assert final.read_text() == OLD and leftovers(tmp_path) == []
+    assert sorted(p.name for p in final.parent.iterdir()) == ["final.json"]
+
+
+def test_a_cache_write_that_fails_leaves_no_temporary(tmp_path, monkeypatch):
+    """The data cache left a KEY.PID.tmp file behind on every failed write."""
+    from tune_siamese.data import images
+
+    monkeypatch.setenv("TUNE_SIAMESE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(images, "open", enospc_open(after=100), raising=False)
+    arrays = images.cached("key", lambda: {"a": np.arange(10_000)})
+    assert int(arrays["a"].sum()) == 49_995_000  # still handed back: a cache that takes no writes only costs time
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_an_export_cut_short_leaves_no_export(tmp_path):
+    """publish writes an export into a temporary folder and puts it in place whole, or not at all."""
+    from tune_siamese.finish import publish
+
+    target = tmp_path / "exp" / "export"
+
+    def half_an_export(folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "model.safetensors").write_bytes(b"weights")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(OSError):
+        publish(half_an_export, str(target), None)
+    assert not target.exists() and list((tmp_path / "exp").iterdir()) == []
+    target.mkdir()
+    (target / "SHA256SUMS").write_text("the old export's\n")
+    with pytest.raises(OSError):
+        publish(half_an_export, str(target), None)
+    assert [p.name for p in target.iterdir()] == ["SHA256SUMS"] and leftovers(tmp_path) == []
+
+    def whole(folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "model.safetensors").write_bytes(b"new weights")
+        (folder / "SHA256SUMS").write_text("the new export's\n")
+
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "notes.txt").write_text("the user's own file")  # --export-dir may hold other files: they stay
+    publish(whole, str(target), str(copy))
+    assert sorted(p.name for p in target.iterdir()) == ["SHA256SUMS", "model.safetensors"]
+    assert (target / "SHA256SUMS").read_text() == (copy / "SHA256SUMS").read_text() == "the new export's\n"
+    assert sorted(p.name for p in copy.iterdir()) == ["SHA256SUMS", "model.safetensors", "notes.txt"]
+    assert leftovers(tmp_path) == []
+
+
+def test_a_full_disk_leaves_every_file_whole(full_disk, monkeypatch, tiny_config):
+    """A really full filesystem (a 1 MiB tmpfs): final.json, the data cache, a checkpoint, a plot and an export
+    each fail with one error, keep what was there and leave no temporary or empty file behind."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from analysis.plots import _save
+    from tune_siamese.checkpoint import export_model, save_checkpoint
+    from tune_siamese.data import images
+    from tune_siamese.finish import publish
+    from tune_siamese.model import build_model
+
+    final = full_disk / "exp" / "final.json"
+    storage.write_text(final, OLD)
+    monkeypatch.setenv("TUNE_SIAMESE_CACHE", str(full_disk / "cache"))
+    fill_up(full_disk)
+    with pytest.raises(OSError) as caught:
+        storage.write_text(final, NEW)
+    assert caught.value.errno == errno.ENOSPC and final.read_text() == OLD
+    assert int(images.cached("key", lambda: {"a": np.arange(10_000)})["a"][-1]) == 9_999
+    with pytest.raises(InputError, match="cannot write the checkpoint"):
+        save_checkpoint({"weights": np.zeros(100_000)}, full_disk / "trial" / "state.pt")
+    with pytest.raises(OSError):
+        _save(Figure(), full_disk / "report" / "roc.png")
+    config = tiny_config()
+    with pytest.raises(OSError):
+        publish(lambda folder: export_model(build_model(config), config, folder), str(full_disk / "exp" / "export"),
+                None)
+    assert not (full_disk / "exp" / "export").exists()
+    (full_disk / "filler").unlink()
+    assert leftovers(full_disk) == []
+    assert sorted(str(p.relative_to(full_disk)) for p in full_disk.rglob("*") if p.is_file()) == ["exp/final.json"]
 
 
 def test_study_storages_open_and_a_taken_study_name_is_refused(tmp_path):

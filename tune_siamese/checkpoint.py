@@ -20,7 +20,6 @@ import copy
 import hashlib
 import json
 import math
-import os
 import re
 import secrets
 import warnings
@@ -113,14 +112,12 @@ class LoadedModel:
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Atomic save of a training state (tensors, numbers, strings, dicts and lists only)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except OSError as exc:  # a full disk or a lost mount: no half-written file stays behind
-        tmp.unlink(missing_ok=True)
-        raise InputError(f"cannot write the checkpoint ({exc.strerror or exc})", path) from None
+        with storage.replacing(path) as tmp:
+            torch.save(state, tmp)
+    except (OSError, RuntimeError) as exc:  # a full disk or a lost mount (torch's writer raises RuntimeError)
+        reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:200]
+        raise InputError(f"cannot write the checkpoint ({reason})", path) from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -149,7 +146,7 @@ def export_model(model: SiameseNet, config: Config, out_dir: str | Path, metrics
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(model).to("cpu").to(memory_format=torch.contiguous_format).eval()  # caller's stays put
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+    _save_weights({k: v.contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors")
     config.save(out / "config.json")
     _write_metrics(out, metrics, threshold_logit)
     size = config.model_input_size
@@ -176,8 +173,8 @@ def export_ensemble(ensemble: EnsembleNet, out_dir: str | Path, metrics: dict[st
     people = None if trained_people is None else list(trained_people)
     for model, config, folder in zip(ensemble.members, ensemble.configs, folders):
         export_model(cast(SiameseNet, model), config, out / folder, trained_people=people)
-    (out / ENSEMBLE_FILE).write_text(json.dumps({"members": folders, "config": ensemble.config.to_dict()},
-                                                indent=2) + "\n")
+    storage.write_text(out / ENSEMBLE_FILE, json.dumps({"members": folders, "config": ensemble.config.to_dict()},
+                                                       indent=2) + "\n")
     _write_metrics(out, metrics, threshold_logit)
     _export_verifier(copy.deepcopy(ensemble).to("cpu").eval(), ensemble.config, out, threshold_logit)
     recorded = _write_people(out, people)
@@ -190,8 +187,16 @@ def _write_people(out: Path, names: Iterable[str] | None) -> list[str]:
     """identities.json from the names, if given; the files written, for SHA256SUMS."""
     if names is None:
         return []
-    (out / IDENTITIES_FILE).write_text(json.dumps(people_record(names), indent=2) + "\n")
+    storage.write_text(out / IDENTITIES_FILE, json.dumps(people_record(names), indent=2) + "\n")
     return [IDENTITIES_FILE]
+
+
+def _save_weights(weights: dict[str, torch.Tensor], path: Path) -> None:
+    with storage.replacing(path) as tmp:
+        try:
+            save_file(weights, str(tmp))
+        except safetensors.SafetensorError as exc:  # its I/O errors (a full disk) are no OSError
+            raise OSError(f"cannot write {path} ({exc})") from None
 
 
 def _save_graph(graph: torch.export.ExportedProgram, path: Path) -> None:
@@ -200,7 +205,8 @@ def _save_graph(graph: torch.export.ExportedProgram, path: Path) -> None:
     # ours here; tests/test_model.py checks it), so the warning would only alarm the user.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="No complete tensor found in the group")
-        torch.export.save(graph, str(path))
+        with storage.replacing(path) as tmp:
+            torch.export.save(graph, str(tmp))
 
 
 def _export_verifier(model: SiameseNet | EnsembleNet, config: Config, out: Path, threshold_logit: float) -> None:
@@ -225,16 +231,16 @@ def _export_verifier(model: SiameseNet | EnsembleNet, config: Config, out: Path,
         "threshold_logit": threshold_logit,
         "threshold_probability": 0.5 * (1.0 + math.tanh(0.5 * threshold_logit)),  # sigmoid, no overflow
     }
-    (out / "preprocess.json").write_text(json.dumps(recipe, indent=2) + "\n")
+    storage.write_text(out / "preprocess.json", json.dumps(recipe, indent=2) + "\n")
 
 
 def _write_metrics(out: Path, metrics: dict[str, Any] | None, threshold_logit: float) -> None:
-    (out / "metrics.json").write_text(json.dumps({"threshold_logit": threshold_logit, **(metrics or {})},
-                                                 indent=2) + "\n")
+    storage.write_text(out / "metrics.json", json.dumps({"threshold_logit": threshold_logit, **(metrics or {})},
+                                                        indent=2) + "\n")
 
 
 def _write_checksums(out: Path, files: list[str]) -> None:
-    (out / CHECKSUMS).write_text("".join(f"{_sha256(out / name)}  {name}\n" for name in files))
+    storage.write_text(out / CHECKSUMS, "".join(f"{_sha256(out / name)}  {name}\n" for name in files))
 
 
 def load(source: str | Path) -> LoadedModel:

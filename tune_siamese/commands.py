@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from . import data as data_mod
+from . import storage
 from .checkpoint import LoadedModel, TrainedPeople, export_model, load, people_record, save_checkpoint
 from .config import Config, parse_overrides
 from .engine import (
@@ -68,7 +69,7 @@ def write_history(history: list[dict[str, Any]], path: Path) -> None:
     columns: list[str] = []
     for row in history:
         columns += [key for key in row if key not in columns]
-    with open(path, "w", newline="") as fh:
+    with storage.replacing(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         writer.writerows(history)
@@ -95,8 +96,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = {"out": str(out), "best_epoch": report["best_epoch"], "epochs": report["epochs"],
                "stopped_early": result.stopped_early, "threshold_logit": threshold,
                "val": report["val"], "test": {k: v for k, v in report["test"].items() if not k.startswith("roc_")}}
-    (out / "metrics.json").write_text(json.dumps(_finite({**report, "data": data_mod.describe(data),
-                                                          "config": config.to_dict()}), indent=2) + "\n")
+    storage.write_text(out / "metrics.json", json.dumps(_finite({**report, "data": data_mod.describe(data),
+                                                                 "config": config.to_dict()}), indent=2) + "\n")
     if args.export:
         export_model(result.model, config, out / "export", summary["test"], threshold, trained_people=people)
         summary["export"] = str(out / "export")

@@ -148,7 +148,9 @@ class Config:
         return Config.from_dict({**self.to_dict(), **changes})
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        from . import storage  # not at the top: pyarrow stays out of quick commands that only parse a config
+
+        storage.write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "Config":

@@ -28,20 +28,24 @@ EpochCallback = Callable[[dict[str, Any], Callable[[], dict[str, Any]]], None]
 
 
 class Diverged(RuntimeError):
-    """The loss became NaN, infinite or absurd (e.g. a learning rate that is far too high)."""
+    """The training or validation loss became NaN, infinite or absurdly large (e.g. a learning rate that is far
+    too high)."""
 
 
-# A constant prediction of 0.5 costs ln 2 per pair in BCE. A mean loss a hundred times that needs confident wrong
-# answers on most pairs (|logit| ~ 100): no model that is learning gets there, an exploding one does (SGD at
-# lr 1e10 reached 2e9 with chance-level AUC), and a finite exploded loss would otherwise pass for a result.
+# A constant prediction (probability 0.5) scores BCE ln 2 on any pairs, and label smoothing only raises the floor
+# under it, never this ceiling. A mean loss 100 times that means logits around a hundred on the wrong side: no
+# model, just weights blown up that happen to stay finite (SGD at lr 1e10 keeps losses near 1e9 and AUC at 0.5).
+# Such a run is diverged like a NaN one: never ranked, retrained or exported.
 DIVERGED_ABOVE = 100 * math.log(2)
 
 
-def check_loss(value: float, what: str) -> None:
-    """Raise Diverged for a loss that is not finite or is absurdly high (DIVERGED_ABOVE)."""
-    if not math.isfinite(value) or value > DIVERGED_ABOVE:
-        raise Diverged(f"{what} is {value:.4g}" + ("" if not math.isfinite(value) else
-                                                   f", above {DIVERGED_ABOVE:.1f} (100 x a constant guess's)"))
+def check_loss(name: str, value: float, epoch: int) -> None:
+    """Raise Diverged when a mean loss is NaN, infinite or above DIVERGED_ABOVE."""
+    if not math.isfinite(value):
+        raise Diverged(f"{name} loss is {value} at epoch {epoch}")
+    if value > DIVERGED_ABOVE:
+        raise Diverged(f"{name} loss is {value:.4g} at epoch {epoch}, above {DIVERGED_ABOVE:.1f} (100 × ln 2, a "
+                       "constant predictor's loss)")
 
 
 def resolve_device(config: Config) -> torch.device:
@@ -214,9 +218,7 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, im
                 loss = step(batch)
         total += loss * len(batch)
         count += len(batch)
-    value = float(total) / max(count, 1)  # one device sync per epoch, not per batch
-    check_loss(value, "training loss")
-    return value
+    return float(total) / max(count, 1)  # one device sync per epoch, not per batch
 
 
 @torch.no_grad()
@@ -263,9 +265,14 @@ def predict_by_image(model: SiameseNet, images: torch.Tensor, pairs: np.ndarray,
     return (total / len(views)).cpu().numpy().astype(np.float64)
 
 
+# best_threshold's bound: roc_curve's first threshold is +inf (accept no pair), kept when nothing does better.
+THRESHOLD_LIMIT = 1e6
+
+
 def best_threshold(labels: np.ndarray, logits: np.ndarray, balanced: bool = False) -> float:
     """The logit threshold that maximises accuracy on these (validation) pairs; `balanced`: the mean of the two
-    classes' accuracies, so that ten times more different-person pairs do not pull it towards "different"."""
+    classes' accuracies, so that ten times more different-person pairs do not pull it towards "different".
+    Where no threshold beats rejecting every pair (the pairs carry no signal) it is THRESHOLD_LIMIT."""
     fpr, tpr, thresholds = roc_curve(labels, logits)
     positives = labels.sum()
     if balanced:
@@ -275,8 +282,25 @@ def best_threshold(labels: np.ndarray, logits: np.ndarray, balanced: bool = Fals
     return float(np.clip(thresholds[int(np.argmax(accuracy))], -THRESHOLD_LIMIT, THRESHOLD_LIMIT))
 
 
-# best_threshold's ends: roc_curve's first threshold is +inf ("reject every pair"), kept finite for JSON.
-THRESHOLD_LIMIT = 1e6
+def threshold_note(threshold_logit: float) -> str | None:
+    """What a decision threshold means when it decides every pair the same way (best_threshold's "reject
+    everything"), for the summary and final.json; None for a threshold that separates pairs."""
+    if threshold_logit < THRESHOLD_LIMIT:
+        return None
+    return (f"the decision threshold (logit {threshold_logit:g}) rejects every pair: on the val pairs that chose it "
+            "no threshold beat rejecting them all, so the model's scores there carry no signal")
+
+
+def chance_check(auc: float, labels: np.ndarray, scored_on: str) -> dict[str, Any]:
+    """Whether an AUC on pairs with these labels is no better than chance: at most the AUC that a model without
+    any signal exceeds one time in 20, 0.5 + 1.645 standard errors of the AUC under that null (the Mann-Whitney
+    statistic's variance (n1 + n2 + 1) / (12 n1 n2); 0.530 on DevTest's 500 + 500 pairs, 0.564 on 110 + 110 val
+    pairs). An AUC that is not a number counts as no better."""
+    same = int((labels > 0.5).sum())
+    different = len(labels) - same
+    bound = 0.5 + 1.645 * math.sqrt((same + different + 1) / (12 * same * different)) if same and different else 1.0
+    return {"scored_on": scored_on, "auc": auc, "chance_bound": bound,
+            "no_better_than_chance": not auc > bound, "pairs": {"same": same, "different": different}}
 
 
 def _mean(values: np.ndarray, same: np.ndarray, balanced: bool) -> float:
@@ -419,13 +443,14 @@ def fit(config: Config, data: PairData, on_epoch: EpochCallback | None = None,
         if config.augment and config.augment_copies > 1:
             pairs = np.tile(pairs, (config.augment_copies, 1))  # shuffled together, each copy augmented anew
         train_loss = train_one_epoch(trainer, optimizer, images, pairs, config, generator, graph)
+        check_loss("training", train_loss, epoch)
         scheduler.step()
         metrics: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "lr": lr, "train_pairs": len(pairs)}
         if validate:
             labels, logits, balanced = validation_logits(model, images, data, config)
             val = pair_metrics(labels, logits, balanced=balanced)
             metrics.update(val_loss=val["loss"], val_accuracy=val["accuracy"], val_auc=val["auc"])
-            check_loss(val["loss"], f"validation loss at epoch {epoch}")
+            check_loss("validation", val["loss"], epoch)
             if val["loss"] < result.best_val_loss:
                 result.best_val_loss, result.best_epoch, bad_epochs = val["loss"], epoch, 0
                 best_state = copy.deepcopy(model.state_dict())

@@ -32,7 +32,7 @@ def finalize(experiment: str, policy: str, size: int | None, address: str | None
         final_basis,
         hand_back,
         member_options,
-        no_usable_trial,
+        no_usable_reason,
         run_finalists,
         task_options,
     )
@@ -60,7 +60,7 @@ def finalize(experiment: str, policy: str, size: int | None, address: str | None
         started = time.time()
         ranked = best_trial(results)
         if ranked is None:
-            raise InputError(f"no usable trial to build a final model from ({no_usable_trial(results)})",
+            raise InputError(f"no usable trial to build a final model from ({no_usable_reason(results)})",
                              settings.experiment_path)
         best, epoch, loss = ranked
         finalists: Finalists | None = None

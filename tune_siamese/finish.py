@@ -21,44 +21,51 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
 from . import storage
-from .checkpoint import export_ensemble, export_model
+from .checkpoint import CHECKSUMS, export_ensemble, export_model
 from .cluster import alive_nodes
 from .config import Config
 from .data import PairData
-from .engine import THRESHOLD_LIMIT, images_on, resolve_device, val_and_test
+from .engine import chance_check, images_on, resolve_device, threshold_note, val_and_test
 from .errors import InputError
 from .final_model import FinalModel, build_final_model, cpu_state, rebuilt, trial_model
 from .model import EnsembleNet
 from .names import FINAL_FILE, VAL_LOSS, trial_status
-from .search import CompletionWatch, SearchProgress, live_table, train_siamese
+from .search import CompletionWatch, SearchProgress, fit_tuner, live_table, train_siamese
 from .settings import SearchSettings, check_owner
 
 
 def best_trial(results: tune.ResultGrid) -> tuple[tune.Result, int, float] | None:
-    """(result, epoch of its best val loss, that loss) of the trial with the lowest val loss at any epoch, by
-    top_trials' rule (errored, diverged and unreported trials never win); None when no trial is usable."""
-    top = top_trials(results, 1)
-    if not top:
+    """(result, epoch of its best val loss, that loss) of the trial with the lowest val loss at any epoch, ranked
+    as top_trials ranks (errored and diverged trials never win); None when no trial is usable."""
+    ranked = top_trials(results, 1)
+    if not ranked:
         return None
-    best, _ = top[0]
+    best = ranked[0][0]
     epoch, loss = _best_epoch(best.metrics_dataframe)
     return best, epoch, loss
 
 
-def no_usable_trial(results: tune.ResultGrid) -> str:
-    """Why no trial can be handed back, e.g. "of 4 trials, 3 diverged, 1 errored"."""
+def no_usable_reason(results: tune.ResultGrid) -> str:
+    """Why best_trial found none: how many trials there were and why each is unusable (_unusable)."""
+    if not len(results):
+        return "the search ran no trial"
     reasons: dict[str, int] = {}
     for result in _each(results):
-        reason = _unusable(result) or "usable"
-        reasons[reason] = reasons.get(reason, 0) + 1
-    return f"of {len(results)} trial(s), " + ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))
+        why = _unusable(result) or "usable"
+        reasons[why] = reasons.get(why, 0) + 1
+    counts = ", ".join(f"{count} {why}" for why, count in reasons.items())
+    return f"none of the {len(results)} trials has a usable val loss ({counts})"
+
+
+def _best_row(frame: Any) -> Any:
+    """The report of a trial's lowest val loss at any epoch."""
+    rows = frame[frame[VAL_LOSS].notna()]
+    return rows.loc[rows[VAL_LOSS].idxmin()]
 
 
 def _best_epoch(frame: Any) -> tuple[int, float]:
-    """(epoch, val loss) of a trial's lowest val loss at any epoch (rows without an epoch, such as a diverged
-    trial's closing report, do not count)."""
-    rows = frame[frame[VAL_LOSS].notna() & frame["epoch"].notna()]
-    row = rows.loc[rows[VAL_LOSS].idxmin()]
+    """(epoch, val loss) of a trial's lowest val loss at any epoch."""
+    row = _best_row(frame)
     return int(row["epoch"]), float(row[VAL_LOSS])
 
 
@@ -247,8 +254,8 @@ def run_finalists(settings: SearchSettings, results: tune.ResultGrid, data: Pair
         fewer = f" (only {len(top)} of the trials have a val loss)" if len(top) < settings.finalists else ""
         print(f"[finalists] the top {len(top)} trials{fewer}, seeds {', '.join(map(str, seeds))}: "
               f"{len(top) * len(seeds)} runs in {path}", flush=True)
-        grid = finalist_tuner(settings, data, {trial_id: config for trial_id, _, config in top}, seeds,
-                              verbose).fit()
+        grid = fit_tuner(finalist_tuner(settings, data, {trial_id: config for trial_id, _, config in top}, seeds,
+                                        verbose))
         watch = CompletionWatch.latest  # tells an interrupt (Ctrl-C) from runs that ended
         if watch is None or watch.cut_short:
             return None
@@ -258,7 +265,7 @@ def run_finalists(settings: SearchSettings, results: tune.ResultGrid, data: Pair
             checkpoints[outcome["run"]] = result.checkpoint
     record = summarise_finalists(top, seeds, runs)
     record.update(experiment=path, wall_seconds=round(time.time() - started, 1))
-    if record["fallback"]:
+    if record["fallback"] and top:  # without a usable trial finish_search says so itself
         print(f"[finalists] no winner: {record['fallback']}; retraining the search's best trial instead",
               flush=True)
         return Finalists(record)
@@ -310,17 +317,31 @@ def export_targets(settings: SearchSettings, export_dir: str | None, suffix: str
 
 
 def publish(write: Callable[[Path], Any], target: str, copy: str | None) -> None:
-    """Run `write(folder)` into the target (through a local temporary folder for a URI), then copy it."""
+    """Run `write(folder)` into the target, then copy it. A local target is written into a temporary folder that
+    takes its place once whole (storage.replacing_folder): a full disk or Ctrl-C leaves the old export or none,
+    never half of one. A URI is written to a local temporary folder and uploaded file by file, each whole, the
+    checksums last (storage.upload_folder): one cut short lacks them, and loading refuses it."""
     if storage.is_uri(target):
         with tempfile.TemporaryDirectory(prefix="tune-siamese-export-") as folder:
             write(Path(folder))
-            storage.upload_folder(folder, target)
+            storage.upload_folder(folder, target, last=CHECKSUMS)
             if copy:
-                storage.upload_folder(folder, copy)
+                storage.upload_folder(folder, copy, last=CHECKSUMS)
         return
-    write(Path(target))
+    with storage.replacing_folder(target) as folder:
+        write(folder)
     if copy:
-        storage.upload_folder(target, copy)
+        storage.upload_folder(target, copy, last=CHECKSUMS)
+
+
+def judged(test: dict[str, Any], data: PairData) -> dict[str, Any]:
+    """final.json's verdicts on a model's test scores: "chance" (is its AUC better than chance?) and, when the
+    val pairs chose a threshold that rejects every pair, "threshold_note" saying so."""
+    verdicts: dict[str, Any] = {"chance": chance_check(test["auc"], data.test[:, 2], "test")}
+    note = threshold_note(test["threshold_logit"])
+    if note:
+        verdicts["threshold_note"] = note
+    return verdicts
 
 
 def _scalars(test: dict[str, Any]) -> dict[str, Any]:
@@ -335,21 +356,6 @@ def final_basis(config: Config, epoch: int, checkpoint: tune.Checkpoint | None, 
     if finalists is not None and finalists.config is not None:
         return finalists.config, finalists.epochs, finalists.checkpoint
     return config, epoch, checkpoint
-
-
-def score_warnings(test: dict[str, Any]) -> list[str]:
-    """What a user must know before believing a test score: a threshold that decides every pair alike, or a
-    model whose AUC is not surely above chance (its 95 % interval reaches 0.5)."""
-    warnings = []
-    threshold = test.get("threshold_logit", 0.0)
-    if abs(threshold) >= THRESHOLD_LIMIT:
-        decision = "rejects" if threshold > 0 else "accepts"
-        warnings.append(f"the decision threshold {decision} every pair: the validation pairs gave no threshold "
-                        "better than that (a model without signal there)")
-    low, high = test.get("auc_ci", [test["auc"], test["auc"]])
-    if low <= 0.5:
-        warnings.append(f"test AUC {test['auc']:.3f} (95 % interval {low:.3f}-{high:.3f}) is no better than chance")
-    return warnings
 
 
 def hand_back(final: FinalModel, settings: SearchSettings, data: PairData, export_dir: str | None, epochs: int,
@@ -368,10 +374,7 @@ def hand_back(final: FinalModel, settings: SearchSettings, data: PairData, expor
     part: dict[str, Any] = {**final.scores, "epochs": epochs, "final": final.record, "export": target,
                             **({"export_copy": copy} if copy else {})}
     part["retrain_node"] = final.record["members"][0].get("node")
-    warnings = score_warnings(test)
-    if warnings:
-        part["warnings"] = warnings
-    return part
+    return {**part, **judged(test, data)}
 
 
 def finish_search(settings: SearchSettings, results: tune.ResultGrid, data: PairData, export_dir: str | None,
@@ -380,20 +383,26 @@ def finish_search(settings: SearchSettings, results: tune.ResultGrid, data: Pair
     """Pick the best trial (or take the finalists' winner), retrain, test, export; optionally also ensemble the
     top trials; write final.json (with the wall time of the search as the caller measured it, and of this step).
 
-    Returns (summary, retrained model)."""
+    Returns (summary, retrained model). Without a usable trial (every one diverged or errored) the summary and
+    final.json say why under "no_usable_trial", and nothing is retrained or exported: (summary, None).
+    """
     started = time.time()
-    counts = {"experiment": settings.experiment_path, "trials": len(results), "errored_trials": len(results.errors),
+    counts = {"experiment": settings.experiment_path, "trials": len(results),
+              "errored_trials": sum(result.error is not None for result in _each(results)),
               "trial_statuses": status_counts(results)}
-    ranked = best_trial(results)
-    if ranked is None:  # nothing to hand back: say so in final.json rather than crash or export a broken model
-        unusable = {"no_usable_trial": no_usable_trial(results), **counts,
+    picked = best_trial(results)
+    if picked is None:
+        unusable = {"no_usable_trial": no_usable_reason(results), **counts,
                     "wall_seconds": {"search": round(search_seconds, 1), "resumed": resumed}}
         storage.write_text(storage.child(settings.experiment_path, FINAL_FILE), json.dumps(unusable, indent=2) + "\n")
         return unusable, None
-    best, epoch, loss = ranked
+    best, epoch, loss = picked
     config = Config.from_dict(dict(best.config or {}), source="best trial")
     summary: dict[str, Any] = {"best_config": config.to_dict(), "best_epoch": epoch, "best_val_loss": loss,
                                "best_trial": Path(best.path).name, **counts}
+    # Without a retrain, the best trial's own val AUC at its best epoch is what tells a model from chance.
+    summary["chance"] = chance_check(float(_best_row(best.metrics_dataframe).get("val_auc", math.nan)),
+                                     data.val_scored[:, 2], "val")
     if "identity_overlap" in data.info:  # allowed by allow_identity_overlap: the test score is not clean
         summary["identity_overlap"] = data.info["identity_overlap"]
     if finalists is not None:
@@ -421,7 +430,8 @@ def finish_search(settings: SearchSettings, results: tune.ResultGrid, data: Pair
         publish(lambda folder: export_ensemble(members, folder, metrics=_scalars(report["test"]),
                                                threshold_logit=report["test"]["threshold_logit"],
                                                trained_people=data.training_people), target, copy)
-        summary["ensemble"] = {**report, "node": node, "export": target, **({"export_copy": copy} if copy else {})}
+        summary["ensemble"] = {**report, **judged(report["test"], data), "node": node, "export": target,
+                               **({"export_copy": copy} if copy else {})}
     summary["wall_seconds"] = {"search": round(search_seconds, 1),  # of this invocation (a resume: its part only)
                                "retrain_test_export": round(time.time() - started, 1), "resumed": resumed}
     if finalists is not None:

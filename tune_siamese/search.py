@@ -8,7 +8,9 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -142,6 +144,18 @@ class SearchProgress(tune.Callback):
 
 def _minutes(seconds: float) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def fit_tuner(tuner: tune.Tuner) -> tune.ResultGrid:
+    """tuner.fit(), then Ctrl-C back to the handler it had before. Tune installs its own SIGINT handler for the run
+    (it ends the run, saving its state) and leaves it behind when the run ends without one: a Ctrl-C (or SIGTERM,
+    search_command) during the retrain would only set a flag that nothing reads any more."""
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        return tuner.fit()
+    finally:
+        if threading.current_thread() is threading.main_thread():  # where Tune installs it, and where we may
+            signal.signal(signal.SIGINT, before)
 
 
 def interrupted(results: tune.ResultGrid, num_samples: int, watched: bool = True) -> bool:

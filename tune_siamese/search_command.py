@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any, Sequence
 
@@ -15,6 +17,9 @@ Run a hyperparameter search: Ray Tune + OptunaSearch (TPE by default) + ASHA, th
     {prog} --data ../shared/data/lfw-a --space default --num-samples 16
     {prog} --address auto --gpus-per-trial 0.25 --storage-path /shared/ray_results
     {prog} --resume ray_results/siamese-quick-20261128-170000
+
+Exit status: 0 done; 2 bad input; 3 no usable trial (every one diverged or errored: final.json says why, nothing is
+exported); 130 Ctrl-C, 143 SIGTERM (both print the command that resumes the search).
 """
 
 # Tune warns whenever per-epoch checkpoints force an experiment snapshot; locally a snapshot takes ~10 ms.
@@ -25,12 +30,48 @@ if not sys.stderr.isatty():
 
 from .config import Config  # noqa: E402
 from .errors import InputError, OneLineParser  # noqa: E402
-from .names import FINAL_FILE, FINAL_POLICIES, RUNG_METRICS  # noqa: E402
+from .names import FINAL_POLICIES, RUNG_METRICS  # noqa: E402
 from .settings import SEARCHERS, rerun  # noqa: E402
 
-# Exit codes: 0 done, 2 bad input (nothing started), 3 every trial errored or diverged (nothing handed back),
-# 130 interrupted (Ctrl-C or SIGTERM; --resume continues).
-NO_USABLE_TRIAL = 3
+# Exit codes besides 0 and 2 (bad input, InputError); README's Guarantees lists them.
+EXIT_NO_USABLE_TRIAL = 3  # every trial diverged or errored: final.json says why, nothing is exported
+EXIT_CTRL_C = 130  # 128 + SIGINT, as a shell reports a job Ctrl-C ended
+EXIT_SIGTERM = 143  # 128 + SIGTERM
+
+
+class SigtermAsCtrlC:
+    """While installed, SIGTERM (what Kubernetes, Slurm and most schedulers send to preempt a job) does what Ctrl-C
+    does at that moment: in a Tune run, Tune's SIGINT handler ends the run and saves its state; elsewhere it
+    raises KeyboardInterrupt. `received` remembers it, for exit code 143 instead of 130."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self.previous: Any = None
+        self.installed = False
+
+    def install(self) -> None:
+        """Install (again: ray.init sets a SIGTERM handler of its own, which aborted the driver, exit 134)."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python runs signal handlers in the main thread only, and sets them there only
+        previous = signal.signal(signal.SIGTERM, self._handle)
+        if not self.installed:
+            self.previous, self.installed = previous, True
+
+    def uninstall(self) -> None:
+        if self.installed:
+            signal.signal(signal.SIGTERM, self.previous)
+            self.installed = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = True
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):  # Tune's during a run, else Python's own (KeyboardInterrupt)
+            handler(signal.SIGINT, frame)
+        else:  # SIGINT ignored (a background job) or left to the system: SIGTERM must still stop the run
+            raise KeyboardInterrupt
+
+    def how(self) -> str:
+        return " (SIGTERM)" if self.received else ""
 
 
 def parse_args(argv: Sequence[str] | None = None, prog: str = "run_search.py") -> argparse.Namespace:
@@ -128,46 +169,56 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "run_search.py") -
     return args
 
 
-def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, Any]:
-    """The recipe; returns (summary as written to final.json, retrained model), or (None, None) if interrupted."""
+def run(args: argparse.Namespace, stop: SigtermAsCtrlC | None = None) -> tuple[dict[str, Any] | None, Any]:
+    """The recipe; returns (summary as written to final.json, retrained model), or (None, None) if interrupted
+    (Ctrl-C or SIGTERM: see `stop`) after printing the command that resumes it."""
     from . import cluster, storage
     from .data import load_data
     from .finish import finish_search, run_finalists
-    from .search import interrupted, tuner_for
+    from .search import fit_tuner, interrupted, tuner_for
     from .settings import check_targets, prepare
 
     settings, preset = prepare(args, defaults=vars(parse_args([], args.prog)))  # every option and space value
     data = load_data(Config.from_dict(settings.base, source="search settings"))  # the data are input too
     print(data.summary(), flush=True)
     check_targets(settings, args.export_dir, new=not args.resume)  # the first thing written
+    own, stop = stop is None, stop or SigtermAsCtrlC()
     with storage.experiment_lock(settings.experiment_path):
         address = cluster.connect(args.address, args.connect_timeout, args.dashboard)
-        settings = cluster.fit_resources(settings, args.wait_for_resources)
-        verbose = tune_verbosity(args)
-        tuner = tuner_for(settings, preset, data, resume=bool(args.resume), verbose=verbose)
-        print_start(settings, on_cluster=address not in ("local", "existing"))
-        started = time.time()
-        results = tuner.fit()
-        search_seconds = time.time() - started
-        if interrupted(results, settings.num_samples):
-            # Ctrl-C: Tune saved its state; finishing now would retrain the best of a half-searched space.
-            print(f"\nSearch interrupted; nothing was retrained or exported. Continue it with: "
-                  f"{rerun(args.prog)} --resume {settings.experiment_path}", flush=True)
+        stop.install()  # after ray.init, which replaces it
+
+        def stopped(what: str) -> tuple[None, None]:
+            print(f"\n{what}. Continue it with: {rerun(args.prog)} --resume {settings.experiment_path}", flush=True)
             return None, None
-        finalists = None
-        if settings.finalists and not args.no_retrain:
-            finalists = run_finalists(settings, results, data, verbose)
-            if finalists is None:  # Ctrl-C: a winner from some of the runs would be the luck this stage removes
-                print(f"\nFinalist stage interrupted; nothing was retrained or exported. Continue it with: "
-                      f"{rerun(args.prog)} --resume {settings.experiment_path}", flush=True)
-                return None, None
-        summary, model = finish_search(settings, results, data, args.export_dir, retrain=not args.no_retrain,
-                                ensemble=args.ensemble, search_seconds=search_seconds, resumed=bool(args.resume),
-                                finalists=finalists)
-    if "no_usable_trial" in summary:
-        print(f"\nNo usable trial ({summary['no_usable_trial']}): nothing was retrained or exported; "
-              f"{FINAL_FILE} records it. Exit code {NO_USABLE_TRIAL}.", flush=True)
-        return summary, None
+
+        stage = "Search interrupted{}; nothing was retrained or exported"
+        try:
+            settings = cluster.fit_resources(settings, args.wait_for_resources)
+            verbose = tune_verbosity(args)
+            tuner = tuner_for(settings, preset, data, resume=bool(args.resume), verbose=verbose)
+            print_start(settings, on_cluster=address not in ("local", "existing"))
+            started = time.time()
+            results = fit_tuner(tuner)
+            search_seconds = time.time() - started
+            if interrupted(results, settings.num_samples):
+                # Tune saved its state; finishing now would retrain the best of a half-searched space.
+                return stopped(stage.format(stop.how()))
+            finalists = None
+            if settings.finalists and not args.no_retrain:
+                stage = "Finalist stage interrupted{}; nothing was retrained or exported"
+                finalists = run_finalists(settings, results, data, verbose)
+                if finalists is None:  # a winner from some of the runs would be the luck this stage removes
+                    return stopped(stage.format(stop.how()))
+            stage = ("Interrupted{} during the retrain, test and export; final.json is not written and no export is "
+                     "left half-written")
+            summary, model = finish_search(settings, results, data, args.export_dir, retrain=not args.no_retrain,
+                                           ensemble=args.ensemble, search_seconds=search_seconds,
+                                           resumed=bool(args.resume), finalists=finalists)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside a Tune run
+            return stopped(stage.format(stop.how()))
+        finally:
+            if own:
+                stop.uninstall()
     print_summary(summary, preset, settings)
     return summary, model
 
@@ -195,7 +246,21 @@ def print_start(settings: Any, on_cluster: bool = False) -> None:
         print(warning, flush=True)
 
 
+def chance_warning(who: str, check: dict[str, Any]) -> str | None:
+    """The summary's line for a model whose AUC is no better than chance (engine.chance_check), else None."""
+    if not check["no_better_than_chance"]:
+        return None
+    pairs = check["pairs"]
+    return (f"WARNING: {who} is no better than chance: {check['scored_on']} AUC {check['auc']:.4f} is at most "
+            f"{check['chance_bound']:.4f}, which a model without any signal exceeds one time in 20 on "
+            f"{pairs['same']} same- and {pairs['different']} different-person pairs")
+
+
 def print_summary(summary: dict[str, Any], preset: Any, settings: Any) -> None:
+    if "no_usable_trial" in summary:  # one line: there is nothing else to say
+        print(f"\nNo usable trial: {summary['no_usable_trial']}; nothing was retrained or exported "
+              f"(exit {EXIT_NO_USABLE_TRIAL}). Analyse it: python -m analysis {settings.experiment_path}")
+        return
     print("\nBest configuration (val loss {:.4f} at epoch {}; optimistic: it won a selection among {} trials, "
           "quote the test figures):".format(summary["best_val_loss"], summary["best_epoch"], summary["trials"]))
     print(json.dumps({k: summary["best_config"][k] for k in sorted(preset.space)}, indent=2))
@@ -203,10 +268,13 @@ def print_summary(summary: dict[str, Any], preset: Any, settings: Any) -> None:
         print_finalists(summary, preset)
     if "test" in summary:
         print_final(summary)
+    elif "chance" in summary:  # --no-retrain: the best trial's own val AUC
+        print_warnings(summary, "the best trial's own model")
     if "ensemble" in summary:
         ens = summary["ensemble"]
         print(f"Ensemble of the top {len(ens['members'])} trials' own models; test: {test_line(ens['test'])}; "
               f"exported to {ens['export']}")
+        print_warnings(ens, "the ensemble")
     if "identity_overlap" in summary:
         overlap = summary["identity_overlap"]
         print(f"WARNING: {overlap['shared_identities']} of the {overlap['test_identities']} test identities also "
@@ -252,8 +320,16 @@ def print_final(summary: dict[str, Any]) -> None:
     print(f"{describe_final(summary)}.\nTest (95 % intervals over people): {test_line(summary['test'])}")
     print(f"Exported to {summary['export']}" + (f" and {summary['export_copy']}" if "export_copy" in summary
                                                  else ""))
-    for warning in summary.get("warnings", []):
-        print(f"WARNING: {warning}")
+    print_warnings(summary, "the final model")
+
+
+def print_warnings(scored: dict[str, Any], who: str) -> None:
+    """WARNING lines for finish.judged's verdicts: an AUC no better than chance, a threshold that rejects all."""
+    lines = [chance_warning(who, scored["chance"]) if "chance" in scored else None,
+             f"WARNING: {who}: {scored['threshold_note']}" if "threshold_note" in scored else None]
+    for line in lines:
+        if line:
+            print(line)
 
 
 def print_finalists(summary: dict[str, Any], preset: Any) -> None:
@@ -284,11 +360,19 @@ def print_finalists(summary: dict[str, Any], preset: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "run_search.py") -> int:
+    """Exit 0; 2 bad input; 3 no usable trial; 130 Ctrl-C, 143 SIGTERM (each then prints the resume command)."""
+    stop = SigtermAsCtrlC()
+    stop.install()  # until run installs it again after ray.init: SIGTERM while reading the data stops too
     try:
-        summary, _ = run(parse_args(argv, prog))
+        summary, _ = run(parse_args(argv, prog), stop)
     except InputError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before the experiment began: nothing to resume
+        print(f"{prog}: interrupted{stop.how()} before the search started", file=sys.stderr)
+        summary = None
+    finally:
+        stop.uninstall()
     if summary is None:
-        return 130  # interrupted: resume it
-    return NO_USABLE_TRIAL if "no_usable_trial" in summary else 0
+        return EXIT_SIGTERM if stop.received else EXIT_CTRL_C
+    return EXIT_NO_USABLE_TRIAL if "no_usable_trial" in summary else 0

@@ -4,6 +4,10 @@ A URI is anything with "://": `s3://bucket/prefix`, `gs://bucket/prefix`, `file:
 the filesystem ride in the query string and stay on every path derived from it, e.g.
 `s3://bucket/prefix?endpoint_override=127.0.0.1:9000&scheme=http` for an S3-compatible server; pyarrow and
 Ray read them the same way. This module is torch-free: the analysis uses it too.
+
+Every file the project writes goes through `replacing` (or `write_text`, which uses it): written to a temporary
+file beside it and renamed over it once whole, so a full disk, a lost mount or a signal never leaves a half-written
+file, nor a temporary one.
 """
 from __future__ import annotations
 
@@ -72,11 +76,68 @@ def read_text(path: str | Path) -> str | None:
         return stream.read().decode()
 
 
+@contextlib.contextmanager
+def replacing(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside the local file `path` to write its new contents to. When the block ends without an
+    error the temporary replaces `path` in one step (os.replace, atomic on POSIX); on any error (a full disk,
+    Ctrl-C) it is removed and `path` stays as it was. Readers see the old file or the new one, never a part. The
+    temporary keeps the suffix, for writers that take the format from it (matplotlib, numpy)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        # No fsync: a full disk or a lost mount fails the write or the close, inside the block. (An fsync would
+        # also survive a power cut, at its cost on every epoch's checkpoint.)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def replacing_folder(path: str | Path) -> Iterator[Path]:
+    """`replacing` for a whole local folder (an export): the block fills a temporary folder beside `path`, which
+    then takes its place (the old folder renamed aside and removed); on any error it is removed and `path` stays
+    as it was. Between the two renames `path` is briefly absent, never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp, old = (path.with_name(f".{path.name}.{os.getpid()}.{kind}") for kind in ("tmp", "old.tmp"))
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process of the same id
+        tmp.mkdir()
+        yield tmp
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not path.exists():
+            os.replace(old, path)  # a failed swap puts the old folder back
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _local(path: str | Path) -> Path | None:
+    """The local path of a plain path or a file:// URI; None for remote storage."""
+    fs, where = filesystem(path)
+    return Path(where) if isinstance(fs, pyarrow.fs.LocalFileSystem) else None
+
+
 def write_text(path: str | Path, text: str) -> None:
+    """Write a whole file: locally through `replacing`. On S3 and GCS an object appears only once its upload
+    completes, whole, so the object store's own write is already all-or-nothing."""
+    data = text.encode()
+    local = _local(path)
+    if local is not None:
+        with replacing(local) as tmp, open(tmp, "wb") as out:
+            out.write(data)
+        return
     fs, where = filesystem(path)
     fs.create_dir(where.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(where) as out:
-        out.write(text.encode())
+        out.write(data)
 
 
 def check_writable(path: str | Path, option: str) -> None:
@@ -91,15 +152,29 @@ def check_writable(path: str | Path, option: str) -> None:
         raise InputError(f"option {option} is not writable ({reason})", resolve(path)) from None
 
 
-def upload_folder(local: str | Path, target: str | Path) -> None:
-    """Copy a local folder's files to `target` (a local folder or a URI), replacing files of the same name."""
-    if not is_uri(target):
-        shutil.copytree(local, resolve(target), dirs_exist_ok=True)
-        return
+def upload_folder(local: str | Path, target: str | Path, last: str = "") -> None:
+    """Copy a local folder's files to `target` (a local folder or a URI), replacing files of the same name and
+    leaving others. Each file arrives whole (`replacing`; an object upload is whole); the files named `last` (an
+    export's checksums) are removed from the target first and copied after everything else, deepest first, so a
+    copy cut short lacks them rather than vouching for a mix of old and new files."""
+    source = Path(local).resolve()
+    files = sorted((p for p in source.rglob("*") if p.is_file()),
+                   key=lambda p: (p.name == last, -len(p.parts), str(p)))
+    names = [p.relative_to(source).as_posix() for p in files]
     fs, where = filesystem(target)
-    fs.create_dir(where, recursive=True)
-    pyarrow.fs.copy_files(str(Path(local).resolve()), where, source_filesystem=pyarrow.fs.LocalFileSystem(),
-                          destination_filesystem=fs)
+    destination = _local(target)
+    for name in names:
+        if Path(name).name == last:  # pyarrow's delete_file refuses a missing file
+            if fs.get_file_info(f"{where}/{name}").type == pyarrow.fs.FileType.File:
+                fs.delete_file(f"{where}/{name}")
+    for file, name in zip(files, names):
+        if destination is not None:
+            with replacing(destination / name) as tmp:
+                shutil.copyfile(file, tmp)
+        else:
+            fs.create_dir(f"{where}/{name}".rsplit("/", 1)[0], recursive=True)
+            pyarrow.fs.copy_files(str(file), f"{where}/{name}", source_filesystem=pyarrow.fs.LocalFileSystem(),
+                                  destination_filesystem=fs)
 
 
 @contextlib.contextmanager
@@ -160,8 +235,12 @@ def experiment_lock(experiment: str) -> Iterator[None]:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             raise InputError("another search took this experiment just now", resolve(experiment)) from None
-        with os.fdopen(fd, "w") as out:
-            out.write(me)
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(me)
+        except BaseException:  # an empty lock (a full disk) would hold the experiment forever
+            Path(lock).unlink(missing_ok=True)
+            raise
     try:
         yield
     finally:

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 from PIL import Image, ImageOps
 
+from .. import storage
 from ..errors import InputError
 
 CACHE_VERSION = 2  # 2: EXIF orientation, 16-bit scaling, transparency over white
@@ -103,7 +104,7 @@ def file_bytes(paths: Iterable[Path]) -> Iterable[bytes]:
 
 
 def cached(key: str, build: Any) -> dict[str, np.ndarray]:
-    """Load arrays saved under `key`, or build and save them (atomically: a half-written cache never loads)."""
+    """Load arrays saved under `key`, or build and save them (whole or not at all: `storage.replacing`)."""
     path = cache_dir() / f"{key}.npz"
     if path.exists():
         try:
@@ -113,13 +114,10 @@ def cached(key: str, build: Any) -> dict[str, np.ndarray]:
             path.unlink(missing_ok=True)  # a broken cache file is rebuilt, never trusted
     arrays = build()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
+        with storage.replacing(path) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
-        os.replace(tmp, path)
     except OSError:
-        pass  # a read-only cache directory only costs speed
+        pass  # a read-only or full cache directory only costs speed
     return arrays
 
 
