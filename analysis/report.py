@@ -29,7 +29,7 @@ def report(experiment_path: str | Path, out_dir: str | Path | None = None, color
     exp.trials.to_csv(out / "trials.csv", index=False)
     exp.history.to_csv(out / "history.csv", index=False)
 
-    lines = [f"# Search report: {exp.name}", "", f"Experiment `{exp.path}`, search space "
+    lines = [f"# Search report: {exp.name}", "", f"Experiment `{exp.name}`, search space "
              f"`{exp.settings.get('space')}`: {_counts(exp)}.", ""]
     if exp.summary is None:
         lines += ["No final.json yet: the search is still running, was interrupted, or failed before picking "
@@ -83,6 +83,14 @@ def report(experiment_path: str | Path, out_dir: str | Path | None = None, color
     return out
 
 
+def _in_experiment(exp: Experiment, path: Any) -> str:
+    """A path final.json recorded, relative to the experiment when inside it, so that the report of a moved or
+    copied experiment does not point at where it was; any other (an --export-dir copy) as recorded."""
+    root = str((exp.summary or {}).get("experiment") or "").partition("?")[0]
+    location = str(path).partition("?")[0]
+    return location[len(root) + 1:] if root and location.startswith(root + "/") else str(path)
+
+
 def _counts(exp: Experiment) -> str:
     counts = exp.trials["status"].value_counts()
     return f"{len(exp.trials)} trials (" + ", ".join(f"{n} {s}" for s, n in counts.items()) + ")"
@@ -106,7 +114,7 @@ def _finalists_section(exp: Experiment) -> list[str]:
     seeds = ", ".join(map(str, record["seeds"]))
     lines = ["## Finalists", "", f"The top {len(table)} trials trained again with seeds {seeds} (validated, with "
              "early stopping, like search trials), ranked by the mean of their best val loss over those seeds. "
-             f"Runs: `{record.get('experiment')}`.", ""]
+             f"Runs: `{_in_experiment(exp, record.get('experiment'))}`.", ""]
     if record.get("fallback"):
         lines += [f"**No finalist won** ({record['fallback']}): the search's best trial was retrained instead.", ""]
     else:
@@ -162,7 +170,7 @@ def _final_section(exp: Experiment, out: Path) -> list[str]:
         notes.append(f"The dots mark where the decision threshold chosen on the val pairs (by {chooser}) puts each "
                      "model on its test ROC.")
     return lines + [f"Retrained on train + val for {summary.get('epochs')} epoch(s), then scored once on the test "
-                    f"pairs; exported to `{summary.get('export')}`.", "", _table(table), "",
+                    f"pairs; exported to `{_in_experiment(exp, summary.get('export'))}`.", "", _table(table), "",
                     f"![Test ROC curves]({roc.name})", "", " ".join(notes), ""]
 
 
