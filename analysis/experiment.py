@@ -149,7 +149,7 @@ def load(experiment_path: str | Path) -> Experiment:
         raise InputError("no trial results yet: no trial has reported an epoch", folder.display)
     history = _history(pd.concat(frames, ignore_index=True))
 
-    space = _preset_space(settings.get("space"))
+    space = _preset_space(settings)
     if space is not None and all(set(space) <= set(c) for c in configs.values() if c):
         hyperparameters = list(space)
     else:
@@ -171,6 +171,9 @@ def _trial_records(folder: ExperimentFiles) -> dict[str, dict[str, Any]]:
     state = folder.json(states[-1]) if states else None  # the timestamp in the name sorts as text
     for trial_json, _runtime_json in (state or {}).get("trial_data", []):
         trial = json.loads(trial_json)
+        if trial.get("relative_logdir") is not None:  # read below as a folder of the experiment, nowhere else
+            storage.check_name(str(trial["relative_logdir"]),
+                               f"{folder.display}/{states[-1]}: trial {trial.get('trial_id')}: relative_logdir")
         config = trial.get("config")
         records[str(trial["trial_id"])] = {
             "folder": trial.get("relative_logdir"), "tune_status": trial.get("status"),
@@ -197,13 +200,15 @@ def _history(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[first + [c for c in frame.columns if c not in first]].reset_index(drop=True)
 
 
-def _preset_space(name: Any) -> dict[str, Any] | None:
+def _preset_space(settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The space the search searched, when its settings name a known preset: without the keys --set fixed."""
     try:
         from search_spaces import PRESETS
     except ImportError:
         return None
+    name, fixed = settings.get("space"), settings.get("not_searched") or []
     preset = PRESETS.get(name) if isinstance(name, str) else None
-    return dict(preset.space) if preset is not None else None
+    return {k: v for k, v in preset.space.items() if k not in fixed} if preset is not None else None
 
 
 def _varying(configs: dict[str, dict[str, Any]], records: dict[str, dict[str, Any]]) -> list[str]:

@@ -32,7 +32,7 @@ def report(experiment_path: str | Path, out_dir: str | Path | None = None, color
         with storage.replacing(out / name) as tmp:
             table.to_csv(tmp, index=False)
 
-    lines = [f"# Search report: {exp.name}", "", f"Experiment `{exp.path}`, search space "
+    lines = [f"# Search report: {exp.name}", "", f"Experiment `{exp.name}`, search space "
              f"`{exp.settings.get('space')}`: {_counts(exp)}.", ""]
     if exp.summary is None:
         lines += ["No final.json yet: the search is still running, was interrupted, or failed before picking "
@@ -86,6 +86,14 @@ def report(experiment_path: str | Path, out_dir: str | Path | None = None, color
     return out
 
 
+def _in_experiment(exp: Experiment, path: Any) -> str:
+    """A path final.json recorded, relative to the experiment when inside it, so that the report of a moved or
+    copied experiment does not point at where it was; any other (an --export-dir copy) as recorded."""
+    root = str((exp.summary or {}).get("experiment") or "").partition("?")[0]
+    location = str(path).partition("?")[0]
+    return location[len(root) + 1:] if root and location.startswith(root + "/") else str(path)
+
+
 def _counts(exp: Experiment) -> str:
     counts = exp.trials["status"].value_counts()
     return f"{len(exp.trials)} trials (" + ", ".join(f"{n} {s}" for s, n in counts.items()) + ")"
@@ -109,7 +117,7 @@ def _finalists_section(exp: Experiment) -> list[str]:
     seeds = ", ".join(map(str, record["seeds"]))
     lines = ["## Finalists", "", f"The top {len(table)} trials trained again with seeds {seeds} (validated, with "
              "early stopping, like search trials), ranked by the mean of their best val loss over those seeds. "
-             f"Runs: `{record.get('experiment')}`.", ""]
+             f"Runs: `{_in_experiment(exp, record.get('experiment'))}`.", ""]
     if record.get("fallback"):
         lines += [f"**No finalist won** ({record['fallback']}): the search's best trial was retrained instead.", ""]
     else:
@@ -172,8 +180,8 @@ def _final_section(exp: Experiment, out: Path) -> list[str]:
     made = (f"{handed_back[0].upper()}{handed_back[1:]}" + ("" if final["policy"] in ("trial", "folds") else
                                                              f" for {summary.get('epochs')} epoch(s)"))
     return lines + [f"{made}, then scored once on the test pairs (95 % intervals over people in brackets); "
-                    f"exported to `{summary.get('export')}`. The val loss above won a selection among the trials "
-                    "and is optimistic: quote the test figures.", "", _table(table), "",
+                    f"exported to `{_in_experiment(exp, summary.get('export'))}`. The val loss above won a "
+                    "selection among the trials and is optimistic: quote the test figures.", "", _table(table), "",
                     f"![Test ROC curves]({roc.name})", "", " ".join(notes), ""]
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +200,30 @@ def check_values(preset: Preset, base: dict[str, Any], source: str) -> list[dict
     return checked or [dict(base)]
 
 
+def without(preset: Preset, keys: list[str]) -> Preset:
+    """The preset with `keys` taken out of its space and its starting points (--set fixes them); points that
+    then coincide are kept once."""
+    points: list[dict[str, Any]] = []
+    for point in preset.points:
+        kept = {key: value for key, value in point.items() if key not in keys}
+        if kept not in points:
+            points.append(kept)
+    return replace(preset, space={key: domain for key, domain in preset.space.items() if key not in keys},
+                   points=points)
+
+
+def _split(name: str) -> tuple[str, str]:
+    """(module or file, attribute) of a user's space: `module:ATTR`, `file.py:ATTR` or `file.py` (SPACE)."""
+    target, _, attr = name.partition(":") if ":" in name else (name, ":", "SPACE")
+    return target, attr or "SPACE"
+
+
+def space_file(name: str) -> Path | None:
+    """The Python file a --space value imports (`file.py:ATTR`), or None (a preset or a module)."""
+    target = _split(name)[0]
+    return Path(target) if name not in PRESETS and target.endswith(".py") else None
+
+
 def get_preset(name: str) -> Preset:
     """A preset by name, or a user's space given as `module:ATTR`, `file.py:ATTR` or `file.py` (SPACE)."""
     if name in PRESETS:
@@ -207,11 +231,10 @@ def get_preset(name: str) -> Preset:
     if ":" not in name and not name.endswith(".py"):
         raise InputError(f"option --space: unknown preset {name!r}; available: {', '.join(PRESETS)} "
                          "(or module:SPACE, or file.py:SPACE)")
-    target, _, attr = name.partition(":") if ":" in name else (name, ":", "SPACE")
-    attr = attr or "SPACE"
+    target, attr = _split(name)
     try:
-        if target.endswith(".py"):
-            path = Path(target)
+        path = space_file(name)
+        if path is not None:
             if not path.is_file():
                 raise InputError("search-space file not found", path)
             spec = importlib.util.spec_from_file_location(path.stem, path)

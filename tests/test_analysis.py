@@ -201,6 +201,13 @@ def test_report_writes_tables_and_valid_pngs(report_dir, exp):
     assert len((report_dir / "history.csv").read_text().splitlines()) == len(exp.history) + 1
 
 
+def test_report_names_paths_inside_the_experiment_relative_to_it(report_dir, experiment):
+    """A moved or copied experiment's report must not point at where it was: paths inside it are relative."""
+    text = (report_dir / "report.md").read_text()
+    assert str(experiment) not in text
+    assert f"Experiment `{experiment.name}`" in text and "exported to `export`" in text
+
+
 def test_parallel_axes_are_the_searched_parameters_scaled_to_unit_range(exp):
     from analysis import plots
 
@@ -282,6 +289,19 @@ def test_a_running_search_loads(experiment, tmp_path):
     assert (row["status"], row["tune_status"], row["epochs"]) == ("running", "RUNNING", 1)
     assert list(running.trials["status"]).count("running") == 2
     assert (running.trials["tune_status"] == "UNKNOWN").sum() == 1
+
+
+def test_a_trial_folder_outside_the_experiment_is_refused(experiment, tmp_path):
+    """Tune's state names each trial's folder; one that leaves the experiment (../) is not read."""
+    copy = tmp_path / "copy"
+    shutil.copytree(experiment, copy, ignore=shutil.ignore_patterns("export*", "checkpoint_*"))
+    [state_file] = copy.glob("experiment_state-*.json")
+    state = json.loads(state_file.read_text())
+    first = json.loads(state["trial_data"][0][0])
+    state["trial_data"][0][0] = json.dumps({**first, "relative_logdir": "../elsewhere"})
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(InputError, match=r"relative_logdir='../elsewhere' must be one folder name"):
+        analysis.load(copy)
 
 
 @pytest.mark.parametrize("case, message", [

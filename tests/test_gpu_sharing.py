@@ -71,7 +71,7 @@ def test_note_on_a_cluster():
 
 def fake_settings(gpus_per_trial: float) -> SimpleNamespace:
     return SimpleNamespace(experiment_path="/tmp/x", num_samples=4, max_concurrent=4, study_storage="", mlflow="",
-                           name="x", gpus_per_trial=gpus_per_trial)
+                           name="x", gpus_per_trial=gpus_per_trial, not_searched=[])
 
 
 def test_print_start_warns_about_sharing_without_mps(monkeypatch, tmp_path, capsys):

@@ -61,6 +61,19 @@ def test_run_search_options(tmp_path, capsys, argv, words):
     assert not (storage / "x").exists() or not any((storage / "x").iterdir())  # nothing half-written
 
 
+# --name becomes a folder (and the study's and the MLflow experiment's name): one path component, no more
+BAD_NAMES = ["", ".", "..", "../escape", "a/b", "/abs", "a\\b", "-x", "a?b", "a#b", "new\nline"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES, ids=repr)
+def test_run_search_names_that_are_not_one_folder(tmp_path, capsys, name):
+    storage = tmp_path / "results"
+    assert run_search.main([*SMOKE, "--storage-path", str(storage), f"--name={name}"]) == 2
+    line = one_line(capsys)
+    assert f"option --name={name!r} must be one folder name" in line
+    assert list(tmp_path.iterdir()) == [] and not Path("/abs").exists()  # nothing written anywhere
+
+
 def test_run_search_resume_targets(tmp_path, capsys):
     assert run_search.main(["--resume", str(tmp_path / "nothing")]) == 2
     assert "no experiment here" in one_line(capsys)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -210,6 +211,35 @@ def test_set_max_epochs_is_not_overridden_by_the_preset(tmp_path):
     assert settings.max_epochs == 7 and settings.base["max_epochs"] == 7
 
 
+def test_set_takes_a_searched_key_out_of_the_space(tmp_path, capsys):
+    """--set lr=... on a space that searches lr: every trial gets the fixed value (lr leaves the space and the
+    starting points), the settings record it, the console says so, and a resume rebuilds the same space."""
+    from tune_siamese.search_command import print_start
+    from tune_siamese.settings import load_resume_settings, prepare
+
+    defaults = vars(run_search.parse_args([]))
+    args = run_search.parse_args(["--space", "quick", "--set", "lr=0.002", "--set", "augment=true",
+                                  "--storage-path", str(tmp_path), "--name", "fixed"])
+    settings, preset = prepare(args, defaults)
+    assert settings.not_searched == ["lr", "augment"] and settings.base["lr"] == "0.002"
+    assert "lr" not in preset.space and "augment" not in preset.space and "optimizer" in preset.space
+    assert all("lr" not in point and "augment" not in point for point in preset.points)
+    print_start(settings)
+    out = capsys.readouterr().out
+    assert "--set lr=0.002 fixes lr, which the space searches: not searched" in out
+    assert "--set augment=true fixes augment" in out
+    experiment = tmp_path / "fixed"
+    experiment.mkdir()
+    (experiment / "search_settings.json").write_text(json.dumps(dataclasses.asdict(settings)))
+    resumed, resumed_preset = prepare(run_search.parse_args(["--resume", str(experiment)]), defaults)
+    assert load_resume_settings(str(experiment)).not_searched == ["lr", "augment"]
+    assert resumed_preset.space.keys() == preset.space.keys() and resumed_preset.points == preset.points
+    # fixing every key the space searches leaves nothing to search
+    assert run_search.main([*SMOKE, "--storage-path", str(tmp_path), "--set", "optimizer=sgd", "--set", "lr=1",
+                            "--set", "batch_size=32", "--set", "batchnorm=false"]) == 2
+    assert "nothing left to search" in capsys.readouterr().err
+
+
 def test_gpu_trials_use_cuda_graphs_unless_told_not_to(tmp_path):
     from tune_siamese.config import Config
 
@@ -264,6 +294,66 @@ def test_resume_refuses_what_others_may_write_or_a_corrupt_settings_file(tmp_pat
     assert "search_settings.json:2: not valid JSON" in capsys.readouterr().err
 
 
+# What --resume unpickles (Ray's state, also the cloudpickle blobs in its .json files) or imports (the space)
+RESUME_READS = ["tuner.pkl", "experiment_state-2026-01-01_00-00-00.json", "search_gen_state-2026-01-01_00-00-00.json",
+                "searcher-state-2026-01-01_00-00-00.pkl", "callback-states-2026-01-01_00-00-00.pkl",
+                "trial_0001/error.pkl", "search_settings.json", "space.py"]
+
+
+@pytest.mark.parametrize("name", RESUME_READS)
+def test_resume_refuses_a_state_file_others_may_write(tmp_path, capsys, name):
+    from tune_siamese.errors import InputError
+    from tune_siamese.settings import check_owner
+
+    experiment = experiment_with_settings(tmp_path)
+    space = tmp_path / "space.py"
+    space.write_text("from search_spaces import PRESETS\nSPACE = PRESETS['smoke']\n")
+    settings = json.loads((experiment / "search_settings.json").read_text())
+    (experiment / "search_settings.json").write_text(json.dumps({**settings, "space": f"{space}:SPACE"}))
+    target = space if name == "space.py" else experiment / name
+    if not target.exists():
+        target.parent.mkdir(exist_ok=True)
+        target.write_bytes(b"not pickle")
+    target.chmod(0o666)  # anyone could have put code in it
+    assert run_search.main(["--resume", str(experiment)]) == 2
+    err = capsys.readouterr().err
+    assert f"{target}: option --resume: others may write to this experiment" in err and len(err.splitlines()) == 1
+    if name != "space.py":  # the finalist stage's sub-experiment is checked the same way before it is restored
+        finalists = tmp_path / "finalists"
+        (finalists / target.relative_to(experiment)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(target, finalists / target.relative_to(experiment))
+        with pytest.raises(InputError, match="others may write"):
+            check_owner(str(finalists))
+
+
+def test_resume_refuses_a_study_that_lacks_the_experiments_trials(tmp_path, capsys):
+    """The study must be where the search left it: a missing database, or one without the trials Tune recorded,
+    is refused before Ray starts (a resume would otherwise start an empty study and suggest blind)."""
+    import optuna
+
+    experiment = experiment_with_settings(tmp_path)
+    state = {"trial_data": [["{}", "{}"], ["{}", "{}"]]}  # Tune recorded two trials
+    (experiment / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps(state))
+    assert run_search.main(["--resume", str(experiment)]) == 2
+    err = capsys.readouterr().err
+    assert "no Optuna study database" in err and str(experiment / "optuna.db") in err and len(err.splitlines()) == 1
+    assert not (experiment / "optuna.db").exists()  # the check creates none
+    optuna.create_study(study_name="exp", storage=f"sqlite:///{experiment / 'optuna.db'}")
+    assert run_search.main(["--resume", str(experiment)]) == 2
+    assert "the Optuna study 'exp'" in (err := capsys.readouterr().err) and "holds 0 trials" in err
+    assert "Tune recorded 2" in err and len(err.splitlines()) == 1
+
+
+def test_default_study_storage_is_recorded_inside_the_experiment(tmp_path):
+    settings, _ = run_search.build_settings(run_search.parse_args([*SMOKE, "--storage-path", str(tmp_path),
+                                                                   "--name", "exp"]))
+    assert settings.study_storage == "sqlite:///{experiment}/optuna.db" and settings.study_name == "exp"
+    assert settings.study_location == f"sqlite:///{tmp_path / 'exp' / 'optuna.db'}"
+    given, _ = run_search.build_settings(run_search.parse_args([*SMOKE, "--storage-path", str(tmp_path),
+                                                                "--study-storage", "journal.log"]))
+    assert given.study_storage == given.study_location == "journal.log"  # as the user gave it
+
+
 def test_resume_of_a_folder_without_experiment(tmp_path, capsys):
     assert run_search.main(["--resume", str(tmp_path)]) == 2
     assert "no experiment here" in capsys.readouterr().err
@@ -277,28 +367,45 @@ def test_resume_of_a_folder_without_experiment(tmp_path, capsys):
 
 
 
-def test_resume_after_interrupt_repeats_no_finished_trial(tmp_path):
-    experiment = tmp_path / "interrupted"
+def test_resume_after_interrupt_of_a_copied_experiment_repeats_no_finished_trial(tmp_path):
+    """Interrupted, then copied under another name: the copy resumes into its own Optuna study (the original's is
+    left as it was), runs no finished trial again, and keeps --set's value out of the searched space."""
+    import hashlib
+
+    import optuna
+
+    import analysis
+
+    first = tmp_path / "first" / "interrupted"
     argv = ["run_search.py", *SMOKE, "--num-samples", "4", "--max-epochs", "2", "--grace-period", "2",
-            "--max-concurrent", "1", "--storage-path", str(tmp_path), "--name", "interrupted", "--no-retrain"]
-    proc = spawn_until_a_trial_finished(argv, experiment, tmp_path / "first.log", epochs=2)
+            "--max-concurrent", "1", "--storage-path", str(first.parent), "--name", "interrupted", "--no-retrain",
+            "--set", "lr=0.002"]
+    proc = spawn_until_a_trial_finished(argv, first, tmp_path / "first.log", epochs=2)
     try:
         proc.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and run_search exits 130
         assert proc.wait(timeout=120) == 130, (tmp_path / "first.log").read_text()[-3000:]
     finally:
         reap(proc)
-    before = {n: len(f) for n, f in trial_frames(experiment).items()}
+    assert "--set lr=0.002 fixes lr, which the space searches: not searched" in (tmp_path / "first.log").read_text()
+    before = {n: len(f) for n, f in trial_frames(first).items()}
     finished_before = [n for n, rows in before.items() if rows >= 2]
     assert finished_before
     assert len(before) < 4 or any(rows < 2 for rows in before.values())  # really interrupted
 
+    experiment = tmp_path / "copied" / "renamed"
+    shutil.copytree(first, experiment)
+    original = hashlib.sha256((first / "optuna.db").read_bytes()).hexdigest()
     resume_and_check(experiment, tmp_path / "second.log", before, trials=4, epochs=2)
     assert json.loads((experiment / FINAL_FILE).read_text())["trials"] == 4
-    # The resumed search went on writing to the same Optuna study (the default SQLite file in the experiment)
-    import optuna
-
+    # The resumed search wrote to the study in the copy (named as the search began); the original is untouched.
     study = optuna.load_study(study_name="interrupted", storage=f"sqlite:///{experiment / 'optuna.db'}")
     assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 4
+    assert hashlib.sha256((first / "optuna.db").read_bytes()).hexdigest() == original
+    assert not (tmp_path / "copied" / "interrupted").exists()
+    # --set lr won over the space in every trial, before and after the resume
+    configs = [json.loads(params.read_text()) for params in experiment.glob("trial_*/params.json")]
+    assert len(configs) == 4 and {float(config["lr"]) for config in configs} == {0.002}
+    assert "lr" not in analysis.load(experiment).hyperparameters
 
 
 def test_ctrl_c_after_every_trial_started_is_still_an_interrupt(tmp_path):

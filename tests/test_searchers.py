@@ -135,7 +135,7 @@ def reproducible_search(tmp_path, data, name: str) -> tuple[list[dict], list[lis
     results = build_tuner(settings, data, preset.space, preset.points, verbose=0).fit()
     assert results.num_errors == 0 and len(results) == 4
     # Tune's trial ids are random: take the trials in the order the searcher suggested them (Optuna's numbers).
-    study = optuna.load_study(study_name=settings.name, storage=settings.study_storage)
+    study = optuna.load_study(study_name=settings.study_name, storage=settings.study_location)
     configs = [trial.params for trial in study.trials]
     by_config = {json.dumps({key: result.config[key] for key in preset.space}, sort_keys=True): result
                  for result in results}

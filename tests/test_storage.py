@@ -209,11 +209,17 @@ def test_a_full_disk_leaves_every_file_whole(full_disk, monkeypatch, tiny_config
 def test_study_storages_open_and_a_taken_study_name_is_refused(tmp_path):
     import optuna
 
-    from tune_siamese.study import check_new_study, default_study_storage, open_study_storage, redact
+    from tune_siamese.study import check_new_study, default_study_storage, open_study_storage, redact, study_location
 
-    assert default_study_storage(str(tmp_path), "exp") == f"sqlite:///{tmp_path}/exp/optuna.db"
-    assert default_study_storage(f"file://{tmp_path}", "exp") == f"sqlite:///{tmp_path}/exp/optuna.db"
-    assert default_study_storage("s3://bucket/x?scheme=http", "exp") == ""
+    # the default is recorded relative to the experiment and found wherever the experiment is now
+    assert default_study_storage(str(tmp_path)) == default_study_storage(f"file://{tmp_path}") == (
+        "sqlite:///{experiment}/optuna.db")
+    assert study_location(default_study_storage(str(tmp_path)), f"{tmp_path}/exp") == (
+        f"sqlite:///{tmp_path}/exp/optuna.db")
+    assert study_location(default_study_storage(str(tmp_path)), f"file://{tmp_path}/exp") == (
+        f"sqlite:///{tmp_path}/exp/optuna.db")
+    assert study_location("sqlite:///elsewhere.db", f"{tmp_path}/exp") == "sqlite:///elsewhere.db"  # as given
+    assert default_study_storage("s3://bucket/x?scheme=http") == ""
     assert open_study_storage("") is None
     journal = open_study_storage(str(tmp_path / "journal" / "study.log"))
     assert isinstance(journal, optuna.storages.JournalStorage)
@@ -225,3 +231,28 @@ def test_study_storages_open_and_a_taken_study_name_is_refused(tmp_path):
     with pytest.raises(InputError, match=r"--study-storage=postgresql\+psycopg2://me:\*\*\*@127.0.0.1:1/x"):
         open_study_storage("postgresql+psycopg2://me:secret@127.0.0.1:1/x")
     assert redact("sqlite:///a.db") == "sqlite:///a.db"
+
+
+def test_a_study_inside_the_experiment_unpickles_at_the_experiments_new_place(tmp_path, monkeypatch):
+    """Tune pickles the searcher, and with it the study's storage, into the experiment (tuner.pkl, the searcher's
+    state); a resumed copy or a moved folder must open its own database, not the one it was built with."""
+    import pickle
+    import shutil
+
+    import optuna
+
+    from tune_siamese.study import ExperimentStudyStorage, default_study_storage, open_study_storage
+
+    old, new = tmp_path / "old" / "exp", tmp_path / "new" / "exp"
+    study = optuna.create_study(study_name="exp", storage=open_study_storage(default_study_storage(str(tmp_path)),
+                                                                             str(old)))
+    study.ask()
+    saved = pickle.dumps(study)
+    new.parent.mkdir()
+    shutil.move(old, new)
+    monkeypatch.setattr(ExperimentStudyStorage, "resuming", str(new))  # what search.restore_tuner sets
+    restored = pickle.loads(saved)
+    restored.tell(restored.ask(), 0.5)
+    states = [t.state.name for t in optuna.load_study(study_name="exp", storage=f"sqlite:///{new}/optuna.db").trials]
+    assert states == ["RUNNING", "COMPLETE"]
+    assert not old.exists()  # nothing at the old place

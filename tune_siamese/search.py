@@ -13,13 +13,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import optuna
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
-from ray.tune.search import ConcurrencyLimiter, Searcher
+from ray.tune.search import ConcurrencyLimiter, Searcher, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from . import storage
@@ -29,7 +29,7 @@ from .data import PairData
 from .engine import Diverged, fit
 from .names import BEST_VAL_LOSS, DIVERGED_LOSS, MODE, RUNG_METRICS, SETTINGS_FILE, STATE_FILE, VAL_LOSS, VAL_LOSS_AVG3
 from .settings import SearchSettings
-from .study import open_study_storage
+from .study import ExperimentStudyStorage, open_study_storage
 
 LIVE_TABLE_METRICS = (VAL_LOSS, BEST_VAL_LOSS, "val_auc", "val_accuracy")
 
@@ -181,25 +181,24 @@ def build_tuner(settings: SearchSettings, data: PairData, space: dict[str, Any],
     # with the lowest val loss at any epoch (finish.best_trial), and a trial that later overfits still found a
     # good point. The study is named after the experiment; with a storage it can be watched live
     # (optuna-dashboard) and queried later, and a resumed search keeps writing to it (the searcher's saved state
-    # holds the storage).
+    # holds the storage: restore_tuner).
     optuna_search = OptunaSearch(sampler=build_sampler(settings), points_to_evaluate=points or None,
-                                 metric=BEST_VAL_LOSS, mode=MODE, study_name=settings.name,
-                                 storage=open_study_storage(settings.study_storage))
-    # The concurrency is explicit: OptunaSearch alone keeps one trial pending (ray #46965).
+                                 metric=BEST_VAL_LOSS, mode=MODE, study_name=settings.study_name,
+                                 storage=open_study_storage(settings.study_storage, settings.experiment_path))
+    # The concurrency is explicit: OptunaSearch alone keeps one trial pending (ray #46965). In the reproducible
+    # mode suggestions come in batches of max_concurrent, each after the whole previous batch has ended, so they
+    # depend on finished results only, never on the order in which these arrived.
     searcher: Searcher = optuna_search
-    max_concurrent: int | None = settings.max_concurrent
-    if settings.reproducible:
-        # Suggestions come in batches of max_concurrent, each after the whole previous batch has ended, so they
-        # depend on finished results only, never on the order in which these arrived. The limiter then holds the
-        # concurrency itself (Tune would wrap the searcher in a second one).
-        searcher = ConcurrencyLimiter(optuna_search, max_concurrent=max(1, settings.max_concurrent), batch=True)
-        max_concurrent = None
+    if settings.max_concurrent or settings.reproducible:
+        searcher = ConcurrencyLimiter(optuna_search, max_concurrent=max(1, settings.max_concurrent),
+                                      batch=settings.reproducible)
     return tune.Tuner(
         build_trainable(settings, data),
         param_space=param_space,
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=build_scheduler(settings),
+        # Our SearchGenerator, not Tune's plain one: it files the trials a resumed search creates in the
+        # experiment's current folder. Given one, Tune leaves the concurrency to the limiter above.
+        tune_config=tune.TuneConfig(search_alg=MovableSearchGenerator(searcher), scheduler=build_scheduler(settings),
                                     num_samples=settings.num_samples,
-                                    max_concurrent_trials=max_concurrent,
                                     # A new trial takes over a finished trial's process: no worker start-up,
                                     # torch import or data fetch per trial (fit resets seeds and threads).
                                     reuse_actors=True,
@@ -212,6 +211,29 @@ def build_tuner(settings: SearchSettings, data: PairData, space: dict[str, Any],
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         ),
     )
+
+
+class MovableSearchGenerator(SearchGenerator):
+    """Tune's wrapper that turns the searcher's suggestions into trials, filed under the experiment its saved
+    state holds. On resume Tune moves the restored trials to where the experiment is now, but not this: after a
+    move or copy the trials created after a resume would write to the old folder. Restored, this one files them
+    in the folder `resuming` names (restore_tuner sets it)."""
+
+    resuming: ClassVar[str] = ""
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        super().set_state(state)
+        if self.resuming and self._experiment is not None:
+            # What Tune's controller does for each restored trial (TuneController._restore_trials)
+            context = self._experiment.storage  # the same object as the trial spec's "storage"
+            parent, name = storage.parent_and_name(self.resuming)
+            context.storage_filesystem, context.storage_fs_path = storage.filesystem(parent)
+            context.experiment_dir_name = name
+
+
+def resuming(experiment: str) -> None:
+    """Where the state Tune unpickles on resume is to find the experiment now ("" for a new search)."""
+    ExperimentStudyStorage.resuming = MovableSearchGenerator.resuming = experiment
 
 
 def build_sampler(settings: SearchSettings) -> optuna.samplers.BaseSampler:
@@ -287,6 +309,9 @@ def live_table(searched: list[str]) -> tune.CLIReporter:
 
 def restore_tuner(settings: SearchSettings, data: PairData) -> tune.Tuner:
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the saved run config holds live_table's reporter: keep using it
+    # The state Tune unpickles holds the study's storage and the folder new trials go to: both are re-pointed
+    # to this folder, wherever the experiment was moved or copied to.
+    resuming(settings.experiment_path)
     return tune.Tuner.restore(settings.experiment_path, trainable=build_trainable(settings, data),
                               resume_unfinished=True, resume_errored=True)
 
@@ -296,6 +321,7 @@ def tuner_for(settings: SearchSettings, preset: Any, data: PairData, resume: boo
     the console verbosity it was started with)."""
     if resume:
         return restore_tuner(settings, data)
+    resuming("")
     storage.write_text(storage.child(settings.experiment_path, SETTINGS_FILE),
                        json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
     return build_tuner(settings, data, preset.space, preset.points, verbose)

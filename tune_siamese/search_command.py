@@ -118,9 +118,10 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "run_search.py") -
                         "gs://..., file:///...; S3 options in the query, e.g. ?endpoint_override=HOST:PORT)")
     p.add_argument("--study-storage", metavar="URL",
                    help="where the Optuna study lives: an SQLAlchemy URL (postgresql://..., sqlite:///...) or a "
-                        "journal file path (default: sqlite EXPERIMENT/optuna.db for a local storage path, in "
-                        "memory for a URI)")
-    p.add_argument("--name", help="experiment name (default: siamese-<space>-<time>)")
+                        "journal file path, used as given (default: sqlite EXPERIMENT/optuna.db for a local "
+                        "storage path, found in the experiment folder wherever it is moved; in memory for a URI)")
+    p.add_argument("--name", help="experiment name, the experiment's folder in --storage-path: one folder name, "
+                   "not starting with '-' (default: siamese-<space>-<time>)")
     p.add_argument("--mlflow", metavar="URI",
                    help="also log the search to MLflow: an MLflow experiment named like the search, one run per "
                         "trial (its config, every epoch's metrics). A tracking URI (http://HOST:5000, "
@@ -131,7 +132,8 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "run_search.py") -
                    help="continue an interrupted experiment folder; finished trials are not run again")
     p.add_argument("--seed", type=int, default=0, help="seed of the searcher and of every trial")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="fix a Config value for every trial, e.g. --set image_size=96 (repeatable)")
+                   help="fix a Config value for every trial, e.g. --set image_size=96 (repeatable); a key the "
+                        "space searches is then not searched")
     p.add_argument("--export-dir", help="also copy the export (EXPERIMENT/export) to this local folder")
     p.add_argument("--no-retrain", action="store_true",
                    help="stop after the search: no finalists, retrain, test or export")
@@ -237,8 +239,10 @@ def print_start(settings: Any, on_cluster: bool = False) -> None:
 
     print(f"Experiment: {settings.experiment_path} ({settings.num_samples} trials, "
           f"{settings.max_concurrent} at once)", flush=True)
+    for key in settings.not_searched:
+        print(f"--set {key}={settings.base[key]} fixes {key}, which the space searches: not searched", flush=True)
     if settings.study_storage:
-        print(f"Optuna study {settings.name!r} in {redact(settings.study_storage)}", flush=True)
+        print(f"Optuna study {settings.study_name!r} in {redact(settings.study_location)}", flush=True)
     if settings.mlflow:
         print(f"MLflow experiment {settings.name!r} in {redact(settings.mlflow)}", flush=True)
     warning = sharing_warning(settings.gpus_per_trial, on_cluster)  # trials sharing a GPU without MPS take turns

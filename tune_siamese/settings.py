@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import pyarrow.fs
+
 from . import storage
 from .cluster import resolve_address
 from .config import Config, parse_overrides
 from .errors import InputError
 from .names import FINAL_POLICIES, FINAL_SIZE, RUNG_METRICS, SETTINGS_FILE
-from .study import check_new_study, default_study_storage, open_study_storage, redact
+from .study import check_new_study, check_resumed_study, default_study_storage, redact, study_location
 
 
 @dataclass
@@ -56,10 +58,21 @@ class SearchSettings:
     finalist_seeds: int = 0  # seeds per finalist (>= 1 when finalists > 0)
     final: str = "retrain"  # what is handed back (names.FINAL_POLICIES, built by final_model)
     final_size: int = 1  # members of a `seeds` or `folds` final model
+    # Keys the space searches that --set fixes: taken out of the searched space (and its starting points)
+    not_searched: list[str] = dataclasses.field(default_factory=list)
+    study_name: str = ""  # the Optuna study's name: the name the search began with ("" = name), kept by a rename
+
+    def __post_init__(self) -> None:
+        self.study_name = self.study_name or self.name
 
     @property
     def experiment_path(self) -> str:
         return storage.child(self.storage_path, self.name)
+
+    @property
+    def study_location(self) -> str:
+        """Where the study is now (study_storage may be recorded relative to the experiment)."""
+        return study_location(self.study_storage, self.experiment_path)
 
 
 def rerun(prog: str) -> str:
@@ -106,14 +119,23 @@ SET_BY_OPTION = {"data": "--data", "seed": "--seed", "threads": "--cpus-per-tria
 def build_settings(args: argparse.Namespace) -> tuple[SearchSettings, Any]:
     """Validate every option and every value the space can give a trial; build (SearchSettings, Preset)
     before any Ray work starts."""
-    from search_spaces import check_values, get_preset
+    from search_spaces import check_values, get_preset, without
 
     check_numbers(args)
+    name = args.name if args.name is not None else (
+        f"siamese-{Path(args.space).stem.replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}")
+    storage.check_name(name, "option --name")
     preset = get_preset(args.space)
     overrides = parse_overrides(args.set)
     for key, option in SET_BY_OPTION.items():
         if key in overrides:
             raise InputError(f"option --set {key}=...: use {option} instead")
+    # --set fixes a value for every trial, also one the space searches: that key is then not searched.
+    not_searched = [key for key in preset.space if key in overrides]
+    preset = without(preset, not_searched)
+    if not_searched and not preset.space:
+        raise InputError(f"option --set fixes every value the search space {args.space} searches "
+                         f"({', '.join(not_searched)}): nothing left to search")
     run = {"num_samples": 8, "max_epochs": 20, "grace_period": 2, "reduction_factor": 3.0, "searcher": "tpe",
            "rung_metric": "last", "reproducible": False, "final": "retrain", **preset.option_defaults}
     if "max_epochs" in overrides:  # --set max_epochs=N means what --max-epochs N means
@@ -144,17 +166,16 @@ def build_settings(args: argparse.Namespace) -> tuple[SearchSettings, Any]:
             "seed": args.seed, "threads": max(1, int(args.cpus_per_trial))}
     Config.from_dict(base, source="search settings")  # fail now on a bad fixed value, not in every trial
     check_trial_values(check_values(preset, base, args.space), args)
-    name = args.name or f"siamese-{Path(args.space).stem.replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage_path = storage.resolve(args.storage_path)
     settings = SearchSettings(
         base=base, space=args.space, num_samples=num_samples, max_epochs=max_epochs,
         grace_period=grace_period, reduction_factor=reduction_factor, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent or 0, seed=args.seed,
         storage_path=storage_path, name=name, max_failures=args.max_failures,
-        study_storage=args.study_storage or default_study_storage(storage_path, name),
+        study_storage=args.study_storage or default_study_storage(storage_path), study_name=name,
         retrain_cpus=args.retrain_cpus, retrain_gpus=args.retrain_gpus, mlflow=mlflow_uri(args.mlflow),
         searcher=searcher, rung_metric=rung_metric, reproducible=reproducible, finalists=finalists,
-        finalist_seeds=finalist_seeds, final=final, final_size=final_size,
+        finalist_seeds=finalist_seeds, final=final, final_size=final_size, not_searched=not_searched,
         command=" ".join([rerun(args.prog), shlex.join(sys.argv[1:] if args.argv is None else args.argv)]).strip())
     return settings, preset
 
@@ -314,6 +335,9 @@ def check_trial_values(trial_values: list[dict[str, Any]], args: argparse.Namesp
 
 
 def load_resume_settings(path: str) -> SearchSettings:
+    """The settings of the experiment at `path`, in its current folder: Ray's experiment and the study inside it
+    are found there wherever the folder was moved or copied; the study keeps the name the search began with."""
+    from search_spaces import space_file
 
     experiment = storage.resolve(path)
     where = storage.child(experiment, SETTINGS_FILE)
@@ -328,26 +352,56 @@ def load_resume_settings(path: str) -> SearchSettings:
         raise InputError(f"not valid JSON ({exc.msg})", where, exc.lineno) from None
     except TypeError as exc:  # not an object, unknown or missing keys
         raise InputError(f"not this project's search settings ({exc})", where) from None
+    space = space_file(settings.space)
+    if space is not None and space.exists():  # a missing one is refused when the space is loaded
+        check_owner_of([space])
     storage_path, name = storage.parent_and_name(experiment)
     return dataclasses.replace(settings, storage_path=storage_path, name=name)
 
 
-def check_owner(experiment: str) -> None:
-    """Resuming unpickles Ray's own state files (tuner.pkl, the searcher's state), i.e. runs code they hold:
-    resume only a local folder this user owns and nobody else may write. (A storage URI cannot be checked
-    here: whoever can write to the bucket can run code in a resumed search.)"""
+# What --resume (and the finalist stage's restore) unpickles from an experiment folder: Ray's state in pickle
+# (tuner.pkl, the searcher's and the callbacks' state) or with cloudpickle blobs inside JSON (the experiment's,
+# the search generator's and the grid generator's state), and an errored trial's pickled error; and
+# search_settings.json, which names the space file that is imported.
+RESUME_READS = ("*.pkl", "experiment_state-*.json", "search_gen_state-*.json", "basic-variant-state-*.json",
+                "*/error.pkl", SETTINGS_FILE)
 
+
+def check_owner(experiment: str) -> None:
+    """Resuming runs code that the experiment's state files may hold (RESUME_READS): resume only a local folder
+    this user owns and nobody else may write, with each of those files so. (A storage URI cannot be checked
+    here: whoever can write to the bucket can run code in a resumed search.)"""
     if storage.is_uri(experiment) and not experiment.startswith("file://"):
         return
     folder = Path(experiment.removeprefix("file://"))
-    for path in [folder, *sorted(folder.glob("*.pkl"))]:
+    check_owner_of([folder, *sorted({path for pattern in RESUME_READS for path in folder.glob(pattern)})])
+
+
+def check_owner_of(paths: list[Path]) -> None:
+    """Each path must belong to this user, and neither group nor others may write to it."""
+    for path in paths:
         info = path.stat()
         if info.st_uid != os.getuid():
             raise InputError("option --resume: this experiment belongs to another user; resuming it would run "
-                             "code from its pickled state files", path)
+                             "code this file may hold", path)
         if info.st_mode & 0o022:
             raise InputError("option --resume: others may write to this experiment (group/world-writable); "
-                             "resuming it would run code from its pickled state files", path)
+                             "resuming it would run code this file may hold", path)
+
+
+def recorded_trials(experiment: str) -> int:
+    """How many trials Tune's newest experiment state lists (0 before it wrote one)."""
+    fs, root = storage.filesystem(experiment)
+    states = sorted(info.base_name for info in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+                    if info.base_name.startswith("experiment_state-") and info.base_name.endswith(".json"))
+    if not states:
+        return 0
+    where = storage.child(experiment, states[-1])  # the timestamp in the name sorts as text
+    try:
+        state = json.loads(storage.read_text(where) or "{}")
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON ({exc.msg})", where, exc.lineno) from None
+    return len(state.get("trial_data", [])) if isinstance(state, dict) else 0
 
 
 def check_targets(settings: SearchSettings, export_dir: str | None, new: bool) -> None:
@@ -363,9 +417,9 @@ def check_targets(settings: SearchSettings, export_dir: str | None, new: bool) -
                              "storage already)", export_dir)
         storage.check_writable(export_dir, "--export-dir")
     if new:
-        check_new_study(settings.study_storage, settings.name)
+        check_new_study(settings.study_location, settings.study_name)
     else:
-        open_study_storage(settings.study_storage)
+        check_resumed_study(settings.study_location, settings.study_name, recorded_trials(settings.experiment_path))
     if settings.mlflow:
         check_mlflow_store(settings.mlflow, settings.name)
 
@@ -387,14 +441,14 @@ def check_resume_options(args: argparse.Namespace, defaults: dict[str, Any]) -> 
 
 def prepare(args: argparse.Namespace, defaults: dict[str, Any]) -> tuple[SearchSettings, Any]:
     """(settings, preset) of a new search or of the experiment to resume, with every option checked."""
-    from search_spaces import get_preset
+    from search_spaces import get_preset, without
 
     if args.resume:
         check_resume_options(args, defaults)
         settings = load_resume_settings(args.resume)
         require_mlflow(settings.mlflow, f"this experiment logs to MLflow ({redact(settings.mlflow)}) and")
         require_searcher(settings.searcher, "option --resume: this experiment's --searcher")
-        preset = get_preset(settings.space)
+        preset = without(get_preset(settings.space), settings.not_searched)  # the space the search searched
     else:
         require_mlflow(mlflow_uri(args.mlflow), "option --mlflow")
         settings, preset = build_settings(args)

@@ -52,6 +52,17 @@ def parent_and_name(path: str | Path) -> tuple[str, str]:
     return parent + query, name
 
 
+def check_name(name: str, source: str) -> None:
+    """A name that becomes a folder (an experiment inside its storage path or bucket) must be exactly one path
+    component there: not empty, '.' or '..', without a separator, without '?' or '#' (a URI's query and fragment,
+    which child() keeps at the end), without control characters, and not starting with '-' (it would read as an
+    option wherever the bare name is typed)."""
+    if name in ("", ".", "..") or name.startswith("-") or any(
+            ch in "/\\?#" or ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise InputError(f"{source}={name!r} must be one folder name: not empty, '.' or '..', without / \\ ? # or "
+                         "control characters, and not starting with '-'")
+
+
 def filesystem(path: str | Path) -> tuple[pyarrow.fs.FileSystem, str]:
     """The pyarrow filesystem and the path on it for a local path or a URI."""
     if is_uri(path):
