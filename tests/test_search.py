@@ -142,12 +142,12 @@ def test_the_summary_says_when_the_model_is_no_better_than_chance_and_its_thresh
                "retrain_node": "node", "export": "EXP/export", "trial_statuses": {"finished": 1}, "trials": 1,
                "best_trial": "trial_1", "wall_seconds": {"search": 1.0, "retrain_test_export": 1.0},
                "chance": chance_check(0.51, np.array([1] * 500 + [0] * 500), "test"),
-               "threshold_note": threshold_note(1e6)}
+               "threshold_note": threshold_note(1e6), "final": {"policy": "retrain", "members": [{"node": "node"}]}}
     print_summary(summary, SimpleNamespace(space={"lr": None}), SimpleNamespace(experiment_path="EXP"))
     out = capsys.readouterr().out
-    assert ("WARNING: the retrained model is no better than chance: test AUC 0.5100 is at most 0.5300, which a model "
+    assert ("WARNING: the final model is no better than chance: test AUC 0.5100 is at most 0.5300, which a model "
             "without any signal exceeds one time in 20 on 500 same- and 500 different-person pairs") in out
-    assert f"WARNING: {threshold_note(1e6)}" in out and "rejects every pair" in out
+    assert f"WARNING: the final model: {threshold_note(1e6)}" in out and "rejects every pair" in out
 
 
 @pytest.mark.parametrize("argv, message", [
