@@ -56,6 +56,10 @@ def with_interval(test: dict[str, Any], key: str) -> str:
     return f"{test[key]:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
 
 
+def minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"
+
+
 def spread(values: list[float]) -> str:
     mean, sd = _common.mean_sd(values)
     sd_text = f" ± {sd:.3f}" if sd == sd else ""
@@ -71,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     records = {(exp, name): finalized(exp, policy, args.size)
                for exp in experiments for policy, name in zip(args.policies, names)}
 
+    headers = ["policy", *(label for _, label in SCORES), "wall time"]
     parts = [f"- {args.note}", ""] if args.note else []
     parts += ["Over the searches (DevTest, mean ± s.d. (min–max)); wall time of `finalize` (final model, test and "
               "export), mean:", ""]
@@ -78,18 +83,17 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         tests = [records[exp, name]["test"] for exp in experiments]
         walls = [records[exp, name]["wall_seconds"]["final_model"] for exp in experiments]
-        rows.append([name, *(spread([t[key] for t in tests]) for key, _ in SCORES[:2]),
-                     spread([t[SCORES[2][0]] for t in tests]) if all(SCORES[2][0] in t for t in tests) else "—",
-                     f"{sum(walls) / len(walls) / 60:.1f} min"])
-    parts.append(_common.md_table(["policy", *(label for _, label in SCORES), "wall time"], rows))
+        rows.append([name, *(spread([t[key] for t in tests]) if all(key in t for t in tests) else "—"
+                             for key, _ in SCORES), minutes(sum(walls) / len(walls))])
+    parts.append(_common.md_table(headers, rows))
     for exp in experiments:
         first = records[exp, names[0]]
         parts += ["", f"### {exp.name}: best trial {first['best_trial']} (val loss {first['best_val_loss']:.4f} at "
                       f"epoch {first['best_epoch']}); 95 % intervals resample people", ""]
-        parts.append(_common.md_table(["policy", *(label for _, label in SCORES), "wall time"], [
+        parts.append(_common.md_table(headers, [
             [name, *(with_interval(records[exp, name]["test"], key) if key in records[exp, name]["test"] else "—"
-                     for key, _ in SCORES),
-             f"{records[exp, name]['wall_seconds']['final_model'] / 60:.1f} min"] for name in names]))
+                     for key, _ in SCORES), minutes(records[exp, name]["wall_seconds"]["final_model"])]
+            for name in names]))
     _common.record("final_policies", "\n".join(parts), info, started, enabled=not args.no_record)
     return 0
 
