@@ -113,9 +113,25 @@ def test_every_member_is_submitted_before_any_is_waited_for(monkeypatch, synthet
     monkeypatch.setattr(final_model, "ray", FakeRay)
     monkeypatch.setattr(final_model, "rebuilt", lambda config, state: None)
     monkeypatch.setattr(final_model, "EnsembleNet", lambda models, configs: models)
-    final_model.build_final_model("seeds", 3, tiny_config(), 2, synthetic_small, None, {}, {})
+    final_model.build_final_model("seeds", 3, tiny_config(), 2, synthetic_small, None, {}, {"num_cpus": 0.5})
     assert events == ["submit _member_task"] * 3 + ["wait ['_member_task', '_member_task', '_member_task']",
                                                     "submit _score_task", "wait _score_task"]
+
+
+@pytest.mark.parametrize("room, size, shares", [
+    ((2.0, 0.0), 3, (2 / 3, 0.0)),  # a 2-core laptop: three members at once, one thread each
+    ((2.0, 0.0), 1, (2.0, 0.0)),  # `retrain`: the whole room
+    ((8.0, 1.0), 3, (2.0, 1 / 3)),  # Ray takes fractions below 1 only: 8/3 CPUs -> 2
+])
+def test_members_split_one_retrains_room_evenly(monkeypatch, room, size, shares):
+    from tune_siamese import finish
+
+    cpus, gpus = room
+    monkeypatch.setattr(finish, "task_options", lambda settings: {"num_cpus": cpus, "num_gpus": gpus,
+                                                                  "max_retries": 1})
+    options = finish.member_options(None, size)
+    assert (options["num_cpus"], options["num_gpus"]) == pytest.approx(shares)
+    assert options["max_retries"] == 1
 
 
 def test_finalize_adds_final_models_beside_the_search_and_never_overwrites(smoke_search, capsys):

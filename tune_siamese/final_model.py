@@ -7,8 +7,8 @@
   the K members are averaged, and the threshold is chosen on their out-of-fold logits, so every pair serves for
   training and for stopping.
 
-Each member is fitted in a Ray task with a trial's resources, all submitted at once (side by side where the
-cluster has room); a last task scores the test pairs. Tasks return CPU weights; the driver exports.
+Each member is fitted in a Ray task with an even share of one retrain's resources, all submitted at once so
+they run side by side; a last task scores the test pairs. Tasks return CPU weights; the driver exports.
 """
 from __future__ import annotations
 
@@ -157,8 +157,9 @@ class FinalModel:
 
 def build_final_model(policy: str, size: int, config: Config, epochs: int, data: PairData, checkpoint: Any,
                       options: dict[str, Any], member_options: dict[str, Any]) -> FinalModel:
-    """Fit the policy's members as Ray tasks (member_options: a trial's resources each), then score them in one
-    task (options: the retrain's resources). `epochs`: the best trial's best epoch (retrain, seeds)."""
+    """Fit the policy's members as Ray tasks (member_options: each one's share of a retrain's resources), then
+    score them in one task (options: the retrain's resources). `epochs`: the best trial's best epoch (retrain,
+    seeds)."""
     data_ref = ray.put(data)
     score = ray.remote(_score_task).options(**options)
     started = time.time()
@@ -171,6 +172,8 @@ def build_final_model(policy: str, size: int, config: Config, epochs: int, data:
         return FinalModel(rebuilt(config, state), [config], float(scores["test"]["threshold_logit"]), scores,
                           {**record, "wall_seconds": round(time.time() - started, 1)})
     fit_member = ray.remote(_member_task).options(**member_options)
+    # A member uses as many threads as the CPUs it holds: more would oversubscribe the cores its neighbours use.
+    config = config.replace(threads=max(1, int(member_options["num_cpus"])))
     trainval = np.concatenate([data.train, data.val])
     folds: list[np.ndarray] = []
     if policy == "folds":

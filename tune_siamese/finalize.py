@@ -73,7 +73,7 @@ def finalize(experiment: str, policy: str, size: int | None, address: str | None
         base, epochs, checkpoint = final_basis(config, epoch, best.checkpoint, finalists)
         options = task_options(settings)
         final = build_final_model(policy, size, base.replace(threads=max(1, int(options["num_cpus"]))), epochs,
-                                  data, checkpoint, options, member_options(settings))
+                                  data, checkpoint, options, member_options(settings, size))
         record = {"best_trial": best.path.rsplit("/", 1)[-1], "best_config": config.to_dict(), "best_epoch": epoch,
                   "best_val_loss": loss, "trials": len(results),
                   **hand_back(final, settings, data, None, epochs, suffix=f"-{name}"),

@@ -151,7 +151,7 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "run_search.py") -
                         "retrain); `tune-siamese finalize` builds another later")
     p.add_argument("--final-size", type=int, metavar="K",
                    help="models in a seeds or folds final model (default 3); their fits run side by side as Ray "
-                        "tasks, one trial's resources each")
+                        "tasks sharing one retrain's CPUs and GPUs evenly")
     p.add_argument("--ensemble", type=int, default=0, metavar="K",
                    help="also test and export the mean of the top K trials' own models (K >= 2; exported to "
                         "EXPERIMENT/export-ensemble, or EXPORT_DIR-ensemble)")
