@@ -86,6 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         rows.append([name, *(spread([t[key] for t in tests]) if all(key in t for t in tests) else "—"
                              for key, _ in SCORES), minutes(sum(walls) / len(walls))])
     parts.append(_common.md_table(headers, rows))
+    for name in names:  # what averaging gained: each member of an ensemble scored alone at the same threshold
+        alone = [member["test"] for exp in experiments for member in records[exp, name]["final"]["members"]
+                 if "test" in member]
+        if alone:
+            parts += ["", f"{name}, its {len(alone)} members scored alone at their ensemble's threshold: acc "
+                          f"{spread([m['accuracy_at_threshold'] for m in alone])}, AUC "
+                          f"{spread([m['auc'] for m in alone])}"]
     for exp in experiments:
         first = records[exp, names[0]]
         parts += ["", f"### {exp.name}: best trial {first['best_trial']} (val loss {first['best_val_loss']:.4f} at "

@@ -76,6 +76,14 @@ def test_members_fit_side_by_side_and_are_averaged(ray_session, synthetic_small,
     assert 0 <= test["auc"] <= 1 and test["threshold_logit"] == final.threshold_logit
     if policy == "folds":
         assert sum(m["fold_pairs"] for m in members) == len(synthetic_small.train) + len(synthetic_small.val)
+    # each member's own test score, at the ensemble's threshold, is recorded beside the ensemble's
+    from tune_siamese.engine import evaluate, images_on, resolve_device
+
+    images = images_on(resolve_device(config), synthetic_small.images)
+    for member, member_config, record in zip(final.model.members, final.configs, members):
+        alone = evaluate(member, images, synthetic_small.test, member_config, threshold=final.threshold_logit)
+        assert record["test"]["auc"] == pytest.approx(alone["auc"], abs=1e-4)
+        assert record["test"]["accuracy_at_threshold"] == pytest.approx(alone["accuracy_at_threshold"], abs=1e-4)
 
 
 def test_every_member_is_submitted_before_any_is_waited_for(monkeypatch, synthetic_small, tiny_config):

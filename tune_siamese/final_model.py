@@ -140,7 +140,15 @@ def _score_task(members: list[tuple[dict[str, Any], dict[str, torch.Tensor]]], d
         report["searched_model_test"] = own_scores["test"]  # the best trial's own model, for the record
     report["test"] = evaluate(model, images, data.test, config, threshold=threshold, with_roc=True,
                               identity=data.identity)
+    if len(models) > 1:  # each member alone at the same threshold: what averaging them gained
+        report["members_test"] = [_headline(evaluate(member.to(device), images, data.test, member_config,
+                                                     threshold=threshold))
+                                  for member, member_config in zip(models, configs)]
     return report
+
+
+def _headline(test: dict[str, Any]) -> dict[str, float]:
+    return {key: round(float(test[key]), 4) for key in ("accuracy_at_threshold", "auc") if key in test}
 
 
 @dataclass
@@ -195,11 +203,13 @@ def build_final_model(policy: str, size: int, config: Config, epochs: int, data:
         out_of_fold = np.concatenate([f["held_out_logits"] for f in fitted])
         threshold = best_threshold(labels, out_of_fold)
     scores = ray.get(score.remote(members, data_ref, threshold, checkpoint, config.to_dict(), epochs))
+    members_test = scores.pop("members_test", [{}] * size)
     models = [rebuilt(c, f["state"]) for c, f in zip(configs, fitted)]
     model = models[0] if size == 1 else EnsembleNet(models, configs)
     record = {"policy": policy, "size": size, "wall_seconds": round(time.time() - started, 1),
               "members": [{"seed": c.seed, "epochs": f["epochs"], "node": f["node"],
                            "started": f["started"], "ended": f["ended"],
-                           **({"best_epoch": f["best_epoch"], "fold_pairs": len(folds[k])} if folds else {})}
+                           **({"best_epoch": f["best_epoch"], "fold_pairs": len(folds[k])} if folds else {}),
+                           **({"test": members_test[k]} if members_test[k] else {})}
                           for k, (c, f) in enumerate(zip(configs, fitted))]}
     return FinalModel(model, configs, float(scores["test"]["threshold_logit"]), scores, record)
