@@ -216,7 +216,7 @@ def memory_metrics() -> dict[str, float]:
 
 
 def _instrument_report(memory: bool, extra: dict[str, Any], entered: float | None = None) -> Any:
-    """Make ray.tune.report (which tune_siamese.search.train_siamese calls every epoch) add a precise
+    """Make ray.tune.report (which tune_siamese.tuning.train_siamese calls every epoch) add a precise
     wall-clock stamp (Tune's own `timestamp` is whole seconds), the time the trainable was entered, and
     optionally this process's memory. Returns the original report to restore."""
     from ray import tune
@@ -262,7 +262,7 @@ def trial_shared(config: dict[str, Any], data: Any, memory: bool = False) -> Non
     """The project's trainable (search.train_siamese, data via tune.with_parameters), instrumented."""
     from ray import tune
 
-    from tune_siamese.search import train_siamese
+    from tune_siamese.tuning import train_siamese
 
     original = _instrument_report(memory, {})
     try:
@@ -278,7 +278,7 @@ def trial_loading(config: dict[str, Any], memory: bool = False, pairs: int = 0, 
 
     from tune_siamese.config import Config
     from tune_siamese.data import load_data
-    from tune_siamese.search import train_siamese
+    from tune_siamese.tuning import train_siamese
 
     started = time.time()
     if cold_cache:

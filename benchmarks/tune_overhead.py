@@ -5,7 +5,7 @@ max_t, so it stops nothing) on the same cores:
 
   plain    multiprocessing (spawn) pool of --max-concurrent workers, 1 torch thread each, every worker loading
            the data once (disk cache) and calling tune_siamese.engine.fit per trial;
-  Tune     run_search.py's path: run_search.build_settings -> tune_siamese.search.build_tuner (OptunaSearch +
+  Tune     run_search.py's path: run_search.build_settings -> tune_siamese.tuning.build_tuner (OptunaSearch +
            ASHA, per-epoch checkpoints, max_concurrent_trials) with the dataset shared through Ray's object
            store (tune.with_parameters, what the project does), cpus_per_trial 1;
   Tune, each trial loads the data itself (load_data inside the trainable; --cache cold gives every trial an

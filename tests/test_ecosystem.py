@@ -6,7 +6,7 @@ import pytest
 from ray import tune
 
 from tune_siamese.names import VAL_LOSS
-from tune_siamese.search import train_siamese
+from tune_siamese.tuning import train_siamese
 
 
 def test_every_trial_writes_tensorboard_events_with_the_val_loss(smoke_search):

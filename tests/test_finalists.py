@@ -171,7 +171,7 @@ def test_finalists_are_trained_again_and_the_winner_is_exported(ray_session, ide
     from tune_siamese.config import Config
     from tune_siamese.data import load_data
     from tune_siamese.finish import run_finalists
-    from tune_siamese.search import train_siamese
+    from tune_siamese.tuning import train_siamese
 
     args = run_search.parse_args(["--data", str(identity_folder), *SMOKE, "--num-samples", "4", "--max-epochs", "2",
                                   "--finalists", "2", "--finalist-seeds", "2", "--cpus-per-trial", "1",

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 from tune_siamese import gpu_sharing
+from tune_siamese.console import print_start
 from tune_siamese.gpu_sharing import fractional_gpu_warning, mps_pipe_directory, mps_running
-from tune_siamese.search_command import print_start
 
 
 def test_pipe_directory_default_and_variable(monkeypatch, tmp_path):

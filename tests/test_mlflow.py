@@ -55,7 +55,7 @@ def test_a_resumed_trial_goes_on_in_its_own_run(tmp_path, monkeypatch):
     import ray.cloudpickle as pickle
     from mlflow.tracking import MlflowClient
 
-    from tune_siamese.search import mlflow_logger
+    from tune_siamese.tuning import mlflow_logger
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # what check_mlflow_store does for a folder store
     uri = (tmp_path / "mlruns").as_uri()

@@ -134,8 +134,8 @@ def test_the_summary_says_when_the_model_is_no_better_than_chance_and_its_thresh
     with no signal stored threshold 1e6 ("reject everything") without a word."""
     from types import SimpleNamespace
 
+    from tune_siamese.console import print_summary
     from tune_siamese.engine import chance_check, threshold_note
-    from tune_siamese.search_command import print_summary
 
     test = {"accuracy": 0.5, "accuracy_at_threshold": 0.5, "auc": 0.51, "threshold_logit": 1e6}
     summary = {"best_val_loss": 0.69, "best_epoch": 1, "best_config": {"lr": 1.0}, "test": test, "epochs": 1,
@@ -214,7 +214,7 @@ def test_set_max_epochs_is_not_overridden_by_the_preset(tmp_path):
 def test_set_takes_a_searched_key_out_of_the_space(tmp_path, capsys):
     """--set lr=... on a space that searches lr: every trial gets the fixed value (lr leaves the space and the
     starting points), the settings record it, the console says so, and a resume rebuilds the same space."""
-    from tune_siamese.search_command import print_start
+    from tune_siamese.console import print_start
     from tune_siamese.settings import load_resume_settings, prepare
 
     defaults = vars(run_search.parse_args([]))

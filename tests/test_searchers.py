@@ -17,8 +17,8 @@ import run_search
 from search_spaces import PRESETS, get_preset
 from tune_siamese import settings as settings_module
 from tune_siamese.names import BEST_VAL_LOSS, VAL_LOSS, VAL_LOSS_AVG3
-from tune_siamese.search import build_sampler, build_scheduler, build_tuner
 from tune_siamese.settings import SEARCHERS, load_resume_settings
+from tune_siamese.tuning import build_sampler, build_scheduler, build_tuner
 
 SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
             "gp": optuna.samplers.GPSampler, "cmaes": optuna.samplers.CmaEsSampler,

@@ -12,25 +12,23 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from . import data as data_mod
 from . import storage
-from .checkpoint import LoadedModel, TrainedPeople, export_model, load, people_record, save_checkpoint
+from .checkpoint import TrainedPeople, export_model, load, people_record, save_checkpoint
 from .config import Config, parse_overrides
 from .engine import (
     Diverged,
-    best_threshold,
     images_on,
     pair_metrics,
     predict,
     print_epochs,
     resolve_device,
     train_and_test,
-    validation_logits,
 )
 from .errors import InputError
-from .model import EnsembleNet, Verifier
+from .face_verifier import FaceVerifier, threshold_and_people
+from .model import EnsembleNet
 from .oneshot import one_shot_report
 
 PROG = "tune-siamese"
@@ -120,27 +118,6 @@ def pair_list_data(pair_file: Path, lines: list[data_mod.PairLine], lfw_root: Pa
     return data_mod.decode_images(paths, config.image_size, config.crop), pairs
 
 
-def threshold_and_people(loaded: LoadedModel, config: Config, device: torch.device, source: str
-                         ) -> tuple[float, TrainedPeople | None, dict[str, Any]]:
-    """The decision threshold, whom the model trained on, and what the JSON should say about either. A search
-    trial's state holds its best epoch's weights but no threshold: it is chosen on the trial's own validation
-    pairs (which that model never trained on), as the search does for a trial's own model."""
-    if loaded.threshold is not None:
-        return loaded.threshold, loaded.trained_people, {}
-    try:
-        data = data_mod.load_data(config)
-    except InputError as exc:
-        raise InputError(f"a search trial's state holds no decision threshold, and choosing it on the trial's "
-                         f"validation pairs needs the trial's data ({exc})", source) from None
-    labels, logits, balanced = validation_logits(loaded.model.to(device), images_on(device, data.images), data,
-                                                 config)
-    threshold = best_threshold(labels, logits, balanced)
-    print(f"note: {source}: a search trial's state: scoring its best epoch ({loaded.best_epoch}) at the decision "
-          f"threshold chosen on its validation pairs ({threshold:.4g})", file=sys.stderr)
-    return (threshold, TrainedPeople.of(data.training_people),
-            {"best_epoch": loaded.best_epoch, "threshold_from": "validation pairs"})
-
-
 def people_overlap(people: TrainedPeople | None, source: str, evaluated: list[tuple[int | None, set[str]]],
                    what: str, where: str | Path, allow: bool) -> dict[str, Any] | None:
     """Refuse to score people the model trained or was selected on (the search's rule for its test pairs), unless
@@ -209,22 +186,5 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    loaded = load(args.source)
-    config = loaded.config.replace(device="cpu")
-    decoded = []
-    for name in (args.image_a, args.image_b):
-        path = Path(name)
-        if path.is_dir():
-            raise InputError("is a folder, not an image", path)
-        if not path.is_file():
-            raise InputError("image not found", path)
-        decoded.append(data_mod.decode_image(path, config.image_size, config.crop))
-    threshold, _, _ = threshold_and_people(loaded, config, torch.device("cpu"), args.source)
-    # fp32 on purpose (not the bf16 autocast of batch scoring): one pair costs nothing, and the exported
-    # verifier.pt2, which runs the same Verifier, then agrees with this to float precision.
-    a, b = (torch.tensor(image).unsqueeze(0) for image in decoded)
-    with torch.no_grad():
-        logit = float(Verifier(loaded.model.eval(), config)(a, b)[0])
-    print(json.dumps({"probability_same": 1.0 / (1.0 + math.exp(-logit)), "logit": logit,
-                      "threshold_logit": threshold, "same_person": logit >= threshold}, indent=2))
+    print(json.dumps(FaceVerifier(args.source).verify(args.image_a, args.image_b), indent=2))
     return 0

@@ -36,7 +36,7 @@ def finalize(experiment: str, policy: str, size: int | None, address: str | None
         run_finalists,
         task_options,
     )
-    from .search import interrupted, restore_tuner
+    from .tuning import interrupted, restore_tuner
 
     size = size if size is not None else (FINAL_SIZE if policy in ("seeds", "folds") else 1)
     check_final_policy(policy, size)
@@ -83,7 +83,7 @@ def finalize(experiment: str, policy: str, size: int | None, address: str | None
 
 
 def cmd_finalize(args: Any) -> int:
-    from .search_command import print_final
+    from .console import print_final
 
     summary = finalize(args.experiment, args.final, args.final_size, args.address, args.connect_timeout)
     print(f"\nFrom {summary['best_trial']} (val loss {summary['best_val_loss']:.4f} at epoch {summary['best_epoch']}).")

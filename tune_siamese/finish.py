@@ -30,8 +30,8 @@ from .errors import InputError
 from .final_model import FinalModel, build_final_model, cpu_state, rebuilt, trial_model
 from .model import EnsembleNet
 from .names import FINAL_FILE, VAL_LOSS, trial_status
-from .search import CompletionWatch, SearchProgress, fit_tuner, live_table, train_siamese
 from .settings import SearchSettings, check_owner
+from .tuning import CompletionWatch, SearchProgress, fit_tuner, live_table, train_siamese
 
 
 def best_trial(results: tune.ResultGrid) -> tuple[tune.Result, int, float] | None:

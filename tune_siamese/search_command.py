@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -29,14 +28,10 @@ if not sys.stderr.isatty():
     os.environ.setdefault("RAY_COLOR_PREFIX", "0")
 
 from .config import Config  # noqa: E402
+from .console import print_start, print_summary  # noqa: E402
 from .errors import InputError, OneLineParser  # noqa: E402
-from .names import FINAL_POLICIES, RUNG_METRICS  # noqa: E402
+from .names import EXIT_CTRL_C, EXIT_NO_USABLE_TRIAL, EXIT_SIGTERM, FINAL_POLICIES, RUNG_METRICS  # noqa: E402
 from .settings import SEARCHERS, rerun  # noqa: E402
-
-# Exit codes besides 0 and 2 (bad input, InputError); README's Guarantees lists them.
-EXIT_NO_USABLE_TRIAL = 3  # every trial diverged or errored: final.json says why, nothing is exported
-EXIT_CTRL_C = 130  # 128 + SIGINT, as a shell reports a job Ctrl-C ended
-EXIT_SIGTERM = 143  # 128 + SIGTERM
 
 
 class SigtermAsCtrlC:
@@ -74,7 +69,23 @@ class SigtermAsCtrlC:
         return " (SIGTERM)" if self.received else ""
 
 
+class SearchInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a search that can be resumed: `message` says how (already printed)."""
+
+    def __init__(self, message: str, experiment: str):
+        super().__init__(message)
+        self.message, self.experiment = message, experiment
+
+
 def parse_args(argv: Sequence[str] | None = None, prog: str = "run_search.py") -> argparse.Namespace:
+    args = build_parser(prog).parse_args(argv)
+    args.argv = None if argv is None else [str(a) for a in argv]  # None: the real command line (sys.argv)
+    args.prog = prog
+    return args
+
+
+def build_parser(prog: str = "run_search.py") -> OneLineParser:
+    """The search's options; `ts.search` takes the same ones as keyword arguments."""
     from search_spaces import describe  # the presets' names and one line on each, for --help
 
     p = OneLineParser(prog=prog, description=DESCRIPTION.format(prog=rerun(prog)), epilog="presets (--space):\n"
@@ -165,20 +176,17 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "run_search.py") -
                    help="more console: -v each trial's results and Optuna's log, -vv everything Tune prints")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no live table: only the progress lines and the summary")
-    args = p.parse_args(argv)
-    args.argv = None if argv is None else [str(a) for a in argv]  # None: the real command line (sys.argv)
-    args.prog = prog
-    return args
+    return p
 
 
-def run(args: argparse.Namespace, stop: SigtermAsCtrlC | None = None) -> tuple[dict[str, Any] | None, Any]:
-    """The recipe; returns (summary as written to final.json, retrained model), or (None, None) if interrupted
-    (Ctrl-C or SIGTERM: see `stop`) after printing the command that resumes it."""
+def run(args: argparse.Namespace, stop: SigtermAsCtrlC | None = None) -> tuple[dict[str, Any], Any]:
+    """The recipe; returns (summary as written to final.json, retrained model). Interrupted (Ctrl-C or SIGTERM:
+    see `stop`), it prints the command that resumes it and raises SearchInterrupted."""
     from . import cluster, storage
     from .data import load_data
     from .finish import finish_search, run_finalists
-    from .search import fit_tuner, interrupted, tuner_for
     from .settings import check_targets, prepare
+    from .tuning import fit_tuner, interrupted, tuner_for
 
     settings, preset = prepare(args, defaults=vars(parse_args([], args.prog)))  # every option and space value
     data = load_data(Config.from_dict(settings.base, source="search settings"))  # the data are input too
@@ -189,9 +197,10 @@ def run(args: argparse.Namespace, stop: SigtermAsCtrlC | None = None) -> tuple[d
         address = cluster.connect(args.address, args.connect_timeout, args.dashboard)
         stop.install()  # after ray.init, which replaces it
 
-        def stopped(what: str) -> tuple[None, None]:
-            print(f"\n{what}. Continue it with: {rerun(args.prog)} --resume {settings.experiment_path}", flush=True)
-            return None, None
+        def stopped(what: str) -> SearchInterrupted:
+            message = f"{what}. Continue it with: {rerun(args.prog)} --resume {settings.experiment_path}"
+            print(f"\n{message}", flush=True)
+            return SearchInterrupted(message, settings.experiment_path)
 
         stage = "Search interrupted{}; nothing was retrained or exported"
         try:
@@ -204,20 +213,22 @@ def run(args: argparse.Namespace, stop: SigtermAsCtrlC | None = None) -> tuple[d
             search_seconds = time.time() - started
             if interrupted(results, settings.num_samples):
                 # Tune saved its state; finishing now would retrain the best of a half-searched space.
-                return stopped(stage.format(stop.how()))
+                raise stopped(stage.format(stop.how()))
             finalists = None
             if settings.finalists and not args.no_retrain:
                 stage = "Finalist stage interrupted{}; nothing was retrained or exported"
                 finalists = run_finalists(settings, results, data, verbose)
                 if finalists is None:  # a winner from some of the runs would be the luck this stage removes
-                    return stopped(stage.format(stop.how()))
+                    raise stopped(stage.format(stop.how()))
             stage = ("Interrupted{} during the retrain, test and export; final.json is not written and no export is "
                      "left half-written")
             summary, model = finish_search(settings, results, data, args.export_dir, retrain=not args.no_retrain,
                                            ensemble=args.ensemble, search_seconds=search_seconds,
                                            resumed=bool(args.resume), finalists=finalists)
+        except SearchInterrupted:
+            raise
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside a Tune run
-            return stopped(stage.format(stop.how()))
+            raise stopped(stage.format(stop.how())) from None
         finally:
             if own:
                 stop.uninstall()
@@ -233,136 +244,6 @@ def tune_verbosity(args: argparse.Namespace) -> int:
     return 0 if args.quiet else min(3, 1 + args.verbose)
 
 
-def print_start(settings: Any, on_cluster: bool = False) -> None:
-    from .gpu_sharing import sharing_warning
-    from .study import redact
-
-    print(f"Experiment: {settings.experiment_path} ({settings.num_samples} trials, "
-          f"{settings.max_concurrent} at once)", flush=True)
-    for key in settings.not_searched:
-        print(f"--set {key}={settings.base[key]} fixes {key}, which the space searches: not searched", flush=True)
-    if settings.study_storage:
-        print(f"Optuna study {settings.study_name!r} in {redact(settings.study_location)}", flush=True)
-    if settings.mlflow:
-        print(f"MLflow experiment {settings.name!r} in {redact(settings.mlflow)}", flush=True)
-    warning = sharing_warning(settings.gpus_per_trial, on_cluster)  # trials sharing a GPU without MPS take turns
-    if warning:
-        print(warning, flush=True)
-
-
-def chance_warning(who: str, check: dict[str, Any]) -> str | None:
-    """The summary's line for a model whose AUC is no better than chance (engine.chance_check), else None."""
-    if not check["no_better_than_chance"]:
-        return None
-    pairs = check["pairs"]
-    return (f"WARNING: {who} is no better than chance: {check['scored_on']} AUC {check['auc']:.4f} is at most "
-            f"{check['chance_bound']:.4f}, which a model without any signal exceeds one time in 20 on "
-            f"{pairs['same']} same- and {pairs['different']} different-person pairs")
-
-
-def print_summary(summary: dict[str, Any], preset: Any, settings: Any) -> None:
-    if "no_usable_trial" in summary:  # one line: there is nothing else to say
-        print(f"\nNo usable trial: {summary['no_usable_trial']}; nothing was retrained or exported "
-              f"(exit {EXIT_NO_USABLE_TRIAL}). Analyse it: python -m analysis {settings.experiment_path}")
-        return
-    print("\nBest configuration (val loss {:.4f} at epoch {}; optimistic: it won a selection among {} trials, "
-          "quote the test figures):".format(summary["best_val_loss"], summary["best_epoch"], summary["trials"]))
-    print(json.dumps({k: summary["best_config"][k] for k in sorted(preset.space)}, indent=2))
-    if "finalists" in summary:
-        print_finalists(summary, preset)
-    if "test" in summary:
-        print_final(summary)
-    elif "chance" in summary:  # --no-retrain: the best trial's own val AUC
-        print_warnings(summary, "the best trial's own model")
-    if "ensemble" in summary:
-        ens = summary["ensemble"]
-        print(f"Ensemble of the top {len(ens['members'])} trials' own models; test: {test_line(ens['test'])}; "
-              f"exported to {ens['export']}")
-        print_warnings(ens, "the ensemble")
-    if "identity_overlap" in summary:
-        overlap = summary["identity_overlap"]
-        print(f"WARNING: {overlap['shared_identities']} of the {overlap['test_identities']} test identities also "
-              "appear in training (allow_identity_overlap): the test scores above overstate verification of "
-              "unseen people")
-    statuses = ", ".join(f"{count} {status.replace('_', ' ')}" for status, count in summary["trial_statuses"].items())
-    wall = summary["wall_seconds"]
-    print(f"Trials: {summary['trials']} ({statuses}); best: {summary['best_trial']}")
-    finalists = f", finalists {wall['finalists']:.0f} s" if "finalists" in wall else ""
-    print(f"Wall time: search {wall['search']:.0f} s{finalists}, retrain/test/export "
-          f"{wall['retrain_test_export']:.0f} s")
-    print(f"Analyse it: python -m analysis {settings.experiment_path}")
-
-
-def test_line(test: dict[str, Any]) -> str:
-    """Test scores, each with its 95 % interval (people resampled) where final.json has one."""
-    def score(name: str, label: str) -> str:
-        low_high = test.get(f"{name}_ci")
-        interval = f" [{low_high[0]:.3f}, {low_high[1]:.3f}]" if low_high else ""
-        return f"{label} {test[name]:.3f}{interval}"
-    names = [("accuracy", "accuracy"), ("accuracy_at_threshold", "at the val threshold"), ("auc", "AUC"),
-             ("tar_at_far_0.01", "TAR at FAR 1e-2")]
-    return ", ".join(score(name, label) for name, label in names if name in test)
-
-
-def describe_final(summary: dict[str, Any]) -> str:
-    """One sentence on what was handed back (--final)."""
-    record, epochs = summary["final"], summary["epochs"]
-    members = record["members"]
-    if record["policy"] == "trial":
-        return f"The best trial's own model (trained on the train part, epoch {summary['best_epoch']})"
-    if record["policy"] == "retrain":
-        return f"Retrained on train+val for {epochs} epochs (node {(members[0]['node'] or '')[:12]})"
-    if record["policy"] == "seeds":
-        seeds = ", ".join(str(m["seed"]) for m in members)
-        return f"{len(members)} models retrained on train+val for {epochs} epochs with seeds {seeds}, averaged"
-    stops = ", ".join(str(m["best_epoch"]) for m in members)
-    return (f"{len(members)} models on identity-disjoint folds of train+val, each stopped on its own fold (best "
-            f"epochs {stops}), averaged; threshold from their out-of-fold scores")
-
-
-def print_final(summary: dict[str, Any]) -> None:
-    print(f"{describe_final(summary)}.\nTest (95 % intervals over people): {test_line(summary['test'])}")
-    print(f"Exported to {summary['export']}" + (f" and {summary['export_copy']}" if "export_copy" in summary
-                                                 else ""))
-    print_warnings(summary, "the final model")
-
-
-def print_warnings(scored: dict[str, Any], who: str) -> None:
-    """WARNING lines for finish.judged's verdicts: an AUC no better than chance, a threshold that rejects all."""
-    lines = [chance_warning(who, scored["chance"]) if "chance" in scored else None,
-             f"WARNING: {who}: {scored['threshold_note']}" if "threshold_note" in scored else None]
-    for line in lines:
-        if line:
-            print(line)
-
-
-def print_finalists(summary: dict[str, Any], preset: Any) -> None:
-    """One line per finalist (best val loss over its seeds, mean ± s.d.; the winner marked), then what is retrained."""
-    def number(value: float | None) -> str:
-        return "-" if value is None else f"{value:.4f}"
-
-    record = summary["finalists"]
-    seeds = ", ".join(map(str, record["seeds"]))
-    print(f"\nFinalists: the top {len(record['trials'])} trials trained again with seeds {seeds} "
-          "(best val loss, mean ± s.d. over the seeds):")
-    for entry in record["trials"]:
-        runs = ", ".join(f"{number(loss)} at epoch {epoch}" if loss is not None else str(failed)
-                         for loss, epoch, failed in zip(entry["val_losses"], entry["best_epochs"], entry["failed"]))
-        mark = "  <- winner" if entry["winner"] else ""
-        print(f"  {'*' if entry['winner'] else ' '} {entry['trial_id']}: {number(entry['mean_val_loss'])} ± "
-              f"{number(entry['sd_val_loss'])} ({runs}; in the search {entry['search_val_loss']:.4f}){mark}")
-    if record["fallback"]:
-        print(f"No finalist wins ({record['fallback']}): the search's best trial is retrained instead.")
-        return
-    winner = next(entry for entry in record["trials"] if entry["winner"])
-    same = winner["trial_id"] == summary["best_trial"]
-    print(f"Retrained: the winner's configuration{' (the best trial above)' if same else ''}, for "
-          f"{record['retrain_epochs']} epochs (the median of its seeds' best epochs; threshold from its run "
-          f"{record['threshold_run']}){'' if same else ':'}")
-    if not same:
-        print(json.dumps({k: winner["config"][k] for k in sorted(preset.space)}, indent=2))
-
-
 def main(argv: Sequence[str] | None = None, prog: str = "run_search.py") -> int:
     """Exit 0; 2 bad input; 3 no usable trial; 130 Ctrl-C, 143 SIGTERM (each then prints the resume command)."""
     stop = SigtermAsCtrlC()
@@ -372,11 +253,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "run_search.py") -> int:
     except InputError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    except SearchInterrupted:  # run printed how to resume it
+        return EXIT_SIGTERM if stop.received else EXIT_CTRL_C
     except KeyboardInterrupt:  # before the experiment began: nothing to resume
         print(f"{prog}: interrupted{stop.how()} before the search started", file=sys.stderr)
-        summary = None
+        return EXIT_SIGTERM if stop.received else EXIT_CTRL_C
     finally:
         stop.uninstall()
-    if summary is None:
-        return EXIT_SIGTERM if stop.received else EXIT_CTRL_C
     return EXIT_NO_USABLE_TRIAL if "no_usable_trial" in summary else 0

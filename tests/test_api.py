@@ -1,0 +1,70 @@
+"""The Python API: ts.search takes run_search.py's options as keyword arguments (same checks, same errors, no
+stdout), returns what the search hands back; ts.load scores image pairs exactly as `tune-siamese verify` does."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+
+import tune_siamese as ts
+from tune_siamese.api import options_to_argv
+from tune_siamese.errors import InputError
+
+
+def test_keyword_options_become_the_command_line():
+    argv = options_to_argv({"num_samples": 4, "gpus_per_trial": 0.25, "reproducible": False, "no_retrain": True,
+                            "set": {"image_size": 96, "batchnorm": True}, "verbose": 2, "name": None})
+    assert argv == ["--num-samples", "4", "--gpus-per-trial", "0.25", "--no-reproducible", "--no-retrain",
+                    "--set", "image_size=96", "--set", "batchnorm=true", "--verbose", "--verbose"]
+    with pytest.raises(InputError, match="no option 'num_sample'.*did you mean num_samples"):
+        options_to_argv({"num_sample": 4})
+    with pytest.raises(InputError, match="no_retrain=1 must be True or False"):
+        options_to_argv({"no_retrain": 1})
+
+
+def test_bad_values_raise_the_commands_one_line_error_before_ray(capsys, tmp_path):
+    """The same message run_search.py prints after `error:`, and nothing started (no experiment folder)."""
+    import ray
+
+    import run_search
+
+    assert run_search.main(["--num-samples", "0", "--storage-path", str(tmp_path)]) == 2
+    command_error = capsys.readouterr().err.split("error: ", 1)[1].strip()
+    was_running = ray.is_initialized()
+    with pytest.raises(InputError) as raised:
+        ts.search(num_samples=0, storage_path=str(tmp_path))
+    assert str(raised.value) == command_error
+    assert ray.is_initialized() == was_running and not any(tmp_path.iterdir())
+    with pytest.raises(InputError, match="invalid int value"):
+        ts.search(num_samples="many")
+
+
+def test_search_returns_what_it_hands_back_and_load_scores_like_verify(ray_session, tmp_path, make_image,
+                                                                       capsys):
+    from analysis import load as load_experiment
+    from tune_siamese.cli import main as cli_main
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = ts.search(space="smoke", num_samples=2, max_epochs=2, grace_period=1, cpus_per_trial=1,
+                           gpus_per_trial=0.25, storage_path=str(tmp_path), name="api", seed=3)
+    assert capsys.readouterr().out == ""  # nothing printed unless console=True
+    final = json.loads((tmp_path / "api" / "final.json").read_text())
+    assert result.summary == final and result.experiment == str(tmp_path / "api")
+    assert result.best_config == final["best_config"] and result.test == final["test"]
+    assert 0 <= result.test["auc"] <= 1 and result.export == final["export"]
+    assert "--name api" in result.command and result.command.startswith("python run_search.py")
+    # a warning the command would print (a smoke model is often no better than chance) reaches Python's warnings
+    assert [str(w.message) for w in caught if w.category is UserWarning] == \
+        [line.removeprefix("WARNING: ") for line in result.warnings]
+    assert load_experiment(result.experiment).summary["best_trial"] == final["best_trial"]
+
+    a, b = make_image(tmp_path / "a.jpg", seed=1, size=60), make_image(tmp_path / "b.png", seed=2, size=90, mode="RGB")
+    verifier = ts.load(result.export)
+    assert cli_main(["verify", result.export, str(a), str(b)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert verifier.verify(a, b) == printed
+    assert verifier.score(str(a), str(b)) == pytest.approx(printed["probability_same"], abs=1e-12)
+    with pytest.raises(InputError, match="image not found"):
+        verifier.score(tmp_path / "missing.jpg", b)
