@@ -33,7 +33,7 @@ from .errors import InputError, OneLineParser  # noqa: E402
 from .names import FINAL_POLICIES, RUNG_METRICS  # noqa: E402
 from .settings import SEARCHERS, rerun  # noqa: E402
 
-# Exit codes besides 0 and 2 (bad input, InputError); README's Guarantees lists them.
+# Exit codes besides 0 and 2 (bad input, InputError); docs/guarantees.md lists them.
 EXIT_NO_USABLE_TRIAL = 3  # every trial diverged or errored: final.json says why, nothing is exported
 EXIT_CTRL_C = 130  # 128 + SIGINT, as a shell reports a job Ctrl-C ended
 EXIT_SIGTERM = 143  # 128 + SIGTERM
