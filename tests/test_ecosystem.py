@@ -1,5 +1,5 @@
-"""What the README promises about tools around an experiment: TensorBoard event files, and Ray's own ways of
-loading a finished search (ExperimentAnalysis, Tuner.restore(...).get_results())."""
+"""What docs/analysis.md promises about tools around an experiment: TensorBoard event files, and Ray's own ways
+of loading a finished search (ExperimentAnalysis, Tuner.restore(...).get_results())."""
 from __future__ import annotations
 
 import pytest

@@ -96,7 +96,7 @@ RUN_WITHOUT_PACKAGE = ("import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_pa
 
 
 def readme_snippet() -> str:
-    after_mark = (REPO / "README.md").read_text().split(SNIPPET_MARK, 1)[1]
+    after_mark = (REPO / "docs" / "exports.md").read_text().split(SNIPPET_MARK, 1)[1]
     return after_mark.split("```python\n", 1)[1].split("```", 1)[0]
 
 
@@ -110,8 +110,9 @@ def run_snippet(code: str, folder, *args) -> dict:
 
 
 def test_readme_plain_torch_snippet_matches_verify(lfw, lfw_root, tiny_config, tmp_path):
-    """The README's snippet (torch, numpy, Pillow only) on the export's verifier.pt2 gives verify's probability,
-    with every preprocessing step in play: a face crop, a zoom, a resize to another input size, flip averaging."""
+    """The snippet in docs/exports.md (torch, numpy, Pillow only) on the export's verifier.pt2 gives verify's
+    probability, with every preprocessing step in play: a face crop, a zoom, a resize to another input size, flip
+    averaging."""
     config = tiny_config(data=str(lfw_root), image_size=80, zoom=0.85, input_size=72, tta_flip=True, max_epochs=1)
     model = fit(config, dataclasses.replace(lfw, train=lfw.train[:600]), validate=False).model
     export = export_model(model, config.replace(crop=0.8), tmp_path / "export", threshold_logit=0.1)

@@ -213,7 +213,7 @@ def _export_verifier(model: SiameseNet | EnsembleNet, config: Config, out: Path,
     """verifier.pt2 (decoded images in, probability out) and preprocess.json, the decoding in front of it.
 
     The decoding stays outside the graph: it is PIL's (EXIF rotation, grayscale, central crop, Lanczos resize)
-    and torch.export cannot trace PIL. The README's plain-torch snippet does exactly these steps."""
+    and torch.export cannot trace PIL. The plain-torch snippet in docs/exports.md does exactly these steps."""
     size = config.image_size
     example = tuple(torch.randint(0, 256, (2, size, size), dtype=torch.uint8,
                                   generator=torch.Generator().manual_seed(i)) for i in (1, 2))

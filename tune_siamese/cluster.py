@@ -4,7 +4,7 @@ Where the search runs: `--address` if given, else the cluster named by RAY_ADDRE
 users), else a new local Ray. When this process joins a running cluster outside a Ray job, it ships its own
 code (`tune_siamese`, `search_spaces`) to the workers as runtime_env py_modules; inside a Ray job the job's
 runtime_env (`ray job submit --working-dir .`) does that. Either way the nodes need the dependencies
-installed (see the README's cluster section).
+installed (see docs/cluster.md).
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ To start it on a GPU node, as the user who runs Ray, before `ray start` (or befo
 
 with CUDA_VISIBLE_DEVICES unset, so that it serves every GPU of the node (Ray gives each trial its GPU through
 CUDA_VISIBLE_DEVICES); stop it with `echo quit | nvidia-cuda-mps-control` (same CUDA_MPS_PIPE_DIRECTORY). More in
-the README, "GPU sharing (MPS)".
+docs/cluster.md, "GPU sharing (MPS)".
 """
 from __future__ import annotations
 
@@ -82,13 +82,14 @@ def fractional_gpu_warning(gpus_per_trial: float, local_gpus: int, mps: bool, on
     share = f"--gpus-per-trial {gpus_per_trial:g} shares each GPU between {round(1 / gpus_per_trial)} trials"
     if on_cluster:
         return (f"NOTE: {share}; they run side by side only on nodes where NVIDIA MPS runs: start "
-                "`nvidia-cuda-mps-control -d` on every GPU node before `ray start` there (README: GPU sharing (MPS))")
+                "`nvidia-cuda-mps-control -d` on every GPU node before `ray start` there "
+                "(docs/cluster.md: GPU sharing (MPS))")
     if local_gpus == 0 or mps:  # no GPU here: Ray refuses the trials anyway; with MPS: nothing to warn about
         return None
     control = mps_pipe_directory() / "control"
     return (f"WARNING: {share}, but NVIDIA MPS is not running here (no daemon answers at {control}): the trials'"
             " kernels take turns on the GPU instead of running side by side; start it with "
-            "`nvidia-cuda-mps-control -d` before the search (README: GPU sharing (MPS))")
+            "`nvidia-cuda-mps-control -d` before the search (docs/cluster.md: GPU sharing (MPS))")
 
 
 def sharing_warning(gpus_per_trial: float, on_cluster: bool) -> str | None:

@@ -143,8 +143,8 @@ class Verifier(nn.Module):
     """Two batches of decoded uint8 images [B, H, W] (grayscale, the config's crop and image size) to the logit
     that they show the same person: the model's zoom, scaling to [0, 1], resize and optional flip averaging.
 
-    `tune-siamese verify` scores with it and the export traces it (verifier.pt2), so the plain-torch snippet in the
-    README and `verify` run the same operations and only PIL decoding sits in front of the graph."""
+    `tune-siamese verify` scores with it and the export traces it (verifier.pt2), so the plain-torch snippet in
+    docs/exports.md and `verify` run the same operations and only PIL decoding sits in front of the graph."""
 
     def __init__(self, model: nn.Module, config: Config):
         super().__init__()

@@ -18,7 +18,7 @@ RUNG_METRICS = {"last": VAL_LOSS, "best": BEST_VAL_LOSS, "avg3": VAL_LOSS_AVG3}
 MODE = "min"
 DIVERGED_LOSS = 10.0  # reported by a diverged trial: finite, so the searcher ranks it as bad instead of failing
 
-# Exit codes of a search besides 0 and 2 (bad input, InputError); the guarantees in the docs list them.
+# Exit codes of a search besides 0 and 2 (bad input, InputError); docs/guarantees.md lists them.
 EXIT_NO_USABLE_TRIAL = 3  # every trial diverged or errored: final.json says why, nothing is exported
 EXIT_CTRL_C = 130  # 128 + SIGINT, as a shell reports a job Ctrl-C ended
 EXIT_SIGTERM = 143  # 128 + SIGTERM
