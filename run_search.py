@@ -5,12 +5,12 @@
     python run_search.py --address auto --gpus-per-trial 0.25 --storage-path /shared/ray_results
     python run_search.py --resume ray_results/siamese-quick-20261128-170000
 
-The same command is installed as `tune-siamese search`; both run tune_siamese.search_command.
+The same command is installed as `tune-siamese search`, and `tune_siamese.search(**options)` is its Python
+form; all three run tune_siamese.search_command.
 """
 import sys
 
 from tune_siamese.search_command import main, parse_args, run  # noqa: F401  (tests and benchmarks use them)
-from tune_siamese.settings import build_settings  # noqa: F401  (benchmarks build settings through here)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,7 +9,7 @@ same cores, --max-concurrent trials at once, one CPU and one torch thread each.
                  from --results). It yields the oracle: every grid configuration retrained as run_search.py
                  retrains its pick, the best DevTest AUC among them (--oracle-top N: cheaper, see below).
   SEARCHER[+asha][:OPTION...]
-                 search.build_tuner exactly as run_search.py builds it (settings from run_search.build_settings
+                 search.build_tuner exactly as run_search.py builds it (settings from tune_siamese.api.search_settings
                  with --searcher SEARCHER, SEARCHER in random, tpe, gp, cmaes, qmc), given the same epoch budget
                  (--budget, default a quarter of the grid's epochs): a Tune stopper ends the search once its trials
                  have reported that many epochs. +asha: ASHA (--grace-period, --reduction-factor); without it every
@@ -206,28 +206,26 @@ def num_samples(args: argparse.Namespace, method: Method) -> int:
 def build(args: argparse.Namespace, storage: str, name: str, method: Method, seed: int, samples: int) -> Any:
     """SearchSettings as run_search.py builds them from these options; the trials' seed is then pinned to
     --trial-seed (run_search.py uses --seed for both)."""
-    import run_search
+    from tune_siamese.api import search_settings
 
     patience = args.patience or args.max_epochs + 1
     fixed: dict[str, Any] = {"image_size": args.image_size, "embedding": 4096, "init": "koch", "batch_size": 32,
                              "momentum": 0.9, "patience": patience}
     if method.val_pairs != "given":
         fixed["val_pairs"] = method.val_pairs
-    argv = ["--data", args.data, "--space", "smoke", "--seed", str(seed), "--num-samples", str(samples),
-            "--max-epochs", str(args.max_epochs), "--cpus-per-trial", "1", "--max-concurrent", str(args.max_concurrent),
-            "--storage-path", storage, "--name", name, "--max-failures", "0"]
+    options: dict[str, Any] = dict(data=args.data, space="smoke", seed=seed, num_samples=samples,
+                                   max_epochs=args.max_epochs, cpus_per_trial=1, max_concurrent=args.max_concurrent,
+                                   storage_path=storage, name=name, max_failures=0, set=fixed)
     if method.searcher != "grid":
-        argv += ["--searcher", method.searcher]
+        options["searcher"] = method.searcher
     if method.reproducible:
-        argv += ["--reproducible"]  # refuses ASHA's options
+        options["reproducible"] = True  # refuses ASHA's options
     else:
-        argv += ["--grace-period", str(args.grace_period if method.asha else args.max_epochs),
-                 "--reduction-factor", str(args.reduction_factor), "--rung-metric", method.rung]
+        options.update(grace_period=args.grace_period if method.asha else args.max_epochs,
+                       reduction_factor=args.reduction_factor, rung_metric=method.rung)
     if method.finalists:
-        argv += ["--finalists", str(method.finalists), "--finalist-seeds", str(method.finalist_seeds)]
-    for key, value in fixed.items():
-        argv += ["--set", f"{key}={value}"]
-    settings, _ = run_search.build_settings(run_search.parse_args(argv))
+        options.update(finalists=method.finalists, finalist_seeds=method.finalist_seeds)
+    settings, _ = search_settings(**options)
     base = {k: v for k, v in settings.base.items() if k != "width"}  # width comes from the space
     return dataclasses.replace(settings, base={**base, "seed": args.trial_seed})
 

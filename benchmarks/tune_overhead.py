@@ -5,7 +5,7 @@ max_t, so it stops nothing) on the same cores:
 
   plain    multiprocessing (spawn) pool of --max-concurrent workers, 1 torch thread each, every worker loading
            the data once (disk cache) and calling tune_siamese.engine.fit per trial;
-  Tune     run_search.py's path: run_search.build_settings -> tune_siamese.tuning.build_tuner (OptunaSearch +
+  Tune     run_search.py's path: tune_siamese.api.search_settings -> tune_siamese.tuning.build_tuner (OptunaSearch +
            ASHA, per-epoch checkpoints, max_concurrent_trials) with the dataset shared through Ray's object
            store (tune.with_parameters, what the project does), cpus_per_trial 1;
   Tune, each trial loads the data itself (load_data inside the trainable; --cache cold gives every trial an
@@ -69,18 +69,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build(args: argparse.Namespace, storage: str, name: str) -> Any:
-    """SearchSettings exactly as run_search.py builds them from its command line."""
-    import run_search
+    """SearchSettings exactly as ts.search (and run_search.py) builds them."""
+    from tune_siamese.api import search_settings
 
     fixed = {"width": args.width, "image_size": args.image_size, "embedding": 4096, "batchnorm": True,
              "optimizer": "adam", "lr": 1e-3, "init": "koch", "patience": args.epochs + 1}
-    argv = ["--data", args.data, "--space", "smoke", "--seed", str(args.seed), "--num-samples", str(args.trials),
-            "--max-epochs", str(args.epochs), "--grace-period", str(args.epochs), "--cpus-per-trial", "1",
-            "--max-concurrent", str(args.max_concurrent), "--storage-path", storage, "--name", name,
-            "--max-failures", "0"]
-    for key, value in fixed.items():
-        argv += ["--set", f"{key}={value}"]
-    settings, _ = run_search.build_settings(run_search.parse_args(argv))
+    settings, _ = search_settings(data=args.data, space="smoke", seed=args.seed, num_samples=args.trials,
+                                  max_epochs=args.epochs, grace_period=args.epochs, cpus_per_trial=1,
+                                  max_concurrent=args.max_concurrent, storage_path=storage, name=name,
+                                  max_failures=0, set=fixed)
     return settings
 
 
@@ -185,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, info: dict[str, Any], storage: str, temp: str, started: float) -> int:
     import ray
 
-    import run_search
+    from tune_siamese.cluster import fit_resources
 
     if args.data != "synthetic":
         args.data = str(Path(args.data).resolve())
@@ -206,7 +203,7 @@ def run(args: argparse.Namespace, info: dict[str, Any], storage: str, temp: str,
     ray_init_s = time.time() - ray_started
     try:
         for variant in variants:
-            s = run_search.check_resources(settings[variant])
+            s = fit_resources(settings[variant])
             print(f"Tune ({variant}): {args.trials} trials ...", flush=True)
             runs[variant] = tune_run(args, s, data, variant, temp)
     finally:

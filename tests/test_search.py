@@ -19,6 +19,7 @@ from tune_siamese.checkpoint import load, load_model
 from tune_siamese.config import Config
 from tune_siamese.data import load_data
 from tune_siamese.names import FINAL_FILE
+from tune_siamese.settings import build_settings
 
 
 def max_overlap(frames: dict[str, pd.DataFrame]) -> int:
@@ -206,7 +207,7 @@ def test_every_value_a_space_can_produce_is_checked_first(tmp_path, capsys, attr
 
 
 def test_set_max_epochs_is_not_overridden_by_the_preset(tmp_path):
-    settings, _ = run_search.build_settings(run_search.parse_args([*SMOKE, "--set", "max_epochs=7",
+    settings, _ = build_settings(run_search.parse_args([*SMOKE, "--set", "max_epochs=7",
                                                                    "--storage-path", str(tmp_path)]))
     assert settings.max_epochs == 7 and settings.base["max_epochs"] == 7
 
@@ -245,7 +246,7 @@ def test_gpu_trials_use_cuda_graphs_unless_told_not_to(tmp_path):
 
     def trial_config(*options: str) -> Config:
         args = run_search.parse_args([*SMOKE, "--storage-path", str(tmp_path), *options])
-        return Config.from_dict(run_search.build_settings(args)[0].base)
+        return Config.from_dict(build_settings(args)[0].base)
 
     assert trial_config().cuda_graphs is False  # CPU trials: the Config default
     assert trial_config("--gpus-per-trial", "0.25").cuda_graphs is True
@@ -256,7 +257,7 @@ def experiment_with_settings(storage_path: Path) -> Path:
     """An experiment folder holding only the search settings of a smoke search (what --resume reads first)."""
     experiment = storage_path / "exp"
     experiment.mkdir()
-    settings, _ = run_search.build_settings(run_search.parse_args([*SMOKE, "--storage-path", str(storage_path),
+    settings, _ = build_settings(run_search.parse_args([*SMOKE, "--storage-path", str(storage_path),
                                                                    "--name", "exp"]))
     (experiment / "search_settings.json").write_text(json.dumps(dataclasses.asdict(settings)))
     return experiment
@@ -345,11 +346,11 @@ def test_resume_refuses_a_study_that_lacks_the_experiments_trials(tmp_path, caps
 
 
 def test_default_study_storage_is_recorded_inside_the_experiment(tmp_path):
-    settings, _ = run_search.build_settings(run_search.parse_args([*SMOKE, "--storage-path", str(tmp_path),
+    settings, _ = build_settings(run_search.parse_args([*SMOKE, "--storage-path", str(tmp_path),
                                                                    "--name", "exp"]))
     assert settings.study_storage == "sqlite:///{experiment}/optuna.db" and settings.study_name == "exp"
     assert settings.study_location == f"sqlite:///{tmp_path / 'exp' / 'optuna.db'}"
-    given, _ = run_search.build_settings(run_search.parse_args([*SMOKE, "--storage-path", str(tmp_path),
+    given, _ = build_settings(run_search.parse_args([*SMOKE, "--storage-path", str(tmp_path),
                                                                 "--study-storage", "journal.log"]))
     assert given.study_storage == given.study_location == "journal.log"  # as the user gave it
 

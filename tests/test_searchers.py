@@ -17,7 +17,7 @@ import run_search
 from search_spaces import PRESETS, get_preset
 from tune_siamese import settings as settings_module
 from tune_siamese.names import BEST_VAL_LOSS, VAL_LOSS, VAL_LOSS_AVG3
-from tune_siamese.settings import SEARCHERS, load_resume_settings
+from tune_siamese.settings import SEARCHERS, build_settings, load_resume_settings
 from tune_siamese.tuning import build_sampler, build_scheduler, build_tuner
 
 SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
@@ -26,7 +26,7 @@ SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomS
 
 
 def settings_for(tmp_path, *options: str):
-    return run_search.build_settings(run_search.parse_args([*SMOKE, "--storage-path", str(tmp_path), *options]))
+    return build_settings(run_search.parse_args([*SMOKE, "--storage-path", str(tmp_path), *options]))
 
 
 def first_draws(sampler: optuna.samplers.BaseSampler, trials: int = 3) -> list[dict]:
@@ -98,10 +98,10 @@ def test_presets_choose_the_defaults_and_their_values_are_checked(tmp_path, caps
                      "                                         'reproducible': True})\n"
                      "BAD = Preset(space=LR, option_defaults={'searcher': 'annealing'})\n"
                      "FLAT = Preset(space=LR, option_defaults={'reduction_factor': 1})\n")
-    good = run_search.build_settings(run_search.parse_args(["--space", f"{space}:GOOD", "--storage-path",
+    good = build_settings(run_search.parse_args(["--space", f"{space}:GOOD", "--storage-path",
                                                             str(tmp_path)]))[0]
     assert (good.searcher, good.rung_metric, good.reproducible) == ("random", "avg3", True)
-    given = run_search.build_settings(run_search.parse_args(["--space", f"{space}:GOOD", "--searcher", "qmc",
+    given = build_settings(run_search.parse_args(["--space", f"{space}:GOOD", "--searcher", "qmc",
                                                              "--no-reproducible", "--storage-path", str(tmp_path)]))[0]
     assert (given.searcher, given.reproducible) == ("qmc", False)  # an option given beats the preset
     assert run_search.main(["--space", f"{space}:BAD", "--storage-path", str(tmp_path)]) == 2

@@ -130,6 +130,15 @@ def search(*, console: bool = False, **options: Any) -> SearchResult:
     return result
 
 
+def search_settings(**options: Any) -> tuple[Any, Any]:
+    """(SearchSettings, Preset) that ts.search(**options) would run with, every option checked and nothing
+    started: for benchmarks and tools that build their own Tuner (tuning.tuner_for)."""
+    from .search_command import parse_args
+    from .settings import build_settings
+
+    return build_settings(parse_args(options_to_argv(options), prog="run_search.py"))
+
+
 def load(source: str) -> Any:
     """A FaceVerifier from an export folder, a storage URI or a checkpoint: .score(a, b), .verify(a, b)."""
     from .face_verifier import FaceVerifier
