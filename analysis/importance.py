@@ -7,7 +7,7 @@ best val loss the trial reached, or DIVERGED_LOSS for a trial that diverged befo
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import optuna
 import pandas as pd
@@ -16,8 +16,16 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from tune_siamese.errors import InputError
 from tune_siamese.names import DIVERGED, DIVERGED_LOSS
 
-if TYPE_CHECKING:
-    from .experiment import Experiment
+
+class Trials(Protocol):
+    """What importances and distributions read of an experiment (analysis.Experiment has it): the trials, their
+    configs, the hyperparameters searched and, when known, the space they were drawn from."""
+
+    path: str
+    trials: pd.DataFrame
+    configs: dict[str, dict[str, Any]]
+    hyperparameters: list[str]
+    space: dict[str, Any] | None
 
 
 def ray_to_optuna(space: dict[str, Any]) -> dict[str, BaseDistribution]:
@@ -43,7 +51,7 @@ def infer_distributions(values: dict[str, list[Any]]) -> dict[str, BaseDistribut
     return out
 
 
-def distributions(exp: Experiment) -> dict[str, BaseDistribution]:
+def distributions(exp: Trials) -> dict[str, BaseDistribution]:
     """Each hyperparameter's distribution: from the preset's space when the experiment names one, else inferred
     from the trials' values. Also tells the plots which axes are categorical or logarithmic."""
     seen = {h: [c[h] for c in exp.configs.values() if c and h in c] for h in exp.hyperparameters}
@@ -62,7 +70,7 @@ def _contains(distribution: BaseDistribution, value: Any) -> bool:
     return numeric and distribution.low <= value <= distribution.high  # type: ignore[attr-defined]
 
 
-def importances(exp: Experiment, evaluator: optuna.importance.BaseImportanceEvaluator | None = None) -> pd.Series:
+def importances(exp: Trials, evaluator: optuna.importance.BaseImportanceEvaluator | None = None) -> pd.Series:
     """One importance per hyperparameter (0 for one that never varied), largest first, summing to 1;
     `.attrs["trials"]` says how many trials they rest on.
 

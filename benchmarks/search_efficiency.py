@@ -21,8 +21,8 @@ same cores, --max-concurrent trials at once, one CPU and one torch thread each.
                  tpe+asha:rung=avg3, tpe+asha:val=all, tpe+asha:finalists=2x2, tpe:reproducible.
 
 Each search method runs once per searcher seed (--seeds, default 5: seeds 0..4). Its pick is what run_search.py
-hands back: the trial with the lowest val loss at any epoch (finish.best_trial), or the finalists' winner
-(finish.run_finalists), retrained on train + val by final_model's `retrain` policy (Ray tasks) with finish.task_options
+hands back: the trial with the lowest val loss at any epoch (ranking.best_trial), or the finalists' winner
+(finalists.run_finalists), retrained on train + val by final_model's `retrain` policy (Ray tasks) with finish.task_options
 (finish_search's path, without the export): trained for the pick's epochs, DevTest scored at the threshold the
 pick's own model chose on the val pairs. A pick that was retrained before (same configuration, epochs and threshold
 model) is not retrained again: every trial trains with the same trial seed (Config.seed = --trial-seed, whatever
@@ -364,7 +364,7 @@ class Retrainer:
 def best_epoch(result: Any) -> tuple[int, float]:
     frame = result.metrics_dataframe
     rows = frame[frame[VAL_LOSS].notna()]
-    row = rows.loc[rows[VAL_LOSS].idxmin()]  # finish.best_trial's rule
+    row = rows.loc[rows[VAL_LOSS].idxmin()]  # ranking.best_trial's rule
     return int(row["epoch"]), float(row[VAL_LOSS])
 
 
@@ -415,9 +415,10 @@ def run_grid(args: argparse.Namespace, storage: str, stamp: str, data: Any, valu
     run["configs"] = configs
     run["oracle"] = configs[0]
     # The grid as a search method: its pick is its best trial by val loss, retrained like any pick.
-    from tune_siamese import finish
 
-    best, epoch, loss = finish.best_trial(results)
+    from tune_siamese.ranking import best_trial
+
+    best, epoch, loss = best_trial(results)
     scores, _ = retrain(data, "given", dict(best.config), keys, epoch, best.checkpoint, (args.trial_seed, epoch))
     run["pick"] = {"config": {k: best.config[k] for k in keys}, "epochs": epoch, "val_loss": loss,
                    "how": "best trial"}
@@ -429,7 +430,6 @@ def run_grid(args: argparse.Namespace, storage: str, stamp: str, data: Any, valu
 
 def run_method(args: argparse.Namespace, storage: str, stamp: str, method: Method, seed: int, data: Any,
                values: dict[str, list[Any]], retrain: Retrainer) -> dict[str, Any]:
-    from tune_siamese import finish
 
     keys = list(values)
     samples = num_samples(args, method)
@@ -445,12 +445,15 @@ def run_method(args: argparse.Namespace, storage: str, stamp: str, method: Metho
     if not run["trials"]:
         run["test"] = None
         return run
-    best, epoch, loss = finish.best_trial(results)
+    from tune_siamese.finalists import run_finalists
+    from tune_siamese.ranking import best_trial
+
+    best, epoch, loss = best_trial(results)
     config, epochs, checkpoint, threshold = dict(best.config), epoch, best.checkpoint, (args.trial_seed, epoch)
     how = "best trial"
     if method.finalists:
         started = time.time()
-        finalists = finish.run_finalists(settings, results, data, verbose=0)
+        finalists = run_finalists(settings, results, data, verbose=0)
         run["finalist_wall"] = round(time.time() - started, 1)
         if finalists is None:
             raise SystemExit("search_efficiency: the finalist stage was interrupted")

@@ -15,8 +15,9 @@ from helpers import SMOKE, trial_frames
 
 import run_search
 from tune_siamese.checkpoint import load_checkpoint
-from tune_siamese.finish import FINALISTS_DIR, best_trial, no_usable_reason, summarise_finalists, top_trials
+from tune_siamese.finalists import FINALISTS_DIR, summarise_finalists
 from tune_siamese.names import FINAL_FILE, STATE_FILE
+from tune_siamese.ranking import best_trial, no_usable_reason, top_trials
 from tune_siamese.settings import build_settings, load_resume_settings
 
 
@@ -170,7 +171,7 @@ def test_finalists_are_trained_again_and_the_winner_is_exported(ray_session, ide
     from analysis.report import _finalists_section
     from tune_siamese.config import Config
     from tune_siamese.data import load_data
-    from tune_siamese.finish import run_finalists
+    from tune_siamese.finalists import run_finalists
     from tune_siamese.tuning import train_siamese
 
     args = run_search.parse_args(["--data", str(identity_folder), *SMOKE, "--num-samples", "4", "--max-epochs", "2",

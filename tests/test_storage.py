@@ -137,7 +137,7 @@ def test_a_cache_write_that_fails_leaves_no_temporary(tmp_path, monkeypatch):
 
 def test_an_export_cut_short_leaves_no_export(tmp_path):
     """publish writes an export into a temporary folder and puts it in place whole, or not at all."""
-    from tune_siamese.finish import publish
+    from tune_siamese.publishing import publish_export
 
     target = tmp_path / "exp" / "export"
 
@@ -147,12 +147,12 @@ def test_an_export_cut_short_leaves_no_export(tmp_path):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     with pytest.raises(OSError):
-        publish(half_an_export, str(target), None)
+        publish_export(half_an_export, str(target), None)
     assert not target.exists() and list((tmp_path / "exp").iterdir()) == []
     target.mkdir()
     (target / "SHA256SUMS").write_text("the old export's\n")
     with pytest.raises(OSError):
-        publish(half_an_export, str(target), None)
+        publish_export(half_an_export, str(target), None)
     assert [p.name for p in target.iterdir()] == ["SHA256SUMS"] and leftovers(tmp_path) == []
 
     def whole(folder: Path) -> None:
@@ -163,7 +163,7 @@ def test_an_export_cut_short_leaves_no_export(tmp_path):
     copy = tmp_path / "copy"
     copy.mkdir()
     (copy / "notes.txt").write_text("the user's own file")  # --export-dir may hold other files: they stay
-    publish(whole, str(target), str(copy))
+    publish_export(whole, str(target), str(copy))
     assert sorted(p.name for p in target.iterdir()) == ["SHA256SUMS", "model.safetensors"]
     assert (target / "SHA256SUMS").read_text() == (copy / "SHA256SUMS").read_text() == "the new export's\n"
     assert sorted(p.name for p in copy.iterdir()) == ["SHA256SUMS", "model.safetensors", "notes.txt"]
@@ -181,8 +181,8 @@ def test_a_full_disk_leaves_every_file_whole(full_disk, monkeypatch, tiny_config
     from analysis.plots import _save
     from tune_siamese.checkpoint import export_model, save_checkpoint
     from tune_siamese.data import images
-    from tune_siamese.finish import publish
     from tune_siamese.model import build_model
+    from tune_siamese.publishing import publish_export
 
     final = full_disk / "exp" / "final.json"
     storage.write_text(final, OLD)
@@ -198,8 +198,8 @@ def test_a_full_disk_leaves_every_file_whole(full_disk, monkeypatch, tiny_config
         _save(Figure(), full_disk / "report" / "roc.png")
     config = tiny_config()
     with pytest.raises(OSError):
-        publish(lambda folder: export_model(build_model(config), config, folder), str(full_disk / "exp" / "export"),
-                None)
+        publish_export(lambda folder: export_model(build_model(config), config, folder),
+                       str(full_disk / "exp" / "export"), None)
     assert not (full_disk / "exp" / "export").exists()
     (full_disk / "filler").unlink()
     assert leftovers(full_disk) == []

@@ -9,6 +9,7 @@ installed (see docs/cluster.md).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 import os
 import socket
@@ -70,10 +71,11 @@ def code_runtime_env() -> dict[str, Any] | None:
     """py_modules that carry this project's code to the workers; None inside a Ray job (its runtime_env does)."""
     if RAY_JOB_ENV in os.environ:
         return None
-    import search_spaces
-    import tune_siamese
-
-    return {"py_modules": [os.path.dirname(tune_siamese.__file__), os.path.dirname(search_spaces.__file__)]}
+    # Found, not imported: this package's folder is ours, search_spaces's is a sibling package of it.
+    spaces = importlib.util.find_spec("search_spaces")
+    if spaces is None or spaces.origin is None:
+        raise InputError("the search_spaces package is not importable: install the project (pip install -e .)")
+    return {"py_modules": [str(Path(__file__).resolve().parent), os.path.dirname(spaces.origin)]}
 
 
 def connect(option: str | None, timeout: float = CONNECT_TIMEOUT_S, dashboard: bool = False) -> str:

@@ -26,16 +26,9 @@ def finalize(experiment: str, policy: str, size: int | None, address: str | None
     unpickles Ray's state), that nothing of this name exists yet, and the data."""
     from .data import load_data
     from .final_model import build_final_model
-    from .finish import (
-        Finalists,
-        best_trial,
-        final_basis,
-        hand_back,
-        member_options,
-        no_usable_reason,
-        run_finalists,
-        task_options,
-    )
+    from .finalists import Finalists, run_finalists
+    from .finish import final_basis, hand_back, member_options, task_options
+    from .ranking import best_trial, no_usable_reason
     from .tuning import interrupted, restore_tuner
 
     size = size if size is not None else (FINAL_SIZE if policy in ("seeds", "folds") else 1)

@@ -184,7 +184,8 @@ def run(args: argparse.Namespace, stop: SigtermAsCtrlC | None = None) -> tuple[d
     see `stop`), it prints the command that resumes it and raises SearchInterrupted."""
     from . import cluster, storage
     from .data import load_data
-    from .finish import finish_search, run_finalists
+    from .finalists import run_finalists
+    from .finish import finish_search
     from .settings import check_targets, prepare
     from .tuning import fit_tuner, interrupted, tuner_for
 

@@ -54,7 +54,7 @@ class SearchSettings:
     searcher: str = "tpe"  # the Optuna sampler (SEARCHERS)
     rung_metric: str = "last"  # what ASHA judges a trial by at each rung (names.RUNG_METRICS)
     reproducible: bool = False  # batches of max_concurrent suggestions, no early stopping (search.build_tuner)
-    finalists: int = 0  # after the search, retrain the top K configurations with fresh seeds (finish.run_finalists)
+    finalists: int = 0  # after the search, retrain the top K configurations with fresh seeds (finalists.run_finalists)
     finalist_seeds: int = 0  # seeds per finalist (>= 1 when finalists > 0)
     final: str = "retrain"  # what is handed back (names.FINAL_POLICIES, built by final_model)
     final_size: int = 1  # members of a `seeds` or `folds` final model
