@@ -22,7 +22,7 @@ prefetch while the others are timed). The peer's JPEG files are read once before
 any epoch after the first). bf16 on a CPU without AVX512-BF16/AMX is emulated and very slow: there it trains
 only --bf16-max-pairs pairs and its s/epoch is extrapolated (marked *).
 Quality: the reference peer and the fastest project variant then continue to --epochs epochs; the val loss of
-every model is scored by one evaluator (engine.predict, fp32, on the cached val arrays); the peer is also scored
+every model is scored by one evaluator (scoring.predict, fp32, on the cached val arrays); the peer is also scored
 by its own pipeline. Noise: both are trained again with --noise-seeds other seeds (interleaved, so their epoch
 times join the mean), and the difference of the mean val losses is compared with its standard error.
 FLOP/s: forward FLOPs per image from model.forward_flops; a training step ~ 3x forward (forward + backward for
@@ -62,15 +62,9 @@ from tune_siamese.data import (  # noqa: E402
     parse_pair_list,
     render_synthetic,
 )
-from tune_siamese.engine import (  # noqa: E402
-    cpu_has_native_bf16,
-    graphed_step,
-    images_on,
-    model_and_optimizer,
-    predict,
-    train_one_epoch,
-)
+from tune_siamese.engine import graphed_step, model_and_optimizer, train_one_epoch  # noqa: E402
 from tune_siamese.model import build_model, forward_flops  # noqa: E402
+from tune_siamese.scoring import cpu_has_native_bf16, images_on, predict  # noqa: E402
 
 LOG_INTERVAL = 10  # pytorch/examples' siamese_network logs loss.item() every 10 batches
 
@@ -354,7 +348,7 @@ class ProjectRunner(Runner):
 
 
 def score(runner: Runner, images: torch.Tensor, val: np.ndarray, base: Config) -> dict[str, float]:
-    """Val loss of any runner's model by one evaluator: engine.predict in fp32 on the cached val arrays."""
+    """Val loss of any runner's model by one evaluator: scoring.predict in fp32 on the cached val arrays."""
     cfg = base.replace(precision="fp32", channels_last=runner.channels_last)
     logits = predict(runner.model, images, val, cfg)
     labels = val[:, 2].astype(np.float64)
@@ -572,7 +566,7 @@ def run(args: argparse.Namespace, device: torch.device, info: dict, root: Path, 
         f"Mean over all epochs and seeds ({n} seed(s) × {args.epochs} epoch(s), interleaved the same way): peer "
         f"{mean_peer:.2f} s/epoch, {best.name} {mean_best:.2f} s/epoch → speed-up {mean_peer / mean_best:.2f}×.",
         "",
-        f"Val loss after each epoch, seeds {seeds[0]}..{seeds[-1]} (one evaluator: engine.predict, fp32, cached val "
+        f"Val loss after each epoch, seeds {seeds[0]}..{seeds[-1]} (one evaluator: scoring.predict, fp32, cached val "
         "arrays; the last column scores the peer through its own JPEG pipeline)"
         + (" — on CUDA runs are not bit-reproducible (cuDNN), so even equal seeds differ" if device.type == "cuda"
            else "") + ":",

@@ -48,7 +48,7 @@ import _common  # noqa: E402  (puts the repository root on sys.path)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from tune_siamese import augment, config, data, engine, gpu_sharing, model  # noqa: E402,F401  (core modules only)
+from tune_siamese import augment, config, data, engine, gpu_sharing, model, scoring  # noqa: E402,F401  (core modules only)
 from tune_siamese.config import Config, parse_overrides  # noqa: E402
 from tune_siamese.errors import InputError  # noqa: E402
 
@@ -100,7 +100,7 @@ def worker(rank: int, args: argparse.Namespace, device: str, group: dict[str, An
         train = pairs.train
         if args.pairs:
             train = train[np.random.default_rng(0).permutation(len(train))[:args.pairs]]
-        images = engine.images_on(dev, pairs.images)
+        images = scoring.images_on(dev, pairs.images)
         net, optimizer = engine.model_and_optimizer(cfg, dev)  # as engine.fit builds them
         generator = torch.Generator().manual_seed(rank)
         trainer = engine.compiled(net, cfg)
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- data: {loaded.summary()}; {n_pairs} training pairs per epoch, {args.epochs} timed epoch(s) per "
         f"process after {args.warmup_batches} warm-up batches",
         f"- trial: Koch net width {args.width}, {args.image_size} px, BatchNorm, Adam lr 1e-3, precision "
-        f"{args.precision} ({'bf16 autocast' if engine.use_bf16(cfg, torch.device(device)) else 'fp32'}), "
+        f"{args.precision} ({'bf16 autocast' if scoring.use_bf16(cfg, torch.device(device)) else 'fp32'}), "
         f"channels_last {args.channels_last}, {args.threads} torch thread(s) per process, device {device}",
         "- K processes (multiprocessing spawn) share the device at once, as Ray's gpus_per_trial = 1/K does; "
         "aggregate = all pairs trained ÷ (last finish − first start); 'vs 1 process' compares with the first row "

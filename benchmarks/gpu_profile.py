@@ -37,7 +37,7 @@ import torch  # noqa: E402
 from torch.autograd import DeviceType  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from tune_siamese import data, engine  # noqa: E402
+from tune_siamese import data, engine, scoring  # noqa: E402
 from tune_siamese.config import Config, parse_overrides  # noqa: E402
 from tune_siamese.errors import InputError  # noqa: E402
 
@@ -81,7 +81,7 @@ class Trial:
         engine.setup(cfg)
         pairs = data.load_data(cfg)
         self.device = device
-        self.images = engine.images_on(device, pairs.images)
+        self.images = scoring.images_on(device, pairs.images)
         self.net, self.optimizer = engine.model_and_optimizer(cfg, device)  # as engine.fit builds them
         trainer = engine.compiled(self.net, cfg)
         self.eager = engine.training_step(trainer, self.optimizer, self.images, cfg, torch.Generator())

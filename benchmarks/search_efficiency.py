@@ -371,7 +371,7 @@ def best_epoch(result: Any) -> tuple[int, float]:
 def own_model_auc(result: Any, data: Any) -> float:
     """DevTest AUC of a trial's own model (train part only, best epoch): --oracle-top's cheap ranking."""
     from tune_siamese import final_model
-    from tune_siamese.engine import images_on, resolve_device, val_and_test
+    from tune_siamese.scoring import images_on, resolve_device, val_and_test
 
     config = Config.from_dict(dict(result.config), source="grid trial")
     model = final_model.trial_model(result.checkpoint, config)

@@ -25,9 +25,10 @@ from scipy.stats import spearmanr  # noqa: E402
 from tune_siamese.checkpoint import as_trained, load_checkpoint  # noqa: E402
 from tune_siamese.config import Config  # noqa: E402
 from tune_siamese.data import load_data  # noqa: E402
-from tune_siamese.engine import images_on, pair_metrics, predict  # noqa: E402
+from tune_siamese.metrics import pair_metrics  # noqa: E402
 from tune_siamese.model import DATA_FIELDS, build_model  # noqa: E402
 from tune_siamese.names import STATE_FILE  # noqa: E402
+from tune_siamese.scoring import images_on, predict  # noqa: E402
 
 LEARNS = 0.6  # DevTest AUC above which a trial counts as having learned (the others tie near 0.5)
 

@@ -4,7 +4,7 @@ GPU memory), measured in one run side by side.
 Each width runs in its own spawned process (a fresh peak-RSS counter): load the data as a trial receives it
 (the decoded uint8 arrays), build the model as engine.fit does, train --batches batches with
 engine.train_one_epoch (Adam, the project's precision "auto": bf16 autocast on CUDA and on CPUs with native
-bf16), then score the validation pairs with engine.predict. Reported: RSS after imports and data (what every
+bf16), then score the validation pairs with scoring.predict. Reported: RSS after imports and data (what every
 trial pays regardless of width), peak RSS (VmHWM), parameter + Adam state size, and on CUDA
 max_memory_allocated / max_memory_reserved.
 
@@ -43,8 +43,9 @@ def measure(width: float, args: argparse.Namespace, data_arg: str, out: Any) -> 
 
     from tune_siamese.config import Config
     from tune_siamese.data import load_data
-    from tune_siamese.engine import images_on, make_optimizer, predict, setup, train_one_epoch, use_bf16
+    from tune_siamese.engine import make_optimizer, setup, train_one_epoch
     from tune_siamese.model import build_model, count_parameters
+    from tune_siamese.scoring import images_on, predict, use_bf16
 
     cfg = Config(data=data_arg, image_size=args.image_size, width=width, batchnorm=True, init="torch",
                  optimizer="adam", lr=1e-3, batch_size=args.batch_size, threads=args.threads, device=args.device)

@@ -27,8 +27,10 @@ from tune_siamese.checkpoint import (
     save_checkpoint,
 )
 from tune_siamese.data import decode_image, load_data, parse_pair_list
-from tune_siamese.engine import best_threshold, fit, images_on, pair_metrics, predict, validation_logits
+from tune_siamese.engine import fit
+from tune_siamese.metrics import best_threshold, pair_metrics
 from tune_siamese.model import EnsembleNet, build_model
+from tune_siamese.scoring import images_on, predict, validation_logits
 
 TINY = {"image_size": 72, "width": 0.0625, "init": "torch", "batchnorm": True, "lr": 3e-3, "max_epochs": 3,
         "device": "cpu", "threads": 1}

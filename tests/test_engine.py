@@ -13,26 +13,12 @@ import torch
 from tune_siamese.augment import koch_affine
 from tune_siamese.checkpoint import load_checkpoint, save_checkpoint
 from tune_siamese.config import Config
-from tune_siamese.engine import (
-    DIVERGED_ABOVE,
-    Diverged,
-    best_threshold,
-    chance_check,
-    epoch_line,
-    evaluate,
-    fit,
-    images_on,
-    make_optimizer,
-    pair_metrics,
-    predict,
-    print_epochs,
-    threshold_note,
-    to_input,
-    train_and_test,
-)
+from tune_siamese.engine import DIVERGED_ABOVE, Diverged, epoch_line, fit, make_optimizer, print_epochs, train_and_test
 from tune_siamese.errors import InputError
+from tune_siamese.metrics import best_threshold, chance_check, pair_metrics, threshold_note
 from tune_siamese.model import build_model
 from tune_siamese.oneshot import one_shot_accuracy, one_shot_scores, one_shot_trials
+from tune_siamese.scoring import evaluate, images_on, predict, to_input
 
 
 def comparable(history: list[dict]) -> list[dict]:
@@ -299,7 +285,7 @@ def test_one_shot_accuracy_of_a_trained_model_beats_chance(learned, tiny_config)
 
 
 def test_tar_at_far_reads_the_roc_at_the_false_accept_rate():
-    from tune_siamese.engine import pair_metrics, tar_at_far
+    from tune_siamese.metrics import pair_metrics, tar_at_far
 
     fpr, tpr = np.array([0.0, 0.005, 0.02, 1.0]), np.array([0.1, 0.4, 0.7, 1.0])
     assert tar_at_far(fpr, tpr, 1e-2) == 0.4 and tar_at_far(fpr, tpr, 1e-3) == 0.1

@@ -48,7 +48,8 @@ def test_retrain_is_one_model_on_train_and_val_with_the_trial_models_threshold(r
     given epochs, scored at the threshold a train-only model chooses on the val pairs."""
     from dataclasses import replace
 
-    from tune_siamese.engine import evaluate, fit, images_on, resolve_device, val_and_test
+    from tune_siamese.engine import fit
+    from tune_siamese.scoring import evaluate, images_on, resolve_device, val_and_test
 
     config, data = tiny_config(max_epochs=2), synthetic_small
     final = build_final_model("retrain", 1, config, 2, data, None, {"num_cpus": 1}, {"num_cpus": 1})
@@ -77,7 +78,7 @@ def test_members_fit_side_by_side_and_are_averaged(ray_session, synthetic_small,
     if policy == "folds":
         assert sum(m["fold_pairs"] for m in members) == len(synthetic_small.train) + len(synthetic_small.val)
     # each member's own test score, at the ensemble's threshold, is recorded beside the ensemble's
-    from tune_siamese.engine import evaluate, images_on, resolve_device
+    from tune_siamese.scoring import evaluate, images_on, resolve_device
 
     images = images_on(resolve_device(config), synthetic_small.images)
     for member, member_config, record in zip(final.model.members, final.configs, members):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from tune_siamese.engine import pair_metrics
 from tune_siamese.intervals import bootstrap_intervals, person_weights, weighted_scores
+from tune_siamese.metrics import pair_metrics
 
 THRESHOLDS = {"accuracy": (0.0, True), "accuracy_at_threshold": (0.3, False)}
 FARS = {"tar_at_far_0.01": 1e-2, "tar_at_far_0.001": 1e-3}

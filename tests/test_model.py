@@ -195,8 +195,8 @@ def ensemble_members(tiny_config):
 
 
 def test_ensemble_is_the_mean_of_its_members_on_their_own_views(tiny_config):
-    from tune_siamese.engine import predict
     from tune_siamese.model import EnsembleNet, ensemble_config
+    from tune_siamese.scoring import predict
 
     members, configs = ensemble_members(tiny_config)
     images = torch.randint(0, 256, (6, 96, 96), dtype=torch.uint8)

@@ -13,10 +13,10 @@ from PIL import Image, ImageDraw
 from tune_siamese import cli, oneshot
 from tune_siamese.checkpoint import load_model, save_checkpoint
 from tune_siamese.data import decode_images
-from tune_siamese.engine import images_on
 from tune_siamese.errors import InputError
 from tune_siamese.model import build_model
 from tune_siamese.oneshot import find_omniglot_runs, omniglot_runs_accuracy, read_omniglot_runs
+from tune_siamese.scoring import images_on
 
 RUNS, WAYS = 2, 3
 

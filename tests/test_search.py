@@ -83,7 +83,7 @@ def test_export_round_trip_matches_in_memory_model(smoke_search, tmp_path):
 
     from tune_siamese import cli
     from tune_siamese.data import decode_image
-    from tune_siamese.engine import predict, to_input
+    from tune_siamese.scoring import predict, to_input
 
     model = smoke_search["model"].cpu().eval()
     export = Path(smoke_search["summary"]["export"])
@@ -136,7 +136,7 @@ def test_the_summary_says_when_the_model_is_no_better_than_chance_and_its_thresh
     from types import SimpleNamespace
 
     from tune_siamese.console import print_summary
-    from tune_siamese.engine import chance_check, threshold_note
+    from tune_siamese.metrics import chance_check, threshold_note
 
     test = {"accuracy": 0.5, "accuracy_at_threshold": 0.5, "auc": 0.51, "threshold_logit": 1e6}
     summary = {"best_val_loss": 0.69, "best_epoch": 1, "best_config": {"lr": 1.0}, "test": test, "epochs": 1,

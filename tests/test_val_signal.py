@@ -19,17 +19,11 @@ from tune_siamese.data import (
     split_for_all_pairs,
     split_validation,
 )
-from tune_siamese.engine import (
-    best_threshold,
-    fit,
-    images_on,
-    pair_metrics,
-    predict,
-    predict_by_image,
-    val_and_test,
-)
+from tune_siamese.engine import fit
 from tune_siamese.errors import InputError
+from tune_siamese.metrics import best_threshold, pair_metrics
 from tune_siamese.model import build_model
+from tune_siamese.scoring import images_on, predict, predict_by_image, val_and_test
 
 
 def hand_made(counts: dict[int, int], val: list[tuple[int, int]], train: list[tuple[int, int]],

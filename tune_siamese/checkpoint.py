@@ -244,7 +244,7 @@ def _write_checksums(out: Path, files: list[str]) -> None:
 
 
 def load(source: str | Path) -> LoadedModel:
-    """Model, config (the one to feed `engine.predict` with), decision threshold and training people from an
+    """Model, config (the one to feed `scoring.predict` with), decision threshold and training people from an
     export directory (single or ensemble, local or a storage URI such as s3://bucket/results/EXP/export) or a
     checkpoint file: `tune-siamese train`'s checkpoint.pt, or a search trial's state.pt, whose best epoch's
     weights load (it holds no threshold: LoadedModel.threshold is None)."""
@@ -325,7 +325,7 @@ def _load_ensemble(source: Path) -> LoadedModel:
         model = EnsembleNet([cast(SiameseNet, m.model) for m in loaded], [m.config for m in loaded])
     except InputError as exc:  # members that cannot be ensembled: say which file put them together
         raise InputError(str(exc), spec_path) from None
-    if config != model.config:  # engine.predict feeds the ensemble by this config: it must be the members'
+    if config != model.config:  # scoring.predict feeds the ensemble by this config: it must be the members'
         raise InputError("config differs from the one its members' configs give", spec_path)
     metrics_path = source / "metrics.json"
     threshold = _json_object(files["metrics.json"], metrics_path).get("threshold_logit")

@@ -17,19 +17,13 @@ from . import data as data_mod
 from . import storage
 from .checkpoint import TrainedPeople, export_model, load, people_record, save_checkpoint
 from .config import Config, parse_overrides
-from .engine import (
-    Diverged,
-    images_on,
-    pair_metrics,
-    predict,
-    print_epochs,
-    resolve_device,
-    train_and_test,
-)
+from .engine import Diverged, print_epochs, train_and_test
 from .errors import InputError
 from .face_verifier import FaceVerifier, threshold_and_people
+from .metrics import pair_metrics
 from .model import EnsembleNet
 from .oneshot import one_shot_report
+from .scoring import images_on, predict, resolve_device
 
 PROG = "tune-siamese"
 

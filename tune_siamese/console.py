@@ -26,7 +26,7 @@ def print_start(settings: Any, on_cluster: bool = False) -> None:
 
 
 def chance_warning(who: str, check: dict[str, Any]) -> str | None:
-    """The summary's line for a model whose AUC is no better than chance (engine.chance_check), else None."""
+    """The summary's line for a model whose AUC is no better than chance (metrics.chance_check), else None."""
     if not check["no_better_than_chance"]:
         return None
     pairs = check["pairs"]

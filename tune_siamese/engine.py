@@ -13,7 +13,6 @@ from typing import Any, Callable, TextIO, cast
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm import tqdm
 
 from .augment import koch_affine
@@ -21,8 +20,9 @@ from .config import Config
 from .cuda_graph import UNCAPTURED_WARNING, GraphedStep
 from .data import PairData, PairMiner
 from .errors import InputError
-from .intervals import bootstrap_intervals
-from .model import SiameseNet, build_model, center_crop, in_layout, resize
+from .metrics import pair_metrics
+from .model import SiameseNet, build_model, in_layout
+from .scoring import images_on, resolve_device, to_input, use_bf16, val_and_test, validation_logits
 
 EpochCallback = Callable[[dict[str, Any], Callable[[], dict[str, Any]]], None]
 
@@ -46,34 +46,6 @@ def check_loss(name: str, value: float, epoch: int) -> None:
     if value > DIVERGED_ABOVE:
         raise Diverged(f"{name} loss is {value:.4g} at epoch {epoch}, above {DIVERGED_ABOVE:.1f} (100 × ln 2, a "
                        "constant predictor's loss)")
-
-
-def resolve_device(config: Config) -> torch.device:
-    if config.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(config.device)
-    except RuntimeError:  # torch's message lists every device type; ours names the option
-        raise InputError(f"option device={config.device!r} is not auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"option device={config.device!r} but CUDA is not available")
-    return device
-
-
-def cpu_has_native_bf16() -> bool:
-    """True on CPUs with AVX512-BF16 or AMX, where oneDNN runs bf16 convs/matmuls faster than fp32.
-
-    Elsewhere (e.g. AVX2-only) bf16 is emulated and several times slower, so "auto" keeps fp32 there.
-    """
-    probes = (getattr(torch.cpu, "_is_avx512_bf16_supported", None),
-              getattr(torch.cpu, "_is_amx_tile_supported", None))
-    return any(bool(probe()) for probe in probes if probe is not None)
-
-
-def use_bf16(config: Config, device: torch.device) -> bool:
-    if config.precision == "auto":
-        return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
-    return config.precision == "bf16"
 
 
 def seed_everything(seed: int) -> None:
@@ -141,23 +113,6 @@ def make_scheduler(config: Config, optimizer: torch.optim.Optimizer) -> torch.op
     return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
 
 
-def images_on(device: torch.device, images: np.ndarray) -> torch.Tensor:
-    """The uint8 images go to the device once; batches are gathered and converted there.
-
-    On the CPU this is zero-copy: arrays from Ray's object store are read-only shared memory, which torch
-    warns about; the tensor is only ever read (gathered into new batches), never written.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(np.ascontiguousarray(images)).to(device)
-
-
-def to_input(images: torch.Tensor, index: torch.Tensor, config: Config) -> torch.Tensor:
-    """Gather uint8 images, keep the central `zoom` fraction, convert to [0, 1] floats at the model's size."""
-    x = center_crop(images[index], config.zoom).unsqueeze(1).float().div_(255.0)  # crop first: fewer to convert
-    return resize(x, config.model_input_size)
-
-
 def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, config: Config,
                   generator: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
     """step(batch): one optimizer step on (i, j, label) rows of pair indices; returns the mean loss on the device.
@@ -221,160 +176,12 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, im
     return float(total) / max(count, 1)  # one device sync per epoch, not per batch
 
 
-@torch.no_grad()
-def predict(model: torch.nn.Module, images: torch.Tensor, pairs: np.ndarray, config: Config) -> np.ndarray:
-    """Logits for every pair, in large batches without autograd; optionally averaged with the mirrored pair."""
-    model.eval()
-    device = images.device
-    pairs_t = torch.from_numpy(pairs).to(device)
-    bf16 = use_bf16(config, device)
-    out = []
-    for start in range(0, len(pairs_t), config.eval_batch_size):
-        batch = pairs_t[start:start + config.eval_batch_size]
-        a, b = to_input(images, batch[:, 0], config), to_input(images, batch[:, 1], config)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(in_layout(a, config), in_layout(b, config)).float()
-            if config.tta_flip:
-                logits = 0.5 * (logits + model(in_layout(a.flip(-1), config), in_layout(b.flip(-1), config)).float())
-        out.append(logits)
-    return torch.cat(out).cpu().numpy().astype(np.float64)
-
-
-@torch.no_grad()
-def predict_by_image(model: SiameseNet, images: torch.Tensor, pairs: np.ndarray, config: Config) -> np.ndarray:
-    """`predict`'s logits with each image embedded once (and its mirror, with tta_flip), then the head over the
-    pairs: all pairs among a few hundred validation images cost what those images cost, not twice per pair."""
-    model.eval()
-    device = images.device
-    used, inverse = np.unique(pairs[:, :2], return_inverse=True)
-    used_t, where = torch.from_numpy(used).to(device), torch.from_numpy(inverse.reshape(-1, 2)).to(device)
-    bf16 = use_bf16(config, device)
-    views = (False, True) if config.tta_flip else (False,)
-    total = torch.zeros(len(pairs), device=device)
-    for flip in views:
-        chunks = []
-        for start in range(0, len(used_t), config.eval_batch_size):
-            x = in_layout(to_input(images, used_t[start:start + config.eval_batch_size], config), config)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                chunks.append(model.embed(x.flip(-1) if flip else x))  # in autocast's dtype, as forward keeps it
-        emb = torch.cat(chunks)
-        for start in range(0, len(pairs), config.eval_batch_size):
-            rows = where[start:start + config.eval_batch_size]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                total[start:start + len(rows)] += model.score(emb[rows[:, 0]], emb[rows[:, 1]]).float()
-    return (total / len(views)).cpu().numpy().astype(np.float64)
-
-
-# best_threshold's bound: roc_curve's first threshold is +inf (accept no pair), kept when nothing does better.
-THRESHOLD_LIMIT = 1e6
-
-
-def best_threshold(labels: np.ndarray, logits: np.ndarray, balanced: bool = False) -> float:
-    """The logit threshold that maximises accuracy on these (validation) pairs; `balanced`: the mean of the two
-    classes' accuracies, so that ten times more different-person pairs do not pull it towards "different".
-    Where no threshold beats rejecting every pair (the pairs carry no signal) it is THRESHOLD_LIMIT."""
-    fpr, tpr, thresholds = roc_curve(labels, logits)
-    positives = labels.sum()
-    if balanced:
-        accuracy = (tpr + 1 - fpr) / 2
-    else:
-        accuracy = (tpr * positives + (1 - fpr) * (len(labels) - positives)) / len(labels)
-    return float(np.clip(thresholds[int(np.argmax(accuracy))], -THRESHOLD_LIMIT, THRESHOLD_LIMIT))
-
-
-def threshold_note(threshold_logit: float) -> str | None:
-    """What a decision threshold means when it decides every pair the same way (best_threshold's "reject
-    everything"), for the summary and final.json; None for a threshold that separates pairs."""
-    if threshold_logit < THRESHOLD_LIMIT:
-        return None
-    return (f"the decision threshold (logit {threshold_logit:g}) rejects every pair: on the val pairs that chose it "
-            "no threshold beat rejecting them all, so the model's scores there carry no signal")
-
-
-def chance_check(auc: float, labels: np.ndarray, scored_on: str) -> dict[str, Any]:
-    """Whether an AUC on pairs with these labels is no better than chance: at most the AUC that a model without
-    any signal exceeds one time in 20, 0.5 + 1.645 standard errors of the AUC under that null (the Mann-Whitney
-    statistic's variance (n1 + n2 + 1) / (12 n1 n2); 0.530 on DevTest's 500 + 500 pairs, 0.564 on 110 + 110 val
-    pairs). An AUC that is not a number counts as no better."""
-    same = int((labels > 0.5).sum())
-    different = len(labels) - same
-    bound = 0.5 + 1.645 * math.sqrt((same + different + 1) / (12 * same * different)) if same and different else 1.0
-    return {"scored_on": scored_on, "auc": auc, "chance_bound": bound,
-            "no_better_than_chance": not auc > bound, "pairs": {"same": same, "different": different}}
-
-
-def _mean(values: np.ndarray, same: np.ndarray, balanced: bool) -> float:
-    """The mean over pairs, or with `balanced` the mean of the same- and different-person pairs' means."""
-    if balanced:
-        return float(0.5 * values[same].mean() + 0.5 * values[~same].mean())
-    return float(np.mean(values))
-
-
-def pair_metrics(labels: np.ndarray, logits: np.ndarray, threshold: float | None = None,
-                 with_roc: bool = False, balanced: bool = False,
-                 people: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
-    """Loss, accuracy at logit 0 and AUC (and at `threshold`, with ROC points); `balanced` weighs each class half
-    whatever its count (validation over all pairs among its people, where different-person pairs outnumber).
-    With ROC points and `people` (each pair's two people), every score but the loss gets `<name>_ci`, its 95 %
-    interval from a bootstrap over people (tune_siamese.intervals)."""
-    labels = labels.astype(np.float64)
-    same = labels > 0.5
-    balanced = balanced and bool(same.any() and (~same).any())
-    losses = np.logaddexp(0, logits) - labels * logits  # BCE with logits, numerically stable
-    metrics: dict[str, Any] = {"loss": _mean(losses, same, balanced),
-                               "accuracy": _mean((logits > 0) == same, same, balanced)}
-    metrics["auc"] = float(roc_auc_score(labels, logits)) if 0 < labels.sum() < len(labels) else float("nan")
-    if threshold is not None:
-        metrics["threshold_logit"] = threshold
-        metrics["accuracy_at_threshold"] = _mean((logits >= threshold) == same, same, balanced)
-    if with_roc:
-        fpr, tpr, _ = roc_curve(labels, logits)
-        metrics["roc_fpr"], metrics["roc_tpr"] = fpr.tolist(), tpr.tolist()
-        for far in TAR_AT_FAR:
-            metrics[f"tar_at_far_{far:g}"] = tar_at_far(fpr, tpr, far)
-        if threshold is not None:  # where the threshold sits on that curve, by the rule accuracy_at_threshold uses
-            accepted = logits >= threshold
-            metrics["threshold_fpr"] = float(accepted[~same].mean()) if (~same).any() else float("nan")
-            metrics["threshold_tpr"] = float(accepted[same].mean()) if same.any() else float("nan")
-        if people is not None and same.any() and (~same).any():
-            thresholds = {"accuracy": (0.0, True), **({} if threshold is None else
-                                                       {"accuracy_at_threshold": (threshold, False)})}
-            fars = {f"tar_at_far_{far:g}": far for far in TAR_AT_FAR}
-            intervals = bootstrap_intervals(labels, logits, people[0], people[1], thresholds, fars)
-            metrics.update({f"{name}_ci": interval for name, interval in intervals.items()})
-    return metrics
-
-
-# What face verification reports: the share of same-person pairs accepted when at most this share of
-# different-person pairs is.
-TAR_AT_FAR = (1e-2, 1e-3)
-
-
-def tar_at_far(fpr: np.ndarray, tpr: np.ndarray, far: float) -> float:
-    """The true accept rate at the best threshold whose false accept rate is at most `far` (ROC points; with 500
-    different-person pairs a FAR of 1e-3 means no false accept at all)."""
-    allowed = fpr <= far
-    return float(tpr[allowed].max()) if allowed.any() else 0.0
-
-
-def evaluate(model: torch.nn.Module, images: torch.Tensor, pairs: np.ndarray, config: Config,
-             threshold: float | None = None, with_roc: bool = False,
-             identity: np.ndarray | None = None) -> dict[str, Any]:
-    """pair_metrics of the model's logits; with `identity` (image -> person) and ROC, 95 % intervals too."""
-    people = None if identity is None else (identity[pairs[:, 0]], identity[pairs[:, 1]])
-    return pair_metrics(pairs[:, 2], predict(model, images, pairs, config), threshold, with_roc, people=people)
-
-
-def validation_logits(model: torch.nn.Module, images: torch.Tensor, data: PairData, config: Config
-                      ) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Labels and logits of the pairs validation scores (`data.val_scored`), and whether the classes are weighed
-    half each: with val_pairs="all" they are, and a single net embeds each image once."""
-    pairs = data.val_scored
-    if data.val_all is None:
-        return pairs[:, 2], predict(model, images, pairs, config), False
-    if isinstance(model, SiameseNet):
-        return pairs[:, 2], predict_by_image(model, images, pairs, config), True
-    return pairs[:, 2], predict(model, images, pairs, config), True  # an ensemble: pair by pair
+def epoch_pairs(data: PairData, miner: PairMiner | None, config: Config) -> np.ndarray:
+    """One epoch's training pairs: the given ones, freshly mined ones, and augmented copies."""
+    pairs = data.train if miner is None else np.concatenate([data.train, miner.sample(config.mined_pairs)])
+    if config.augment and config.augment_copies > 1:
+        pairs = np.tile(pairs, (config.augment_copies, 1))  # shuffled together, each copy augmented anew
+    return pairs
 
 
 @dataclass
@@ -411,20 +218,8 @@ def fit(config: Config, data: PairData, on_epoch: EpochCallback | None = None,
     best_state: dict[str, torch.Tensor] | None = None
     bad_epochs, start_epoch = 0, 1
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        if graphed:  # a saved tensor lr comes back where it was loaded (the CPU); graphs read it on the device
-            for group in optimizer.param_groups:
-                group["lr"] = torch.tensor(float(group["lr"]), device=device)
-        scheduler.load_state_dict(resume["scheduler"])
-        generator.set_state(resume["generator"])
-        torch.set_rng_state(resume["torch_rng"])
-        if miner is not None:
-            miner.rng.bit_generator.state = resume["miner_rng"]
-        result.history = list(resume["history"])
-        result.best_epoch, result.best_val_loss = resume["best_epoch"], resume["best_val_loss"]
-        best_state, bad_epochs, start_epoch = resume["best_model"], resume["bad_epochs"], resume["epoch"] + 1
-
+        best_state, bad_epochs, start_epoch = restore(resume, model, optimizer, scheduler, generator, miner,
+                                                      result, device if graphed else None)
     def state() -> dict[str, Any]:
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
@@ -439,9 +234,7 @@ def fit(config: Config, data: PairData, on_epoch: EpochCallback | None = None,
     for epoch in range(start_epoch, last_epoch + 1):
         started = time.perf_counter()
         lr = float(optimizer.param_groups[0]["lr"])
-        pairs = data.train if miner is None else np.concatenate([data.train, miner.sample(config.mined_pairs)])
-        if config.augment and config.augment_copies > 1:
-            pairs = np.tile(pairs, (config.augment_copies, 1))  # shuffled together, each copy augmented anew
+        pairs = epoch_pairs(data, miner, config)
         train_loss = train_one_epoch(trainer, optimizer, images, pairs, config, generator, graph)
         check_loss("training", train_loss, epoch)
         scheduler.step()
@@ -471,6 +264,25 @@ def fit(config: Config, data: PairData, on_epoch: EpochCallback | None = None,
     return result
 
 
+def restore(resume: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+            generator: torch.Generator, miner: PairMiner | None, result: FitResult, graph_device: torch.device | None
+            ) -> tuple[dict[str, torch.Tensor] | None, int, int]:
+    """Load fit's resumable state into its objects; returns (best weights, bad epochs, first epoch to run)."""
+    model.load_state_dict(resume["model"])
+    optimizer.load_state_dict(resume["optimizer"])
+    if graph_device is not None:  # a saved tensor lr comes back where it was loaded (the CPU); graphs read it there
+        for group in optimizer.param_groups:
+            group["lr"] = torch.tensor(float(group["lr"]), device=graph_device)
+    scheduler.load_state_dict(resume["scheduler"])
+    generator.set_state(resume["generator"])
+    torch.set_rng_state(resume["torch_rng"])
+    if miner is not None:
+        miner.rng.bit_generator.state = resume["miner_rng"]
+    result.history = list(resume["history"])
+    result.best_epoch, result.best_val_loss = resume["best_epoch"], resume["best_val_loss"]
+    return resume["best_model"], resume["bad_epochs"], resume["epoch"] + 1
+
+
 def epoch_line(metrics: dict[str, Any], epochs: int) -> str:
     """One console line for an epoch: losses, validation AUC and time."""
     parts = [f"epoch {metrics['epoch']}/{epochs}", f"train loss {metrics['train_loss']:.4f}"]
@@ -497,15 +309,6 @@ def print_epochs(prefix: str, epochs: int, stream: TextIO | None = None) -> Epoc
         if metrics["epoch"] >= epochs:
             bar.close()
     return bar_and_line
-
-
-def val_and_test(model: torch.nn.Module, images: torch.Tensor, data: PairData, config: Config) -> dict[str, Any]:
-    """Choose the decision threshold on the val pairs, then score the test pairs at it (with ROC points).
-    Every reported test score of the project comes through here: the threshold never sees a test pair."""
-    labels, val_logits, balanced = validation_logits(model, images, data, config)
-    threshold = best_threshold(labels, val_logits, balanced)
-    return {"val": pair_metrics(labels, val_logits, threshold, balanced=balanced),
-            "test": evaluate(model, images, data.test, config, threshold, with_roc=True, identity=data.identity)}
 
 
 def train_and_test(config: Config, data: PairData, on_epoch: EpochCallback | None = None) -> tuple[FitResult, dict]:

@@ -13,9 +13,10 @@ import torch
 from . import data as data_mod
 from .checkpoint import LoadedModel, TrainedPeople, load
 from .config import Config
-from .engine import best_threshold, images_on, validation_logits
 from .errors import InputError
+from .metrics import best_threshold
 from .model import Verifier
+from .scoring import images_on, validation_logits
 
 
 def threshold_and_people(loaded: LoadedModel, config: Config, device: torch.device, source: str

@@ -26,10 +26,12 @@ from scipy.sparse.csgraph import connected_components
 from .checkpoint import as_trained, load_checkpoint
 from .config import Config
 from .data import PairData
-from .engine import best_threshold, evaluate, fit, images_on, predict, print_epochs, resolve_device, val_and_test
+from .engine import fit, print_epochs
 from .errors import InputError
+from .metrics import best_threshold
 from .model import EnsembleNet, build_model
 from .names import STATE_FILE
+from .scoring import evaluate, images_on, predict, resolve_device, val_and_test
 
 
 def identity_folds(pairs: np.ndarray, identity: np.ndarray, k: int, seed: int) -> list[np.ndarray]:

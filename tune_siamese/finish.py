@@ -20,14 +20,15 @@ from .checkpoint import export_ensemble, export_model
 from .cluster import alive_nodes
 from .config import Config
 from .data import PairData
-from .engine import chance_check, images_on, resolve_device, threshold_note, val_and_test
 from .errors import InputError
 from .final_model import FinalModel, build_final_model, cpu_state, rebuilt, trial_model
 from .finalists import Finalists
+from .metrics import chance_check, threshold_note
 from .model import EnsembleNet
 from .names import FINAL_FILE
 from .publishing import export_targets, publish_export
 from .ranking import best_report_row, best_trial, each_result, no_usable_reason, status_counts, top_trials
+from .scoring import images_on, resolve_device, val_and_test
 from .settings import SearchSettings
 
 

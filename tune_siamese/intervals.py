@@ -31,7 +31,7 @@ def person_weights(person_a: np.ndarray, person_b: np.ndarray, resamples: int, r
 def weighted_scores(labels: np.ndarray, logits: np.ndarray, weights: np.ndarray,
                     thresholds: dict[str, tuple[float, bool]], fars: dict[str, float]) -> dict[str, np.ndarray]:
     """Per row of `weights`: accuracy at each threshold ((logit, strict): strict means logit > t decides "same",
-    else logit >= t), the AUC, and the true accept rate at each false accept rate (as engine.tar_at_far)."""
+    else logit >= t), the AUC, and the true accept rate at each false accept rate (as metrics.tar_at_far)."""
     same = labels > 0.5
     total = weights.sum(axis=1)
     scores = {name: (weights @ (((logits > t) if strict else (logits >= t)) == same)) / total

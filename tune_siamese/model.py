@@ -124,7 +124,7 @@ class EnsembleNet(nn.Module):
         super().__init__()
         if not members or len(members) != len(configs):
             raise InputError("an ensemble needs one config per member, and at least one member")
-        self.config = ensemble_config(configs)  # what engine.predict feeds it; refuses mixed data settings
+        self.config = ensemble_config(configs)  # what scoring.predict feeds it; refuses mixed data settings
         self.configs = list(configs)
         self.members = nn.ModuleList(members)
 

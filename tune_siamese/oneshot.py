@@ -19,9 +19,9 @@ import torch
 
 from .config import Config
 from .data import decode_images, identity_folder_files
-from .engine import images_on, predict_by_image
 from .errors import InputError
 from .model import SiameseNet
+from .scoring import images_on, predict_by_image
 
 
 def one_shot_trials(identity: np.ndarray, ways: int, trials: int,
