@@ -17,86 +17,29 @@ matches and lies inside the export folder, and the configs, metrics and weights 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
-import re
-import secrets
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Collection, Iterable, cast
+from typing import Any, Iterable, cast
 
 import safetensors.torch
 import torch
 from safetensors.torch import save_file
 
 from . import storage
+from .checksums import CHECKSUMS, listed_files, verify_checksums, write_checksums
 from .config import Config
 from .errors import InputError
 from .model import EnsembleNet, ProbabilityVerifier, SiameseNet, build_model
+from .people import TrainedPeople, parse_people_record, people_record
 
-CHECKSUMS = "SHA256SUMS"
 ENSEMBLE_FILE = "ensemble.json"
 EXPORT_NEEDS = ("model.safetensors", "config.json", "metrics.json")  # what loading an export reads
 VERIFIER_FILES = ("verifier.pt2", "preprocess.json")  # for users without this package; loading does not read them
 ENSEMBLE_KEYS = {"members", "config"}
 IDENTITIES_FILE = "identities.json"
-_SUMS_LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](.+)")  # sha256sum's text ("  ") and binary (" *") forms
-
-
-# --------------------------------------------------------------------------------------------------
-# whom a model trained on: names are not stored (a face model's training people can be private), only a salted
-# SHA-256 digest of each, enough to tell whether a person to be scored was among them
-
-PEOPLE_SCHEME = "sha256(bytes.fromhex(salt) + name.encode('utf-8')).hexdigest()"
-PEOPLE_KEYS = {"scheme", "salt", "people", "digests"}
-_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
-
-
-def _person_digest(salt: str, name: str) -> str:
-    return hashlib.sha256(bytes.fromhex(salt) + name.encode("utf-8")).hexdigest()
-
-
-def people_record(names: Iterable[str]) -> dict[str, Any]:
-    """The record of whom a model trained or was selected on (identities.json, checkpoint.pt's "trained_people"):
-    a fresh random salt and each person's salted digest, sorted. Whoever guesses a name can still test it."""
-    salt = secrets.token_hex(16)
-    digests = sorted({_person_digest(salt, name) for name in names})
-    return {"scheme": PEOPLE_SCHEME, "salt": salt, "people": len(digests), "digests": digests}
-
-
-@dataclass(frozen=True)
-class TrainedPeople:
-    """A loaded people record: which of some names were among the people a model trained or was selected on."""
-    salt: str
-    digests: frozenset[str]
-
-    @classmethod
-    def of(cls, names: Iterable[str]) -> "TrainedPeople":
-        record = people_record(names)
-        return cls(record["salt"], frozenset(record["digests"]))
-
-    def among(self, names: Iterable[str]) -> list[str]:
-        return sorted(name for name in set(names) if _person_digest(self.salt, name) in self.digests)
-
-
-def _people(record: Any, path: Path) -> TrainedPeople:
-    """Parse a people record; anything but what `people_record` writes is refused, naming the file."""
-    if not isinstance(record, dict) or set(record) != PEOPLE_KEYS:
-        raise InputError(f"the training people record must be a JSON object with keys {', '.join(sorted(PEOPLE_KEYS))}",
-                         path)
-    if record["scheme"] != PEOPLE_SCHEME:
-        raise InputError(f"unknown digest scheme {record['scheme']!r} of the training people", path)
-    salt, digests = record["salt"], record["digests"]
-    if not isinstance(salt, str) or not re.fullmatch(r"(?:[0-9a-f]{2})+", salt):
-        raise InputError("salt must be a string of hex digits", path)
-    if (not isinstance(digests, list) or not all(isinstance(d, str) and _HEX_DIGEST.fullmatch(d) for d in digests)
-            or digests != sorted(set(digests))):
-        raise InputError("digests must be a sorted list of distinct sha256 hex digests", path)
-    if record["people"] != len(digests) or isinstance(record["people"], bool):
-        raise InputError(f"people={record['people']!r} is not the number of digests ({len(digests)})", path)
-    return TrainedPeople(salt, frozenset(digests))
 
 
 @dataclass
@@ -130,14 +73,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise InputError(f"not a loadable checkpoint ({exc.__class__.__name__}: {str(exc)[:200]})", path) from None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def export_model(model: SiameseNet, config: Config, out_dir: str | Path, metrics: dict[str, Any] | None = None,
                  threshold_logit: float = 0.0, trained_people: Iterable[str] | None = None) -> Path:
     """Write weights, config, a torch.export graph (dynamic batch size), metrics, the record of `trained_people`
@@ -158,7 +93,7 @@ def export_model(model: SiameseNet, config: Config, out_dir: str | Path, metrics
     _save_graph(graph, out / "model.pt2")  # torch.export.load(...).module()(a, b) -> logits
     _export_verifier(model, config, out, threshold_logit)
     recorded = _write_people(out, trained_people)
-    _write_checksums(out, ["model.safetensors", "config.json", "metrics.json", "model.pt2", *VERIFIER_FILES,
+    write_checksums(out, ["model.safetensors", "config.json", "metrics.json", "model.pt2", *VERIFIER_FILES,
                            *recorded])
     return out
 
@@ -178,7 +113,7 @@ def export_ensemble(ensemble: EnsembleNet, out_dir: str | Path, metrics: dict[st
     _write_metrics(out, metrics, threshold_logit)
     _export_verifier(copy.deepcopy(ensemble).to("cpu").eval(), ensemble.config, out, threshold_logit)
     recorded = _write_people(out, people)
-    _write_checksums(out, [ENSEMBLE_FILE, "metrics.json", *VERIFIER_FILES, *recorded,
+    write_checksums(out, [ENSEMBLE_FILE, "metrics.json", *VERIFIER_FILES, *recorded,
                            *(f"{folder}/{CHECKSUMS}" for folder in folders)])
     return out
 
@@ -239,10 +174,6 @@ def _write_metrics(out: Path, metrics: dict[str, Any] | None, threshold_logit: f
                                                         indent=2) + "\n")
 
 
-def _write_checksums(out: Path, files: list[str]) -> None:
-    storage.write_text(out / CHECKSUMS, "".join(f"{_sha256(out / name)}  {name}\n" for name in files))
-
-
 def load(source: str | Path) -> LoadedModel:
     """Model, config (the one to feed `scoring.predict` with), decision threshold and training people from an
     export directory (single or ensemble, local or a storage URI such as s3://bucket/results/EXP/export) or a
@@ -280,7 +211,7 @@ def _needs(folder: Path, needs: tuple[str, ...]) -> tuple[str, ...]:
 def _loaded_people(folder: Path, files: dict[str, bytes]) -> TrainedPeople | None:
     if IDENTITIES_FILE not in files:
         return None
-    return _people(_json_object(files[IDENTITIES_FILE], folder / IDENTITIES_FILE), folder / IDENTITIES_FILE)
+    return parse_people_record(_json_object(files[IDENTITIES_FILE], folder / IDENTITIES_FILE), folder / IDENTITIES_FILE)
 
 
 def _load_export(folder: Path) -> LoadedModel:
@@ -291,7 +222,7 @@ def _load_export(folder: Path) -> LoadedModel:
         weights = safetensors.torch.load(files["model.safetensors"])
     except Exception as exc:  # noqa: BLE001 - the parser's errors (header, dtype, offsets) are all bad input
         raise InputError(f"not a readable safetensors file ({str(exc)[:200]})", weights_path) from None
-    model = _fitted(config, folder / "config.json", weights, weights_path)
+    model = model_from_weights(config, folder / "config.json", weights, weights_path)
     metrics_path = folder / "metrics.json"
     threshold = _json_object(files["metrics.json"], metrics_path).get("threshold_logit")
     return LoadedModel(model, config, _threshold(threshold, metrics_path), _loaded_people(folder, files))
@@ -303,7 +234,7 @@ def _load_ensemble(source: Path) -> LoadedModel:
     spec = _json_object(files[ENSEMBLE_FILE], spec_path)
     unknown, missing = sorted(set(spec) - ENSEMBLE_KEYS), sorted(ENSEMBLE_KEYS - set(spec))
     if unknown or missing:
-        raise InputError(f"unknown key(s) {_some(unknown)}, missing key(s) {_some(missing)}; known: members, "
+        raise InputError(f"unknown key(s) {first_few(unknown)}, missing key(s) {first_few(missing)}; known: members, "
                          f"config", spec_path)
     folders = spec["members"]
     if not isinstance(folders, list) or not folders:
@@ -316,7 +247,7 @@ def _load_ensemble(source: Path) -> LoadedModel:
         raise InputError("members names a folder twice", spec_path)
     # The members' own SHA256SUMS must be covered too, or a member could be swapped together with its sums;
     # the first verify_checksums call has hashed them already.
-    _listed(source, [f"{name}/{CHECKSUMS}" for name in folders])
+    listed_files(source, [f"{name}/{CHECKSUMS}" for name in folders])
     if not isinstance(spec["config"], dict):
         raise InputError("config must be a JSON object of Config options", spec_path)
     config = _config(spec["config"], spec_path)
@@ -329,7 +260,8 @@ def _load_ensemble(source: Path) -> LoadedModel:
         raise InputError("config differs from the one its members' configs give", spec_path)
     metrics_path = source / "metrics.json"
     threshold = _json_object(files["metrics.json"], metrics_path).get("threshold_logit")
-    return LoadedModel(model.eval(), config, _threshold(threshold, metrics_path), _loaded_people(source, files))
+    return LoadedModel(model.eval(), config, _threshold(threshold, metrics_path),
+                       _loaded_people(source, files))
 
 
 def _load_checkpoint_file(source: Path) -> LoadedModel:
@@ -345,76 +277,12 @@ def _load_checkpoint_file(source: Path) -> LoadedModel:
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise InputError("checkpoint's model is not a dict of tensors", source)
     config = _config(state["config"], source)
-    model = _fitted(config, source, weights, source)
-    people = _people(state["trained_people"], source) if "trained_people" in state else None
+    model = model_from_weights(config, source, weights, source)
+    people = parse_people_record(state["trained_people"], source) if "trained_people" in state else None
     if trial:
         best_epoch = state.get("best_epoch")
         return LoadedModel(model, config, None, people, best_epoch if isinstance(best_epoch, int) else None)
     return LoadedModel(model, config, _threshold(state.get("threshold_logit", 0.0), source), people)
-
-
-def verify_checksums(folder: Path, needed: Collection[str]) -> dict[str, bytes]:
-    """Check every entry of folder/SHA256SUMS, and that each of `needed` is listed; return the bytes of the
-    needed files as they were hashed, so what loads is what was checked."""
-    sums = folder / CHECKSUMS
-    contents: dict[str, bytes] = {}
-    for name, (number, digest) in _listed(folder, needed).items():
-        try:
-            if name in needed:
-                contents[name] = (folder / name).read_bytes()
-                actual = hashlib.sha256(contents[name]).hexdigest()
-            else:  # listed, not loaded (model.pt2): streamed, not kept
-                actual = _sha256(folder / name)
-        except OSError as exc:
-            raise InputError(f"{name} listed in {CHECKSUMS} cannot be read ({exc.strerror})", sums, number) from None
-        if actual != digest:
-            raise InputError(f"checksum mismatch for {name}: the export was modified or corrupted", sums, number)
-    return contents
-
-
-def _listed(folder: Path, needed: Collection[str]) -> dict[str, tuple[int, str]]:
-    entries = _read_sums(folder)
-    for name in needed:
-        if name not in entries:
-            raise InputError(f"{name} is not listed; every file the export loads must be", folder / CHECKSUMS)
-    return entries
-
-
-def _read_sums(folder: Path) -> dict[str, tuple[int, str]]:
-    """{file name: (line number, lower-case digest)} of folder/SHA256SUMS, every entry a file in the folder."""
-    sums = folder / CHECKSUMS
-    if not sums.is_file():
-        raise InputError(f"no {CHECKSUMS} in the export; refusing to load it", folder)
-    try:
-        text = sums.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        raise InputError("not UTF-8 text", sums) from None
-    root = folder.resolve()
-    entries: dict[str, tuple[int, str]] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        match = _SUMS_LINE.fullmatch(line)
-        if match is None:
-            raise InputError("not a checksum line (want: 64 hex digits, two spaces, a file name)", sums, number)
-        digest, name = match.group(1).lower(), match.group(2)
-        parts = name.split("/")
-        if name.startswith("/") or ".." in parts:
-            raise InputError(f"{name} leaves the export folder", sums, number)
-        if "" in parts or "." in parts:
-            raise InputError(f"{name} is not a plain relative path", sums, number)
-        if name in entries:
-            raise InputError(f"{name} is listed twice (first on line {entries[name][0]})", sums, number)
-        try:
-            target = (folder / name).resolve()
-        except (OSError, RuntimeError):  # a symlink loop
-            raise InputError(f"{name} cannot be resolved (a symbolic link loop?)", sums, number) from None
-        if not target.is_relative_to(root):  # a symlink, of the file or of a folder on its way
-            raise InputError(f"{name} resolves outside the export folder (a symbolic link)", sums, number)
-        if not target.is_file():
-            raise InputError(f"{name} listed in {CHECKSUMS} is missing or not a file", sums, number)
-        entries[name] = (number, digest)
-    if not entries:
-        raise InputError("holds no checksums; refusing to load an export nothing vouches for", sums)
-    return entries
 
 
 def _json_object(raw: bytes, path: Path) -> dict[str, Any]:
@@ -451,7 +319,7 @@ def _threshold(value: Any, path: Path) -> float:
     return number
 
 
-def _fitted(config: Config, config_path: Path, weights: dict[str, torch.Tensor], path: Path) -> SiameseNet:
+def model_from_weights(config: Config, config_path: Path, weights: dict[str, torch.Tensor], path: Path) -> SiameseNet:
     """The model `config` builds, holding `weights`; refused unless names, shapes and dtypes all match."""
     try:
         with torch.device("meta"):  # shapes only: an edited config must not allocate a giant model
@@ -461,7 +329,8 @@ def _fitted(config: Config, config_path: Path, weights: dict[str, torch.Tensor],
     described = "the model its config describes" if config_path == path else f"the model {config_path.name} describes"
     missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
     if missing or unexpected:
-        raise InputError(f"weights do not fit {described}: missing {_some(missing)}, unexpected {_some(unexpected)}",
+        raise InputError(f"weights do not fit {described}: missing {first_few(missing)}, "
+                         f"unexpected {first_few(unexpected)}",
                          path)
     for name, want in expected.items():  # in layer order: the first misfit is the one to name
         tensor = weights[name]
@@ -473,7 +342,7 @@ def _fitted(config: Config, config_path: Path, weights: dict[str, torch.Tensor],
     return as_trained(model, config)
 
 
-def _some(names: list[str]) -> str:
+def first_few(names: list[str]) -> str:
     if not names:
         return "none"
     return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")

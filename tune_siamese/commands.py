@@ -15,7 +15,7 @@ import numpy as np
 
 from . import data as data_mod
 from . import storage
-from .checkpoint import TrainedPeople, export_model, load, people_record, save_checkpoint
+from .checkpoint import export_model, load, save_checkpoint
 from .config import Config, parse_overrides
 from .engine import Diverged, print_epochs, train_and_test
 from .errors import InputError
@@ -23,6 +23,7 @@ from .face_verifier import FaceVerifier, threshold_and_people
 from .metrics import pair_metrics
 from .model import EnsembleNet
 from .oneshot import one_shot_report
+from .people import TrainedPeople, people_record
 from .scoring import images_on, predict, resolve_device
 
 PROG = "tune-siamese"

@@ -11,11 +11,12 @@ from typing import Any
 import torch
 
 from . import data as data_mod
-from .checkpoint import LoadedModel, TrainedPeople, load
+from .checkpoint import LoadedModel, load
 from .config import Config
 from .errors import InputError
 from .metrics import best_threshold
 from .model import Verifier
+from .people import TrainedPeople
 from .scoring import images_on, validation_logits
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import storage
-from .checkpoint import CHECKSUMS
+from .checksums import CHECKSUMS
 from .settings import SearchSettings
 
 # ------------------------------------------------------------------------------------------------------
