@@ -10,9 +10,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib import colormaps
 from matplotlib.cm import ScalarMappable
-from matplotlib.colors import ListedColormap, LogNorm, Normalize
+from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
@@ -99,7 +98,7 @@ def learning_curves(exp: Experiment, path: str | Path, color_by: str | None = No
     ax.grid(alpha=0.3)
     ax.set_title(f"Learning curves of {len(exp.trials)} trials, {exp.name}"
                  + (f" (colour: {color_by})" if color_by else ""))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _colours(exp: Experiment, name: str | None, fig: Figure, ax: Any) -> Any:
@@ -161,139 +160,7 @@ def loss_vs_hyperparameters(exp: Experiment, path: str | Path) -> Path:
     fig.legend(handles=[Line2D([], [], marker="o", linestyle="none", color=STATUS_COLOURS[s], markeredgecolor="black",
                                label=LABELS[s]) for s in present], loc="outside lower center", ncols=len(present))
     fig.suptitle(f"Best validation loss of each trial against each hyperparameter, {exp.name}")
-    return _save(fig, path)
-
-
-LOSS_AXIS = "best val loss"
-NO_LOSS = 1.1  # where a trial without a val loss (diverged at once, errored) meets the loss axis, above its top
-
-
-def parallel_axes(exp: Experiment) -> tuple[pd.DataFrame, dict[str, tuple[list[float], list[str]]]]:
-    """Each trial's searched values and best val loss on axes scaled to [0, 1], one row per trial (index
-    trial_id; columns the hyperparameters, then LOSS_AXIS; NaN where there is no value), and each axis's ticks:
-    (positions, the real values as text). Categorical axes space the choices seen evenly, in the space's order;
-    log axes are scaled on log10; numeric axes span the searched range (the values seen for an inferred space)."""
-    from .importance import distributions
-
-    kinds, spaces = axis_kinds(exp), distributions(exp)
-    trials = exp.trials.set_index("trial_id")
-    frame = pd.DataFrame(index=trials.index)
-    ticks: dict[str, tuple[list[float], list[str]]] = {}
-    for name in exp.hyperparameters:
-        values = trials[name]
-        if kinds.get(name, "categorical") == "categorical":
-            names = categories(exp, name, values.dropna())
-            spots = [i / (len(names) - 1) if len(names) > 1 else 0.5 for i in range(len(names))]
-            frame[name] = [spots[names.index(str(v))] if not _missing(v) else math.nan for v in values]
-            ticks[name] = (spots, names)
-            continue
-        log = kinds[name] == "log"
-        numbers = values.astype(float)
-        space = spaces.get(name)
-        low = float(getattr(space, "low", numbers.min()))
-        high = float(getattr(space, "high", numbers.max()))
-        scale = np.log10 if log else (lambda x: x)
-        frame[name], ticks[name] = _scaled(scale(numbers), scale(low), scale(high), log)
-    losses = trials["best_val_loss"].astype(float)
-    finite = losses[np.isfinite(losses)]
-    low, high = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
-    frame[LOSS_AXIS], ticks[LOSS_AXIS] = _scaled(losses.where(np.isfinite(losses)), low, high, False)
-    return frame, ticks
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def _scaled(values: pd.Series, low: float, high: float, log: bool) -> tuple[pd.Series, tuple[list[float], list[str]]]:
-    """Values (already on log10 for a log axis) to [0, 1] between low and high, and ticks labelled with the real
-    values: whole decades and both ends on a log axis, five even steps otherwise."""
-    if high <= low:
-        return values * 0 + 0.5, ([0.5], [_number(10 ** low if log else low)])
-    if log:
-        near = 0.15 * (high - low)  # a decade this close to an end would print over it
-        marks = [low, *(float(d) for d in range(math.ceil(low), math.floor(high) + 1)
-                        if min(d - low, high - d) > near), high]
-    else:
-        marks = [float(m) for m in np.linspace(low, high, 5)]
-    spots = [float((m - low) / (high - low)) for m in marks]
-    return (values - low) / (high - low), (spots, [_number(10 ** m if log else m) for m in marks])
-
-
-def _number(value: float) -> str:
-    return f"{value:.2g}" if abs(value) < 1e-2 or abs(value) >= 1e4 else f"{value:.4g}"
-
-
-def parallel_coordinates(exp: Experiment, path: str | Path) -> Path:
-    """One line per trial through its searched values to its best val loss, coloured by that loss (darkest is
-    best); ASHA-stopped, diverged and errored trials thin and faint, the best trial outlined in gold."""
-    from matplotlib import patheffects
-
-    frame, ticks = parallel_axes(exp)
-    columns = list(frame.columns)
-    trials = exp.trials.set_index("trial_id")
-    fig = Figure(figsize=(max(8.0, 1.5 * len(columns) + 2.5), 5.8), layout="constrained")
-    ax = fig.add_subplot()
-    losses = trials["best_val_loss"].astype(float)
-    finite = losses[np.isfinite(losses)]
-    low, high = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
-    # dark = low loss; viridis without its palest yellow, which vanishes on white in a faint line
-    cmap = ListedColormap(colormaps["viridis"](np.linspace(0.0, 0.85, 256)))
-    mappable = ScalarMappable(Normalize(low, high if high > low else low + 1e-9), cmap)
-    x = np.arange(len(columns))
-    best = exp.best(1)
-    top = best.iloc[0]["trial_id"] if len(best) else None
-    # worst first, so the best lines lie on top; trials without a loss first of all
-    for trial_id in losses.fillna(np.inf).sort_values(ascending=False).index:
-        y = frame.loc[trial_id].to_numpy(dtype=float, copy=True)
-        loss = losses[trial_id]
-        if not np.isfinite(loss):
-            y[-1] = NO_LOSS
-        status = trials.at[trial_id, "status"]
-        colour = mappable.to_rgba(loss) if np.isfinite(loss) else "grey"
-        if trial_id == top:
-            ax.plot(x, y, color=colour, linewidth=3, zorder=4, path_effects=[
-                patheffects.Stroke(linewidth=6.5, foreground="gold"), patheffects.Normal()])
-        elif status in (FINISHED, RUNNING):  # ran its course (or still runs): full strength
-            ax.plot(x, y, color=colour, linewidth=1.8, alpha=0.9, zorder=3)
-        else:  # cut short: thin and faint, with the learning curves' line style and end marker
-            style, marker = STYLES[status]
-            ax.plot(x, y, color=colour, linewidth=1.0, alpha=0.5, linestyle=style, zorder=2)
-            if marker:
-                ax.plot(x[-1], y[-1], marker=marker, color=colour, markeredgecolor="black", markersize=6,
-                        alpha=0.8, zorder=3)
-    if (~np.isfinite(losses)).any():
-        spots, labels = ticks[LOSS_AXIS]
-        ticks[LOSS_AXIS] = ([*spots, NO_LOSS], [*labels, "no val loss"])
-    for i, name in enumerate(columns):
-        ax.axvline(i, color="black", linewidth=0.8, zorder=1)
-        for spot, label in zip(*ticks[name]):
-            ax.plot([i - 0.03, i], [spot, spot], color="black", linewidth=0.8)
-            ax.text(i - 0.05, spot, label, fontsize=7.5, ha="right", va="center", zorder=6,
-                    bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.75, "pad": 0.5})
-    kinds = axis_kinds(exp)
-    ax.set_xticks(x, [n + (" (log)" if kinds.get(n) == "log" else "") for n in columns],
-                  rotation=20 if len(columns) > 6 else 0, ha="right" if len(columns) > 6 else "center")
-    ax.set_xlim(-0.55, len(columns) - 0.8)
-    ax.set_ylim(-0.05, NO_LOSS + 0.05 if (~np.isfinite(losses)).any() else 1.05)
-    ax.set_yticks([])
-    for side in ("left", "right", "top"):
-        ax.spines[side].set_visible(False)
-    fig.colorbar(mappable, ax=ax, label="best val loss (darker is better)", pad=0.01)
-    present = [s for s in STYLES if s in set(trials["status"])]
-    handles = []
-    for s in present:
-        line: Any = "-" if s in (FINISHED, RUNNING) else STYLES[s][0]
-        handles.append(Line2D([], [], color="grey", linewidth=1.8 if line == "-" else 1.0, label=LABELS[s],
-                              linestyle=line, marker=None if line == "-" else STYLES[s][1],
-                              markeredgecolor="black"))
-    if top is not None:
-        handles.append(Line2D([], [], color=cmap(0.0), linewidth=3, label=f"best trial {top}",
-                              path_effects=[patheffects.Stroke(linewidth=6.5, foreground="gold"),
-                                            patheffects.Normal()]))
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5), fontsize=8)
-    fig.suptitle(f"Searched values and best val loss of {len(frame)} trials, {exp.name}")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def importance_chart(importance: pd.Series, path: str | Path, title: str = "") -> Path:
@@ -307,7 +174,7 @@ def importance_chart(importance: pd.Series, path: str | Path, title: str = "") -
     ax.set_xlabel("importance for the best val loss (share, sums to 1)")
     ax.set_title(title or "Hyperparameter importance")
     ax.grid(axis="x", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def roc_curve(final: dict[str, Any], path: str | Path, title: str = "",
@@ -338,7 +205,7 @@ def roc_curve(final: dict[str, Any], path: str | Path, title: str = "",
                                           if threshold is not None and operating_point(final) else ""), fontsize=10)
     ax.legend(loc="lower right", fontsize=7.5)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def operating_point(scores: dict[str, Any]) -> tuple[float, float] | None:
@@ -391,7 +258,7 @@ def optimisation_history(exp: Experiment, path: str | Path) -> Path:
     for ax in (by_order, by_time):
         ax.grid(alpha=0.3)
     fig.suptitle(f"Optimisation history, {exp.name} ({len(spans)} trials)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def trial_timeline(exp: Experiment, path: str | Path) -> Path:
@@ -412,7 +279,7 @@ def trial_timeline(exp: Experiment, path: str | Path) -> Path:
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     ax.set_title(f"When each trial ran, {exp.name}")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _time_unit(spans: pd.DataFrame) -> tuple[float, str]:
@@ -420,7 +287,7 @@ def _time_unit(spans: pd.DataFrame) -> tuple[float, str]:
     return (60.0, "minutes") if len(spans) and spans["end"].max() > 300 else (1.0, "seconds")
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     with storage.replacing(path) as tmp:
         fig.savefig(tmp, dpi=110)

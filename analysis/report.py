@@ -11,7 +11,7 @@ from tune_siamese import storage
 from tune_siamese.errors import InputError
 from tune_siamese.names import final_label
 
-from . import plots
+from . import parallel, plots
 from .experiment import Experiment, load
 
 TOP = 5  # best trials shown in report.md; trials.csv has them all
@@ -50,13 +50,13 @@ def report(experiment_path: str | Path, out_dir: str | Path | None = None, color
         scatter = plots.loss_vs_hyperparameters(exp, out / "loss_vs_hyperparameters.png")
         lines += ["## Validation loss against each hyperparameter", "",
                   f"![Best validation loss against each hyperparameter]({scatter.name})", ""]
-        parallel = plots.parallel_coordinates(exp, out / "parallel_coordinates.png")
+        coordinates = parallel.parallel_coordinates(exp, out / "parallel_coordinates.png")
         lines += ["## Parallel coordinates", "",
                   "One line per trial, from its searched values to its best val loss (darker is lower); faint "
                   "dashed or dotted lines are trials that ASHA stopped early, that diverged or that errored; the "
                   "best trial is outlined in gold. Choices are spaced evenly in the space's order; log-scaled "
                   "values on a log axis.", "",
-                  f"![Searched values and best val loss of every trial]({parallel.name})", ""]
+                  f"![Searched values and best val loss of every trial]({coordinates.name})", ""]
     if len(plots.trial_spans(exp)):
         history = plots.optimisation_history(exp, out / "optimisation_history.png")
         timeline = plots.trial_timeline(exp, out / "trial_timeline.png")

@@ -209,15 +209,15 @@ def test_report_names_paths_inside_the_experiment_relative_to_it(report_dir, exp
 
 
 def test_parallel_axes_are_the_searched_parameters_scaled_to_unit_range(exp):
-    from analysis import plots
+    from analysis import parallel, plots
 
-    frame, ticks = plots.parallel_axes(exp)
-    assert list(frame.columns) == [*exp.hyperparameters, plots.LOSS_AXIS] == list(ticks)
+    frame, ticks = parallel.parallel_axes(exp)
+    assert list(frame.columns) == [*exp.hyperparameters, parallel.LOSS_AXIS] == list(ticks)
     assert list(frame.index) == list(exp.trials["trial_id"])
     values = frame.to_numpy(dtype=float)
     assert ((values[np.isfinite(values)] >= 0) & (values[np.isfinite(values)] <= 1)).all()
     losses = exp.trials.set_index("trial_id")["best_val_loss"]
-    assert frame.at[losses.idxmin(), plots.LOSS_AXIS] == 0 and frame.at[losses.idxmax(), plots.LOSS_AXIS] == 1
+    assert frame.at[losses.idxmin(), parallel.LOSS_AXIS] == 0 and frame.at[losses.idxmax(), parallel.LOSS_AXIS] == 1
     choices = [name for name, kind in plots.axis_kinds(exp).items() if kind == "categorical"]
     assert len(choices) == 3  # batch_size, optimizer, batchnorm
     for trial_id, config in exp.configs.items():  # a choice sits at the tick that names it
