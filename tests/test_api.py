@@ -68,3 +68,31 @@ def test_search_returns_what_it_hands_back_and_load_scores_like_verify(ray_sessi
     assert verifier.score(str(a), str(b)) == pytest.approx(printed["probability_same"], abs=1e-12)
     with pytest.raises(InputError, match="image not found"):
         verifier.score(tmp_path / "missing.jpg", b)
+
+
+def test_resume_refuses_every_option_that_shapes_the_search():
+    """Options are search-shaping unless listed as per-run: each one given with --resume is refused by name
+    (so an option added later is refused there too, not silently ignored)."""
+    import argparse
+
+    from tune_siamese.search_command import build_parser, parse_args
+    from tune_siamese.settings import PER_RUN_OPTIONS, check_resume_options
+
+    parser = build_parser()
+    defaults = vars(parse_args([]))
+    shaping = [a for a in parser._actions if a.option_strings and a.dest != "help" and a.dest not in PER_RUN_OPTIONS]
+    assert len(shaping) >= 25
+    for action in shaping:
+        flag = next(f for f in action.option_strings if f.startswith("--"))
+        if isinstance(action, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
+            given = [flag]
+        elif action.dest == "set":
+            given = [flag, "lr=0.01"]
+        elif action.choices:
+            given = [flag, next(c for c in action.choices if c != action.default)]
+        else:
+            given = [flag, "0.5" if action.type is float else "7" if action.type is int else "elsewhere"]
+        args = parse_args(["--resume", "ray_results/x", *given])
+        with pytest.raises(InputError, match=f"{flag} would be ignored"):
+            check_resume_options(args, defaults)
+    check_resume_options(parse_args(["--resume", "x", "--quiet", "--ensemble", "2", "--no-retrain"]), defaults)

@@ -12,7 +12,8 @@ from helpers import SMOKE, trial_frames
 
 import run_search
 from tune_siamese.errors import InputError
-from tune_siamese.settings import SearchSettings, check_mlflow_store, mlflow_uri
+from tune_siamese.preflight import check_mlflow_store
+from tune_siamese.settings import SearchSettings, mlflow_uri
 
 
 def test_each_trial_is_an_mlflow_run_with_its_params_and_epochs(smoke_search):

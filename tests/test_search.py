@@ -304,7 +304,7 @@ RESUME_READS = ["tuner.pkl", "experiment_state-2026-01-01_00-00-00.json", "searc
 @pytest.mark.parametrize("name", RESUME_READS)
 def test_resume_refuses_a_state_file_others_may_write(tmp_path, capsys, name):
     from tune_siamese.errors import InputError
-    from tune_siamese.settings import check_owner
+    from tune_siamese.preflight import check_owner
 
     experiment = experiment_with_settings(tmp_path)
     space = tmp_path / "space.py"

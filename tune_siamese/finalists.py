@@ -15,8 +15,9 @@ from ray.tune.schedulers import FIFOScheduler
 from . import storage
 from .config import Config
 from .data import PairData
+from .preflight import check_owner
 from .ranking import best_epoch_and_loss, each_result, top_trials, unusable_reason
-from .settings import SearchSettings, check_owner
+from .settings import SearchSettings
 from .tuning import CompletionWatch, SearchProgress, fit_tuner, live_table, train_siamese
 
 # ------------------------------------------------------------------------------------------------------

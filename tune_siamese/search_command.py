@@ -186,7 +186,8 @@ def run(args: argparse.Namespace, stop: SigtermAsCtrlC | None = None) -> tuple[d
     from .data import load_data
     from .finalists import run_finalists
     from .finish import finish_search
-    from .settings import check_targets, prepare
+    from .preflight import check_targets
+    from .settings import prepare
     from .tuning import fit_tuner, interrupted, tuner_for
 
     settings, preset = prepare(args, defaults=vars(parse_args([], args.prog)))  # every option and space value

@@ -1,0 +1,163 @@
+"""Checks that touch the outside world before any Ray work starts: the targets take writes, the Optuna study
+and the MLflow store can be used, optional packages are installed, CUDA and the compile backend exist, and what
+--resume would unpickle belongs to this user."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+import pyarrow.fs
+
+from . import storage
+from .cluster import resolve_address
+from .config import Config
+from .errors import InputError
+from .names import SETTINGS_FILE
+from .study import check_new_study, check_resumed_study, redact
+
+
+class Targets(Protocol):
+    """What a search writes to (settings.SearchSettings has it)."""
+
+    @property
+    def experiment_path(self) -> str: ...
+    @property
+    def study_location(self) -> str: ...
+    study_name: str
+    mlflow: str
+    name: str
+
+
+@contextlib.contextmanager
+def temporary_environment(values: dict[str, str]) -> Iterator[None]:
+    """os.environ with `values` set, restored afterwards."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def require_mlflow(uri: str, source: str) -> None:
+    """MLflow is an optional extra: without it, stop before any Ray work rather than in Ray's MLflow callback (or
+    in unpickling a resumed search's state, which holds that callback)."""
+    if uri and importlib.util.find_spec("mlflow") is None:
+        raise InputError(f'{source} needs MLflow, which is not installed: pip install "tune-siamese[mlflow]"')
+
+
+def check_mlflow_store(uri: str, experiment: str) -> None:
+    """Open the MLflow tracking store now (a server must answer, a folder or database must take writes) and look
+    up the experiment: Ray's callback reuses one of that name, and fails on one that was deleted."""
+    if uri.startswith("file://"):
+        # MLflow 3 keeps folder stores in maintenance mode and refuses them unless told; one asked for is meant.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    # One try, 10 s at most: by default MLflow retries an unreachable server for minutes.
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    try:
+        from mlflow.tracking import MlflowClient
+
+        if uri.startswith("sqlite:///"):
+            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        with temporary_environment(quick):
+            found = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
+    except Exception as exc:  # noqa: BLE001 - scheme, driver, network or permission: all mean "cannot use it"
+        reason = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:300]
+        raise InputError(f"option --mlflow={redact(uri)}: cannot use it ({reason})") from None
+    if found is not None and found.lifecycle_stage == "deleted":
+        raise InputError(f"option --mlflow={redact(uri)}: the MLflow experiment {experiment!r} was deleted; restore "
+                         "it (mlflow experiments restore) or choose another --name")
+
+
+def check_trial_values(trial_values: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    """What Config alone cannot judge: a CUDA device needs a GPU share (and, for a Ray started here, CUDA
+    here); a compile backend must exist."""
+    import ray
+    import torch
+
+    from tune_siamese.engine import check_compile_backend
+
+    starts_local_ray = resolve_address(args.address) == "local" and not ray.is_initialized()
+    for values in trial_values:
+        config = Config.from_dict(values, source="search settings")
+        check_compile_backend(config.compile)
+        if config.device.startswith("cuda"):
+            if not args.gpus_per_trial:
+                raise InputError(f"option device={config.device!r} needs --gpus-per-trial > 0 (a trial without a "
+                                 "GPU share sees no GPU)")
+            if starts_local_ray and not torch.cuda.is_available():
+                raise InputError(f"option device={config.device!r} but CUDA is not available here")
+
+
+# What --resume (and the finalist stage's restore) unpickles from an experiment folder: Ray's state in pickle
+# (tuner.pkl, the searcher's and the callbacks' state) or with cloudpickle blobs inside JSON (the experiment's,
+# the search generator's and the grid generator's state), and an errored trial's pickled error; and
+# search_settings.json, which names the space file that is imported.
+RESUME_READS = ("*.pkl", "experiment_state-*.json", "search_gen_state-*.json", "basic-variant-state-*.json",
+                "*/error.pkl", SETTINGS_FILE)
+
+
+def check_owner(experiment: str) -> None:
+    """Resuming runs code that the experiment's state files may hold (RESUME_READS): resume only a local folder
+    this user owns and nobody else may write, with each of those files so. (A storage URI cannot be checked
+    here: whoever can write to the bucket can run code in a resumed search.)"""
+    if storage.is_uri(experiment) and not experiment.startswith("file://"):
+        return
+    folder = Path(experiment.removeprefix("file://"))
+    check_owner_of([folder, *sorted({path for pattern in RESUME_READS for path in folder.glob(pattern)})])
+
+
+def check_owner_of(paths: list[Path]) -> None:
+    """Each path must belong to this user, and neither group nor others may write to it."""
+    for path in paths:
+        info = path.stat()
+        if info.st_uid != os.getuid():
+            raise InputError("option --resume: this experiment belongs to another user; resuming it would run "
+                             "code this file may hold", path)
+        if info.st_mode & 0o022:
+            raise InputError("option --resume: others may write to this experiment (group/world-writable); "
+                             "resuming it would run code this file may hold", path)
+
+
+def recorded_trials(experiment: str) -> int:
+    """How many trials Tune's newest experiment state lists (0 before it wrote one)."""
+    fs, root = storage.filesystem(experiment)
+    states = sorted(info.base_name for info in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+                    if info.base_name.startswith("experiment_state-") and info.base_name.endswith(".json"))
+    if not states:
+        return 0
+    where = storage.child(experiment, states[-1])  # the timestamp in the name sorts as text
+    try:
+        state = json.loads(storage.read_text(where) or "{}")
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON ({exc.msg})", where, exc.lineno) from None
+    return len(state.get("trial_data", [])) if isinstance(state, dict) else 0
+
+
+def check_targets(settings: Targets, export_dir: str | None, new: bool) -> None:
+    """Everything the search writes to must take writes now, not after hours of searching."""
+
+    if new and storage.exists(storage.child(settings.experiment_path, SETTINGS_FILE)):
+        raise InputError("an experiment of this name exists already; --resume it or choose another --name",
+                         settings.experiment_path)
+    storage.check_writable(settings.experiment_path, "--storage-path")
+    if export_dir is not None:
+        if storage.is_uri(export_dir):
+            raise InputError("option --export-dir must be a local folder (the export is in the experiment's "
+                             "storage already)", export_dir)
+        storage.check_writable(export_dir, "--export-dir")
+    if new:
+        check_new_study(settings.study_location, settings.study_name)
+    else:
+        check_resumed_study(settings.study_location, settings.study_name, recorded_trials(settings.experiment_path))
+    if settings.mlflow:
+        check_mlflow_store(settings.mlflow, settings.name)
