@@ -9,7 +9,7 @@ same cores, --max-concurrent trials at once, one CPU and one torch thread each.
                  from --results). It yields the oracle: every grid configuration retrained as run_search.py
                  retrains its pick, the best DevTest AUC among them (--oracle-top N: cheaper, see below).
   SEARCHER[+asha][:OPTION...]
-                 search.build_tuner exactly as run_search.py builds it (settings from tune_siamese.api.search_settings
+                 tuning.build_tuner exactly as run_search.py builds it (settings from tune_siamese.api.search_settings
                  with --searcher SEARCHER, SEARCHER in random, tpe, gp, cmaes, qmc), given the same epoch budget
                  (--budget, default a quarter of the grid's epochs): a Tune stopper ends the search once its trials
                  have reported that many epochs. +asha: ASHA (--grace-period, --reduction-factor); without it every
@@ -66,11 +66,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402  (puts the repository root on sys.path)
 
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-
 from tune_siamese.config import Config  # noqa: E402
+from tune_siamese.console import ray_console_environment  # noqa: E402
 from tune_siamese.errors import InputError  # noqa: E402
 from tune_siamese.names import RUNG_METRICS, VAL_LOSS  # noqa: E402
+
+ray_console_environment()  # Ray's console as run_search.py sets it
 
 SEARCHERS = ("random", "tpe", "gp", "cmaes", "qmc")
 BASIC = ["grid", "random", "random+asha", "tpe+asha", "gp+asha"]
@@ -253,10 +254,10 @@ def grid_tuner(settings: Any, data: Any, values: dict[str, list[Any]]) -> Any:
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
-    from tune_siamese import search
+    from tune_siamese import tuning
 
     return tune.Tuner(
-        search.build_trainable(settings, data),
+        tuning.build_trainable(settings, data),
         param_space={**settings.base, **{k: tune.grid_search(v) for k, v in values.items()}},
         tune_config=tune.TuneConfig(scheduler=FIFOScheduler(), num_samples=1, reuse_actors=True,
                                     max_concurrent_trials=settings.max_concurrent,
@@ -267,10 +268,10 @@ def grid_tuner(settings: Any, data: Any, values: dict[str, list[Any]]) -> Any:
 
 
 def search_tuner(settings: Any, data: Any, values: dict[str, list[Any]], budget: int) -> Any:
-    """search.build_tuner as run_search.py calls it, with only an epoch-budget stopper added to its RunConfig."""
+    """tuning.build_tuner as run_search.py calls it, with only an epoch-budget stopper added to its RunConfig."""
     from ray import tune
 
-    from tune_siamese import search
+    from tune_siamese import tuning
 
     original = tune.Tuner
 
@@ -280,7 +281,7 @@ def search_tuner(settings: Any, data: Any, values: dict[str, list[Any]], budget:
 
     tune.Tuner = tuner  # only while build_tuner runs (Tune checks RunConfig's type, so that one stays)
     try:
-        return search.build_tuner(settings, data, {k: tune.choice(v) for k, v in values.items()}, [], verbose=0)
+        return tuning.build_tuner(settings, data, {k: tune.choice(v) for k, v in values.items()}, [], verbose=0)
     finally:
         tune.Tuner = original
 
@@ -662,7 +663,7 @@ def report(args: argparse.Namespace, state: dict[str, Any], searches: list[Metho
         f"- grid: FIFO, {args.max_epochs} epochs per trial, {grid_epochs} epochs, {grid['wall']:.0f} s; mean epoch "
         f"{grid['epoch_seconds']:.1f} s (1 torch thread, {args.max_concurrent} trials at once on "
         f"ray.init(num_cpus={args.cpus}))",
-        f"- searches: run_search.py's settings and search.build_tuner, each ended by a budget of {args.budget} "
+        f"- searches: run_search.py's settings and tuning.build_tuner, each ended by a budget of {args.budget} "
         f"epochs ({args.budget / grid_epochs:.2f} of the grid's; a finalist variant's search gets the budget less K "
         "x S x max epochs, its finalist runs the rest); trials per search: "
         + (f"{args.num_samples}" if args.num_samples else "budget / grace period with ASHA, budget / max epochs "

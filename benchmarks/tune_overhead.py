@@ -14,7 +14,7 @@ max_t, so it stops nothing) on the same cores:
            reuses the finished trial's process (torch, the project and the data already loaded) instead of
            starting a new one.
 
-The Tune trainables are the project's search.train_siamese wrapped so that each tune.report also carries a
+The Tune trainables are the project's tuning.train_siamese wrapped so that each tune.report also carries a
 precise wall-clock stamp, the time the trainable was entered and the process's memory (/proc/self/status
 VmHWM, RssAnon, RssShmem; psutil USS); the search space is one fixed configuration, so every trial (and every
 plain run) trains exactly the same thing. Ray is started here (ray.init(num_cpus=--cpus)) and shut down at the end.
@@ -38,12 +38,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402  (puts the repository root on sys.path)
 
-# Tune warns whenever per-epoch checkpoints force an experiment snapshot (as run_search.py silences it).
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-
 from tune_siamese.config import Config  # noqa: E402
+from tune_siamese.console import ray_console_environment  # noqa: E402
 from tune_siamese.data import load_data  # noqa: E402
 
+ray_console_environment()  # Ray's console as run_search.py sets it
 FIXED_SPACE_KEY, FIXED_SPACE_VALUE = "batch_size", 32
 
 
@@ -119,7 +118,7 @@ def plain_run(args: argparse.Namespace, settings: Any, config: dict[str, Any]) -
 def tune_run(args: argparse.Namespace, settings: Any, data: Any, variant: str, cold_dir: str) -> dict[str, Any]:
     from ray import tune
 
-    from tune_siamese import search
+    from tune_siamese import tuning
 
     resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
     if variant in ("shared", "reuse"):
@@ -128,14 +127,14 @@ def tune_run(args: argparse.Namespace, settings: Any, data: Any, variant: str, c
         trainable = tune.with_parameters(_common.trial_loading, memory=True, pairs=args.pairs,
                                          cold_cache=cold_dir if args.cache == "cold" else "")
     trainable = tune.with_resources(trainable, resources)
-    original, original_config = search.build_trainable, tune.TuneConfig
-    search.build_trainable = lambda s, d: trainable  # build_tuner is otherwise exactly the project's
+    original, original_config = tuning.build_trainable, tune.TuneConfig
+    tuning.build_trainable = lambda s, d: trainable  # build_tuner is otherwise exactly the project's
     if variant == "reuse":  # the one change this variant measures: Tune keeps trial actors (processes) alive
         tune.TuneConfig = functools.partial(original_config, reuse_actors=True)
     try:
-        tuner = search.build_tuner(settings, data, {FIXED_SPACE_KEY: tune.choice([FIXED_SPACE_VALUE])}, [])
+        tuner = tuning.build_tuner(settings, data, {FIXED_SPACE_KEY: tune.choice([FIXED_SPACE_VALUE])}, [])
     finally:
-        search.build_trainable, tune.TuneConfig = original, original_config
+        tuning.build_trainable, tune.TuneConfig = original, original_config
     started = time.time()
     results = tuner.fit()
     ended = time.time()

@@ -3,9 +3,23 @@ the finalists). `summary_warnings` gives the warnings alone, for callers that pr
 from __future__ import annotations
 
 import json
+import os
+import sys
 from typing import Any
 
 from .names import EXIT_NO_USABLE_TRIAL
+
+
+def ray_console_environment() -> None:
+    """Ray's console as a search shows it; each command sets it once, before Ray starts (Ray reads these when it
+    prints)."""
+    # Tune's CLIReporter (tuning.live_table), also the one a restored run's saved config holds; Ray's newer
+    # console prints each trial's whole config and cannot be narrowed to columns.
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    # Tune warns whenever per-epoch checkpoints force an experiment snapshot; locally a snapshot takes ~10 ms.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if not sys.stderr.isatty():  # colour codes for the "(task pid=...)" prefix are noise in a log file
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
 
 
 def print_start(settings: Any, on_cluster: bool = False) -> None:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from .data import PairData
 from .preflight import check_owner
 from .ranking import best_epoch_and_loss, each_result, top_trials, unusable_reason
 from .settings import SearchSettings
-from .tuning import CompletionWatch, SearchProgress, fit_tuner, live_table, train_siamese
+from .tuning import SearchProgress, fit_tuner, run_config, train_siamese, trial_folder
 
 # ------------------------------------------------------------------------------------------------------
 # Finalists (--finalists K --finalist-seeds S): the search's best val loss is the minimum over many noisy trials,
@@ -49,17 +48,13 @@ def finalist_tuner(settings: SearchSettings, data: PairData, configs: dict[str, 
     path = storage.child(settings.experiment_path, FINALISTS_DIR)
     if tune.Tuner.can_restore(path):
         check_owner(path)  # restoring unpickles its tuner.pkl, as --resume does the search's
-        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # its saved run config holds live_table's reporter
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     return tune.Tuner(
         trainable, param_space={"finalist": tune.grid_search(list(configs)), "seed": tune.grid_search(seeds)},
         tune_config=tune.TuneConfig(scheduler=FIFOScheduler(), max_concurrent_trials=settings.max_concurrent or None,
-                                    reuse_actors=True, trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
-        run_config=tune.RunConfig(
-            name=FINALISTS_DIR, storage_path=settings.experiment_path, verbose=verbose,
-            progress_reporter=live_table(["finalist", "seed"]), checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[CompletionWatch(), SearchProgress(len(configs) * len(seeds), "finalists", "runs")],
-            failure_config=tune.FailureConfig(max_failures=settings.max_failures)))
+                                    reuse_actors=True, trial_dirname_creator=trial_folder),
+        run_config=run_config(FINALISTS_DIR, settings.experiment_path, verbose, ["finalist", "seed"],
+                              settings.max_failures, [SearchProgress(len(configs) * len(seeds), "finalists", "runs")]))
 
 
 def run_outcome(result: tune.Result) -> dict[str, Any]:
@@ -143,10 +138,9 @@ def run_finalists(settings: SearchSettings, results: tune.ResultGrid, data: Pair
         fewer = f" (only {len(top)} of the trials have a val loss)" if len(top) < settings.finalists else ""
         print(f"[finalists] the top {len(top)} trials{fewer}, seeds {', '.join(map(str, seeds))}: "
               f"{len(top) * len(seeds)} runs in {path}", flush=True)
-        grid = fit_tuner(finalist_tuner(settings, data, {trial_id: config for trial_id, _, config in top}, seeds,
+        grid, watch = fit_tuner(finalist_tuner(settings, data, {trial_id: config for trial_id, _, config in top}, seeds,
                                         verbose))
-        watch = CompletionWatch.latest  # tells an interrupt (Ctrl-C) from runs that ended
-        if watch is None or watch.cut_short:
+        if watch is None or watch.cut_short:  # an interrupt (Ctrl-C), not runs that ended
             return None
         for result in each_result(grid):
             outcome = run_outcome(result)

@@ -10,6 +10,7 @@ from typing import Any
 
 from . import cluster, storage
 from .config import Config
+from .console import ray_console_environment
 from .errors import InputError
 from .names import FINAL_FILE, FINAL_SIZE
 from .settings import check_final_policy, load_resume_settings
@@ -31,6 +32,7 @@ def finalize(experiment: str, policy: str, size: int | None, address: str | None
     from .ranking import best_trial, no_usable_reason
     from .tuning import interrupted, restore_tuner
 
+    ray_console_environment()
     size = size if size is not None else (FINAL_SIZE if policy in ("seeds", "folds") else 1)
     check_final_policy(policy, size)
     settings = load_resume_settings(experiment)
@@ -48,7 +50,7 @@ def finalize(experiment: str, policy: str, size: int | None, address: str | None
     with storage.experiment_lock(settings.experiment_path):
         cluster.connect(address, connect_timeout)
         results = restore_tuner(settings, data).get_results()
-        if interrupted(results, settings.num_samples, watched=False):
+        if interrupted(results, settings.num_samples, None, watched=False):
             raise InputError("this search did not finish; continue it with --resume first", settings.experiment_path)
         started = time.time()
         ranked = best_trial(results)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
@@ -21,14 +20,8 @@ Exit status: 0 done; 2 bad input; 3 no usable trial (every one diverged or error
 exported); 130 Ctrl-C, 143 SIGTERM (both print the command that resumes the search).
 """
 
-# Tune warns whenever per-epoch checkpoints force an experiment snapshot; locally a snapshot takes ~10 ms.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-# Ray colours the "(task pid=...)" prefix of worker output; in a log file that is escape codes, not colour.
-if not sys.stderr.isatty():
-    os.environ.setdefault("RAY_COLOR_PREFIX", "0")
-
 from .config import Config  # noqa: E402
-from .console import print_start, print_summary  # noqa: E402
+from .console import print_start, print_summary, ray_console_environment  # noqa: E402
 from .errors import InputError, OneLineParser  # noqa: E402
 from .names import EXIT_CTRL_C, EXIT_NO_USABLE_TRIAL, EXIT_SIGTERM, FINAL_POLICIES, RUNG_METRICS  # noqa: E402
 from .settings import SEARCHERS, rerun  # noqa: E402
@@ -190,6 +183,7 @@ def run(args: argparse.Namespace, stop: SigtermAsCtrlC | None = None) -> tuple[d
     from .settings import prepare
     from .tuning import fit_tuner, interrupted, tuner_for
 
+    ray_console_environment()
     settings, preset = prepare(args, defaults=vars(parse_args([], args.prog)))  # every option and space value
     data = load_data(Config.from_dict(settings.base, source="search settings"))  # the data are input too
     print(data.summary(), flush=True)
@@ -211,9 +205,9 @@ def run(args: argparse.Namespace, stop: SigtermAsCtrlC | None = None) -> tuple[d
             tuner = tuner_for(settings, preset, data, resume=bool(args.resume), verbose=verbose)
             print_start(settings, on_cluster=address not in ("local", "existing"))
             started = time.time()
-            results = fit_tuner(tuner)
+            results, watch = fit_tuner(tuner)
             search_seconds = time.time() - started
-            if interrupted(results, settings.num_samples):
+            if interrupted(results, settings.num_samples, watch):
                 # Tune saved its state; finishing now would retrain the best of a half-searched space.
                 raise stopped(stage.format(stop.how()))
             finalists = None

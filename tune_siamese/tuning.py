@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import signal
 import tempfile
 import threading
@@ -74,8 +73,8 @@ class CompletionWatch(tune.Callback):
 
     After an interrupt Tune stops the trials still running and marks them TERMINATED, like finished ones, but
     without the on_trial_complete / on_trial_error calls that every real ending (the trial returning, ASHA
-    stopping it, an error) makes. `latest` is the instance of the newest search in this process, also after
-    Tuner.restore (which unpickles its own copy)."""
+    stopping it, an error) makes. `latest` is the instance that ran last, also after Tuner.restore (which
+    unpickles its own copy, out of reach otherwise); fit_tuner alone reads it and returns it with the results."""
 
     latest: "CompletionWatch | None" = None
 
@@ -146,22 +145,24 @@ def _minutes(seconds: float) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
-def fit_tuner(tuner: tune.Tuner) -> tune.ResultGrid:
-    """tuner.fit(), then Ctrl-C back to the handler it had before. Tune installs its own SIGINT handler for the run
-    (it ends the run, saving its state) and leaves it behind when the run ends without one: a Ctrl-C (or SIGTERM,
-    search_command) during the retrain would only set a flag that nothing reads any more."""
+def fit_tuner(tuner: tune.Tuner) -> tuple[tune.ResultGrid, CompletionWatch | None]:
+    """tuner.fit() and the run's CompletionWatch (None if none ran), then Ctrl-C back to the handler it had before.
+    Tune installs its own SIGINT handler for the run (it ends the run, saving its state) and leaves it behind when
+    the run ends without one: a Ctrl-C (or SIGTERM, search_command) during the retrain would only set a flag that
+    nothing reads any more."""
     before = signal.getsignal(signal.SIGINT)
+    CompletionWatch.latest = None
     try:
-        return tuner.fit()
+        return tuner.fit(), CompletionWatch.latest
     finally:
         if threading.current_thread() is threading.main_thread():  # where Tune installs it, and where we may
             signal.signal(signal.SIGINT, before)
 
 
-def interrupted(results: tune.ResultGrid, num_samples: int, watched: bool = True) -> bool:
+def interrupted(results: tune.ResultGrid, num_samples: int, watch: CompletionWatch | None,
+                watched: bool = True) -> bool:
     """True when the search did not run every trial to its own end (see CompletionWatch). `watched=False`: the
     results of a restored experiment that this process did not run, judged by the trials' recorded states."""
-    watch = CompletionWatch.latest
     unwatched_or_cut = watched and (watch is None or bool(watch.cut_short))
     return bool(unwatched_or_cut or len(results) < num_samples
                 or results.num_terminated + results.num_errors < num_samples)
@@ -201,16 +202,24 @@ def build_tuner(settings: SearchSettings, data: PairData, space: dict[str, Any],
                                     num_samples=settings.num_samples,
                                     # A new trial takes over a finished trial's process: no worker start-up,
                                     # torch import or data fetch per trial (fit resets seeds and threads).
-                                    reuse_actors=True,
-                                    trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
-        run_config=tune.RunConfig(
-            name=settings.name, storage_path=settings.storage_path, verbose=verbose,
-            progress_reporter=live_table(list(space)),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[CompletionWatch(), SearchProgress(settings.num_samples), *mlflow_logger(settings)],
-            failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-        ),
+                                    reuse_actors=True, trial_dirname_creator=trial_folder),
+        run_config=run_config(settings.name, settings.storage_path, verbose, list(space), settings.max_failures,
+                              [SearchProgress(settings.num_samples), *mlflow_logger(settings)]),
     )
+
+
+def trial_folder(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def run_config(name: str, storage_path: str, verbose: int, searched: list[str], max_failures: int,
+               callbacks: list[tune.Callback]) -> tune.RunConfig:
+    """The RunConfig of every Tune run here (the search, the finalist stage): the live table of the searched
+    values, the newest checkpoint of each trial kept, and a CompletionWatch (fit_tuner returns it)."""
+    return tune.RunConfig(name=name, storage_path=storage_path, verbose=verbose, progress_reporter=live_table(searched),
+                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                          callbacks=[CompletionWatch(), *callbacks],
+                          failure_config=tune.FailureConfig(max_failures=max_failures))
 
 
 class MovableSearchGenerator(SearchGenerator):
@@ -300,15 +309,13 @@ def live_table(searched: list[str]) -> tune.CLIReporter:
     """Tune's table of trials: the searched values and what the search ranks by, best trial first, every 30 s.
 
     Ray's newer console prints each trial's whole config when it starts and cannot be narrowed to columns;
-    this reporter is the one RunConfig(progress_reporter=...) takes (it needs RAY_AIR_NEW_OUTPUT=0)."""
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    this reporter is the one RunConfig(progress_reporter=...) takes (console.ray_console_environment)."""
     metrics = {"epoch": "epoch", VAL_LOSS: "val loss", BEST_VAL_LOSS: "best val loss", "val_auc": "val AUC"}
     return tune.CLIReporter(metric_columns=metrics, parameter_columns=searched, max_report_frequency=30,
                             metric=BEST_VAL_LOSS, mode=MODE, sort_by_metric=True, max_progress_rows=30)
 
 
 def restore_tuner(settings: SearchSettings, data: PairData) -> tune.Tuner:
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the saved run config holds live_table's reporter: keep using it
     # The state Tune unpickles holds the study's storage and the folder new trials go to: both are re-pointed
     # to this folder, wherever the experiment was moved or copied to.
     resuming(settings.experiment_path)
