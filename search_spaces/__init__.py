@@ -74,7 +74,7 @@ BEST_POINT = {"zoom": 0.65, "input_size": 80, "width": 0.25, "embedding": 4096, 
               "augment_strength": 1.0}  # Koch's head on a face crop, the usual Adam defaults
 BEST_FIXED = {"image_size": 112, "crop": 0.7, "batchnorm": True, "init": "torch", "optimizer": "adamw",
               "augment": True, "tta_flip": True, "patience": 6}
-# TPE and the last epoch's val loss: in the search-efficiency benchmark (RESULTS.md, 2026-11-29) no other rung
+# TPE and the last epoch's val loss: in the search-efficiency benchmark (benchmarks/RESULTS.md) no other rung
 # metric, validation signal, finalist stage or reproducible mode handed back a better model at the same budget.
 BEST_OPTIONS = {"num_samples": 32, "max_epochs": 40, "grace_period": 4, "searcher": "tpe", "rung_metric": "last"}
 

@@ -115,7 +115,7 @@ def search(*, console: bool = False, **options: Any) -> SearchResult:
 
     Bad input raises InputError before Ray starts; Ctrl-C raises SearchInterrupted (a KeyboardInterrupt whose
     message says how to resume: ts.search(resume=EXPERIMENT)). console=True prints what the command prints."""
-    from .search_command import parse_args, rerun, run
+    from .search_command import command_to_rerun, parse_args, run
 
     argv = options_to_argv(options)
     if not console and "quiet" not in options and "verbose" not in options:
@@ -123,7 +123,7 @@ def search(*, console: bool = False, **options: Any) -> SearchResult:
     args = parse_args(argv, prog="run_search.py")
     with _silenced(not console):
         summary, _ = run(args)
-    result = SearchResult(summary, summary["experiment"], " ".join([rerun("run_search.py"), *argv]))
+    result = SearchResult(summary, summary["experiment"], " ".join([command_to_rerun("run_search.py"), *argv]))
     if not console:
         for line in result.warnings:
             warnings.warn(line.removeprefix("WARNING: "), UserWarning, stacklevel=2)

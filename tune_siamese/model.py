@@ -61,8 +61,8 @@ class SiameseNet(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         if self.stem_fp32 and torch.is_autocast_enabled(x.device.type):
-            # cuDNN's bf16 kernel for a one-channel input was the slowest of an H200 step (gpu_profile); this conv
-            # is a sliver of the FLOPs, so fp32 costs little there. The rest of the net stays in autocast's dtype.
+            # cuDNN's bf16 kernels for a one-channel input are slow (benchmarks/gpu_profile.py); this conv is a
+            # sliver of the FLOPs, so fp32 costs little there. The rest of the net stays in autocast's dtype.
             with torch.autocast(x.device.type, enabled=False):
                 x = self.features[0](x.float())
             return self.fc(self.features[1:](x))

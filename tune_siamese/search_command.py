@@ -24,7 +24,7 @@ from .config import Config  # noqa: E402
 from .console import print_start, print_summary, ray_console_environment  # noqa: E402
 from .errors import InputError, OneLineParser  # noqa: E402
 from .names import EXIT_CTRL_C, EXIT_NO_USABLE_TRIAL, EXIT_SIGTERM, FINAL_POLICIES, RUNG_METRICS  # noqa: E402
-from .settings import SEARCHERS, rerun  # noqa: E402
+from .settings import SEARCHERS, command_to_rerun  # noqa: E402
 
 
 class SigtermAsCtrlC:
@@ -81,8 +81,8 @@ def build_parser(prog: str = "run_search.py") -> OneLineParser:
     """The search's options; `ts.search` takes the same ones as keyword arguments."""
     from search_spaces import describe  # the presets' names and one line on each, for --help
 
-    p = OneLineParser(prog=prog, description=DESCRIPTION.format(prog=rerun(prog)), epilog="presets (--space):\n"
-                      + describe(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog=prog, description=DESCRIPTION.format(prog=command_to_rerun(prog)),
+                      epilog="presets (--space):\n" + describe(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="synthetic",
                    help="LFW-a folder with pair lists, an identity folder, 'lfw' (torchvision download) "
                         "or 'synthetic' (default)")
@@ -194,7 +194,7 @@ def run(args: argparse.Namespace, stop: SigtermAsCtrlC | None = None) -> tuple[d
         stop.install()  # after ray.init, which replaces it
 
         def stopped(what: str) -> SearchInterrupted:
-            message = f"{what}. Continue it with: {rerun(args.prog)} --resume {settings.experiment_path}"
+            message = f"{what}. Continue it with: {command_to_rerun(args.prog)} --resume {settings.experiment_path}"
             print(f"\n{message}", flush=True)
             return SearchInterrupted(message, settings.experiment_path)
 

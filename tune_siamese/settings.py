@@ -72,7 +72,7 @@ class SearchSettings:
         return study_location(self.study_storage, self.experiment_path)
 
 
-def rerun(prog: str) -> str:
+def command_to_rerun(prog: str) -> str:
     """The command a user types to run the search command again: `python run_search.py` or `tune-siamese search`."""
     return "python run_search.py" if prog == "run_search.py" else prog
 
@@ -99,11 +99,11 @@ def require_searcher(searcher: str, source: str) -> None:
                          f"pip install {' '.join(missing)}")
 
 
-def preset_choice(run: dict[str, Any], key: str, choices: Any, given: str | None, source: str) -> str:
+def preset_choice(preset_defaults: dict[str, Any], key: str, choices: Any, given: str | None, source: str) -> str:
     """An option's value: the one given (argparse checked it), else the preset's or the default (checked here)."""
     if given is not None:
         return given
-    value = run[key]
+    value = preset_defaults[key]
     if value not in choices:
         raise InputError(f"search space {source}: option_defaults {key}={value!r} is not one of {', '.join(choices)}")
     return str(value)
@@ -133,31 +133,35 @@ def build_settings(args: argparse.Namespace) -> tuple[SearchSettings, Any]:
     if not_searched and not preset.space:
         raise InputError(f"option --set fixes every value the search space {args.space} searches "
                          f"({', '.join(not_searched)}): nothing left to search")
-    run = {"num_samples": 8, "max_epochs": 20, "grace_period": 2, "reduction_factor": 3.0, "searcher": "tpe",
-           "rung_metric": "last", "reproducible": False, "final": "retrain", **preset.option_defaults}
+    preset_defaults = {"num_samples": 8, "max_epochs": 20, "grace_period": 2, "reduction_factor": 3.0,
+                       "searcher": "tpe", "rung_metric": "last", "reproducible": False, "final": "retrain",
+                       **preset.option_defaults}
+    given_max_epochs = args.max_epochs
     if "max_epochs" in overrides:  # --set max_epochs=N means what --max-epochs N means
         if args.max_epochs is not None and str(args.max_epochs) != overrides["max_epochs"]:
             raise InputError("options --max-epochs and --set max_epochs disagree")
-        args.max_epochs = Config.from_dict({"max_epochs": overrides["max_epochs"]}, source="option --set").max_epochs
-    max_epochs = args.max_epochs or run["max_epochs"]
+        given_max_epochs = Config.from_dict({"max_epochs": overrides["max_epochs"]}, source="option --set").max_epochs
+    max_epochs = given_max_epochs or preset_defaults["max_epochs"]
     if args.grace_period is not None and args.grace_period > max_epochs:
         raise InputError(f"option --grace-period={args.grace_period} exceeds the {max_epochs} epochs a trial runs "
                          "at most (--max-epochs)")
-    grace_period = min(args.grace_period or run["grace_period"], max_epochs)  # the preset's, cut to short runs
-    reduction_factor = float(args.reduction_factor or run["reduction_factor"])
+    # the preset's, cut to short runs
+    grace_period = min(args.grace_period or preset_defaults["grace_period"], max_epochs)
+    reduction_factor = float(args.reduction_factor or preset_defaults["reduction_factor"])
     if not reduction_factor > 1:  # a given one was checked with the other numbers; this is the preset's
         raise InputError(f"search space {args.space}: option_defaults reduction_factor={reduction_factor} must be > 1")
-    searcher = preset_choice(run, "searcher", SEARCHERS, args.searcher, args.space)
+    searcher = preset_choice(preset_defaults, "searcher", SEARCHERS, args.searcher, args.space)
     require_searcher(searcher, "option --searcher")
-    rung_metric = preset_choice(run, "rung_metric", RUNG_METRICS, args.rung_metric, args.space)
-    reproducible = bool(run["reproducible"] if args.reproducible is None else args.reproducible)
+    rung_metric = preset_choice(preset_defaults, "rung_metric", RUNG_METRICS, args.rung_metric, args.space)
+    reproducible = bool(preset_defaults["reproducible"] if args.reproducible is None else args.reproducible)
     if reproducible:
         check_reproducible(args)
-    num_samples = args.num_samples or run["num_samples"]
+    num_samples = args.num_samples or preset_defaults["num_samples"]
     finalists, finalist_seeds = check_finalists(args, preset.option_defaults, num_samples)
-    final, final_size = final_policy(args.final, args.final_size, run, args.space)
-    # GPU trials replay each training step as a CUDA graph (2.3x the pairs/s at batch 32 on an H200,
-    # benchmarks/RESULTS.md); a preset or --set cuda_graphs=false says otherwise. On a CPU it changes nothing.
+    final, final_size = final_policy(args.final, args.final_size, preset_defaults, args.space)
+    # GPU trials replay each training step as a CUDA graph, which removes the per-kernel launch cost that dominates
+    # a small net's step (figures: benchmarks/RESULTS.md, cuda graphs); a preset or --set cuda_graphs=false says
+    # otherwise. On a CPU it changes nothing.
     gpu_defaults = {"cuda_graphs": True} if args.gpus_per_trial else {}
     base = {**gpu_defaults, **preset.fixed, **overrides, "data": args.data, "max_epochs": max_epochs,
             "seed": args.seed, "threads": max(1, int(args.cpus_per_trial))}
@@ -173,7 +177,8 @@ def build_settings(args: argparse.Namespace) -> tuple[SearchSettings, Any]:
         retrain_cpus=args.retrain_cpus, retrain_gpus=args.retrain_gpus, mlflow=mlflow_uri(args.mlflow),
         searcher=searcher, rung_metric=rung_metric, reproducible=reproducible, finalists=finalists,
         finalist_seeds=finalist_seeds, final=final, final_size=final_size, not_searched=not_searched,
-        command=" ".join([rerun(args.prog), shlex.join(sys.argv[1:] if args.argv is None else args.argv)]).strip())
+        command=" ".join([command_to_rerun(args.prog),
+                          shlex.join(sys.argv[1:] if args.argv is None else args.argv)]).strip())
     return settings, preset
 
 
@@ -215,11 +220,11 @@ def check_finalists(args: argparse.Namespace, preset_defaults: dict[str, Any], n
     return k, s
 
 
-def final_policy(policy: str | None, size: int | None, run: dict[str, Any], space: str) -> tuple[str, int]:
+def final_policy(policy: str | None, size: int | None, preset_defaults: dict[str, Any], space: str) -> tuple[str, int]:
     """--final and --final-size (given, else the preset's, else retrain; 3 members), checked before Ray starts."""
-    chosen = preset_choice(run, "final", FINAL_POLICIES, policy, space)
+    chosen = preset_choice(preset_defaults, "final", FINAL_POLICIES, policy, space)
     if size is None:
-        size = int(run.get("final_size", FINAL_SIZE)) if chosen in ("seeds", "folds") else 1
+        size = int(preset_defaults.get("final_size", FINAL_SIZE)) if chosen in ("seeds", "folds") else 1
     check_final_policy(chosen, size)
     return chosen, size
 
