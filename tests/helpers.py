@@ -56,13 +56,15 @@ def reap(proc: subprocess.Popen) -> None:
         pass
 
 
-def spawn_until_a_trial_finished(argv: list[str], experiment: Path, log: Path, epochs: int) -> subprocess.Popen:
-    """Start run_search.py and return once one trial has run all its epochs and another has begun."""
+def spawn_until_a_trial_finished(argv: list[str], experiment: Path, log: Path, epochs: int,
+                                 finished: int = 1) -> subprocess.Popen:
+    """Start run_search.py and return once `finished` trials have run all their epochs and another has begun."""
     proc = spawn(argv, log)
     deadline = time.time() + 240
     while time.time() < deadline:
         frames = trial_frames(experiment) if experiment.exists() else {}
-        if any(f["epoch"].max() >= epochs for f in frames.values()) and len(frames) >= 2:
+        done = sum(f["epoch"].max() >= epochs for f in frames.values())
+        if done >= finished and len(frames) >= finished + 1:
             return proc
         if proc.poll() is not None:
             break

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -95,24 +96,61 @@ def test_a_search_without_a_usable_trial_says_so_and_exports_nothing(ray_session
     assert f"No usable trial: {final['no_usable_trial']}" in report
 
 
-def test_sigterm_ends_a_search_like_ctrl_c(tmp_path):
-    """What Kubernetes, Slurm and most schedulers send on preemption. Ray's own handler aborted the driver (exit
-    134, a C++ stack dump, no resume line)."""
-    experiment = tmp_path / "preempted"
-    argv = ["run_search.py", *SMOKE, "--num-samples", "2", "--max-epochs", "2", "--grace-period", "2",
-            "--max-concurrent", "1", "--storage-path", str(tmp_path), "--name", "preempted", "--no-retrain"]
+def test_a_search_preempted_copied_and_killed_resumes_with_no_finished_trial_repeated(tmp_path):
+    """One search through three faults a long search meets, one after another (one interrupted search shared, as
+    three separate ones cost three times the Ray starts):
+    - SIGTERM, what Kubernetes, Slurm and most schedulers send on preemption: exit 143 and the resume line (Ray's
+      own handler aborted the driver: exit 134, a C++ stack dump, no resume line);
+    - the experiment copied under another name: the copy resumes into its own Optuna study, the original's is
+      left as it was;
+    - SIGKILL of that resumed driver and its Ray: nothing gets to save or clean up.
+    The last resume finishes: no trial finished before any fault runs again, and --set's value held in every
+    trial before and after."""
+    import hashlib
+
+    import optuna
+
+    import analysis
+
+    first = tmp_path / "first" / "interrupted"
+    argv = ["run_search.py", *SMOKE, "--num-samples", "4", "--max-epochs", "2", "--grace-period", "2",
+            "--max-concurrent", "1", "--storage-path", str(first.parent), "--name", "interrupted", "--no-retrain",
+            "--set", "lr=0.002"]
     log = tmp_path / "first.log"
-    proc = spawn_until_a_trial_finished(argv, experiment, log, epochs=2)
+    proc = spawn_until_a_trial_finished(argv, first, log, epochs=2)
     try:
         proc.send_signal(signal.SIGTERM)  # the driver alone, as Kubernetes signals a container's main process
         assert proc.wait(timeout=120) == 143, log.read_text()[-3000:]
     finally:
         reap(proc)
     output = log.read_text()
-    assert "Search interrupted (SIGTERM)" in output and f"--resume {experiment}" in output
-    assert not (experiment / FINAL_FILE).exists()
-    before = {n: len(f) for n, f in trial_frames(experiment).items()}
-    resume_and_check(experiment, tmp_path / "second.log", before, trials=2, epochs=2)
+    assert "Search interrupted (SIGTERM)" in output and f"--resume {first}" in output
+    assert "--set lr=0.002 fixes lr, which the space searches: not searched" in output
+    assert not (first / FINAL_FILE).exists()
+    before = {n: len(f) for n, f in trial_frames(first).items()}
+    finished_before = [n for n, rows in before.items() if rows >= 2]
+    assert finished_before and (len(before) < 4 or any(rows < 2 for rows in before.values()))
+
+    experiment = tmp_path / "copied" / "renamed"
+    shutil.copytree(first, experiment)
+    original = hashlib.sha256((first / "optuna.db").read_bytes()).hexdigest()
+    proc = spawn_until_a_trial_finished(["run_search.py", "--resume", str(experiment), "--no-retrain"], experiment,
+                                        tmp_path / "second.log", epochs=2, finished=len(finished_before) + 1)
+    reap(proc)  # SIGKILL the resumed driver and the Ray it started
+    killed = {n: len(f) for n, f in trial_frames(experiment).items()}
+    assert all(killed[name] == before[name] for name in finished_before)
+    assert len(killed) < 4 or any(rows < 2 for rows in killed.values())  # really cut short again
+
+    resume_and_check(experiment, tmp_path / "third.log", killed, trials=4, epochs=2)
+    assert json.loads((experiment / FINAL_FILE).read_text())["trials"] == 4
+    # The resumes wrote to the study in the copy (named as the search began); the original is untouched.
+    study = optuna.load_study(study_name="interrupted", storage=f"sqlite:///{experiment / 'optuna.db'}")
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 4
+    assert hashlib.sha256((first / "optuna.db").read_bytes()).hexdigest() == original
+    assert not (tmp_path / "copied" / "interrupted").exists()
+    configs = [json.loads(params.read_text()) for params in experiment.glob("trial_*/params.json")]
+    assert len(configs) == 4 and {float(config["lr"]) for config in configs} == {0.002}
+    assert "lr" not in analysis.load(experiment).hyperparameters
 
 
 def test_ctrl_c_or_sigterm_during_the_export_leaves_no_export_and_a_resume_finishes(ray_session, tmp_path, capsys,
@@ -177,17 +215,6 @@ def test_killed_worker_restarts_from_its_last_checkpoint(ray_session, tmp_path):
     assert list(frame["epoch"]) == [1, 2, 3]  # continued at epoch 2, not from zero
     assert killed[0] in set(frame["pid"]) and len(set(frame["pid"])) == 2  # a new worker took over
     assert summary["errored_trials"] == 0
-
-
-def test_killed_driver_resumes_with_no_finished_trial_repeated(tmp_path):
-    experiment = tmp_path / "crashed"
-    argv = ["run_search.py", *SMOKE, "--num-samples", "3", "--max-epochs", "2", "--grace-period", "2",
-            "--max-concurrent", "1", "--storage-path", str(tmp_path), "--name", "crashed", "--no-retrain"]
-    proc = spawn_until_a_trial_finished(argv, experiment, tmp_path / "first.log", epochs=2)
-    reap(proc)  # SIGKILL the driver and the Ray it started: nothing gets to save or clean up
-    before = {n: len(f) for n, f in trial_frames(experiment).items()}
-    assert any(rows >= 2 for rows in before.values())
-    resume_and_check(experiment, tmp_path / "second.log", before, trials=3, epochs=2)
 
 
 NODE_LOSS_SCRIPT = """

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import SMOKE, cli_json, reap, resume_and_check, spawn, spawn_until_a_trial_finished, trial_frames
+from helpers import SMOKE, cli_json, reap, spawn, trial_frames
 
 import run_search
 from tune_siamese.checkpoint import load, load_model
@@ -366,47 +366,6 @@ def test_resume_of_a_folder_without_experiment(tmp_path, capsys):
 
 
 
-
-
-def test_resume_after_interrupt_of_a_copied_experiment_repeats_no_finished_trial(tmp_path):
-    """Interrupted, then copied under another name: the copy resumes into its own Optuna study (the original's is
-    left as it was), runs no finished trial again, and keeps --set's value out of the searched space."""
-    import hashlib
-
-    import optuna
-
-    import analysis
-
-    first = tmp_path / "first" / "interrupted"
-    argv = ["run_search.py", *SMOKE, "--num-samples", "4", "--max-epochs", "2", "--grace-period", "2",
-            "--max-concurrent", "1", "--storage-path", str(first.parent), "--name", "interrupted", "--no-retrain",
-            "--set", "lr=0.002"]
-    proc = spawn_until_a_trial_finished(argv, first, tmp_path / "first.log", epochs=2)
-    try:
-        proc.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and run_search exits 130
-        assert proc.wait(timeout=120) == 130, (tmp_path / "first.log").read_text()[-3000:]
-    finally:
-        reap(proc)
-    assert "--set lr=0.002 fixes lr, which the space searches: not searched" in (tmp_path / "first.log").read_text()
-    before = {n: len(f) for n, f in trial_frames(first).items()}
-    finished_before = [n for n, rows in before.items() if rows >= 2]
-    assert finished_before
-    assert len(before) < 4 or any(rows < 2 for rows in before.values())  # really interrupted
-
-    experiment = tmp_path / "copied" / "renamed"
-    shutil.copytree(first, experiment)
-    original = hashlib.sha256((first / "optuna.db").read_bytes()).hexdigest()
-    resume_and_check(experiment, tmp_path / "second.log", before, trials=4, epochs=2)
-    assert json.loads((experiment / FINAL_FILE).read_text())["trials"] == 4
-    # The resumed search wrote to the study in the copy (named as the search began); the original is untouched.
-    study = optuna.load_study(study_name="interrupted", storage=f"sqlite:///{experiment / 'optuna.db'}")
-    assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 4
-    assert hashlib.sha256((first / "optuna.db").read_bytes()).hexdigest() == original
-    assert not (tmp_path / "copied" / "interrupted").exists()
-    # --set lr won over the space in every trial, before and after the resume
-    configs = [json.loads(params.read_text()) for params in experiment.glob("trial_*/params.json")]
-    assert len(configs) == 4 and {float(config["lr"]) for config in configs} == {0.002}
-    assert "lr" not in analysis.load(experiment).hyperparameters
 
 
 def test_ctrl_c_after_every_trial_started_is_still_an_interrupt(tmp_path):

@@ -178,7 +178,7 @@ def test_a_full_disk_leaves_every_file_whole(full_disk, monkeypatch, tiny_config
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    from analysis.plots import _save
+    from analysis.plots import save_figure
     from tune_siamese.checkpoint import export_model, save_checkpoint
     from tune_siamese.data import images
     from tune_siamese.model import build_model
@@ -195,7 +195,7 @@ def test_a_full_disk_leaves_every_file_whole(full_disk, monkeypatch, tiny_config
     with pytest.raises(InputError, match="cannot write the checkpoint"):
         save_checkpoint({"weights": np.zeros(100_000)}, full_disk / "trial" / "state.pt")
     with pytest.raises(OSError):
-        _save(Figure(), full_disk / "report" / "roc.png")
+        save_figure(Figure(), full_disk / "report" / "roc.png")
     config = tiny_config()
     with pytest.raises(OSError):
         publish_export(lambda folder: export_model(build_model(config), config, folder),
