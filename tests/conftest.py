@@ -150,3 +150,10 @@ def smoke_search(ray_session, tmp_path_factory):
                                   "--ensemble", "2", "--mlflow", str(storage / "mlruns")])
     summary, model = run_search.run(args)
     return {"experiment": storage / "smoke", "summary": summary, "model": model}
+
+
+def pytest_collection_modifyitems(items):
+    """A test that starts real servers is slow too: `-m "not slow"` leaves the cluster tests out."""
+    for item in items:
+        if item.get_closest_marker("cluster") is not None:
+            item.add_marker(pytest.mark.slow)

@@ -40,6 +40,7 @@ def test_bad_values_raise_the_commands_one_line_error_before_ray(capsys, tmp_pat
         ts.search(num_samples="many")
 
 
+@pytest.mark.slow
 def test_search_returns_what_it_hands_back_and_load_scores_like_verify(ray_session, tmp_path, make_image,
                                                                        capsys):
     from analysis import load as load_experiment

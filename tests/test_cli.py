@@ -306,6 +306,7 @@ def test_version_and_help_answer_without_loading_torch():
     assert done.stdout.strip() == "[0, 0] False tune-siamese 0.1.0", done.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_tune_siamese_search_is_run_search(tmp_path, capsys):
     from tune_siamese import cli
 

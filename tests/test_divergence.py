@@ -23,6 +23,7 @@ SPACE = Preset(
 '''
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("no_retrain", [False, True])
 def test_a_search_without_a_usable_trial_ends_with_exit_3_and_says_why(ray_session, tmp_path, capsys, no_retrain):
     space = tmp_path / "exploding.py"

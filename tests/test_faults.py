@@ -13,10 +13,13 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from helpers import REPO, SMOKE, leftovers, reap, resume_and_check, spawn, spawn_until_a_trial_finished, trial_frames
 
 import run_search
 from tune_siamese.names import DIVERGED_LOSS, FINAL_FILE
+
+pytestmark = pytest.mark.slow  # every test here runs a real search through a fault (15 s to 90 s each)
 
 FAULTY_SPACE = '''
 from ray import tune

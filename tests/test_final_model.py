@@ -143,6 +143,7 @@ def test_members_split_one_retrains_room_evenly(monkeypatch, room, size, shares)
     assert options["max_retries"] == 1
 
 
+@pytest.mark.slow
 def test_finalize_adds_final_models_beside_the_search_and_never_overwrites(smoke_search, capsys):
     """`tune-siamese finalize` on a finished search: each policy's record and export beside final.json and
     export/, which stay byte for byte; the same name twice is refused; intervals hold their point estimates."""

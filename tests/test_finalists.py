@@ -163,6 +163,7 @@ def best_of(frame) -> tuple[float, int]:
     return float(row["val_loss"]), int(row["epoch"])
 
 
+@pytest.mark.slow
 def test_finalists_are_trained_again_and_the_winner_is_exported(ray_session, identity_folder, tmp_path):
     """One real search (4 trials on a tiny identity folder, 2 epochs), then 2 finalists x 2 seeds."""
     from ray import tune

@@ -109,6 +109,7 @@ def run_snippet(code: str, folder, *args) -> dict:
     return json.loads(done.stdout.splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_readme_plain_torch_snippet_matches_verify(lfw, lfw_root, tiny_config, tmp_path):
     """The snippet in docs/exports.md (torch, numpy, Pillow only) on the export's verifier.pt2 gives verify's
     probability, with every preprocessing step in play: a face crop, a zoom, a resize to another input size, flip

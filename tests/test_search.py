@@ -368,6 +368,7 @@ def test_resume_of_a_folder_without_experiment(tmp_path, capsys):
 
 
 
+@pytest.mark.slow
 def test_ctrl_c_after_every_trial_started_is_still_an_interrupt(tmp_path):
     """Tune marks the trials it stops on Ctrl-C TERMINATED; with every trial started, counting them looked like
     a finished search (exit 0, the best of half a search retrained and exported)."""

@@ -146,6 +146,7 @@ def reproducible_search(tmp_path, data, name: str) -> tuple[list[dict], list[lis
     return configs, [frame[VAL_LOSS].tolist() for frame in frames], study
 
 
+@pytest.mark.slow
 def test_reproducible_mode_gives_the_same_trials_run_to_run(ray_session, synthetic_small, tmp_path):
     configs, losses, study = reproducible_search(tmp_path, synthetic_small, "first")
     again_configs, again_losses, _ = reproducible_search(tmp_path, synthetic_small, "second")
