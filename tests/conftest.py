@@ -139,17 +139,24 @@ def ray_session(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smoke_search(ray_session, tmp_path_factory):
-    """One real search on synthetic data (6 trials, 0.25 GPU each on the declared GPU), logged to MLflow, shared
-    by the search, analysis and MLflow tests."""
-    import run_search
+    """One real search on synthetic data (6 trials, 0.25 GPU each on the declared GPU), logged to MLflow, run
+    through the Python API (ts.search) and shared by the API, search, analysis and MLflow tests. What it printed
+    and warned is kept for the API's tests (it should print nothing)."""
+    import contextlib
+    import io
+    import warnings
+
+    import tune_siamese as ts
 
     storage = tmp_path_factory.mktemp("ray_results")
-    args = run_search.parse_args(["--space", "smoke", "--seed", "0", "--num-samples", "6", "--max-epochs", "3",
-                                  "--grace-period", "1", "--reduction-factor", "2", "--cpus-per-trial", "1",
-                                  "--gpus-per-trial", "0.25", "--storage-path", str(storage), "--name", "smoke",
-                                  "--ensemble", "2", "--mlflow", str(storage / "mlruns")])
-    summary, model = run_search.run(args)
-    return {"experiment": storage / "smoke", "summary": summary, "model": model}
+    printed = io.StringIO()
+    with warnings.catch_warnings(record=True) as warned, contextlib.redirect_stdout(printed):
+        warnings.simplefilter("always")
+        result = ts.search(space="smoke", seed=0, num_samples=6, max_epochs=3, grace_period=1, reduction_factor=2,
+                           cpus_per_trial=1, gpus_per_trial=0.25, storage_path=str(storage), name="smoke", ensemble=2,
+                           mlflow=str(storage / "mlruns"))
+    return {"experiment": storage / "smoke", "summary": result.summary, "model": result.model, "result": result,
+            "printed": printed.getvalue(), "warned": [str(w.message) for w in warned if w.category is UserWarning]}
 
 
 def pytest_collection_modifyitems(items):

@@ -3,7 +3,6 @@ stdout), returns what the search hands back; ts.load scores image pairs exactly 
 from __future__ import annotations
 
 import json
-import warnings
 
 import pytest
 
@@ -40,25 +39,22 @@ def test_bad_values_raise_the_commands_one_line_error_before_ray(capsys, tmp_pat
         ts.search(num_samples="many")
 
 
-@pytest.mark.slow
-def test_search_returns_what_it_hands_back_and_load_scores_like_verify(ray_session, tmp_path, make_image,
+def test_search_returns_what_it_hands_back_and_load_scores_like_verify(smoke_search, tmp_path, make_image,
                                                                        capsys):
+    """smoke_search runs through ts.search (conftest)."""
     from analysis import load as load_experiment
     from tune_siamese.cli import main as cli_main
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = ts.search(space="smoke", num_samples=2, max_epochs=2, grace_period=1, cpus_per_trial=1,
-                           gpus_per_trial=0.25, storage_path=str(tmp_path), name="api", seed=3)
-    assert capsys.readouterr().out == ""  # nothing printed unless console=True
-    final = json.loads((tmp_path / "api" / "final.json").read_text())
-    assert result.summary == final and result.experiment == str(tmp_path / "api")
+    result, experiment = smoke_search["result"], smoke_search["experiment"]
+    assert smoke_search["printed"] == ""  # nothing printed unless console=True
+    final = json.loads((experiment / "final.json").read_text())
+    assert result.summary == final and result.experiment == str(experiment)
     assert result.best_config == final["best_config"] and result.test == final["test"]
-    assert 0 <= result.test["auc"] <= 1 and result.export == final["export"]
-    assert "--name api" in result.command and result.command.startswith("python run_search.py")
-    # a warning the command would print (a smoke model is often no better than chance) reaches Python's warnings
-    assert [str(w.message) for w in caught if w.category is UserWarning] == \
-        [line.removeprefix("WARNING: ") for line in result.warnings]
+    assert 0 <= result.test["auc"] <= 1 and result.export == final["export"] and result.usable
+    assert result.model is not None and "--name smoke" in result.command
+    assert result.command.startswith("python run_search.py")
+    # each warning the command would print (a smoke model is often no better than chance) is a Python warning
+    assert smoke_search["warned"] == [line.removeprefix("WARNING: ") for line in result.warnings]
     assert load_experiment(result.experiment).summary["best_trial"] == final["best_trial"]
 
     a, b = make_image(tmp_path / "a.jpg", seed=1, size=60), make_image(tmp_path / "b.png", seed=2, size=90, mode="RGB")

@@ -29,6 +29,7 @@ class SearchResult:
     summary: dict[str, Any]
     experiment: str
     command: str  # the equivalent command line, e.g. to resume: add --resume EXPERIMENT
+    model: Any = None  # the model handed back, in memory (None: --no-retrain or no usable trial)
 
     @property
     def best_config(self) -> dict[str, Any]:
@@ -122,8 +123,8 @@ def search(*, console: bool = False, **options: Any) -> SearchResult:
         argv.append("--quiet")  # no live table: it would be swallowed anyway
     args = parse_args(argv, prog="run_search.py")
     with _silenced(not console):
-        summary, _ = run(args)
-    result = SearchResult(summary, summary["experiment"], " ".join([command_to_rerun("run_search.py"), *argv]))
+        summary, model = run(args)
+    result = SearchResult(summary, summary["experiment"], " ".join([command_to_rerun("run_search.py"), *argv]), model)
     if not console:
         for line in result.warnings:
             warnings.warn(line.removeprefix("WARNING: "), UserWarning, stacklevel=2)
