@@ -95,3 +95,19 @@ def test_the_circle_finder_finds_one():
 @pytest.mark.parametrize("path", project_files(), ids=lambda path: str(path.relative_to(REPO)))
 def test_no_module_over_400_lines(path):
     assert len(path.read_text().splitlines()) <= MAX_LINES
+
+
+def test_experiments_saved_under_the_old_module_names_still_unpickle():
+    """Tune's saved state names classes by module path: an experiment (or finalist stage) saved before the Ray
+    layer became tuning.py, or before train_finalist moved to finalists.py, must still resume and finalize; and
+    that old name must not replace the API function tune_siamese.search."""
+    import pickle
+
+    import tune_siamese as ts
+    from tune_siamese.finalists import train_finalist
+    from tune_siamese.tuning import CompletionWatch, MovableSearchGenerator
+
+    assert pickle.loads(b"ctune_siamese.search\nCompletionWatch\n.") is CompletionWatch
+    assert pickle.loads(b"ctune_siamese.search\nMovableSearchGenerator\n.") is MovableSearchGenerator
+    assert pickle.loads(b"ctune_siamese.finish\ntrain_finalist\n.") is train_finalist
+    assert callable(ts.search) and ts.search.__module__ == "tune_siamese.api"
