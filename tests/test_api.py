@@ -68,18 +68,26 @@ def test_search_returns_what_it_hands_back_and_load_scores_like_verify(smoke_sea
 
 
 def test_resume_refuses_every_option_that_shapes_the_search():
-    """Options are search-shaping unless listed as per-run: each one given with --resume is refused by name
-    (so an option added later is refused there too, not silently ignored)."""
+    """Options are search-shaping unless their SearchOptions field says per_run: each one given with --resume is
+    refused by name (so an option added later is refused there too, not silently ignored), and the parser and
+    SearchOptions hold the same options with the same defaults."""
     import argparse
+    import dataclasses
 
+    from tune_siamese.options import DEFAULTS, SearchOptions, option_fields
     from tune_siamese.search_command import build_parser, parse_args
-    from tune_siamese.settings import PER_RUN_OPTIONS, check_resume_options
+    from tune_siamese.settings import settings_for
 
     parser = build_parser()
-    defaults = vars(parse_args([]))
-    shaping = [a for a in parser._actions if a.option_strings and a.dest != "help" and a.dest not in PER_RUN_OPTIONS]
+    actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest != "help"}
+    assert set(actions) == {f.name for f in option_fields()}
+    assert all(list(actions[f.name].default or []) == list(f.default) if f.name == "set" else
+               actions[f.name].default == f.default for f in option_fields())
+    assert parse_args([]) == dataclasses.replace(DEFAULTS, argv=())
+    shaping = [f for f in option_fields() if not f.metadata.get("per_run")]
     assert len(shaping) >= 25
-    for action in shaping:
+    for field in shaping:
+        action = actions[field.name]
         flag = next(f for f in action.option_strings if f.startswith("--"))
         if isinstance(action, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
             given = [flag]
@@ -89,7 +97,7 @@ def test_resume_refuses_every_option_that_shapes_the_search():
             given = [flag, next(c for c in action.choices if c != action.default)]
         else:
             given = [flag, "0.5" if action.type is float else "7" if action.type is int else "elsewhere"]
-        args = parse_args(["--resume", "ray_results/x", *given])
         with pytest.raises(InputError, match=f"{flag} would be ignored"):
-            check_resume_options(args, defaults)
-    check_resume_options(parse_args(["--resume", "x", "--quiet", "--ensemble", "2", "--no-retrain"]), defaults)
+            settings_for(parse_args(["--resume", "ray_results/x", *given]))
+    per_run = parse_args(["--resume", "x", "--quiet", "--ensemble", "2", "--no-retrain"])
+    assert isinstance(per_run, SearchOptions) and per_run.search_shaping_given() == []

@@ -18,7 +18,7 @@ from tune_siamese.checkpoint import load_checkpoint
 from tune_siamese.finalists import FINALISTS_DIR, summarise_finalists
 from tune_siamese.names import FINAL_FILE, STATE_FILE
 from tune_siamese.ranking import best_trial, no_usable_reason, top_trials
-from tune_siamese.settings import build_settings, load_resume_settings
+from tune_siamese.settings import load_resume_settings, settings_for
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -48,7 +48,7 @@ def test_a_preset_may_set_the_finalists_and_an_option_beats_it(tmp_path, capsys)
 
     def settings(*argv: str):
         args = run_search.parse_args(["--space", f"{space}:GOOD", "--storage-path", str(tmp_path), *argv])
-        return build_settings(args)[0]
+        return settings_for(args)[0]
 
     assert (settings().finalists, settings().finalist_seeds) == (2, 3)
     assert (settings("--finalists", "0").finalists, settings("--finalists", "0").finalist_seeds) == (0, 0)
@@ -60,7 +60,7 @@ def test_a_preset_may_set_the_finalists_and_an_option_beats_it(tmp_path, capsys)
 def test_resume_keeps_the_finalist_options(tmp_path, capsys):
     args = run_search.parse_args([*SMOKE, "--storage-path", str(tmp_path), "--name", "exp", "--finalists", "2",
                                   "--finalist-seeds", "2"])
-    saved = dataclasses.asdict(build_settings(args)[0])
+    saved = dataclasses.asdict(settings_for(args)[0])
     experiment = tmp_path / "exp"
     experiment.mkdir()
     (experiment / "search_settings.json").write_text(json.dumps(saved))

@@ -19,7 +19,7 @@ from tune_siamese.checkpoint import load, load_model
 from tune_siamese.config import Config
 from tune_siamese.data import load_data
 from tune_siamese.names import FINAL_FILE
-from tune_siamese.settings import build_settings
+from tune_siamese.settings import settings_for
 
 
 def max_overlap(frames: dict[str, pd.DataFrame]) -> int:
@@ -207,7 +207,7 @@ def test_every_value_a_space_can_produce_is_checked_first(tmp_path, capsys, attr
 
 
 def test_set_max_epochs_is_not_overridden_by_the_preset(tmp_path):
-    settings, _ = build_settings(run_search.parse_args([*SMOKE, "--set", "max_epochs=7",
+    settings, _ = settings_for(run_search.parse_args([*SMOKE, "--set", "max_epochs=7",
                                                                    "--storage-path", str(tmp_path)]))
     assert settings.max_epochs == 7 and settings.base["max_epochs"] == 7
 
@@ -216,12 +216,11 @@ def test_set_takes_a_searched_key_out_of_the_space(tmp_path, capsys):
     """--set lr=... on a space that searches lr: every trial gets the fixed value (lr leaves the space and the
     starting points), the settings record it, the console says so, and a resume rebuilds the same space."""
     from tune_siamese.console import print_start
-    from tune_siamese.settings import load_resume_settings, prepare
+    from tune_siamese.settings import load_resume_settings
 
-    defaults = vars(run_search.parse_args([]))
     args = run_search.parse_args(["--space", "quick", "--set", "lr=0.002", "--set", "augment=true",
                                   "--storage-path", str(tmp_path), "--name", "fixed"])
-    settings, preset = prepare(args, defaults)
+    settings, preset = settings_for(args)
     assert settings.not_searched == ["lr", "augment"] and settings.base["lr"] == "0.002"
     assert "lr" not in preset.space and "augment" not in preset.space and "optimizer" in preset.space
     assert all("lr" not in point and "augment" not in point for point in preset.points)
@@ -232,7 +231,7 @@ def test_set_takes_a_searched_key_out_of_the_space(tmp_path, capsys):
     experiment = tmp_path / "fixed"
     experiment.mkdir()
     (experiment / "search_settings.json").write_text(json.dumps(dataclasses.asdict(settings)))
-    resumed, resumed_preset = prepare(run_search.parse_args(["--resume", str(experiment)]), defaults)
+    resumed, resumed_preset = settings_for(run_search.parse_args(["--resume", str(experiment)]))
     assert load_resume_settings(str(experiment)).not_searched == ["lr", "augment"]
     assert resumed_preset.space.keys() == preset.space.keys() and resumed_preset.points == preset.points
     # fixing every key the space searches leaves nothing to search
@@ -246,7 +245,7 @@ def test_gpu_trials_use_cuda_graphs_unless_told_not_to(tmp_path):
 
     def trial_config(*options: str) -> Config:
         args = run_search.parse_args([*SMOKE, "--storage-path", str(tmp_path), *options])
-        return Config.from_dict(build_settings(args)[0].base)
+        return Config.from_dict(settings_for(args)[0].base)
 
     assert trial_config().cuda_graphs is False  # CPU trials: the Config default
     assert trial_config("--gpus-per-trial", "0.25").cuda_graphs is True
@@ -257,7 +256,7 @@ def experiment_with_settings(storage_path: Path) -> Path:
     """An experiment folder holding only the search settings of a smoke search (what --resume reads first)."""
     experiment = storage_path / "exp"
     experiment.mkdir()
-    settings, _ = build_settings(run_search.parse_args([*SMOKE, "--storage-path", str(storage_path),
+    settings, _ = settings_for(run_search.parse_args([*SMOKE, "--storage-path", str(storage_path),
                                                                    "--name", "exp"]))
     (experiment / "search_settings.json").write_text(json.dumps(dataclasses.asdict(settings)))
     return experiment
@@ -304,7 +303,7 @@ RESUME_READS = ["tuner.pkl", "experiment_state-2026-01-01_00-00-00.json", "searc
 @pytest.mark.parametrize("name", RESUME_READS)
 def test_resume_refuses_a_state_file_others_may_write(tmp_path, capsys, name):
     from tune_siamese.errors import InputError
-    from tune_siamese.preflight import check_owner
+    from tune_siamese.owners import check_owner
 
     experiment = experiment_with_settings(tmp_path)
     space = tmp_path / "space.py"
@@ -346,11 +345,11 @@ def test_resume_refuses_a_study_that_lacks_the_experiments_trials(tmp_path, caps
 
 
 def test_default_study_storage_is_recorded_inside_the_experiment(tmp_path):
-    settings, _ = build_settings(run_search.parse_args([*SMOKE, "--storage-path", str(tmp_path),
+    settings, _ = settings_for(run_search.parse_args([*SMOKE, "--storage-path", str(tmp_path),
                                                                    "--name", "exp"]))
     assert settings.study_storage == "sqlite:///{experiment}/optuna.db" and settings.study_name == "exp"
     assert settings.study_location == f"sqlite:///{tmp_path / 'exp' / 'optuna.db'}"
-    given, _ = build_settings(run_search.parse_args([*SMOKE, "--storage-path", str(tmp_path),
+    given, _ = settings_for(run_search.parse_args([*SMOKE, "--storage-path", str(tmp_path),
                                                                 "--study-storage", "journal.log"]))
     assert given.study_storage == given.study_location == "journal.log"  # as the user gave it
 

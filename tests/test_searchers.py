@@ -15,9 +15,9 @@ from ray.tune.search.optuna import OptunaSearch
 
 import run_search
 from search_spaces import PRESETS, get_preset
-from tune_siamese import settings as settings_module
-from tune_siamese.names import BEST_VAL_LOSS, VAL_LOSS, VAL_LOSS_AVG3
-from tune_siamese.settings import SEARCHERS, build_settings, load_resume_settings
+from tune_siamese import preflight as preflight_module
+from tune_siamese.names import BEST_VAL_LOSS, SEARCHERS, VAL_LOSS, VAL_LOSS_AVG3
+from tune_siamese.settings import load_resume_settings, settings_for
 from tune_siamese.tuning import build_sampler, build_scheduler, build_tuner
 
 SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
@@ -25,8 +25,8 @@ SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomS
             "qmc": optuna.samplers.QMCSampler}
 
 
-def settings_for(tmp_path, *options: str):
-    return build_settings(run_search.parse_args([*SMOKE, "--storage-path", str(tmp_path), *options]))
+def smoke_settings(tmp_path, *options: str):
+    return settings_for(run_search.parse_args([*SMOKE, "--storage-path", str(tmp_path), *options]))
 
 
 def first_draws(sampler: optuna.samplers.BaseSampler, trials: int = 3) -> list[dict]:
@@ -44,7 +44,7 @@ def first_draws(sampler: optuna.samplers.BaseSampler, trials: int = 3) -> list[d
 
 @pytest.mark.parametrize("name", SEARCHERS)
 def test_each_searcher_builds_its_optuna_sampler_seeded_from_the_seed_option(tmp_path, name):
-    settings, _ = settings_for(tmp_path, "--searcher", name, "--seed", "7")
+    settings, _ = smoke_settings(tmp_path, "--searcher", name, "--seed", "7")
     assert settings.searcher == name
     sampler = build_sampler(settings)
     assert type(sampler) is SAMPLERS[name]
@@ -54,7 +54,7 @@ def test_each_searcher_builds_its_optuna_sampler_seeded_from_the_seed_option(tmp
 
 
 def test_tpe_is_configured_for_parallel_trials(tmp_path):
-    settings, _ = settings_for(tmp_path, "--num-samples", "12")
+    settings, _ = smoke_settings(tmp_path, "--num-samples", "12")
     assert settings.searcher == "tpe"  # the default
     sampler = build_sampler(settings)
     assert sampler._multivariate is True and sampler._constant_liar is True
@@ -64,7 +64,7 @@ def test_tpe_is_configured_for_parallel_trials(tmp_path):
 @pytest.mark.parametrize("searcher, missing", [("cmaes", "cmaes"), ("gp", "scipy")])
 def test_a_searcher_without_its_package_is_refused_before_ray(tmp_path, monkeypatch, capsys, searcher, missing):
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(settings_module.importlib.util, "find_spec",
+    monkeypatch.setattr(preflight_module.importlib.util, "find_spec",
                         lambda name, *args: None if name == missing else find_spec(name, *args))
     assert run_search.main([*SMOKE, "--searcher", searcher, "--storage-path", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
@@ -75,14 +75,14 @@ def test_a_searcher_without_its_package_is_refused_before_ray(tmp_path, monkeypa
 
 @pytest.mark.parametrize("choice, metric", [("last", VAL_LOSS), ("best", BEST_VAL_LOSS), ("avg3", VAL_LOSS_AVG3)])
 def test_rung_metric_is_what_asha_compares(tmp_path, choice, metric):
-    settings, _ = settings_for(tmp_path, "--rung-metric", choice)
+    settings, _ = smoke_settings(tmp_path, "--rung-metric", choice)
     scheduler = build_scheduler(settings)
     assert isinstance(scheduler, ASHAScheduler) and scheduler.metric == metric
-    assert settings_for(tmp_path)[0].rung_metric == "last"  # the default: today's behaviour
+    assert smoke_settings(tmp_path)[0].rung_metric == "last"  # the default: today's behaviour
 
 
 def test_reproducible_mode_stops_no_trial_early_and_refuses_asha_options(tmp_path, capsys):
-    settings, _ = settings_for(tmp_path, "--reproducible")
+    settings, _ = smoke_settings(tmp_path, "--reproducible")
     assert settings.reproducible and type(build_scheduler(settings)) is FIFOScheduler
     for option in (["--grace-period", "1"], ["--rung-metric", "best"], ["--reduction-factor", "2"]):
         assert run_search.main([*SMOKE, "--reproducible", *option, "--storage-path", str(tmp_path)]) == 2
@@ -98,10 +98,10 @@ def test_presets_choose_the_defaults_and_their_values_are_checked(tmp_path, caps
                      "                                         'reproducible': True})\n"
                      "BAD = Preset(space=LR, option_defaults={'searcher': 'annealing'})\n"
                      "FLAT = Preset(space=LR, option_defaults={'reduction_factor': 1})\n")
-    good = build_settings(run_search.parse_args(["--space", f"{space}:GOOD", "--storage-path",
+    good = settings_for(run_search.parse_args(["--space", f"{space}:GOOD", "--storage-path",
                                                             str(tmp_path)]))[0]
     assert (good.searcher, good.rung_metric, good.reproducible) == ("random", "avg3", True)
-    given = build_settings(run_search.parse_args(["--space", f"{space}:GOOD", "--searcher", "qmc",
+    given = settings_for(run_search.parse_args(["--space", f"{space}:GOOD", "--searcher", "qmc",
                                                              "--no-reproducible", "--storage-path", str(tmp_path)]))[0]
     assert (given.searcher, given.reproducible) == ("qmc", False)  # an option given beats the preset
     assert run_search.main(["--space", f"{space}:BAD", "--storage-path", str(tmp_path)]) == 2
@@ -111,7 +111,7 @@ def test_presets_choose_the_defaults_and_their_values_are_checked(tmp_path, caps
 
 
 def test_resume_keeps_searcher_rung_metric_and_mode(tmp_path, capsys):
-    settings, _ = settings_for(tmp_path, "--name", "exp", "--searcher", "random", "--rung-metric", "avg3")
+    settings, _ = smoke_settings(tmp_path, "--name", "exp", "--searcher", "random", "--rung-metric", "avg3")
     experiment = tmp_path / "exp"
     experiment.mkdir()
     saved = dataclasses.asdict(settings)
@@ -130,7 +130,7 @@ def test_resume_keeps_searcher_rung_metric_and_mode(tmp_path, capsys):
 
 def reproducible_search(tmp_path, data, name: str) -> tuple[list[dict], list[list[float]], optuna.Study]:
     """A small concurrent search in the reproducible mode: 4 trials, 2 at a time, 2 epochs each."""
-    settings, preset = settings_for(tmp_path, "--num-samples", "4", "--max-epochs", "2", "--max-concurrent", "2",
+    settings, preset = smoke_settings(tmp_path, "--num-samples", "4", "--max-epochs", "2", "--max-concurrent", "2",
                                     "--reproducible", "--name", name)
     results = build_tuner(settings, data, preset.space, preset.points, verbose=0).fit()
     assert results.num_errors == 0 and len(results) == 4

@@ -134,10 +134,14 @@ def search(*, console: bool = False, **options: Any) -> SearchResult:
 def search_settings(**options: Any) -> tuple[Any, Any]:
     """(SearchSettings, Preset) that ts.search(**options) would run with, every option checked and nothing
     started: for benchmarks and tools that build their own Tuner (tuning.tuner_for)."""
+    from .preflight import check_search
     from .search_command import parse_args
-    from .settings import build_settings
+    from .settings import settings_for
 
-    return build_settings(parse_args(options_to_argv(options), prog="run_search.py"))
+    parsed = parse_args(options_to_argv(options), prog="run_search.py")
+    settings, preset = settings_for(parsed)
+    check_search(parsed, settings, preset)
+    return settings, preset
 
 
 def load(source: str) -> Any:

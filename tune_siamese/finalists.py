@@ -14,7 +14,7 @@ from ray.tune.schedulers import FIFOScheduler
 from . import storage
 from .config import Config
 from .data import PairData
-from .preflight import check_owner
+from .owners import check_owner
 from .ranking import best_epoch_and_loss, each_result, top_trials, unusable_reason
 from .settings import SearchSettings
 from .tuning import SearchProgress, fit_tuner, run_config, train_siamese, trial_folder

@@ -3,13 +3,12 @@ and the MLflow store can be used, optional packages are installed, CUDA and the 
 --resume would unpickle belongs to this user."""
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.util
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import TYPE_CHECKING, Iterator, Protocol
 
 import pyarrow.fs
 
@@ -19,6 +18,12 @@ from .config import Config
 from .errors import InputError
 from .names import SETTINGS_FILE
 from .study import check_new_study, check_resumed_study, redact
+
+if TYPE_CHECKING:
+    from search_spaces import Preset
+
+    from .options import SearchOptions
+    from .settings import SearchSettings
 
 
 class Targets(Protocol):
@@ -78,54 +83,44 @@ def check_mlflow_store(uri: str, experiment: str) -> None:
                          "it (mlflow experiments restore) or choose another --name")
 
 
-def check_trial_values(trial_values: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    """What Config alone cannot judge: a CUDA device needs a GPU share (and, for a Ray started here, CUDA
-    here); a compile backend must exist."""
+# the modules each searcher needs beyond Optuna
+SEARCHER_NEEDS = {"gp": ("scipy", "torch"), "cmaes": ("cmaes",)}
+
+
+def require_searcher(searcher: str, source: str) -> None:
+    """A sampler whose package is missing fails at its first suggestion, inside Ray: refuse it here instead."""
+    missing = [module for module in SEARCHER_NEEDS.get(searcher, ()) if importlib.util.find_spec(module) is None]
+    if missing:
+        raise InputError(f"{source}={searcher} needs {', '.join(missing)}, which is not installed: "
+                         f"pip install {' '.join(missing)}")
+
+
+def check_search(options: SearchOptions, settings: SearchSettings, preset: Preset) -> None:
+    """What resolving the options cannot judge: the packages the search needs are installed, a CUDA device has a
+    GPU share (and, for a Ray started here, CUDA here), a compile backend exists, the cluster address parses."""
     import ray
     import torch
 
+    from search_spaces import check_values
     from tune_siamese.engine import check_compile_backend
 
-    starts_local_ray = resolve_address(args.address) == "local" and not ray.is_initialized()
-    for values in trial_values:
-        config = Config.from_dict(values, source="search settings")
-        check_compile_backend(config.compile)
-        if config.device.startswith("cuda"):
-            if not args.gpus_per_trial:
-                raise InputError(f"option device={config.device!r} needs --gpus-per-trial > 0 (a trial without a "
-                                 "GPU share sees no GPU)")
-            if starts_local_ray and not torch.cuda.is_available():
-                raise InputError(f"option device={config.device!r} but CUDA is not available here")
-
-
-# What --resume (and the finalist stage's restore) unpickles from an experiment folder: Ray's state in pickle
-# (tuner.pkl, the searcher's and the callbacks' state) or with cloudpickle blobs inside JSON (the experiment's,
-# the search generator's and the grid generator's state), and an errored trial's pickled error; and
-# search_settings.json, which names the space file that is imported.
-RESUME_READS = ("*.pkl", "experiment_state-*.json", "search_gen_state-*.json", "basic-variant-state-*.json",
-                "*/error.pkl", SETTINGS_FILE)
-
-
-def check_owner(experiment: str) -> None:
-    """Resuming runs code that the experiment's state files may hold (RESUME_READS): resume only a local folder
-    this user owns and nobody else may write, with each of those files so. (A storage URI cannot be checked
-    here: whoever can write to the bucket can run code in a resumed search.)"""
-    if storage.is_uri(experiment) and not experiment.startswith("file://"):
-        return
-    folder = Path(experiment.removeprefix("file://"))
-    check_owner_of([folder, *sorted({path for pattern in RESUME_READS for path in folder.glob(pattern)})])
-
-
-def check_owner_of(paths: list[Path]) -> None:
-    """Each path must belong to this user, and neither group nor others may write to it."""
-    for path in paths:
-        info = path.stat()
-        if info.st_uid != os.getuid():
-            raise InputError("option --resume: this experiment belongs to another user; resuming it would run "
-                             "code this file may hold", path)
-        if info.st_mode & 0o022:
-            raise InputError("option --resume: others may write to this experiment (group/world-writable); "
-                             "resuming it would run code this file may hold", path)
+    if options.resume:
+        require_mlflow(settings.mlflow, f"this experiment logs to MLflow ({redact(settings.mlflow)}) and")
+        require_searcher(settings.searcher, "option --resume: this experiment's --searcher")
+    else:
+        require_mlflow(settings.mlflow, "option --mlflow")
+        require_searcher(settings.searcher, "option --searcher")
+    starts_local_ray = resolve_address(options.address) == "local" and not ray.is_initialized()
+    configs = [Config.from_dict(values, source="search settings")
+               for values in check_values(preset, settings.base, settings.space)]
+    for backend in sorted({config.compile for config in configs}):
+        check_compile_backend(backend)
+    for device in sorted({config.device for config in configs if config.device.startswith("cuda")}):
+        if not settings.gpus_per_trial:
+            raise InputError(f"option device={device!r} needs --gpus-per-trial > 0 (a trial without a GPU share "
+                             "sees no GPU)")
+        if starts_local_ray and not torch.cuda.is_available():
+            raise InputError(f"option device={device!r} but CUDA is not available here")
 
 
 def recorded_trials(experiment: str) -> int:

@@ -8,6 +8,12 @@ import threading
 import time
 from typing import Any, Sequence
 
+from .config import Config
+from .console import print_start, print_summary, ray_console_environment
+from .errors import InputError, OneLineParser
+from .names import EXIT_CTRL_C, EXIT_NO_USABLE_TRIAL, EXIT_SIGTERM, FINAL_POLICIES, RUNG_METRICS, SEARCHERS
+from .options import DEFAULTS, SearchOptions, command_to_rerun
+
 DESCRIPTION = """\
 Run a hyperparameter search: Ray Tune + OptunaSearch (TPE by default) + ASHA, then retrain the best, test and export.
 
@@ -19,12 +25,6 @@ Run a hyperparameter search: Ray Tune + OptunaSearch (TPE by default) + ASHA, th
 Exit status: 0 done; 2 bad input; 3 no usable trial (every one diverged or errored: final.json says why, nothing is
 exported); 130 Ctrl-C, 143 SIGTERM (both print the command that resumes the search).
 """
-
-from .config import Config  # noqa: E402
-from .console import print_start, print_summary, ray_console_environment  # noqa: E402
-from .errors import InputError, OneLineParser  # noqa: E402
-from .names import EXIT_CTRL_C, EXIT_NO_USABLE_TRIAL, EXIT_SIGTERM, FINAL_POLICIES, RUNG_METRICS  # noqa: E402
-from .settings import SEARCHERS, command_to_rerun  # noqa: E402
 
 
 class SigtermAsCtrlC:
@@ -70,11 +70,9 @@ class SearchInterrupted(KeyboardInterrupt):
         self.message, self.experiment = message, experiment
 
 
-def parse_args(argv: Sequence[str] | None = None, prog: str = "run_search.py") -> argparse.Namespace:
-    args = build_parser(prog).parse_args(argv)
-    args.argv = None if argv is None else [str(a) for a in argv]  # None: the real command line (sys.argv)
-    args.prog = prog
-    return args
+def parse_args(argv: Sequence[str] | None = None, prog: str = "run_search.py") -> SearchOptions:
+    """The options of a command line (None: sys.argv's)."""
+    return SearchOptions.from_namespace(build_parser(prog).parse_args(argv), prog, argv)
 
 
 def build_parser(prog: str = "run_search.py") -> OneLineParser:
@@ -83,10 +81,10 @@ def build_parser(prog: str = "run_search.py") -> OneLineParser:
 
     p = OneLineParser(prog=prog, description=DESCRIPTION.format(prog=command_to_rerun(prog)),
                       epilog="presets (--space):\n" + describe(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="synthetic",
+    p.add_argument("--data", default=DEFAULTS.data,
                    help="LFW-a folder with pair lists, an identity folder, 'lfw' (torchvision download) "
                         "or 'synthetic' (default)")
-    p.add_argument("--space", default="quick",
+    p.add_argument("--space", default=DEFAULTS.space,
                    help="a preset (listed below), module:SPACE or file.py:SPACE (default: quick)")
     p.add_argument("--num-samples", type=int, help="trials to run (default: the preset's)")
     p.add_argument("--max-epochs", type=int, help="epochs per trial at most, ASHA's max_t (default: the preset's)")
@@ -104,20 +102,21 @@ def build_parser(prog: str = "run_search.py") -> OneLineParser:
                    help="the same trials run to run on the same machine: suggestions in batches of --max-concurrent, "
                         "each from finished batches only, and no early stopping (ASHA off) (default: the preset's, "
                         "else off)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial; also its torch threads")
-    p.add_argument("--gpus-per-trial", type=float, default=0.0,
+    p.add_argument("--cpus-per-trial", type=float, default=DEFAULTS.cpus_per_trial,
+                   help="CPUs per trial; also its torch threads")
+    p.add_argument("--gpus-per-trial", type=float, default=DEFAULTS.gpus_per_trial,
                    help="GPUs per trial; fractions that divide one GPU (0.5, 0.25, ...) share it")
     p.add_argument("--max-concurrent", type=int,
                    help="trials running at once (default: as many as the resources allow)")
     p.add_argument("--address",
                    help="Ray cluster to join: 'auto' (the one running on this node) or HEAD_IP:6379 (default: "
                         "$RAY_ADDRESS when set, as in a Ray job; else a new local Ray)")
-    p.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
+    p.add_argument("--connect-timeout", type=float, default=DEFAULTS.connect_timeout, metavar="SECONDS",
                    help="give up joining a cluster after this long (default 30)")
-    p.add_argument("--wait-for-resources", type=float, default=0.0, metavar="SECONDS",
+    p.add_argument("--wait-for-resources", type=float, default=DEFAULTS.wait_for_resources, metavar="SECONDS",
                    help="let trials wait up to this long for nodes that fit them (nodes you add by hand); with "
                         "an autoscaler they always wait for the nodes it can add (default 0: refuse at once)")
-    p.add_argument("--storage-path", default="ray_results",
+    p.add_argument("--storage-path", default=DEFAULTS.storage_path,
                    help="where experiments go: a local folder, a shared filesystem or a URI (s3://bucket/path, "
                         "gs://..., file:///...; S3 options in the query, e.g. ?endpoint_override=HOST:PORT)")
     p.add_argument("--study-storage", metavar="URL",
@@ -134,7 +133,7 @@ def build_parser(prog: str = "run_search.py") -> OneLineParser:
                         'pip install "tune-siamese[mlflow]"')
     p.add_argument("--resume", metavar="EXPERIMENT",
                    help="continue an interrupted experiment folder; finished trials are not run again")
-    p.add_argument("--seed", type=int, default=0, help="seed of the searcher and of every trial")
+    p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of the searcher and of every trial")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a Config value for every trial, e.g. --set image_size=96 (repeatable); a key the "
                         "space searches is then not searched")
@@ -156,53 +155,55 @@ def build_parser(prog: str = "run_search.py") -> OneLineParser:
     p.add_argument("--final-size", type=int, metavar="K",
                    help="models in a seeds or folds final model (default 3); their fits run side by side as Ray "
                         "tasks sharing one retrain's CPUs and GPUs evenly")
-    p.add_argument("--ensemble", type=int, default=0, metavar="K",
+    p.add_argument("--ensemble", type=int, default=DEFAULTS.ensemble, metavar="K",
                    help="also test and export the mean of the top K trials' own models (K >= 2; exported to "
                         "EXPERIMENT/export-ensemble, or EXPORT_DIR-ensemble)")
-    p.add_argument("--retrain-cpus", type=float, default=0.0,
+    p.add_argument("--retrain-cpus", type=float, default=DEFAULTS.retrain_cpus,
                    help="CPUs of the retrain task (default: what the search used at once, up to one node's)")
     p.add_argument("--retrain-gpus", type=float,
                    help="GPUs of the retrain task, which runs on a worker node (default: --gpus-per-trial)")
-    p.add_argument("--max-failures", type=int, default=3, help="restarts of a failing trial before it errors")
+    p.add_argument("--max-failures", type=int, default=DEFAULTS.max_failures,
+                   help="restarts of a failing trial before it errors")
     p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard (bound to 127.0.0.1)")
-    p.add_argument("-v", "--verbose", action="count", default=0,
+    p.add_argument("-v", "--verbose", action="count", default=DEFAULTS.verbose,
                    help="more console: -v each trial's results and Optuna's log, -vv everything Tune prints")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no live table: only the progress lines and the summary")
     return p
 
 
-def run(args: argparse.Namespace, stop: SigtermAsCtrlC | None = None) -> tuple[dict[str, Any], Any]:
+def run(options: SearchOptions, stop: SigtermAsCtrlC | None = None) -> tuple[dict[str, Any], Any]:
     """The recipe; returns (summary as written to final.json, retrained model). Interrupted (Ctrl-C or SIGTERM:
     see `stop`), it prints the command that resumes it and raises SearchInterrupted."""
     from . import cluster, storage
     from .data import load_data
     from .finalists import run_finalists
     from .finish import finish_search
-    from .preflight import check_targets
-    from .settings import prepare
+    from .preflight import check_search, check_targets
+    from .settings import settings_for
     from .tuning import fit_tuner, interrupted, tuner_for
 
     ray_console_environment()
-    settings, preset = prepare(args, defaults=vars(parse_args([], args.prog)))  # every option and space value
+    settings, preset = settings_for(options)  # every option and every value the space can give a trial
+    check_search(options, settings, preset)
     data = load_data(Config.from_dict(settings.base, source="search settings"))  # the data are input too
     print(data.summary(), flush=True)
-    check_targets(settings, args.export_dir, new=not args.resume)  # the first thing written
+    check_targets(settings, options.export_dir, new=not options.resume)  # the first thing written
     own, stop = stop is None, stop or SigtermAsCtrlC()
     with storage.experiment_lock(settings.experiment_path):
-        address = cluster.connect(args.address, args.connect_timeout, args.dashboard)
+        address = cluster.connect(options.address, options.connect_timeout, options.dashboard)
         stop.install()  # after ray.init, which replaces it
 
         def stopped(what: str) -> SearchInterrupted:
-            message = f"{what}. Continue it with: {command_to_rerun(args.prog)} --resume {settings.experiment_path}"
+            message = f"{what}. Continue it with: {command_to_rerun(options.prog)} --resume {settings.experiment_path}"
             print(f"\n{message}", flush=True)
             return SearchInterrupted(message, settings.experiment_path)
 
         stage = "Search interrupted{}; nothing was retrained or exported"
         try:
-            settings = cluster.fit_resources(settings, args.wait_for_resources)
-            verbose = tune_verbosity(args)
-            tuner = tuner_for(settings, preset, data, resume=bool(args.resume), verbose=verbose)
+            settings = cluster.fit_resources(settings, options.wait_for_resources)
+            verbose = tune_verbosity(options)
+            tuner = tuner_for(settings, preset, data, resume=bool(options.resume), verbose=verbose)
             print_start(settings, on_cluster=address not in ("local", "existing"))
             started = time.time()
             results, watch = fit_tuner(tuner)
@@ -211,16 +212,16 @@ def run(args: argparse.Namespace, stop: SigtermAsCtrlC | None = None) -> tuple[d
                 # Tune saved its state; finishing now would retrain the best of a half-searched space.
                 raise stopped(stage.format(stop.how()))
             finalists = None
-            if settings.finalists and not args.no_retrain:
+            if settings.finalists and not options.no_retrain:
                 stage = "Finalist stage interrupted{}; nothing was retrained or exported"
                 finalists = run_finalists(settings, results, data, verbose)
                 if finalists is None:  # a winner from some of the runs would be the luck this stage removes
                     raise stopped(stage.format(stop.how()))
             stage = ("Interrupted{} during the retrain, test and export; final.json is not written and no export is "
                      "left half-written")
-            summary, model = finish_search(settings, results, data, args.export_dir, retrain=not args.no_retrain,
-                                           ensemble=args.ensemble, search_seconds=search_seconds,
-                                           resumed=bool(args.resume), finalists=finalists)
+            summary, model = finish_search(settings, results, data, options.export_dir, retrain=not options.no_retrain,
+                                           ensemble=options.ensemble, search_seconds=search_seconds,
+                                           resumed=bool(options.resume), finalists=finalists)
         except SearchInterrupted:
             raise
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside a Tune run
@@ -232,12 +233,12 @@ def run(args: argparse.Namespace, stop: SigtermAsCtrlC | None = None) -> tuple[d
     return summary, model
 
 
-def tune_verbosity(args: argparse.Namespace) -> int:
+def tune_verbosity(options: SearchOptions) -> int:
     """Tune's verbose level from -q/-v; Optuna logs only warnings unless -v."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.INFO if args.verbose else optuna.logging.WARNING)
-    return 0 if args.quiet else min(3, 1 + args.verbose)
+    optuna.logging.set_verbosity(optuna.logging.INFO if options.verbose else optuna.logging.WARNING)
+    return 0 if options.quiet else min(3, 1 + options.verbose)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "run_search.py") -> int:
