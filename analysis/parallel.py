@@ -82,8 +82,6 @@ def _number(value: float) -> str:
 def parallel_coordinates(exp: Experiment, path: str | Path) -> Path:
     """One line per trial through its searched values to its best val loss, coloured by that loss (darkest is
     best); ASHA-stopped, diverged and errored trials thin and faint, the best trial outlined in gold."""
-    from matplotlib import patheffects
-
     frame, ticks = parallel_axes(exp)
     columns = list(frame.columns)
     trials = exp.trials.set_index("trial_id")
@@ -104,48 +102,65 @@ def parallel_coordinates(exp: Experiment, path: str | Path) -> Path:
         loss = losses[trial_id]
         if not np.isfinite(loss):
             y[-1] = NO_LOSS
-        status = trials.at[trial_id, "status"]
         colour = mappable.to_rgba(loss) if np.isfinite(loss) else "grey"
-        if trial_id == top:
-            ax.plot(x, y, color=colour, linewidth=3, zorder=4, path_effects=[
-                patheffects.Stroke(linewidth=6.5, foreground="gold"), patheffects.Normal()])
-        elif status in (FINISHED, RUNNING):  # ran its course (or still runs): full strength
-            ax.plot(x, y, color=colour, linewidth=1.8, alpha=0.9, zorder=3)
-        else:  # cut short: thin and faint, with the learning curves' line style and end marker
-            style, marker = STYLES[status]
-            ax.plot(x, y, color=colour, linewidth=1.0, alpha=0.5, linestyle=style, zorder=2)
-            if marker:
-                ax.plot(x[-1], y[-1], marker=marker, color=colour, markeredgecolor="black", markersize=6,
-                        alpha=0.8, zorder=3)
-    if (~np.isfinite(losses)).any():
+        _trial_line(ax, x, y, colour, trials.at[trial_id, "status"], best=trial_id == top)
+    unscored = bool((~np.isfinite(losses)).any())
+    if unscored:
         spots, labels = ticks[LOSS_AXIS]
         ticks[LOSS_AXIS] = ([*spots, NO_LOSS], [*labels, "no val loss"])
+    _axes(ax, columns, ticks, axis_kinds(exp), top=NO_LOSS + 0.05 if unscored else 1.05)
+    fig.colorbar(mappable, ax=ax, label="best val loss (darker is better)", pad=0.01)
+    handles = _legend(set(trials["status"]), top, cmap(0.0))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5), fontsize=8)
+    fig.suptitle(f"Searched values and best val loss of {len(frame)} trials, {exp.name}")
+    return save_figure(fig, path)
+
+
+def _gold_outline() -> list[Any]:
+    from matplotlib import patheffects
+
+    return [patheffects.Stroke(linewidth=6.5, foreground="gold"), patheffects.Normal()]
+
+
+def _trial_line(ax: Any, x: np.ndarray, y: np.ndarray, colour: Any, status: str, best: bool) -> None:
+    if best:
+        ax.plot(x, y, color=colour, linewidth=3, zorder=4, path_effects=_gold_outline())
+    elif status in (FINISHED, RUNNING):  # ran its course (or still runs): full strength
+        ax.plot(x, y, color=colour, linewidth=1.8, alpha=0.9, zorder=3)
+    else:  # cut short: thin and faint, with the learning curves' line style and end marker
+        style, marker = STYLES[status]
+        ax.plot(x, y, color=colour, linewidth=1.0, alpha=0.5, linestyle=style, zorder=2)
+        if marker:
+            ax.plot(x[-1], y[-1], marker=marker, color=colour, markeredgecolor="black", markersize=6,
+                    alpha=0.8, zorder=3)
+
+
+def _axes(ax: Any, columns: list[str], ticks: dict[str, tuple[list[float], list[str]]], kinds: dict[str, str],
+          top: float) -> None:
+    """A vertical axis per column with its own tick labels (the plot's y is 0..1 on every axis)."""
     for i, name in enumerate(columns):
         ax.axvline(i, color="black", linewidth=0.8, zorder=1)
         for spot, label in zip(*ticks[name]):
             ax.plot([i - 0.03, i], [spot, spot], color="black", linewidth=0.8)
             ax.text(i - 0.05, spot, label, fontsize=7.5, ha="right", va="center", zorder=6,
                     bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.75, "pad": 0.5})
-    kinds = axis_kinds(exp)
-    ax.set_xticks(x, [n + (" (log)" if kinds.get(n) == "log" else "") for n in columns],
+    ax.set_xticks(np.arange(len(columns)), [n + (" (log)" if kinds.get(n) == "log" else "") for n in columns],
                   rotation=20 if len(columns) > 6 else 0, ha="right" if len(columns) > 6 else "center")
     ax.set_xlim(-0.55, len(columns) - 0.8)
-    ax.set_ylim(-0.05, NO_LOSS + 0.05 if (~np.isfinite(losses)).any() else 1.05)
+    ax.set_ylim(-0.05, top)
     ax.set_yticks([])
     for side in ("left", "right", "top"):
         ax.spines[side].set_visible(False)
-    fig.colorbar(mappable, ax=ax, label="best val loss (darker is better)", pad=0.01)
-    present = [s for s in STYLES if s in set(trials["status"])]
+
+
+def _legend(statuses: set[str], top: str | None, best_colour: Any) -> list[Line2D]:
     handles = []
-    for s in present:
+    for s in [s for s in STYLES if s in statuses]:
         line: Any = "-" if s in (FINISHED, RUNNING) else STYLES[s][0]
         handles.append(Line2D([], [], color="grey", linewidth=1.8 if line == "-" else 1.0, label=LABELS[s],
                               linestyle=line, marker=None if line == "-" else STYLES[s][1],
                               markeredgecolor="black"))
     if top is not None:
-        handles.append(Line2D([], [], color=cmap(0.0), linewidth=3, label=f"best trial {top}",
-                              path_effects=[patheffects.Stroke(linewidth=6.5, foreground="gold"),
-                                            patheffects.Normal()]))
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5), fontsize=8)
-    fig.suptitle(f"Searched values and best val loss of {len(frame)} trials, {exp.name}")
-    return save_figure(fig, path)
+        handles.append(Line2D([], [], color=best_colour, linewidth=3, label=f"best trial {top}",
+                              path_effects=_gold_outline()))
+    return handles
