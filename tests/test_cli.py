@@ -26,6 +26,7 @@ from tune_siamese.checkpoint import (
     load_model,
     save_checkpoint,
 )
+from tune_siamese.config import Config
 from tune_siamese.data import decode_image, load_data, parse_pair_list
 from tune_siamese.engine import fit
 from tune_siamese.metrics import best_threshold, pair_metrics
@@ -324,3 +325,60 @@ def test_tune_siamese_search_is_run_search(tmp_path, capsys):
     console = done.stdout + done.stderr
     assert "[search] 1/1 trials ended" in console and "best val loss" in console
     assert "Checkpoint successfully created" not in console and "started with configuration" not in console
+
+
+def test_search_help_groups_its_options_and_shows_every_default(capsys):
+    """run_search.py --help: options in groups; every option that takes a value says its default."""
+    import argparse
+
+    from tune_siamese.search_command import build_parser
+
+    parser = build_parser()
+    groups = {group.title: group._group_actions for group in parser._action_groups if group._group_actions}
+    assert len(groups) >= 6
+    assert sum(len(actions) for actions in groups.values()) == len(parser._actions)  # each option in one group
+    silent = (argparse._StoreTrueAction, argparse._CountAction, argparse._HelpAction, argparse._AppendAction)
+    for action in parser._actions:
+        if not isinstance(action, silent) and action.dest != "resume":
+            assert "default" in action.help, action.dest
+    text = parser.format_help()
+    assert "(default: 0)" in text and "(default: ray_results)" in text and "else 8)" in text
+
+
+def test_config_fields_lists_each_field_with_its_type_default_and_rule(capsys):
+    code, out, _ = run_main(["config-fields"], capsys)
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert code == 0 and set(lines) == {f.name for f in dataclasses.fields(Config)}
+    assert lines["lr"].split()[1:3] == ["float", "0.0001"] and "[> 0]" in lines["lr"]
+    assert "[one of sgd, adam, adamw]" in lines["optimizer"] and "[in [0, 0.5)]" in lines["label_smoothing"]
+
+
+@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(Config) if f.metadata["rule"]])
+def test_each_listed_rule_is_the_rule_enforced(field):
+    """A field's listed rule is what Config enforces: its edge values are accepted or refused as the rule says."""
+    from tune_siamese.config import obeys
+    from tune_siamese.errors import InputError
+
+    rule = Config.__dataclass_fields__[field].metadata["rule"]
+    edges = [0.0, 1.0, 0.5, -1.0] if rule.startswith(("(", "[")) else [0.0, -1.0, 1.0]
+    for value in edges:
+        kind = Config.__dataclass_fields__[field].type
+        candidate = int(value) if kind == "int" else value
+        if kind == "int" and candidate != value:
+            continue
+        if field == "input_size" and candidate:  # a nonzero input_size must also be at least 72
+            candidate = 96
+        others = {} if field == "input_size" else {"input_size": 96}  # the net's own minimum apart
+        try:
+            Config.from_dict({**others, field: candidate})
+            accepted = True
+        except InputError:
+            accepted = False
+        assert accepted == obeys(candidate, rule), (field, candidate)
+
+
+def test_a_misspelt_set_field_gets_a_suggestion(capsys):
+    code, _, err = run_main(["train", "--data", "synthetic", "--set", "learning_rte=0.1"], capsys)
+    assert code == 2 and "learning_rte" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_main(["train", "--data", "synthetic", "--set", "batch_sise=8"], capsys)
+    assert "did you mean batch_size?" in err and "config-fields" in err

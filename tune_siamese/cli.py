@@ -1,4 +1,5 @@
-"""`tune-siamese` command line: train one configuration, evaluate a model, verify a pair of images, finalize a search.
+"""`tune-siamese` command line: train one configuration, evaluate a model, verify a pair of images, finalize a
+search, list the Config fields.
 
 Bad input of any kind (options, config files, data, models) ends with one line on stderr and exit code 2,
 always before training starts; a diverged training run ends with exit code 1.
@@ -109,7 +110,22 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("source", metavar="EXPORT_DIR", help="export folder (or checkpoint file)")
     verify.add_argument("image_a", metavar="A", help="first image file")
     verify.add_argument("image_b", metavar="B", help="second image file")
+
+    sub.add_parser("config-fields", help="every Config field --set (and --config) can set: type, default, rule",
+                   description="The fields of Config, the one configuration from the command line to the export: "
+                   "what `--set KEY=VALUE` and a --config JSON file may set.")
     return parser
+
+
+def print_config_fields() -> int:
+    from .config import field_table
+
+    rows = field_table()
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for name, kind, default, rule, meaning in rows:
+        constraint = f" [{rule}]" if rule else ""
+        print(f"{name:<{widths[0]}}  {kind:<{widths[1]}}  {default:<{widths[2]}}  {meaning}{constraint}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -121,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return search_main(argv[1:], prog=f"{PROG} search")
     try:
         args = build_parser().parse_args(argv)
+        if args.command == "config-fields":
+            return print_config_fields()
         if args.command == "finalize":
             from .finalize import cmd_finalize
 

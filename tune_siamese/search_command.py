@@ -12,10 +12,11 @@ from .config import Config
 from .console import print_start, print_summary, ray_console_environment
 from .errors import InputError, OneLineParser
 from .names import EXIT_CTRL_C, EXIT_NO_USABLE_TRIAL, EXIT_SIGTERM, FINAL_POLICIES, RUNG_METRICS, SEARCHERS
-from .options import DEFAULTS, SearchOptions, command_to_rerun
+from .options import DEFAULTS, FALLBACKS, SearchOptions, command_to_rerun
 
 DESCRIPTION = """\
-Run a hyperparameter search: Ray Tune + OptunaSearch (TPE by default) + ASHA, then retrain the best, test and export.
+Run a hyperparameter search: Ray Tune + OptunaSearch (TPE by default) + ASHA, then build the final model from the
+best configuration (--final), test it and export it.
 
     {prog}                        # small search on the offline synthetic data
     {prog} --data ../shared/data/lfw-a --space default --num-samples 16
@@ -75,100 +76,127 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "run_search.py") -
     return SearchOptions.from_namespace(build_parser(prog).parse_args(argv), prog, argv)
 
 
+def preset_default(name: str) -> str:
+    value = FALLBACKS[name]
+    return f"default: the preset's, else {value:g}" if isinstance(value, float) else (
+        f"default: the preset's, else {value}")
+
+
 def build_parser(prog: str = "run_search.py") -> OneLineParser:
-    """The search's options; `ts.search` takes the same ones as keyword arguments."""
+    """The search's options, in groups; `ts.search` takes the same ones as keyword arguments. Defaults come from
+    options.SearchOptions ("the preset's": the preset's option_defaults, else the fallback named)."""
     from search_spaces import describe  # the presets' names and one line on each, for --help
 
     p = OneLineParser(prog=prog, description=DESCRIPTION.format(prog=command_to_rerun(prog)),
                       epilog="presets (--space):\n" + describe(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=DEFAULTS.data,
-                   help="LFW-a folder with pair lists, an identity folder, 'lfw' (torchvision download) "
-                        "or 'synthetic' (default)")
-    p.add_argument("--space", default=DEFAULTS.space,
-                   help="a preset (listed below), module:SPACE or file.py:SPACE (default: quick)")
-    p.add_argument("--num-samples", type=int, help="trials to run (default: the preset's)")
-    p.add_argument("--max-epochs", type=int, help="epochs per trial at most, ASHA's max_t (default: the preset's)")
-    p.add_argument("--grace-period", type=int, help="epochs before ASHA may stop a trial (default: the preset's)")
-    p.add_argument("--reduction-factor", type=float, help="ASHA's reduction factor (default: the preset's, else 3)")
-    p.add_argument("--searcher", choices=SEARCHERS,
-                   help="Optuna's sampler (default: the preset's, else tpe): tpe (multivariate, constant liar for "
-                        "parallel trials), random, gp (Gaussian process; choices as unordered categories), cmaes "
-                        "(CMA-ES on the ranges only: choices are drawn at random, with Optuna's warning; needs "
-                        "pip install cmaes), qmc (scrambled Sobol, seeded)")
-    p.add_argument("--rung-metric", choices=list(RUNG_METRICS),
-                   help="what ASHA judges a trial by at each rung: last (this epoch's val loss), best (best so far) "
-                        "or avg3 (mean of the last 3 epochs') (default: the preset's, else last)")
-    p.add_argument("--reproducible", action=argparse.BooleanOptionalAction,
-                   help="the same trials run to run on the same machine: suggestions in batches of --max-concurrent, "
-                        "each from finished batches only, and no early stopping (ASHA off) (default: the preset's, "
-                        "else off)")
-    p.add_argument("--cpus-per-trial", type=float, default=DEFAULTS.cpus_per_trial,
-                   help="CPUs per trial; also its torch threads")
-    p.add_argument("--gpus-per-trial", type=float, default=DEFAULTS.gpus_per_trial,
-                   help="GPUs per trial; fractions that divide one GPU (0.5, 0.25, ...) share it")
-    p.add_argument("--max-concurrent", type=int,
-                   help="trials running at once (default: as many as the resources allow)")
-    p.add_argument("--address",
-                   help="Ray cluster to join: 'auto' (the one running on this node) or HEAD_IP:6379 (default: "
-                        "$RAY_ADDRESS when set, as in a Ray job; else a new local Ray)")
-    p.add_argument("--connect-timeout", type=float, default=DEFAULTS.connect_timeout, metavar="SECONDS",
-                   help="give up joining a cluster after this long (default 30)")
-    p.add_argument("--wait-for-resources", type=float, default=DEFAULTS.wait_for_resources, metavar="SECONDS",
-                   help="let trials wait up to this long for nodes that fit them (nodes you add by hand); with "
-                        "an autoscaler they always wait for the nodes it can add (default 0: refuse at once)")
-    p.add_argument("--storage-path", default=DEFAULTS.storage_path,
-                   help="where experiments go: a local folder, a shared filesystem or a URI (s3://bucket/path, "
-                        "gs://..., file:///...; S3 options in the query, e.g. ?endpoint_override=HOST:PORT)")
-    p.add_argument("--study-storage", metavar="URL",
-                   help="where the Optuna study lives: an SQLAlchemy URL (postgresql://..., sqlite:///...) or a "
-                        "journal file path, used as given (default: sqlite EXPERIMENT/optuna.db for a local "
-                        "storage path, found in the experiment folder wherever it is moved; in memory for a URI)")
-    p.add_argument("--name", help="experiment name, the experiment's folder in --storage-path: one folder name, "
-                   "not starting with '-' (default: siamese-<space>-<time>)")
-    p.add_argument("--mlflow", metavar="URI",
-                   help="also log the search to MLflow: an MLflow experiment named like the search, one run per "
-                        "trial (its config, every epoch's metrics). A tracking URI (http://HOST:5000, "
-                        "sqlite:///PATH/mlflow.db, file:///PATH/mlruns) or a folder; folders and relative paths are "
-                        "made absolute file:// URIs (a resume or a Ray job logs to the same store). Needs MLflow: "
-                        'pip install "tune-siamese[mlflow]"')
-    p.add_argument("--resume", metavar="EXPERIMENT",
-                   help="continue an interrupted experiment folder; finished trials are not run again")
-    p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of the searcher and of every trial")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="fix a Config value for every trial, e.g. --set image_size=96 (repeatable); a key the "
-                        "space searches is then not searched")
-    p.add_argument("--export-dir", help="also copy the export (EXPERIMENT/export) to this local folder")
-    p.add_argument("--no-retrain", action="store_true",
-                   help="stop after the search: no finalists, retrain, test or export")
-    p.add_argument("--finalists", type=int, metavar="K",
-                   help="after the search, train the top K configurations again with --finalist-seeds fresh seeds "
-                        "each (Ray trials, in parallel, under EXPERIMENT/finalists) and retrain and export the one "
-                        "with the lowest mean best val loss (default: the preset's, else 0: off)")
-    p.add_argument("--finalist-seeds", type=int, metavar="S",
-                   help="seeds per finalist, >= 1 with --finalists (default: the preset's, else 0)")
-    p.add_argument("--final", choices=FINAL_POLICIES,
-                   help="what the search hands back, built from the best configuration: retrain (one model on "
-                        "train + val, the best trial's epochs), trial (the best trial's own model), seeds (K "
-                        "retrains with seeds seed..seed+K-1, averaged), folds (K identity-disjoint folds of train + "
-                        "val, each model stopped early on its own fold, averaged) (default: the preset's, else "
-                        "retrain); `tune-siamese finalize` builds another later")
-    p.add_argument("--final-size", type=int, metavar="K",
-                   help="models in a seeds or folds final model (default 3); their fits run side by side as Ray "
-                        "tasks sharing one retrain's CPUs and GPUs evenly")
-    p.add_argument("--ensemble", type=int, default=DEFAULTS.ensemble, metavar="K",
-                   help="also test and export the mean of the top K trials' own models (K >= 2; exported to "
-                        "EXPERIMENT/export-ensemble, or EXPORT_DIR-ensemble)")
-    p.add_argument("--retrain-cpus", type=float, default=DEFAULTS.retrain_cpus,
-                   help="CPUs of the retrain task (default: what the search used at once, up to one node's)")
-    p.add_argument("--retrain-gpus", type=float,
-                   help="GPUs of the retrain task, which runs on a worker node (default: --gpus-per-trial)")
-    p.add_argument("--max-failures", type=int, default=DEFAULTS.max_failures,
-                   help="restarts of a failing trial before it errors")
-    p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard (bound to 127.0.0.1)")
-    p.add_argument("-v", "--verbose", action="count", default=DEFAULTS.verbose,
-                   help="more console: -v each trial's results and Optuna's log, -vv everything Tune prints")
-    p.add_argument("-q", "--quiet", action="store_true",
-                   help="no live table: only the progress lines and the summary")
+    search = p.add_argument_group("what to search")
+    search.add_argument("--data", default=DEFAULTS.data, metavar="PATH",
+                        help="an LFW-a folder with its pair lists, an identity folder, 'lfw' (torchvision download) or "
+                             "'synthetic' (default: %(default)s)")
+    search.add_argument("--space", default=DEFAULTS.space, metavar="SPACE",
+                        help="a preset (listed below), module:SPACE or file.py:SPACE (default: %(default)s)")
+    search.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="fix a Config field for every trial, e.g. --set image_size=96 (repeatable; a key the "
+                             "space searches is then not searched); `tune-siamese config-fields` lists the fields")
+    search.add_argument("--num-samples", type=int, metavar="N", help=f"trials to run ({preset_default('num_samples')})")
+    search.add_argument("--max-epochs", type=int, metavar="N",
+                        help=f"epochs per trial at most, ASHA's max_t ({preset_default('max_epochs')})")
+    search.add_argument("--seed", type=int, default=DEFAULTS.seed, metavar="N",
+                        help="seed of the searcher and of every trial (default: %(default)s)")
+    search.add_argument("--name", help="the experiment's folder in --storage-path: one folder name, not starting "
+                        "with '-' (default: siamese-<space>-<time>)")
+
+    tuning = p.add_argument_group("searcher and early stopping (Optuna, ASHA)")
+    tuning.add_argument("--searcher", choices=SEARCHERS,
+                        help=f"Optuna's sampler ({preset_default('searcher')}): tpe (multivariate, constant liar "
+                             "for parallel trials), random, gp (Gaussian process; choices as unordered categories), "
+                             "cmaes (CMA-ES on the ranges only: choices are drawn at random; needs pip install "
+                             "cmaes), qmc (scrambled Sobol, seeded)")
+    tuning.add_argument("--grace-period", type=int, metavar="N",
+                        help=f"epochs before ASHA may stop a trial ({preset_default('grace_period')})")
+    tuning.add_argument("--reduction-factor", type=float, metavar="X",
+                        help=f"ASHA's reduction factor ({preset_default('reduction_factor')})")
+    tuning.add_argument("--rung-metric", choices=list(RUNG_METRICS),
+                        help="what ASHA judges a trial by at each rung: last (this epoch's val loss), best (best so "
+                             f"far) or avg3 (mean of the last 3 epochs') ({preset_default('rung_metric')})")
+    tuning.add_argument("--reproducible", action=argparse.BooleanOptionalAction,
+                        help="the same trials run to run on the same machine: suggestions in batches of "
+                             "--max-concurrent, each from finished batches only, and no early stopping (ASHA off) "
+                             "(default: the preset's, else off)")
+    tuning.add_argument("--max-failures", type=int, default=DEFAULTS.max_failures, metavar="N",
+                        help="restarts of a failing trial before it errors (default: %(default)s)")
+
+    resources = p.add_argument_group("resources and cluster")
+    resources.add_argument("--cpus-per-trial", type=float, default=DEFAULTS.cpus_per_trial, metavar="X",
+                           help="CPUs per trial, also its torch threads (default: %(default)s)")
+    resources.add_argument("--gpus-per-trial", type=float, default=DEFAULTS.gpus_per_trial, metavar="X",
+                           help="GPUs per trial; fractions that divide one GPU (0.5, 0.25, ...) share it "
+                                "(default: %(default)s)")
+    resources.add_argument("--max-concurrent", type=int, metavar="N",
+                           help="trials running at once (default: as many as the resources allow)")
+    resources.add_argument("--address",
+                           help="Ray cluster to join: 'auto' (the one running on this node) or HEAD_IP:6379 "
+                                "(default: $RAY_ADDRESS when set, as in a Ray job; else a new local Ray)")
+    resources.add_argument("--connect-timeout", type=float, default=DEFAULTS.connect_timeout, metavar="SECONDS",
+                           help="give up joining a cluster after this long (default: %(default)s)")
+    resources.add_argument("--wait-for-resources", type=float, default=DEFAULTS.wait_for_resources,
+                           metavar="SECONDS",
+                           help="let trials wait up to this long for nodes that fit them (nodes you add by hand); "
+                                "with an autoscaler they always wait for the nodes it can add (default: %(default)s, "
+                                "refuse at once)")
+    resources.add_argument("--dashboard", action="store_true", help="start Ray's dashboard (bound to 127.0.0.1)")
+
+    results = p.add_argument_group("where results go")
+    results.add_argument("--storage-path", default=DEFAULTS.storage_path, metavar="PATH",
+                         help="where experiments go: a local folder, a shared filesystem or a URI (s3://bucket/path, "
+                              "gs://..., file:///...; S3 options in the query, e.g. ?endpoint_override=HOST:PORT) "
+                              "(default: %(default)s)")
+    results.add_argument("--study-storage", metavar="URL",
+                         help="where the Optuna study lives: an SQLAlchemy URL (postgresql://..., sqlite:///...) or "
+                              "a journal file path, used as given (default: sqlite EXPERIMENT/optuna.db for a local "
+                              "storage path, found in the experiment folder wherever it moves; in memory for a URI)")
+    results.add_argument("--mlflow", metavar="URI",
+                         help="also log the search to MLflow, an MLflow experiment named like the search: a "
+                              "tracking URI (http://HOST:5000, sqlite:///PATH/mlflow.db, file:///PATH/mlruns) or a "
+                              "folder (made an absolute file:// URI, so a resume or a Ray job logs to the same "
+                              'store). Needs pip install "tune-siamese[mlflow]" (default: none)')
+    results.add_argument("--resume", metavar="EXPERIMENT",
+                         help="continue an interrupted experiment folder; finished trials are not run again")
+
+    after = p.add_argument_group("after the search: the model handed back")
+    after.add_argument("--final", choices=FINAL_POLICIES,
+                       help="what the search hands back, built from the best configuration: retrain (one model on "
+                            "train + val, the best trial's epochs), trial (the best trial's own model), seeds (K "
+                            "retrains with seeds seed..seed+K-1, averaged), folds (K identity-disjoint folds of "
+                            "train + val, each model stopped early on its own fold, averaged) (default: the "
+                            f"preset's, else {FALLBACKS['final']}); `tune-siamese finalize` builds another later")
+    after.add_argument("--final-size", type=int, metavar="K",
+                       help="models in a seeds or folds final model, fitted side by side as Ray tasks sharing one "
+                            f"retrain's CPUs and GPUs ({preset_default('final_size')})")
+    after.add_argument("--finalists", type=int, metavar="K",
+                       help="before that, train the top K configurations again with --finalist-seeds fresh seeds "
+                            "each (Ray trials under EXPERIMENT/finalists) and hand back the one with the lowest mean "
+                            f"best val loss ({preset_default('finalists')}: off)")
+    after.add_argument("--finalist-seeds", type=int, metavar="S",
+                       help=f"seeds per finalist, >= 1 with --finalists ({preset_default('finalist_seeds')})")
+    after.add_argument("--ensemble", type=int, default=DEFAULTS.ensemble, metavar="K",
+                       help="also test and export the mean of the top K trials' own models (K >= 2; exported to "
+                            "EXPERIMENT/export-ensemble, or EXPORT_DIR-ensemble) (default: %(default)s, off)")
+    after.add_argument("--retrain-cpus", type=float, default=DEFAULTS.retrain_cpus, metavar="X",
+                       help="CPUs of the final model's fits (default: what the search used at once, up to one "
+                            "node's)")
+    after.add_argument("--retrain-gpus", type=float, metavar="X",
+                       help="GPUs of the final model's fits, which run on a worker node (default: --gpus-per-trial)")
+    after.add_argument("--export-dir", metavar="PATH",
+                       help="also copy the export (EXPERIMENT/export) to this local folder (default: none)")
+    after.add_argument("--no-retrain", action="store_true",
+                       help="stop after the search: no finalists, final model, test or export")
+
+    console = p.add_argument_group("console")
+    console.add_argument("-v", "--verbose", action="count", default=DEFAULTS.verbose,
+                         help="more console: -v each trial's results and Optuna's log, -vv everything Tune prints")
+    console.add_argument("-q", "--quiet", action="store_true",
+                         help="no live table: only the progress lines and the summary")
     return p
 
 
