@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from tune_siamese import cli
 from tune_siamese.checkpoint import export_ensemble, export_model, save_checkpoint
 from tune_siamese.model import EnsembleNet, build_model
+from tune_siamese.provenance import mismatch_warning
 
 
 def verify(source: Path, images: tuple[Path, Path]) -> int:
@@ -71,7 +72,9 @@ def pristine(tmp_path_factory, tiny_config, make_image) -> dict[str, Path]:
         out, err = io.StringIO(), io.StringIO()  # capsys is per test: capture by hand
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = verify(source, images)
-        assert code == 0 and err.getvalue() == "" and "same_person" in json.loads(out.getvalue()), err.getvalue()
+        # the tiny models trained on the synthetic faces: verify says so, once, and nothing else
+        assert code == 0 and err.getvalue() == mismatch_warning("synthetic", "image files") + "\n", err.getvalue()
+        assert "same_person" in json.loads(out.getvalue())
     return {"single": single, "ensemble": ensemble, "checkpoint": checkpoint, "a": images[0], "b": images[1]}
 
 
@@ -238,3 +241,28 @@ def test_tampered_ensemble_export_is_refused_with_one_line(tamper, pristine, tmp
     ensemble = Path(shutil.copytree(pristine["ensemble"], tmp_path / "ensemble"))
     named, fragments = tamper(ensemble)
     assert_one_line_naming(verify(ensemble, (pristine["a"], pristine["b"])), capsys, named, *fragments)
+
+
+def test_a_model_of_the_synthetic_faces_says_so_where_it_meets_photographs(pristine, tiny_config, tmp_path, capsys,
+                                                                            fake_lfw):
+    """verify and ts.load warn that a synthetic-trained model's answers on image files mean nothing; evaluate on
+    other data warns on stderr and records it in its JSON; a model trained on real data gets no such word."""
+    import warnings
+
+    import tune_siamese as ts
+
+    with pytest.warns(UserWarning, match="trained on the synthetic faces"):
+        ts.load(pristine["single"])
+    code = cli.main(["evaluate", str(pristine["checkpoint"]), "--data", str(fake_lfw), "--allow-identity-overlap"])
+    out, err = capsys.readouterr()
+    assert code == 0 and "trained on the synthetic faces" in err
+    assert "trained on the synthetic faces" in json.loads(out)["warning"]
+    real_config = tiny_config(seed=1).replace(data=str(fake_lfw))
+    torch.manual_seed(1)
+    real = export_model(build_model(real_config).eval(), real_config, tmp_path / "real", {"auc": 0.6},
+                        threshold_logit=0.3, trained_people=["Ann"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning at all
+        ts.load(real)
+    assert verify(real, (pristine["a"], pristine["b"])) == 0
+    assert capsys.readouterr().err == ""

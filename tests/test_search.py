@@ -144,8 +144,10 @@ def test_the_summary_says_when_the_model_is_no_better_than_chance_and_its_thresh
                "best_trial": "trial_1", "wall_seconds": {"search": 1.0, "retrain_test_export": 1.0},
                "chance": chance_check(0.51, np.array([1] * 500 + [0] * 500), "test"),
                "threshold_note": threshold_note(1e6), "final": {"policy": "retrain", "members": [{"node": "node"}]}}
-    print_summary(summary, SimpleNamespace(space={"lr": None}), SimpleNamespace(experiment_path="EXP"))
+    print_summary(summary, SimpleNamespace(space={"lr": None}), SimpleNamespace(experiment_path="EXP",
+                                                                                base={"data": "synthetic"}))
     out = capsys.readouterr().out
+    assert "trained on the synthetic faces: a demonstration" in out and "--data ../shared/data/lfw-a" in out
     assert ("WARNING: the final model is no better than chance: test AUC 0.5100 is at most 0.5300, which a model "
             "without any signal exceeds one time in 20 on 500 same- and 500 different-person pairs") in out
     assert f"WARNING: the final model: {threshold_note(1e6)}" in out and "rejects every pair" in out

@@ -8,6 +8,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,6 +25,7 @@ from .metrics import pair_metrics
 from .model import EnsembleNet
 from .oneshot import one_shot_report
 from .people import TrainedPeople, people_record
+from .provenance import mismatch_warning
 from .scoring import images_on, predict, resolve_device
 
 PROG = "tune-siamese"
@@ -170,6 +172,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         images, pairs = data.images, data.test
         people_of_pairs = (data.identity[pairs[:, 0]], data.identity[pairs[:, 1]])
         metrics.update(data=config.data)
+    warning = mismatch_warning(loaded.config.data, config.data if args.pairs is None else str(args.pairs))
+    if warning:
+        print(warning, file=sys.stderr)
+        metrics["warning"] = warning.removeprefix("WARNING: ")
     logits = predict(model, images_on(device, images), pairs, config)
     scores = pair_metrics(pairs[:, 2], logits, threshold, with_roc=True, people=people_of_pairs)  # with intervals
     metrics.update(n_pairs=len(pairs), **about_threshold,
@@ -181,5 +187,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    print(json.dumps(FaceVerifier(args.source).verify(args.image_a, args.image_b), indent=2))
+    with warnings.catch_warnings():  # said once, as a line on stderr, not as Python's warning
+        warnings.simplefilter("ignore")
+        verifier = FaceVerifier(args.source)
+    answer = verifier.verify(args.image_a, args.image_b)  # bad images: their one-line error alone
+    if verifier.warning:
+        print(verifier.warning, file=sys.stderr)
+    print(json.dumps(answer, indent=2))
     return 0

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from .names import EXIT_NO_USABLE_TRIAL
+from .provenance import SYNTHETIC, demonstration_note
 
 
 def ray_console_environment() -> None:
@@ -77,6 +78,8 @@ def print_summary(summary: dict[str, Any], preset: Any, settings: Any) -> None:
     print(f"Wall time: search {wall['search']:.0f} s{finalists}, retrain/test/export "
           f"{wall['retrain_test_export']:.0f} s")
     print(f"Analyse it: python -m analysis {settings.experiment_path}")
+    if settings.base.get("data") == SYNTHETIC and "test" in summary:
+        print(demonstration_note())
 
 
 def test_line(test: dict[str, Any]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from .errors import InputError
 from .metrics import best_threshold
 from .model import Verifier
 from .people import TrainedPeople
+from .provenance import mismatch_warning
 from .scoring import images_on, validation_logits
 
 
@@ -51,6 +53,10 @@ class FaceVerifier:
         self.threshold_logit, self.trained_people, _ = threshold_and_people(loaded, self.config, torch.device("cpu"),
                                                                             self.source)
         self._verifier = Verifier(loaded.model.eval(), self.config)
+        # what it scores are image files, photographs: say so once if the model never saw one
+        self.warning = mismatch_warning(self.config.data, "image files")
+        if self.warning:
+            warnings.warn(self.warning.removeprefix("WARNING: "), UserWarning, stacklevel=2)
 
     def __repr__(self) -> str:
         return f"FaceVerifier({self.source!r}, threshold_logit={self.threshold_logit:.4g})"
