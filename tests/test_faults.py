@@ -66,6 +66,16 @@ def test_errored_and_diverged_trials_leave_the_search_standing(ray_session, tmp_
     out = analysis.report(tmp_path / "faulty", tmp_path / "report")
     statuses = sorted(pd.read_csv(out / "trials.csv")["status"])
     assert statuses == ["diverged", "errored", "finished"]
+    # the Optuna study keeps them apart: diverged COMPLETE at the diverged loss (the sampler learns the region
+    # diverges), errored FAIL; each says which it was
+    import optuna
+
+    study = optuna.load_study(study_name="faulty", storage=f"sqlite:///{tmp_path / 'faulty' / 'optuna.db'}")
+    outcomes = {t.user_attrs["outcome"]: t for t in study.trials}
+    assert sorted(outcomes) == ["diverged", "errored", "finished"]
+    assert outcomes["errored"].state == optuna.trial.TrialState.FAIL
+    assert outcomes["diverged"].state == optuna.trial.TrialState.COMPLETE
+    assert outcomes["diverged"].value == DIVERGED_LOSS
 
 
 DIVERGING_SPACE = '''

@@ -47,6 +47,28 @@ def test_search_runs_every_trial_and_asha_stops_some(smoke_search):
         assert list(frame["epoch"]) == list(range(1, len(frame) + 1))  # reported every epoch
 
 
+def test_the_optuna_study_says_what_tune_did(smoke_search):
+    """optuna.load_study (what optuna-dashboard reads): ASHA-stopped trials PRUNED, finished ones COMPLETE at their
+    best val loss, every epoch's val loss an intermediate value, each trial linked to its Tune trial id."""
+    import optuna
+
+    import analysis
+
+    exp = analysis.load(smoke_search["experiment"])
+    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{smoke_search['experiment'] / 'optuna.db'}")
+    by_id = {t.user_attrs["tune_trial_id"]: t for t in study.trials}
+    assert set(by_id) == set(exp.trials["trial_id"])
+    state = {"finished": optuna.trial.TrialState.COMPLETE, "asha_stopped": optuna.trial.TrialState.PRUNED}
+    assert {"finished", "asha_stopped"} <= set(exp.trials["status"])
+    for row in exp.trials.itertuples():
+        trial = by_id[row.trial_id]
+        assert trial.state == state[row.status] and trial.user_attrs["outcome"] == row.status
+        losses = exp.history[exp.history.trial_id == row.trial_id].set_index("epoch")["val_loss"]
+        assert trial.intermediate_values == pytest.approx(losses.to_dict())  # every epoch, the last one too
+        if row.status == "finished":
+            assert trial.value == pytest.approx(losses.min())
+
+
 def test_trials_run_side_by_side_on_a_shared_gpu(smoke_search):
     # The session's Ray node declares 4 CPUs and 1 GPU; at 0.25 GPU per trial four can share it. Without an
     # explicit concurrency limit OptunaSearch would keep only one trial pending (ray #46965).

@@ -251,6 +251,9 @@ def fit(config: Config, data: PairData, on_epoch: EpochCallback | None = None,
                 bad_epochs += 1
             metrics["best_val_loss"] = result.best_val_loss  # what the searcher ranks a trial by
         metrics["epoch_seconds"] = time.perf_counter() - started
+        # 1 when the run ends after this epoch on its own (max epochs, patience): Tune's searcher tells such a
+        # trial from one ASHA stopped
+        metrics["stops_here"] = int(epoch >= last_epoch or (validate and bad_epochs >= config.patience))
         result.history.append(metrics)
         if on_epoch is not None:
             on_epoch(metrics, state)

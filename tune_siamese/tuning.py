@@ -19,7 +19,6 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher, SearchGenerator
-from ray.tune.search.optuna import OptunaSearch
 
 from . import storage
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -29,6 +28,7 @@ from .engine import Diverged, fit
 from .names import BEST_VAL_LOSS, DIVERGED_LOSS, MODE, RUNG_METRICS, SETTINGS_FILE, STATE_FILE, VAL_LOSS, VAL_LOSS_AVG3
 from .settings import SearchSettings
 from .study import ExperimentStudyStorage, open_study_storage
+from .study_search import StudyRecordingSearch
 
 LIVE_TABLE_METRICS = (VAL_LOSS, BEST_VAL_LOSS, "val_auc", "val_accuracy")
 
@@ -183,9 +183,9 @@ def build_tuner(settings: SearchSettings, data: PairData, space: dict[str, Any],
     # good point. The study is named after the experiment; with a storage it can be watched live
     # (optuna-dashboard) and queried later, and a resumed search keeps writing to it (the searcher's saved state
     # holds the storage: restore_tuner).
-    optuna_search = OptunaSearch(sampler=build_sampler(settings), points_to_evaluate=points or None,
-                                 metric=BEST_VAL_LOSS, mode=MODE, study_name=settings.study_name,
-                                 storage=open_study_storage(settings.study_storage, settings.experiment_path))
+    optuna_search = StudyRecordingSearch(sampler=build_sampler(settings), points_to_evaluate=points or None,
+                                         metric=BEST_VAL_LOSS, mode=MODE, study_name=settings.study_name,
+                                         storage=open_study_storage(settings.study_storage, settings.experiment_path))
     # The concurrency is explicit: OptunaSearch alone keeps one trial pending (ray #46965). In the reproducible
     # mode suggestions come in batches of max_concurrent, each after the whole previous batch has ended, so they
     # depend on finished results only, never on the order in which these arrived.
