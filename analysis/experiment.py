@@ -17,7 +17,7 @@ import pyarrow.fs
 
 from tune_siamese import storage
 from tune_siamese.errors import InputError
-from tune_siamese.names import DIVERGED, ERRORED, FINAL_FILE, SETTINGS_FILE, VAL_LOSS, trial_status
+from tune_siamese.names import DIVERGED, ERRORED, FINAL_FILE, SETTINGS_FILE, VAL_LOSS, trial_id_of, trial_status
 
 # Columns of `Experiment.trials`; the hyperparameters come right after trial_id.
 TRIAL_COLUMNS = ["trial_id", "status", "tune_status", "epochs", "best_val_loss", "best_epoch", "last_val_loss",
@@ -103,6 +103,15 @@ class Experiment:
         return pd.DataFrame(rows, columns=["trial_id", "winner", *self.hyperparameters, "mean_val_loss",
                                            "sd_val_loss", "val_losses", "best_epochs", "search_val_loss"])
 
+    def trial(self, which: str) -> pd.Series:
+        """One trial's row of `trials`, by its id in any of the forms it is shown in: d3f281ec, trial_d3f281ec
+        (its folder, and final.json before ids were unified), train_siamese_d3f281ec (Tune's trial name)."""
+        wanted = trial_id_of(which)
+        rows = self.trials[self.trials["trial_id"] == wanted]
+        if rows.empty:
+            raise KeyError(f"no trial {which!r} in {self.name}")
+        return rows.iloc[0]
+
     def best(self, n: int = 1) -> pd.DataFrame:
         """The n trials with the lowest val loss at any epoch, best first, ranked as the search ranks them for its
         pick: diverged and errored trials left out, equal losses in trial order."""
@@ -133,7 +142,7 @@ def load(experiment_path: str | Path) -> Experiment:
     if not isinstance(settings, dict):
         raise InputError(f"not an experiment folder written by run_search.py ({SETTINGS_FILE} missing)",
                          folder.display)
-    summary = folder.json(FINAL_FILE)
+    summary = _with_trial_ids(folder.json(FINAL_FILE))
 
     records = _trial_records(folder)
     frames, configs = [], {}
@@ -157,8 +166,27 @@ def load(experiment_path: str | Path) -> Experiment:
         hyperparameters = _varying(configs, records)
     trials = _trials(records, configs, history, hyperparameters, settings)
     name = storage.parent_and_name(folder.display)[1]  # the folder's name, as --resume takes it
-    return Experiment(folder.display, name, settings, summary if isinstance(summary, dict) else None,
+    return Experiment(folder.display, name, settings, summary,
                       hyperparameters, trials, history, configs, space)
+
+
+def _with_trial_ids(summary: Any) -> dict[str, Any] | None:
+    """final.json with every trial named by its id, also in a record written when it said the folder's name."""
+    if not isinstance(summary, dict):
+        return None
+    if isinstance(summary.get("best_trial"), str):
+        summary["best_trial"] = trial_id_of(summary["best_trial"])
+    for member in (summary.get("ensemble") or {}).get("members", []):
+        member["trial_id"] = trial_id_of(member["trial_id"])
+    finalists = summary.get("finalists")
+    if isinstance(finalists, dict):
+        for entry in finalists.get("trials", []):
+            entry["trial_id"] = trial_id_of(entry["trial_id"])
+            entry["runs"] = [run if run is None else trial_id_of(run) for run in entry.get("runs", [])]
+        for key in ("winner", "threshold_run"):
+            if isinstance(finalists.get(key), str):
+                finalists[key] = trial_id_of(finalists[key])
+    return summary
 
 
 def _trial_records(folder: ExperimentFiles) -> dict[str, dict[str, Any]]:

@@ -34,7 +34,7 @@ def test_each_trial_is_an_mlflow_run_with_its_params_and_epochs(smoke_search):
         assert {"lr", "batch_size", "optimizer", "batchnorm"} <= set(run.data.params)  # the searched values
         assert run.data.params["image_size"] == "72"  # and the fixed ones
         history = client.get_metric_history(run.info.run_id, "val_loss")
-        trial = next(frame for name, frame in frames.items() if name.removeprefix("trial_") in run.info.run_name)
+        trial = frames[f"trial_{run.info.run_name}"]  # the run is named by the trial's id, its folder trial_<id>
         assert [m.step for m in history] == list(trial["training_iteration"])  # one value per epoch reported
         assert [m.value for m in history] == pytest.approx(list(trial["val_loss"]))
         assert float(run.data.params["lr"]) == pytest.approx(trial["config"].iloc[0]["lr"])

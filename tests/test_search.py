@@ -69,6 +69,21 @@ def test_the_optuna_study_says_what_tune_did(smoke_search):
             assert trial.value == pytest.approx(losses.min())
 
 
+def test_one_trial_one_id(smoke_search):
+    """final.json, the DataFrames, the folders and the Optuna study name each trial by Tune's id; the analysis reads
+    any form a trial has been shown in."""
+    import analysis
+
+    exp = analysis.load(smoke_search["experiment"])
+    best = exp.summary["best_trial"]
+    assert (exp.trials.trial_id == best).sum() == 1 and (smoke_search["experiment"] / f"trial_{best}").is_dir()
+    assert {m["trial_id"] for m in exp.summary["ensemble"]["members"]} <= set(exp.trials.trial_id)
+    for shown in (best, f"trial_{best}", f"train_siamese_{best}", str(smoke_search["experiment"] / f"trial_{best}")):
+        assert exp.trial(shown).trial_id == best
+    with pytest.raises(KeyError):
+        exp.trial("nope")
+
+
 def test_trials_run_side_by_side_on_a_shared_gpu(smoke_search):
     # The session's Ray node declares 4 CPUs and 1 GPU; at 0.25 GPU per trial four can share it. Without an
     # explicit concurrency limit OptunaSearch would keep only one trial pending (ray #46965).

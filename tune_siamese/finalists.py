@@ -5,7 +5,6 @@ import math
 import statistics
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ray import tune
@@ -14,10 +13,11 @@ from ray.tune.schedulers import FIFOScheduler
 from . import storage
 from .config import Config
 from .data import PairData
+from .names import trial_id_of
 from .owners import check_owner
 from .ranking import best_epoch_and_loss, each_result, top_trials, unusable_reason
 from .settings import SearchSettings
-from .tuning import SearchProgress, fit_tuner, run_config, train_siamese, trial_folder
+from .tuning import SearchProgress, fit_tuner, run_config, train_siamese, trial_folder, trial_name
 
 # ------------------------------------------------------------------------------------------------------
 # Finalists (--finalists K --finalist-seeds S): the search's best val loss is the minimum over many noisy trials,
@@ -30,7 +30,7 @@ FINALISTS_DIR = "finalists"
 def train_finalist(config: dict[str, Any], data: PairData, configs: dict[str, dict[str, Any]]) -> None:
     """One finalist run: the search's own trainable on a finalist's config (keyed by its search trial) with one
     of the fresh seeds; it validates, stops early and reports every epoch like a search trial."""
-    train_siamese({**configs[config["finalist"]], "seed": config["seed"]}, data)
+    train_siamese({**configs[trial_id_of(config["finalist"])], "seed": config["seed"]}, data)
 
 
 def finalist_seeds(settings: SearchSettings) -> list[int]:
@@ -52,14 +52,15 @@ def finalist_tuner(settings: SearchSettings, data: PairData, configs: dict[str, 
     return tune.Tuner(
         trainable, param_space={"finalist": tune.grid_search(list(configs)), "seed": tune.grid_search(seeds)},
         tune_config=tune.TuneConfig(scheduler=FIFOScheduler(), max_concurrent_trials=settings.max_concurrent or None,
-                                    reuse_actors=True, trial_dirname_creator=trial_folder),
+                                    reuse_actors=True, trial_dirname_creator=trial_folder,
+                                    trial_name_creator=trial_name),
         run_config=run_config(FINALISTS_DIR, settings.experiment_path, verbose, ["finalist", "seed"],
                               settings.max_failures, [SearchProgress(len(configs) * len(seeds), "finalists", "runs")]))
 
 
 def run_outcome(result: tune.Result) -> dict[str, Any]:
     """One finalist run: its trial folder and its best val loss and epoch, or why it has none ("error")."""
-    outcome: dict[str, Any] = {"run": Path(result.path).name}
+    outcome: dict[str, Any] = {"run": trial_id_of(result.path)}
     error = unusable_reason(result)
     if error is not None:
         return {**outcome, "error": error}
@@ -128,7 +129,7 @@ def run_finalists(settings: SearchSettings, results: tune.ResultGrid, data: Pair
 
     None when the stage was interrupted (Ctrl-C): as after an interrupted search, --resume goes on with it."""
     started = time.time()
-    top = [(Path(result.path).name, loss, Config.from_dict(dict(result.config or {}), source="finalist").to_dict())
+    top = [(trial_id_of(result.path), loss, Config.from_dict(dict(result.config or {}), source="finalist").to_dict())
            for result, loss in top_trials(results, settings.finalists)]
     seeds = finalist_seeds(settings)
     path = storage.child(settings.experiment_path, FINALISTS_DIR)
@@ -144,7 +145,7 @@ def run_finalists(settings: SearchSettings, results: tune.ResultGrid, data: Pair
             return None
         for result in each_result(grid):
             outcome = run_outcome(result)
-            runs[(str(result.config["finalist"]), int(result.config["seed"]))] = outcome
+            runs[(trial_id_of(str(result.config["finalist"])), int(result.config["seed"]))] = outcome
             checkpoints[outcome["run"]] = result.checkpoint
     record = summarise_finalists(top, seeds, runs)
     record.update(experiment=path, wall_seconds=round(time.time() - started, 1))

@@ -12,7 +12,7 @@ from . import cluster, storage
 from .config import Config
 from .console import ray_console_environment
 from .errors import InputError
-from .names import FINAL_FILE, FINAL_SIZE
+from .names import FINAL_FILE, FINAL_SIZE, trial_id_of
 from .settings import check_final_policy, load_resume_settings
 
 
@@ -69,7 +69,7 @@ def finalize(experiment: str, policy: str, size: int | None, address: str | None
         options = task_options(settings)
         final = build_final_model(policy, size, base.replace(threads=max(1, int(options["num_cpus"]))), epochs,
                                   data, checkpoint, options, member_options(settings, size))
-        record = {"best_trial": best.path.rsplit("/", 1)[-1], "best_config": config.to_dict(), "best_epoch": epoch,
+        record = {"best_trial": trial_id_of(best.path), "best_config": config.to_dict(), "best_epoch": epoch,
                   "best_val_loss": loss, "trials": len(results),
                   **hand_back(final, settings, data, None, epochs, suffix=f"-{name}"),
                   "wall_seconds": {"final_model": round(time.time() - started, 1)}}

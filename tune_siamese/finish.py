@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -27,7 +26,7 @@ from .final_model import FinalModel, build_final_model, cpu_state, rebuilt, tria
 from .finalists import Finalists, train_finalist  # noqa: F401
 from .metrics import chance_check, threshold_note
 from .model import EnsembleNet
-from .names import FINAL_FILE
+from .names import FINAL_FILE, trial_id_of
 from .publishing import export_targets, publish_export
 from .ranking import best_report_row, best_trial, each_result, no_usable_reason, status_counts, top_trials
 from .scoring import images_on, resolve_device, val_and_test
@@ -148,7 +147,7 @@ def finish_search(settings: SearchSettings, results: tune.ResultGrid, data: Pair
     best, epoch, loss = picked
     config = Config.from_dict(dict(best.config or {}), source="best trial")
     summary: dict[str, Any] = {"best_config": config.to_dict(), "best_epoch": epoch, "best_val_loss": loss,
-                               "best_trial": Path(best.path).name, **counts}
+                               "best_trial": trial_id_of(best.path), **counts}
     # Without a retrain, the best trial's own val AUC at its best epoch is what tells a model from chance.
     summary["chance"] = chance_check(float(best_report_row(best.metrics_dataframe).get("val_auc", math.nan)),
                                      data.val_scored[:, 2], "val")
@@ -174,7 +173,7 @@ def finish_search(settings: SearchSettings, results: tune.ResultGrid, data: Pair
         states, report, node = ray.get(ensemble_task.remote(
             [(c.replace(threads=threads).to_dict(), r.checkpoint) for c, (r, _) in zip(configs, chosen)], data))
         members = EnsembleNet([rebuilt(c, s) for c, s in zip(configs, states)], configs)
-        report["members"] = [{"trial_id": Path(result.path).name, "val_loss": loss} for result, loss in chosen]
+        report["members"] = [{"trial_id": trial_id_of(result.path), "val_loss": loss} for result, loss in chosen]
         target, copy = export_targets(settings, export_dir, "-ensemble")
         publish_export(lambda folder: export_ensemble(members, folder, metrics=_scalars(report["test"]),
                                                threshold_logit=report["test"]["threshold_logit"],

@@ -36,6 +36,21 @@ def final_label(policy: str, size: int) -> str:
             "seeds": f"{size} retrains on train + val, averaged",
             "folds": f"{size} models on identity-disjoint folds, averaged"}[policy]
 
+# A trial's id is Tune's (d3f281ec): the console, final.json, the DataFrames, MLflow's run names and the Optuna
+# study's user attr tune_trial_id all say it; its folder is trial_<id>. Older records said the folder's name, and
+# Tune's own trial name is train_siamese_<id>: trial_id_of() reads each.
+TRIAL_PREFIXES = ("trial_", "train_siamese_", "train_finalist_")
+
+
+def trial_id_of(name: str) -> str:
+    """The trial id in a folder path, a folder name, a Tune trial name or the id itself."""
+    base = str(name).rstrip("/").rsplit("/", 1)[-1]
+    for prefix in TRIAL_PREFIXES:
+        if base.startswith(prefix):
+            return base.removeprefix(prefix)
+    return base
+
+
 # A trial's status as the search's summary and the analysis report it (trial_status gives the rule)
 FINISHED, ASHA_STOPPED, DIVERGED, ERRORED, RUNNING, PENDING = (
     "finished", "asha_stopped", "diverged", "errored", "running", "pending")

@@ -202,7 +202,8 @@ def build_tuner(settings: SearchSettings, data: PairData, space: dict[str, Any],
                                     num_samples=settings.num_samples,
                                     # A new trial takes over a finished trial's process: no worker start-up,
                                     # torch import or data fetch per trial (fit resets seeds and threads).
-                                    reuse_actors=True, trial_dirname_creator=trial_folder),
+                                    reuse_actors=True, trial_dirname_creator=trial_folder,
+                                    trial_name_creator=trial_name),
         run_config=run_config(settings.name, settings.storage_path, verbose, list(space), settings.max_failures,
                               [SearchProgress(settings.num_samples), *mlflow_logger(settings)]),
     )
@@ -210,6 +211,11 @@ def build_tuner(settings: SearchSettings, data: PairData, space: dict[str, Any],
 
 def trial_folder(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
+
+
+def trial_name(trial: Any) -> str:
+    """What the live table and MLflow's run names call a trial: its id (names.trial_id)."""
+    return str(trial.trial_id)
 
 
 def run_config(name: str, storage_path: str, verbose: int, searched: list[str], max_failures: int,
