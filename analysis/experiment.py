@@ -19,9 +19,16 @@ from tune_siamese import storage
 from tune_siamese.errors import InputError
 from tune_siamese.names import DIVERGED, ERRORED, FINAL_FILE, SETTINGS_FILE, VAL_LOSS, trial_id_of, trial_status
 
-# Columns of `Experiment.trials`; the hyperparameters come right after trial_id.
-TRIAL_COLUMNS = ["trial_id", "status", "tune_status", "epochs", "best_val_loss", "best_epoch", "last_val_loss",
-                 "best_val_accuracy", "best_val_auc", "wall_time_s", "node"]
+# Columns of `Experiment.trials`, then config/<name> for every config value (Ray's ResultGrid.get_dataframe()
+# convention), the searched ones first: a merge with the per-epoch history (whose `lr` is the scheduled one of
+# each epoch) gives no lr_x/lr_y. last_epoch, best_epoch and last_val_loss name epochs as `history` does.
+TRIAL_COLUMNS = ["trial_id", "status", "tune_status", "last_epoch", "best_epoch", "best_val_loss", "last_val_loss",
+                 "best_val_accuracy", "best_val_auc", "start_time", "end_time", "wall_time_s", "node_id"]
+
+
+def config_column(name: str) -> str:
+    """The column of `Experiment.trials` that holds config value `name`."""
+    return f"config/{name}"
 
 
 class ExperimentFiles:
@@ -68,7 +75,7 @@ def _result_rows(text: str | None) -> list[dict[str, Any]]:
     return rows
 
 
-@dataclass
+@dataclass(repr=False)
 class Experiment:
     """One loaded experiment: per-trial and per-epoch tables, the search settings and the final test scores."""
 
@@ -102,6 +109,22 @@ class Experiment:
                  "search_val_loss": _number(entry["search_val_loss"])} for entry in record.get("trials", [])]
         return pd.DataFrame(rows, columns=["trial_id", "winner", *self.hyperparameters, "mean_val_loss",
                                            "sd_val_loss", "val_losses", "best_epochs", "search_val_loss"])
+
+    def __repr__(self) -> str:
+        statuses = ", ".join(f"{n} {s}" for s, n in self.trials["status"].value_counts().items())
+        best = self.best(1)
+        top = f"; best {best.iloc[0]['trial_id']} (val loss {best.iloc[0]['best_val_loss']:.4f})" if len(best) else ""
+        test = self.final or {}
+        scored = f"; test AUC {test['auc']:.3f}" if "auc" in test else ""
+        return f"Experiment({self.name!r}: {len(self.trials)} trials ({statuses}){top}{scored}; {self.path})"
+
+    @property
+    def best_config(self) -> dict[str, Any]:
+        """The configuration the search handed back (final.json's), else the best trial's; {} without either."""
+        if self.summary and isinstance(self.summary.get("best_config"), dict):
+            return dict(self.summary["best_config"])
+        best = self.best(1)
+        return dict(self.configs.get(best.iloc[0]["trial_id"]) or {}) if len(best) else {}
 
     def trial(self, which: str) -> pd.Series:
         """One trial's row of `trials`, by its id in any of the forms it is shown in: d3f281ec, trial_d3f281ec
@@ -267,24 +290,37 @@ def _trials(records: dict[str, dict[str, Any]], configs: dict[str, dict[str, Any
         node = None
         if last is not None:
             node = next((last[k] for k in ("node_id", "hostname") if k in last and pd.notna(last[k])), None)
+        start, end = _span(reported)
         rows.append({
-            "trial_id": trial_id, **{h: config.get(h) for h in hyperparameters},
+            "trial_id": trial_id,
             "status": trial_status(record["tune_status"], epochs, best_epoch, bool(diverged.any()),
                                    max_epochs, patience),
             "tune_status": record["tune_status"] or "UNKNOWN",
-            "epochs": epochs,
-            "best_val_loss": float(best[VAL_LOSS]) if best is not None else math.nan,
+            "last_epoch": epochs,
             "best_epoch": best_epoch,
+            "best_val_loss": float(best[VAL_LOSS]) if best is not None else math.nan,
             "last_val_loss": float(epochs_ok[VAL_LOSS].iloc[-1]) if len(epochs_ok) else math.nan,
             "best_val_accuracy": float(best.get("val_accuracy", math.nan)) if best is not None else math.nan,
             "best_val_auc": float(best.get("val_auc", math.nan)) if best is not None else math.nan,
+            "start_time": start, "end_time": end,
             "wall_time_s": float(reported["time_total_s"].max()) if "time_total_s" in reported else math.nan,
-            "node": node,
+            "node_id": node,
+            **{config_column(key): value for key, value in config.items()},
         })
-    columns = ["trial_id", *hyperparameters, *TRIAL_COLUMNS[1:]]
+    fixed = sorted({key for config in configs.values() for key in (config or {})} - set(hyperparameters))
+    columns = [*TRIAL_COLUMNS, *(config_column(key) for key in [*hyperparameters, *fixed])]
     trials = pd.DataFrame(rows, columns=columns)
     trials["best_epoch"] = trials["best_epoch"].astype("Int64")
     return trials
+
+
+def _span(reported: pd.DataFrame) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
+    """When a trial began (its first epoch's report less that epoch's time) and last reported, in UTC."""
+    if not {"timestamp", "time_this_iter_s"} <= set(reported) or reported.empty:
+        return None, None
+    first = reported["timestamp"].iloc[0] - reported["time_this_iter_s"].iloc[0]
+    return (pd.Timestamp(first, unit="s", tz="UTC").round("ms"),
+            pd.Timestamp(reported["timestamp"].iloc[-1], unit="s", tz="UTC"))
 
 
 def compare(paths: list[str | Path]) -> pd.DataFrame:
@@ -301,8 +337,7 @@ def compare(paths: list[str | Path]) -> pd.DataFrame:
             "statuses": ", ".join(f"{n} {s}" for s, n in exp.trials["status"].value_counts().items()),
             "best_val_loss": float(top["best_val_loss"]) if top is not None else math.nan,
             "best_trial": top["trial_id"] if top is not None else None,
-            "best_config": {h: exp.configs[top["trial_id"]].get(h) for h in exp.hyperparameters}
-            if top is not None else None,
+            "best_config": {h: exp.best_config.get(h) for h in exp.hyperparameters} if exp.best_config else None,
             "test_accuracy": test.get("accuracy", math.nan), "test_auc": test.get("auc", math.nan),
             "ensemble_test_accuracy": ensemble.get("accuracy_at_threshold", math.nan),
             "ensemble_test_auc": ensemble.get("auc", math.nan),

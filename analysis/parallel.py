@@ -16,7 +16,7 @@ from matplotlib.lines import Line2D
 
 from tune_siamese.names import FINISHED, RUNNING
 
-from .experiment import Experiment
+from .experiment import Experiment, config_column
 from .plots import LABELS, STYLES, axis_kinds, categories, save_figure
 
 LOSS_AXIS = "best val loss"
@@ -35,7 +35,7 @@ def parallel_axes(exp: Experiment) -> tuple[pd.DataFrame, dict[str, tuple[list[f
     frame = pd.DataFrame(index=trials.index)
     ticks: dict[str, tuple[list[float], list[str]]] = {}
     for name in exp.hyperparameters:
-        values = trials[name]
+        values = trials[config_column(name)]
         if kinds.get(name, "categorical") == "categorical":
             names = categories(exp, name, values.dropna())
             spots = [i / (len(names) - 1) if len(names) > 1 else 0.5 for i in range(len(names))]

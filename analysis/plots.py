@@ -19,7 +19,7 @@ from tune_siamese import storage
 from tune_siamese.errors import InputError
 from tune_siamese.names import ASHA_STOPPED, DIVERGED, ERRORED, FINISHED, PENDING, RUNNING
 
-from .experiment import Experiment
+from .experiment import Experiment, config_column
 
 LOSS_LABEL = "validation loss (binary cross-entropy, nats)"
 # How each status is drawn on the learning curves: line style and the marker at the trial's last epoch.
@@ -77,7 +77,7 @@ def learning_curves(exp: Experiment, path: str | Path, color_by: str | None = No
     for trial_id, rows in history.groupby("trial_id", sort=False):
         status = trials.at[trial_id, "status"]
         style, marker = STYLES[status]
-        c = colour(trials.at[trial_id, color_by] if color_by else None)
+        c = colour(trials.at[trial_id, config_column(color_by)] if color_by else None)
         ax.plot(rows["epoch"], rows["val_loss"], linestyle=style, color=c, linewidth=1.6, alpha=0.9)
         if marker:
             ax.plot(rows["epoch"].iloc[-1], rows["val_loss"].iloc[-1], marker=marker, color=c, markersize=7,
@@ -105,7 +105,7 @@ def _colours(exp: Experiment, name: str | None, fig: Figure, ax: Any) -> Any:
     """A value -> colour function, with a colour bar (numbers) or a legend (categories) explaining it."""
     if name is None:
         return lambda _: "tab:blue"
-    values = exp.trials[name]
+    values = exp.trials[config_column(name)]
     kind = axis_kinds(exp).get(name, "categorical")
     if kind != "categorical":
         present = values.dropna().astype(float)
@@ -135,21 +135,22 @@ def loss_vs_hyperparameters(exp: Experiment, path: str | Path) -> Path:
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     kinds = axis_kinds(exp)
     for ax, name in zip(axes, names):
+        values = trials[config_column(name)]
         status_colour = [STATUS_COLOURS[s] for s in trials["status"]]
         kind = kinds.get(name, "categorical")
         if kind != "categorical":
-            ax.scatter(trials[name].astype(float), trials["best_val_loss"], c=status_colour, edgecolors="black",
+            ax.scatter(values.astype(float), trials["best_val_loss"], c=status_colour, edgecolors="black",
                        linewidths=0.5, zorder=3)
             if kind == "log":
                 ax.set_xscale("log")
             ax.set_xlabel(name + (" (log scale)" if kind == "log" else ""))
         else:
-            names_ = categories(exp, name, trials[name])
-            groups = [trials.loc[trials[name].astype(str) == c, "best_val_loss"].to_numpy() for c in names_]
+            names_ = categories(exp, name, values)
+            groups = [trials.loc[values.astype(str) == c, "best_val_loss"].to_numpy() for c in names_]
             ax.boxplot(groups, tick_labels=names_, widths=0.5, showfliers=False,
                        medianprops={"color": "black"})
             jitter = np.random.default_rng(0).uniform(-0.12, 0.12, len(trials))
-            x = [names_.index(str(v)) + 1 + j for v, j in zip(trials[name], jitter)]
+            x = [names_.index(str(v)) + 1 + j for v, j in zip(values, jitter)]
             ax.scatter(x, trials["best_val_loss"], c=status_colour, edgecolors="black", linewidths=0.5, zorder=3)
             ax.set_xlabel(name)
         ax.set_ylabel("best val loss (BCE)")

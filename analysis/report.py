@@ -12,7 +12,7 @@ from tune_siamese.errors import InputError
 from tune_siamese.names import final_label
 
 from . import parallel, plots
-from .experiment import Experiment, load
+from .experiment import Experiment, config_column, load
 
 TOP = 5  # best trials shown in report.md; trials.csv has them all
 SETTING_KEYS = ["space", "searcher", "rung_metric", "reproducible", "num_samples", "max_epochs", "grace_period",
@@ -101,9 +101,10 @@ def _counts(exp: Experiment) -> str:
 
 def _best_table(exp: Experiment) -> pd.DataFrame:
     best = exp.best(TOP)
-    table = best[["trial_id", *exp.hyperparameters, "best_val_loss", "best_epoch", "best_val_accuracy",
-                  "best_val_auc", "epochs", "status", "wall_time_s"]]
-    return table.rename(columns={"best_val_loss": "best val loss", "best_epoch": "at epoch",
+    table = best[["trial_id", *(config_column(h) for h in exp.hyperparameters), "best_val_loss", "best_epoch",
+                  "best_val_accuracy", "best_val_auc", "last_epoch", "status", "wall_time_s"]]
+    return table.rename(columns={**{config_column(h): h for h in exp.hyperparameters},
+                                 "best_val_loss": "best val loss", "best_epoch": "at epoch", "last_epoch": "epochs",
                                  "best_val_accuracy": "val acc", "best_val_auc": "val AUC",
                                  "wall_time_s": "wall time (s)"})
 

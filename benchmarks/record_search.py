@@ -52,7 +52,7 @@ def section(path: str) -> tuple[str, str]:
         f"{wall.get('retrain_test_export', float('nan')) / 60:.1f} min"
         + (" (this invocation resumed the search: its part only)" if wall.get("resumed") else ""),
         f"- search: preset `{settings['space']}`, {len(trials)} trials ({statuses}), "
-        f"{int(trials['epochs'].sum())} epochs run of {len(trials) * settings['max_epochs']} possible, "
+        f"{int(trials['last_epoch'].sum())} epochs run of {len(trials) * settings['max_epochs']} possible, "
         f"{settings['max_concurrent']} at once, {settings['cpus_per_trial']:g} CPU each, seed {settings['seed']}",
         f"- best trial: val loss {summary['best_val_loss']:.4f} at epoch {summary['best_epoch']}; {config}",
         "",

@@ -68,17 +68,35 @@ def test_reading_an_experiment_loads_no_torch(experiment):
 def test_trials_one_row_per_trial_with_documented_columns(exp, experiment):
     folders = sorted(experiment.glob("trial_*/result.json"))
     assert exp.hyperparameters == list(PRESETS["smoke"].space)
-    assert list(exp.trials.columns) == ["trial_id", *exp.hyperparameters, *TRIAL_COLUMNS[1:]]
+    searched = [f"config/{h}" for h in exp.hyperparameters]
+    assert list(exp.trials.columns)[:len(TRIAL_COLUMNS) + len(searched)] == [*TRIAL_COLUMNS, *searched]
+    fixed = [c for c in exp.trials.columns[len(TRIAL_COLUMNS) + len(searched):]]
+    assert fixed == sorted(fixed) and "config/image_size" in fixed and "config/max_epochs" in fixed
     assert len(exp.trials) == len(folders) == 6
     assert sorted(exp.trials["trial_id"]) == sorted(result_rows(f.parent)[0]["trial_id"] for f in folders)
     for _, row in exp.trials.iterrows():
         params = json.loads((experiment / f"trial_{row['trial_id']}" / "params.json").read_text())
-        assert {h: row[h] for h in exp.hyperparameters} == {h: params[h] for h in exp.hyperparameters}
+        assert {key: row[f"config/{key}"] for key in params} == params  # searched and fixed values
         if row["status"] == "diverged":  # a stand-in loss, maybe no real epoch: nothing more to check
             continue
-        assert 1 <= row["best_epoch"] <= row["epochs"] <= 3
+        assert 1 <= row["best_epoch"] <= row["last_epoch"] <= 3
         assert row["best_val_loss"] <= row["last_val_loss"]
-        assert row["wall_time_s"] > 0 and row["node"]
+        assert row["wall_time_s"] > 0 and row["node_id"]
+        # when it ran, as datetimes: its span covers its wall time
+        assert row["start_time"] < row["end_time"] and str(row["start_time"].tz) == "UTC"
+        assert (row["end_time"] - row["start_time"]).total_seconds() >= row["wall_time_s"] * 0.9
+
+
+def test_frames_follow_the_ecosystems_conventions(exp):
+    """config/<name> columns merge with the per-epoch history without suffixes on the config values, the same
+    thing has one name in both frames, best_config is a dict, and the repr fits on a line."""
+    merged = exp.history.merge(exp.trials, on="trial_id")
+    assert "lr" in merged and "config/lr" in merged and "lr_x" not in merged and "lr_y" not in merged
+    assert not [c for c in merged.columns if c.startswith("config/") and c.endswith(("_x", "_y"))]
+    assert "node_id" in exp.trials and "node_id" in exp.history and "node" not in exp.trials
+    assert exp.best_config == exp.summary["best_config"] and isinstance(exp.best_config, dict)
+    shown = repr(exp)
+    assert len(shown) < 300 and "6 trials" in shown and exp.summary["best_trial"] in shown
 
 
 def test_history_one_row_per_trial_epoch_with_every_metric(exp, experiment):
@@ -86,7 +104,7 @@ def test_history_one_row_per_trial_epoch_with_every_metric(exp, experiment):
     assert len(exp.history) == sum(len(r) for r in rows.values())
     assert {"trial_id", "epoch", "train_loss", "val_loss", "val_accuracy", "val_auc", "lr", "epoch_seconds",
             "node_id", "training_iteration", "time_total_s"} <= set(exp.history.columns)
-    epochs = dict(zip(exp.trials["trial_id"], exp.trials["epochs"]))
+    epochs = dict(zip(exp.trials["trial_id"], exp.trials["last_epoch"]))
     for trial_id, frame in exp.history.groupby("trial_id"):
         # the row of a diverged trial has no epoch: it takes its training_iteration
         assert list(frame["epoch"]) == [r.get("epoch", r["training_iteration"]) for r in rows[trial_id]]
@@ -105,7 +123,7 @@ def test_statuses_follow_what_tune_recorded(exp, experiment):
     # 3 epochs at most and patience 5: a trial that ended sooner without diverging was stopped by ASHA
     for _, row in exp.trials.iterrows():
         if row["status"] != "diverged":
-            assert row["status"] == ("finished" if row["epochs"] == 3 else "asha_stopped")
+            assert row["status"] == ("finished" if row["last_epoch"] == 3 else "asha_stopped")
     assert {"finished", "asha_stopped"} <= set(ours.values())
 
 
@@ -132,7 +150,7 @@ def test_best_trial_is_tunes_best(exp, smoke_search):
     top = best.iloc[0]
     assert top["best_val_loss"] == pytest.approx(summary["best_val_loss"])
     assert top["best_epoch"] == summary["best_epoch"]
-    assert {h: top[h] for h in exp.hyperparameters} == {h: summary["best_config"][h] for h in exp.hyperparameters}
+    assert {h: top[f"config/{h}"] for h in exp.hyperparameters} == {h: summary["best_config"][h] for h in exp.hyperparameters}
     three = exp.best(3)
     assert len(three) == 3 and list(three["best_val_loss"]) == sorted(three["best_val_loss"])
     assert three.iloc[0]["trial_id"] == top["trial_id"]
@@ -225,7 +243,7 @@ def test_parallel_axes_are_the_searched_parameters_scaled_to_unit_range(exp):
             spots, labels = ticks[name]
             assert labels[spots.index(frame.at[trial_id, name])] == str(config[name])
     # lr is log-uniform over [1e-4, 1e-2] in the smoke space: scaled on log10 over that range, ticked in real values
-    lr = exp.trials.set_index("trial_id")["lr"]
+    lr = exp.trials.set_index("trial_id")["config/lr"]
     assert frame["lr"].to_numpy() == pytest.approx(((np.log10(lr) + 4) / 2).to_numpy())
     spots, labels = ticks["lr"]
     assert list(spots) == [0, 0.5, 1]
@@ -286,7 +304,7 @@ def test_a_running_search_loads(experiment, tmp_path):
     assert running.final is None and running.summary is None
     assert len(running.trials) == 6
     row = running.trials.set_index("trial_id").loc[first["trial_id"]]
-    assert (row["status"], row["tune_status"], row["epochs"]) == ("running", "RUNNING", 1)
+    assert (row["status"], row["tune_status"], row["last_epoch"]) == ("running", "RUNNING", 1)
     assert list(running.trials["status"]).count("running") == 2
     assert (running.trials["tune_status"] == "UNKNOWN").sum() == 1
 
