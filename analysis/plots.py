@@ -178,44 +178,6 @@ def importance_chart(importance: pd.Series, path: str | Path, title: str = "") -
     return save_figure(fig, path)
 
 
-def roc_curve(final: dict[str, Any], path: str | Path, title: str = "",
-              trial: dict[str, Any] | None = None) -> Path:
-    """The test ROC of the retrained model and, when `trial` (final.json's "searched_model_test") has ROC points,
-    of the best trial's own model; each with its AUC and a marker where the val-chosen threshold puts it."""
-    fig = Figure(figsize=(6, 6), layout="constrained")
-    ax = fig.add_subplot()
-    curves = [(final, "retrained on train + val", "tab:blue", "-")]
-    if trial and "roc_fpr" in trial:
-        curves.append((trial, "best trial's model (train only)", "tab:orange", "--"))
-    for scores, name, colour, style in curves:
-        ax.plot(scores["roc_fpr"], scores["roc_tpr"], color=colour, linestyle=style, linewidth=2,
-                label=f"{name} (AUC {scores['auc']:.3f})")
-        point = operating_point(scores)
-        if point is not None:
-            ax.plot(*point, marker="o", markersize=9, color=colour, markeredgecolor="black", linestyle="none",
-                    zorder=5, label=f"threshold (val-chosen): FPR {point[0]:.2f}, TPR {point[1]:.2f}, "
-                                    f"accuracy {scores['accuracy_at_threshold']:.3f}")
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance (AUC 0.5)")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_aspect("equal")
-    ax.set_xlabel("false positive rate (different-person pairs accepted)")
-    ax.set_ylabel("true positive rate (same-person pairs accepted)")
-    threshold = final.get("threshold_logit")
-    ax.set_title((title or "Test ROC") + (f"\ndots: the val-chosen threshold, logit {threshold:.3g}"
-                                          if threshold is not None and operating_point(final) else ""), fontsize=10)
-    ax.legend(loc="lower right", fontsize=7.5)
-    ax.grid(alpha=0.3)
-    return save_figure(fig, path)
-
-
-def operating_point(scores: dict[str, Any]) -> tuple[float, float] | None:
-    """(FPR, TPR) at the val-chosen threshold, as final.json stores it; None for a final.json from before."""
-    if "threshold_fpr" not in scores or "threshold_tpr" not in scores:
-        return None
-    return float(scores["threshold_fpr"]), float(scores["threshold_tpr"])
-
-
 def trial_spans(exp: Experiment) -> pd.DataFrame:
     """When each trial trained: start (its first epoch's start) and end (its last report), in seconds from the
     first start, with its status and best val loss; ordered by start. Needs Tune's timestamps."""

@@ -10,6 +10,7 @@ import pandas as pd
 from tune_siamese import storage
 from tune_siamese.errors import InputError
 from tune_siamese.names import final_label
+from tune_siamese.roc_plot import operating_point, roc_figure
 
 from . import parallel, plots
 from .experiment import Experiment, config_column, load
@@ -166,12 +167,13 @@ def _final_section(exp: Experiment, out: Path) -> list[str]:
         columns[f"ensemble of the top {len(summary['ensemble']['members'])} trials"] = ensemble
     table = pd.DataFrame([{"metric": label, **{name: _with_interval(scores, key) for name, scores in columns.items()}}
                           for label, key in rows])
-    roc = plots.roc_curve(test, out / "roc.png", f"Test ROC, {exp.name}", other)
+    curves = [(test, handed_back), *([(other, own)] if "roc_fpr" in other else [])]
+    roc = roc_figure(curves, out / "roc.png", f"Test ROC, {exp.name}")
     notes = []
     if "roc_fpr" not in other:
         notes.append("The ROC shows the retrained model only: this final.json has no ROC points of the best "
                      "trial's own model (written by an older version).")
-    if plots.operating_point(test) is None:
+    if operating_point(test) is None:
         notes.append("No threshold marked: this final.json does not record where the val-chosen threshold falls "
                      "on the test ROC (written by an older version).")
     else:

@@ -150,7 +150,8 @@ def test_best_trial_is_tunes_best(exp, smoke_search):
     top = best.iloc[0]
     assert top["best_val_loss"] == pytest.approx(summary["best_val_loss"])
     assert top["best_epoch"] == summary["best_epoch"]
-    assert {h: top[f"config/{h}"] for h in exp.hyperparameters} == {h: summary["best_config"][h] for h in exp.hyperparameters}
+    searched = exp.hyperparameters
+    assert {h: top[f"config/{h}"] for h in searched} == {h: summary["best_config"][h] for h in searched}
     three = exp.best(3)
     assert len(three) == 3 and list(three["best_val_loss"]) == sorted(three["best_val_loss"])
     assert three.iloc[0]["trial_id"] == top["trial_id"]
@@ -253,11 +254,11 @@ def test_parallel_axes_are_the_searched_parameters_scaled_to_unit_range(exp):
 def test_roc_threshold_marks_a_point_on_each_curve(exp):
     """final.json carries the ROC of the retrained model and of the best trial's own model, each with the point
     the val-chosen threshold picks on it; that point lies on its curve (and a point off it does not)."""
-    from analysis import plots
+    from tune_siamese.roc_plot import operating_point
 
     for scores in (exp.summary["test"], exp.summary["searched_model_test"]):
         assert len(scores["roc_fpr"]) == len(scores["roc_tpr"]) > 2
-        fpr, tpr = plots.operating_point(scores)
+        fpr, tpr = operating_point(scores)
         assert 0 < fpr < 1 and 0 < tpr < 1
         assert distance_to_polyline(fpr, tpr, scores["roc_fpr"], scores["roc_tpr"]) < 1e-9
         assert distance_to_polyline(fpr, min(tpr + 0.05, 1.0), scores["roc_fpr"], scores["roc_tpr"]) > 1e-3

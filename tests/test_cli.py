@@ -382,3 +382,20 @@ def test_a_misspelt_set_field_gets_a_suggestion(capsys):
     assert code == 2 and "learning_rte" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_main(["train", "--data", "synthetic", "--set", "batch_sise=8"], capsys)
     assert "did you mean batch_size?" in err and "config-fields" in err
+
+
+def test_evaluate_out_writes_a_report(trained, fake_lfw, tmp_path, capsys):
+    """evaluate --out: metrics.json rounded with TAR at FAR 1e-2 and 1e-3 and intervals, the ROC points and a
+    log-FAR ROC picture; a file where the folder should be is refused before scoring."""
+    out = tmp_path / "report"
+    code, printed, _ = run_main(["evaluate", str(trained["out"] / "checkpoint.pt"), "--out", str(out)], capsys)
+    assert code == 0
+    written = json.loads((out / "metrics.json").read_text())
+    full = json.loads(printed)
+    assert written["auc"] == round(full["auc"], 4) and written["tar_at_far_0.001"] == round(full["tar_at_far_0.001"], 4)
+    assert {"tar_at_far_0.01", "tar_at_far_0.01_ci", "auc_ci"} <= set(written)
+    assert (out / "roc.csv").read_text().startswith("fpr,tpr\n") and (out / "roc.png").stat().st_size > 10_000
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = run_main(["evaluate", str(trained["out"] / "checkpoint.pt"), "--out", str(blocker)], capsys)
+    assert code == 2 and "--out must be a folder" in err

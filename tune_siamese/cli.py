@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="score pairs of people the model trained or was selected on (by default refused, "
                                "as the search refuses such test pairs), with a warning that the JSON records")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
+    evaluate.add_argument("--out", metavar="DIR", help="also write a report there: metrics.json (rounded, TAR at FAR "
+                          "1e-2 and 1e-3, 95 %% intervals), roc.csv and roc.png (FAR on a log axis, TAR at those FARs "
+                          "and the model's threshold marked)")
 
     finalize = sub.add_parser("finalize", help="another final model from a finished search, without searching",
                               description="Build, test and export another final model from a finished search's "

@@ -139,6 +139,10 @@ def people_overlap(people: TrainedPeople | None, source: str, evaluated: list[tu
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.out is not None:  # before the scoring, which can take a while
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise InputError("option --out must be a folder", args.out)
+        storage.check_writable(args.out, "--out")
     loaded = load(args.source)
     config = loaded.config.replace(device=args.device)
     device = resolve_device(config)
@@ -149,6 +153,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise InputError("option --one-shot needs a single model, not an ensemble export", args.source)
         metrics.update(data=str(args.one_shot), **one_shot_report(model, Path(args.one_shot), config, device,
                                                                    args.ways, args.trials, args.seed))
+        if args.out is not None:  # no ROC: one-shot scores picks among candidates, not pairs
+            storage.write_text(Path(args.out) / "metrics.json", json.dumps(_rounded(_finite(metrics)), indent=2) + "\n")
         print(json.dumps(_finite(metrics), indent=2))
         return 0
     if args.pairs is not None and args.data is None:
@@ -182,8 +188,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                    **{key: value for key, value in scores.items() if not key.startswith("roc_")})
     if overlap is not None:
         metrics["identity_overlap"] = overlap
+    if args.out is not None:
+        write_evaluation(Path(args.out), metrics, scores)
     print(json.dumps(_finite(metrics), indent=2))
     return 0
+
+
+def write_evaluation(out: Path, metrics: dict[str, Any], scores: dict[str, Any]) -> None:
+    """evaluate --out: the metrics rounded for reading, the ROC points, and the ROC picture."""
+    from .roc_plot import roc_figure
+
+    out.mkdir(parents=True, exist_ok=True)
+    storage.write_text(out / "metrics.json", json.dumps(_rounded(_finite(metrics)), indent=2) + "\n")
+    rows = "\n".join(f"{f:.6g},{t:.6g}" for f, t in zip(scores["roc_fpr"], scores["roc_tpr"]))
+    storage.write_text(out / "roc.csv", "fpr,tpr\n" + rows + "\n")
+    model = Path(str(metrics["source"])).name or "model"
+    pairs = Path(str(metrics.get("pairs") or metrics.get("data"))).name
+    roc_figure([(scores, model)], out / "roc.png", f"ROC of {model} on {pairs} ({metrics['n_pairs']} pairs)")
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {key: _rounded(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_rounded(item) for item in value]
+    return value
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
