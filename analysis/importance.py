@@ -70,13 +70,49 @@ def _contains(distribution: BaseDistribution, value: Any) -> bool:
     return numeric and distribution.low <= value <= distribution.high  # type: ignore[attr-defined]
 
 
-def importances(exp: Trials, evaluator: optuna.importance.BaseImportanceEvaluator | None = None) -> pd.Series:
-    """One importance per hyperparameter (0 for one that never varied), largest first, summing to 1;
-    `.attrs["trials"]` says how many trials they rest on.
+# fANOVA's random forest ranks differently from one seed to the next on a few dozen trials (one seed put lr first,
+# another last): the default is the mean over these seeds, with their spread.
+FANOVA_SEEDS = tuple(range(10))
+FANOVA, PED_ANOVA = "fANOVA", "PED-ANOVA"
 
-    The default evaluator is fANOVA with a fixed seed, so a report is reproducible; pass any other of
-    optuna.importance's evaluators to compare.
-    """
+
+def importances(exp: Trials, evaluator: optuna.importance.BaseImportanceEvaluator | None = None) -> pd.Series:
+    """One importance per hyperparameter (0 for one that never varied), largest first, summing to 1.
+    `.attrs`: "trials" (how many they rest on), "method" (what computed them) and, for the default, "sd" (each
+    share's standard deviation over the seeds).
+
+    The default is fANOVA averaged over FANOVA_SEEDS, so a report is reproducible and its ranking does not hang on
+    one seed; pass any of optuna.importance's evaluators instead (see `methods` for two side by side)."""
+    study, count = _trials_study(exp)
+    if evaluator is not None:
+        series = pd.Series(_shares(study, evaluator, exp), name="importance")
+        series.attrs["method"] = type(evaluator).__name__.removesuffix("ImportanceEvaluator")
+    else:
+        runs = pd.DataFrame([_shares(study, optuna.importance.FanovaImportanceEvaluator(seed=seed), exp)
+                             for seed in FANOVA_SEEDS])
+        series = runs.mean().rename("importance")
+        series.attrs["sd"] = runs.std(ddof=1).to_dict()
+        series.attrs["method"] = f"{FANOVA}, mean of {len(FANOVA_SEEDS)} seeds"
+    series = series.sort_values(ascending=False)
+    series.attrs["trials"] = count
+    return series
+
+
+def methods(exp: Trials) -> pd.DataFrame:
+    """Two evaluators side by side, one row per hyperparameter (fANOVA's order): fANOVA's mean share over the
+    seeds and its s.d., and PED-ANOVA (Optuna's default, what optuna-dashboard shows). `.attrs["trials"]`."""
+    fanova = importances(exp)
+    study, _ = _trials_study(exp)
+    ped = _shares(study, optuna.importance.PedAnovaImportanceEvaluator(), exp)
+    table = pd.DataFrame({"fanova": fanova, "fanova_sd": pd.Series(fanova.attrs["sd"]), "ped_anova": pd.Series(ped)},
+                         index=fanova.index)
+    table.index.name = "hyperparameter"
+    table.attrs["trials"] = fanova.attrs["trials"]
+    return table
+
+
+def _trials_study(exp: Trials) -> tuple[optuna.Study, int]:
+    """A study of the trials that reached a val loss (or diverged), and how many they are."""
     params, values = [], []
     for _, row in exp.trials.iterrows():
         value = DIVERGED_LOSS if row["status"] == DIVERGED and math.isnan(row["best_val_loss"]) \
@@ -88,16 +124,16 @@ def importances(exp: Trials, evaluator: optuna.importance.BaseImportanceEvaluato
     if len(params) < 2 or len(set(values)) < 2 or not exp.hyperparameters:
         raise InputError("cannot rank hyperparameters: it takes at least two trials with different val losses",
                          exp.path)
-    study = _study(params, values, distributions(exp))
+    return _study(params, values, distributions(exp)), len(params)
+
+
+def _shares(study: optuna.Study, evaluator: optuna.importance.BaseImportanceEvaluator,
+            exp: Trials) -> dict[str, float]:
     try:
-        scores = optuna.importance.get_param_importances(
-            study, evaluator=evaluator or optuna.importance.FanovaImportanceEvaluator(seed=0))
+        scores = optuna.importance.get_param_importances(study, evaluator=evaluator)
     except RuntimeError as exc:  # fANOVA: "zero total variance" when no hyperparameter ever varied
         raise InputError(f"cannot rank hyperparameters ({exc})", exp.path) from None
-    series = pd.Series({h: float(scores.get(h, 0.0)) for h in exp.hyperparameters}, name="importance")
-    series = series.sort_values(ascending=False)
-    series.attrs["trials"] = len(params)  # what the shares rest on
-    return series
+    return {h: float(scores.get(h, 0.0)) for h in exp.hyperparameters}
 
 
 def _study(params: list[dict[str, Any]], values: list[float],

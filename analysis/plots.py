@@ -20,6 +20,7 @@ from tune_siamese.errors import InputError
 from tune_siamese.names import ASHA_STOPPED, DIVERGED, ERRORED, FINISHED, PENDING, RUNNING
 
 from .experiment import Experiment, config_column
+from .importance import FANOVA_SEEDS
 
 LOSS_LABEL = "validation loss (binary cross-entropy, nats)"
 # How each status is drawn on the learning curves: line style and the marker at the trial's last epoch.
@@ -164,16 +165,24 @@ def loss_vs_hyperparameters(exp: Experiment, path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
-def importance_chart(importance: pd.Series, path: str | Path, title: str = "") -> Path:
-    """Horizontal bars, the most important hyperparameter on top."""
-    fig = Figure(figsize=(7, 0.5 * len(importance) + 1.6), layout="constrained")
+def importance_chart(table: pd.DataFrame, path: str | Path, title: str = "") -> Path:
+    """Two evaluators' shares side by side (importance.methods), the most important by fANOVA on top: fANOVA's
+    mean over its seeds with a bar of ± 1 s.d., and PED-ANOVA (Optuna's default); the trial count in the title."""
+    fig = Figure(figsize=(7.5, 0.6 * len(table) + 1.9), layout="constrained")
     ax = fig.add_subplot()
-    ordered = importance.sort_values()
-    bars = ax.barh(list(ordered.index), ordered.to_numpy(), color="tab:blue")
-    ax.bar_label(bars, fmt="%.2f", padding=3)
-    ax.set_xlim(0, max(1.0, float(ordered.max()) * 1.15))
-    ax.set_xlabel("importance for the best val loss (share, sums to 1)")
-    ax.set_title(title or "Hyperparameter importance")
+    ordered = table.iloc[::-1]
+    y = np.arange(len(ordered))
+    fanova = ax.barh(y + 0.2, ordered["fanova"], height=0.4, xerr=ordered["fanova_sd"], color="tab:blue",
+                     error_kw={"elinewidth": 1, "capsize": 2},
+                     label=f"fANOVA, mean ± s.d. over {len(FANOVA_SEEDS)} seeds")
+    ped = ax.barh(y - 0.2, ordered["ped_anova"], height=0.4, color="tab:orange", label="PED-ANOVA (Optuna's default)")
+    ax.bar_label(fanova, fmt="%.2f", padding=3, fontsize=8)
+    ax.bar_label(ped, fmt="%.2f", padding=3, fontsize=8)
+    ax.set_yticks(y, list(ordered.index))
+    ax.set_xlim(0, max(1.0, float((ordered[["fanova", "ped_anova"]].max()).max()) * 1.15))
+    ax.set_xlabel("importance for the best val loss (share; each method's shares sum to 1)")
+    ax.set_title(f"{title or 'Hyperparameter importance'}\n{table.attrs.get('trials', '?')} trials", fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     return save_figure(fig, path)
 

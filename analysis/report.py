@@ -14,6 +14,7 @@ from tune_siamese.roc_plot import operating_point, roc_figure
 
 from . import parallel, plots
 from .experiment import Experiment, config_column, load
+from .importance import FANOVA_SEEDS, methods
 
 TOP = 5  # best trials shown in report.md; trials.csv has them all
 SETTING_KEYS = ["space", "searcher", "rung_metric", "reproducible", "num_samples", "max_epochs", "grace_period",
@@ -66,18 +67,23 @@ def report(experiment_path: str | Path, out_dir: str | Path | None = None, color
                   f"![When each trial ran, coloured by how it ended]({timeline.name})", ""]
     lines += ["## Hyperparameter importance", ""]
     try:
-        importance = exp.importance()
+        table = methods(exp)
     except InputError as exc:
         lines += [f"Not computed: {exc}", ""]
     else:
-        chart = plots.importance_chart(importance, out / "importance.png", f"Hyperparameter importance, {exp.name}")
-        trials = importance.attrs["trials"]
+        chart = plots.importance_chart(table, out / "importance.png", f"Hyperparameter importance, {exp.name}")
+        trials = table.attrs["trials"]
         caution = (f" **With {trials} trials these shares are rough (fANOVA wants about {FEW_TRIALS} or more): "
                    "read them as hints.**" if trials < FEW_TRIALS else "")
-        lines += [f"fANOVA (Optuna) on the best val loss of {trials} trials; shares of the explained variance."
-                  + caution, "",
-                  _table(pd.DataFrame({"hyperparameter": importance.index,
-                                       "importance": importance.to_numpy()})), "",
+        top_fanova, top_ped = table["fanova"].idxmax(), table["ped_anova"].idxmax()
+        differ = ("" if top_fanova == top_ped else f" The two methods disagree on what matters most "
+                  f"(`{top_fanova}` against `{top_ped}`): fANOVA splits the variance of the loss over the whole "
+                  "space, PED-ANOVA asks what sets the best 10 % of trials apart.")
+        lines += [f"On the best val loss of {trials} trials, by two of Optuna's evaluators: fANOVA (the mean share "
+                  f"over {len(FANOVA_SEEDS)} seeds of its random forest, ± their s.d.) and PED-ANOVA (Optuna's "
+                  "default, what optuna-dashboard shows)." + differ + caution, "",
+                  _table(table.reset_index().rename(columns={
+                      "fanova": "fANOVA", "fanova_sd": "± s.d.", "ped_anova": "PED-ANOVA"})), "",
                   f"![Hyperparameter importance]({chart.name})", ""]
     lines += ["## Search settings", "", _table(pd.DataFrame(
         [{"setting": k, "value": exp.settings[k]} for k in SETTING_KEYS if k in exp.settings])), "",

@@ -172,6 +172,26 @@ def test_importance_one_value_per_hyperparameter_summing_to_one(exp):
     assert importance.attrs["trials"] == len(exp.trials) == 6  # what the shares rest on
 
 
+def test_importance_names_its_method_averages_fanova_over_seeds_and_shows_a_second_method(exp):
+    """The default is fANOVA's mean over its seeds (reproducible, with the spread), named; PED-ANOVA, Optuna's
+    default, sits beside it; a single evaluator can still be asked for."""
+    import optuna
+    import pandas as pd
+
+    from analysis.importance import FANOVA_SEEDS, importances, methods
+
+    default = exp.importance()
+    single = [importances(exp, optuna.importance.FanovaImportanceEvaluator(seed=seed)) for seed in FANOVA_SEEDS]
+    mean = pd.concat(single, axis=1).mean(axis=1)
+    assert default.to_dict() == pytest.approx(mean.to_dict())
+    assert default.attrs["method"] == f"fANOVA, mean of {len(FANOVA_SEEDS)} seeds"
+    assert set(default.attrs["sd"]) == set(exp.hyperparameters)
+    assert single[0].attrs["method"] == "Fanova"
+    table = methods(exp)
+    assert list(table.columns) == ["fanova", "fanova_sd", "ped_anova"] and table.attrs["trials"] == 6
+    assert table["ped_anova"].sum() == pytest.approx(1.0, abs=1e-6) and list(table.index) == list(default.index)
+
+
 def test_trial_spans_give_every_trial_its_time_on_the_cluster(exp):
     from analysis import plots
 
