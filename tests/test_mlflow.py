@@ -26,10 +26,15 @@ def test_each_trial_is_an_mlflow_run_with_its_params_and_epochs(smoke_search):
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name("smoke")
     assert found is not None
-    runs = client.search_runs([found.experiment_id])
+    everything = client.search_runs([found.experiment_id])
+    [search] = [run for run in everything if run.data.tags.get("tune_siamese.role") == "search"]
+    runs = [run for run in everything if run is not search]
     frames = trial_frames(experiment)
     assert len(runs) == len(frames) == 6
     for run in runs:
+        assert run.data.tags["mlflow.parentRunId"] == search.info.run_id  # the trials are the search's children
+        assert not {"pid", "done", "timestamp", "time_total_s", "training_iteration"} & set(run.data.metrics)
+        assert not [key for key in run.data.metrics if key.startswith("config")]  # the config is the params
         assert run.info.status == "FINISHED"
         assert {"lr", "batch_size", "optimizer", "batchnorm"} <= set(run.data.params)  # the searched values
         assert run.data.params["image_size"] == "72"  # and the fixed ones
@@ -38,6 +43,35 @@ def test_each_trial_is_an_mlflow_run_with_its_params_and_epochs(smoke_search):
         assert [m.step for m in history] == list(trial["training_iteration"])  # one value per epoch reported
         assert [m.value for m in history] == pytest.approx(list(trial["val_loss"]))
         assert float(run.data.params["lr"]) == pytest.approx(trial["config"].iloc[0]["lr"])
+    # the search's run: its settings, the final test scores, final.json and the export, as a model that scores pairs
+    summary = smoke_search["summary"]
+    assert search.info.status == "FINISHED" and search.info.run_name == "smoke"
+    assert search.data.params["space"] == "smoke" and search.data.params["base.image_size"] == "72"
+    assert search.data.metrics["test/auc"] == pytest.approx(summary["test"]["auc"])
+    assert search.data.metrics["test/auc_ci_low"] == pytest.approx(summary["test"]["auc_ci"][0])
+    assert {a.path for a in client.list_artifacts(search.info.run_id)} >= {"export", "final.json"}
+    import mlflow.pyfunc
+    import pandas as pd
+
+    import tune_siamese as ts
+
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(f"runs:/{search.info.run_id}/pair_scorer")
+    images = smoke_images(experiment.parent)
+    with pytest.warns(UserWarning):  # a model of the synthetic faces says so
+        expected = ts.load(summary["export"]).score(*images)
+    assert model.predict(pd.DataFrame({"image_a": [str(images[0])], "image_b": [str(images[1])]})) == \
+        pytest.approx([expected])
+
+
+def smoke_images(folder):
+    import numpy as np
+    from PIL import Image
+
+    paths = [folder / f"face{i}.png" for i in range(2)]
+    for i, path in enumerate(paths):
+        Image.fromarray((np.random.default_rng(i).random((80, 80)) * 255).astype("uint8")).save(path)
+    return paths
 
 
 class Trial:

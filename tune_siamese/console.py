@@ -50,7 +50,7 @@ def chance_warning(who: str, check: dict[str, Any]) -> str | None:
             f"{pairs['same']} same- and {pairs['different']} different-person pairs")
 
 
-def print_summary(summary: dict[str, Any], preset: Any, settings: Any) -> None:
+def print_summary(summary: dict[str, Any], preset: Any, settings: Any, mlflow_run: str = "") -> None:
     if "no_usable_trial" in summary:  # one line: there is nothing else to say
         print(f"\nNo usable trial: {summary['no_usable_trial']}; nothing was retrained or exported "
               f"(exit {EXIT_NO_USABLE_TRIAL}). Analyse it: python -m analysis {settings.experiment_path}")
@@ -78,6 +78,11 @@ def print_summary(summary: dict[str, Any], preset: Any, settings: Any) -> None:
     print(f"Wall time: search {wall['search']:.0f} s{finalists}, retrain/test/export "
           f"{wall['retrain_test_export']:.0f} s")
     print(f"Analyse it: python -m analysis {settings.experiment_path}")
+    if mlflow_run:
+        from .study import redact
+
+        print(f"MLflow: run {mlflow_run} (the search; its trials are child runs) in experiment {settings.name!r}, "
+              f"{redact(settings.mlflow)}")
     if settings.base.get("data") == SYNTHETIC and "test" in summary:
         print(demonstration_note())
 

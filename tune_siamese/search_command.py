@@ -228,10 +228,16 @@ def run(options: SearchOptions, stop: SigtermAsCtrlC | None = None) -> tuple[dic
             return SearchInterrupted(message, settings.experiment_path)
 
         stage = "Search interrupted{}; nothing was retrained or exported"
+        mlflow_run = ""
         try:
             settings = cluster.fit_resources(settings, options.wait_for_resources)
             verbose = tune_verbosity(options)
-            tuner = tuner_for(settings, preset, data, resume=bool(options.resume), verbose=verbose)
+            if settings.mlflow:  # the search's parent run; the trials' runs are its children
+                from .mlflow_record import search_run
+
+                mlflow_run = search_run(settings, resumed=bool(options.resume))
+            tuner = tuner_for(settings, preset, data, resume=bool(options.resume), verbose=verbose,
+                              mlflow_parent=mlflow_run)
             print_start(settings, on_cluster=address not in ("local", "existing"))
             started = time.time()
             results, watch = fit_tuner(tuner)
@@ -250,6 +256,10 @@ def run(options: SearchOptions, stop: SigtermAsCtrlC | None = None) -> tuple[dic
             summary, model = finish_search(settings, results, data, options.export_dir, retrain=not options.no_retrain,
                                            ensemble=options.ensemble, search_seconds=search_seconds,
                                            resumed=bool(options.resume), finalists=finalists)
+            if mlflow_run:
+                from .mlflow_record import finish_run
+
+                finish_run(settings, mlflow_run, summary)
         except SearchInterrupted:
             raise
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside a Tune run
@@ -257,7 +267,7 @@ def run(options: SearchOptions, stop: SigtermAsCtrlC | None = None) -> tuple[dic
         finally:
             if own:
                 stop.uninstall()
-    print_summary(summary, preset, settings)
+    print_summary(summary, preset, settings, mlflow_run)
     return summary, model
 
 

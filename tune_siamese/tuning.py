@@ -174,7 +174,7 @@ def build_trainable(settings: SearchSettings, data: PairData) -> Any:
 
 
 def build_tuner(settings: SearchSettings, data: PairData, space: dict[str, Any],
-                points: list[dict[str, Any]], verbose: int = 1) -> tune.Tuner:
+                points: list[dict[str, Any]], verbose: int = 1, mlflow_parent: str = "") -> tune.Tuner:
     """verbose: Tune's console, 0 silent, 1 the live status table, 2 also each trial's results, 3 everything."""
     # Fixed values ride along as constants in the param space, so each trial's config is complete.
     param_space = {**settings.base, **space}
@@ -205,7 +205,7 @@ def build_tuner(settings: SearchSettings, data: PairData, space: dict[str, Any],
                                     reuse_actors=True, trial_dirname_creator=trial_folder,
                                     trial_name_creator=trial_name),
         run_config=run_config(settings.name, settings.storage_path, verbose, list(space), settings.max_failures,
-                              [SearchProgress(settings.num_samples), *mlflow_logger(settings)]),
+                              [SearchProgress(settings.num_samples), *mlflow_logger(settings, mlflow_parent)]),
     )
 
 
@@ -280,10 +280,17 @@ def build_scheduler(settings: SearchSettings) -> TrialScheduler:
                          reduction_factor=settings.reduction_factor)
 
 
-def mlflow_logger(settings: SearchSettings) -> list[tune.Callback]:
-    """With --mlflow, Ray Tune's own MLflow callback: an MLflow experiment named after the search, one run per
-    trial with its config as params and every epoch's metrics (step = epoch). It runs in the driver, and Tune
-    saves it with the run config, so a resumed search logs to the same store."""
+# What a trial's MLflow run logs of each result: the training's own metrics, not Tune's bookkeeping (pid, done,
+# timestamps, ...) or the config again (it is the run's params).
+MLFLOW_METRICS = ("train_loss", "lr", "train_pairs", VAL_LOSS, "val_accuracy", "val_auc", BEST_VAL_LOSS, VAL_LOSS_AVG3,
+                  "epoch_seconds", "diverged")
+
+
+def mlflow_logger(settings: SearchSettings, parent_run: str = "") -> list[tune.Callback]:
+    """With --mlflow, Ray Tune's own MLflow callback: in the MLflow experiment named after the search, one run per
+    trial, a child of the search's run `parent_run` (mlflow_record), with its config as params and every epoch's
+    metrics (step = epoch). It runs in the driver, and Tune saves it with the run config, so a resumed search logs
+    to the same store and parent."""
     if not settings.mlflow:
         return []
     # Not at the top: it imports mlflow (an optional extra, and a second of start-up in every trial worker).
@@ -307,8 +314,15 @@ def mlflow_logger(settings: SearchSettings) -> list[tune.Callback]:
                 self._trial_runs[trial] = self.resumed.pop(trial.trial_id)
             super().log_trial_start(trial)
 
-    return [MLflowLogger(tracking_uri=settings.mlflow, experiment_name=settings.name,
-                         tags={"tune_siamese.experiment": settings.experiment_path})]
+        def log_trial_result(self, iteration: int, trial: Any, result: dict[str, Any]) -> None:
+            metrics = {key: result[key] for key in MLFLOW_METRICS if key in result}
+            self.mlflow_util.log_metrics(run_id=self._trial_runs[trial], metrics_to_log=metrics,
+                                         step=result["training_iteration"])
+
+    tags = {"tune_siamese.experiment": settings.experiment_path, "tune_siamese.role": "trial"}
+    if parent_run:
+        tags["mlflow.parentRunId"] = parent_run
+    return [MLflowLogger(tracking_uri=settings.mlflow, experiment_name=settings.name, tags=tags)]
 
 
 def live_table(searched: list[str]) -> tune.CLIReporter:
@@ -329,7 +343,8 @@ def restore_tuner(settings: SearchSettings, data: PairData) -> tune.Tuner:
                               resume_unfinished=True, resume_errored=True)
 
 
-def tuner_for(settings: SearchSettings, preset: Any, data: PairData, resume: bool, verbose: int = 1) -> tune.Tuner:
+def tuner_for(settings: SearchSettings, preset: Any, data: PairData, resume: bool, verbose: int = 1,
+              mlflow_parent: str = "") -> tune.Tuner:
     """A new search (its settings saved first, for --resume and the analysis) or the interrupted one (which keeps
     the console verbosity it was started with)."""
     if resume:
@@ -337,4 +352,4 @@ def tuner_for(settings: SearchSettings, preset: Any, data: PairData, resume: boo
     resuming("")
     storage.write_text(storage.child(settings.experiment_path, SETTINGS_FILE),
                        json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
-    return build_tuner(settings, data, preset.space, preset.points, verbose)
+    return build_tuner(settings, data, preset.space, preset.points, verbose, mlflow_parent)
