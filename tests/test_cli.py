@@ -325,6 +325,10 @@ def test_tune_siamese_search_is_run_search(tmp_path, capsys):
     console = done.stdout + done.stderr
     assert "[search] 1/1 trials ended" in console and "best val loss" in console
     assert "Checkpoint successfully created" not in console and "started with configuration" not in console
+    # what is happening, said as it starts; none of Tune's legacy lines that mislead (a negated loss, Ray's session
+    # folder as the result folder, finished trials counted as stopped)
+    assert "Reading the data (synthetic) ..." in console and "Starting a local Ray ..." in console
+    assert "Bracket:" not in console and "Result logdir" not in console and "num_stopped" not in console
 
 
 def test_search_help_groups_its_options_and_shows_every_default(capsys):
@@ -399,3 +403,20 @@ def test_evaluate_out_writes_a_report(trained, fake_lfw, tmp_path, capsys):
     blocker.write_text("x")
     code, _, err = run_main(["evaluate", str(trained["out"] / "checkpoint.pt"), "--out", str(blocker)], capsys)
     assert code == 2 and "--out must be a folder" in err
+
+
+def test_the_summarys_wall_times_add_up_and_the_live_table_drops_misleading_lines(capsys):
+    from tune_siamese.console import wall_line
+    from tune_siamese.tuning import live_table
+
+    line = wall_line({"search": 10.0, "finalists": 3.0, "retrain_test_export": 5.0}, 20.0)
+    assert line == ("Wall time: start-up (data, Ray) 2 s, search 10 s, finalists 3 s, final model, test and export "
+                    "5 s; 20 s in all")
+    table = live_table(["lr"])
+    table._progress_str = lambda trials, done, *info: "\n".join(
+        ["== Status ==", "Using AsyncHyperBand: num_stopped=3", "Bracket: Iter 1.000: -0.69", *info,
+         "Result logdir: /tmp/ray/session_x/driver_artifacts", "Number of trials: 3/3 (3 TERMINATED)"])
+    table.report([], True, "Logical resource usage: 1.0/2 CPUs")
+    shown = capsys.readouterr().out
+    assert "Logical resource usage" in shown and "Number of trials: 3/3" in shown
+    assert "AsyncHyperBand" not in shown and "Bracket" not in shown and "Result logdir" not in shown

@@ -78,6 +78,16 @@ def code_runtime_env() -> dict[str, Any] | None:
     return {"py_modules": [str(Path(__file__).resolve().parent), os.path.dirname(spaces.origin)]}
 
 
+def connecting_line(option: str | None) -> str:
+    """What the console says while Ray starts or is joined."""
+    import ray
+
+    if ray.is_initialized():
+        return "Using the Ray session already started in this process ..."
+    address = resolve_address(option)
+    return "Starting a local Ray ..." if address == "local" else f"Joining the Ray cluster at {address} ..."
+
+
 def connect(option: str | None, timeout: float = CONNECT_TIMEOUT_S, dashboard: bool = False) -> str:
     """Start or join Ray as described above; returns the address used ("local" for a new local Ray)."""
     import ray

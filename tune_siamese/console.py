@@ -50,7 +50,8 @@ def chance_warning(who: str, check: dict[str, Any]) -> str | None:
             f"{pairs['same']} same- and {pairs['different']} different-person pairs")
 
 
-def print_summary(summary: dict[str, Any], preset: Any, settings: Any, mlflow_run: str = "") -> None:
+def print_summary(summary: dict[str, Any], preset: Any, settings: Any, mlflow_run: str = "",
+                  total_seconds: float | None = None) -> None:
     if "no_usable_trial" in summary:  # one line: there is nothing else to say
         print(f"\nNo usable trial: {summary['no_usable_trial']}; nothing was retrained or exported "
               f"(exit {EXIT_NO_USABLE_TRIAL}). Analyse it: python -m analysis {settings.experiment_path}")
@@ -74,9 +75,7 @@ def print_summary(summary: dict[str, Any], preset: Any, settings: Any, mlflow_ru
     statuses = ", ".join(f"{count} {status.replace('_', ' ')}" for status, count in summary["trial_statuses"].items())
     wall = summary["wall_seconds"]
     print(f"Trials: {summary['trials']} ({statuses}); best: {summary['best_trial']}")
-    finalists = f", finalists {wall['finalists']:.0f} s" if "finalists" in wall else ""
-    print(f"Wall time: search {wall['search']:.0f} s{finalists}, retrain/test/export "
-          f"{wall['retrain_test_export']:.0f} s")
+    print(wall_line(wall, total_seconds))
     print(f"Analyse it: python -m analysis {settings.experiment_path}")
     if mlflow_run:
         from .study import redact
@@ -87,6 +86,31 @@ def print_summary(summary: dict[str, Any], preset: Any, settings: Any, mlflow_ru
         print(demonstration_note())
 
 
+def final_stage_line(policy: str, size: int, epochs: int) -> str:
+    """What the console says while the final model is built (it takes minutes, and Ray's lines start late)."""
+    work = {"retrain": f"one model on train + val for {epochs} epochs (a Ray task)",
+            "trial": "the best trial's own model",
+            "seeds": f"{size} models on train + val for {epochs} epochs each, side by side (Ray tasks)",
+            "folds": f"{size} models on identity-disjoint folds, up to {epochs} epochs each, side by side (Ray tasks)"}
+    return f"[final] {work[policy]}; then the test pairs and the export ..."
+
+
+def wall_line(wall: dict[str, Any], total_seconds: float | None) -> str:
+    """The wall times of the run's parts, which add up to its whole when `total_seconds` is known: what is not
+    searching, finalists or the final model is start-up (imports, data, Ray) and the summary."""
+    parts = [("search", wall["search"])]
+    if "finalists" in wall:
+        parts.append(("finalists", wall["finalists"]))
+    parts.append(("final model, test and export", wall["retrain_test_export"]))
+    if total_seconds is not None:
+        parts.insert(0, ("start-up (data, Ray)", max(0.0, total_seconds - sum(seconds for _, seconds in parts))))
+    line = "Wall time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in parts)
+    if total_seconds is not None:
+        line += f"; {total_seconds:.0f} s in all" + (" (this invocation, which resumed the search)"
+                                                      if wall.get("resumed") else "")
+    return line
+
+
 def test_line(test: dict[str, Any]) -> str:
     """Test scores, each with its 95 % interval (people resampled) where final.json has one."""
     def score(name: str, label: str) -> str:
@@ -94,7 +118,7 @@ def test_line(test: dict[str, Any]) -> str:
         interval = f" [{low_high[0]:.3f}, {low_high[1]:.3f}]" if low_high else ""
         return f"{label} {test[name]:.3f}{interval}"
     names = [("accuracy", "accuracy"), ("accuracy_at_threshold", "at the val threshold"), ("auc", "AUC"),
-             ("tar_at_far_0.01", "TAR at FAR 1e-2")]
+             ("tar_at_far_0.01", "TAR at FAR 1e-2"), ("tar_at_far_0.001", "1e-3")]
     return ", ".join(score(name, label) for name, label in names if name in test)
 
 

@@ -18,6 +18,7 @@ from . import storage
 from .checkpoint import export_ensemble, export_model
 from .cluster import alive_nodes
 from .config import Config
+from .console import final_stage_line
 from .data import PairData
 from .errors import InputError
 from .final_model import FinalModel, build_final_model, cpu_state, rebuilt, trial_model
@@ -160,6 +161,7 @@ def finish_search(settings: SearchSettings, results: tune.ResultGrid, data: Pair
     threads = max(1, int(options["num_cpus"]))
     model = None
     if retrain:
+        print(final_stage_line(settings.final, settings.final_size, epochs), flush=True)
         final = build_final_model(settings.final, settings.final_size, retrained.replace(threads=threads), epochs,
                                   data, threshold_checkpoint, options, member_options(settings, settings.final_size))
         summary.update(hand_back(final, settings, data, export_dir, epochs))

@@ -200,9 +200,11 @@ def build_parser(prog: str = "run_search.py") -> OneLineParser:
     return p
 
 
-def run(options: SearchOptions, stop: SigtermAsCtrlC | None = None) -> tuple[dict[str, Any], Any]:
+def run(options: SearchOptions, stop: SigtermAsCtrlC | None = None,
+        begun: float | None = None) -> tuple[dict[str, Any], Any]:
     """The recipe; returns (summary as written to final.json, retrained model). Interrupted (Ctrl-C or SIGTERM:
-    see `stop`), it prints the command that resumes it and raises SearchInterrupted."""
+    see `stop`), it prints the command that resumes it and raises SearchInterrupted. `begun`: when the run began
+    (when the command began, so that the summary's wall times add up to the whole; default now)."""
     from . import cluster, storage
     from .data import load_data
     from .finalists import run_finalists
@@ -211,14 +213,17 @@ def run(options: SearchOptions, stop: SigtermAsCtrlC | None = None) -> tuple[dic
     from .settings import settings_for
     from .tuning import fit_tuner, interrupted, tuner_for
 
+    begun = begun or time.time()
     ray_console_environment()
     settings, preset = settings_for(options)  # every option and every value the space can give a trial
     check_search(options, settings, preset)
+    print(f"Reading the data ({settings.base['data']}) ...", flush=True)  # a cache hit is quick, a first read not
     data = load_data(Config.from_dict(settings.base, source="search settings"))  # the data are input too
     print(data.summary(), flush=True)
     check_targets(settings, options.export_dir, new=not options.resume)  # the first thing written
     own, stop = stop is None, stop or SigtermAsCtrlC()
     with storage.experiment_lock(settings.experiment_path):
+        print(cluster.connecting_line(options.address), flush=True)  # Ray takes seconds to start
         address = cluster.connect(options.address, options.connect_timeout, options.dashboard)
         stop.install()  # after ray.init, which replaces it
 
@@ -267,7 +272,7 @@ def run(options: SearchOptions, stop: SigtermAsCtrlC | None = None) -> tuple[dic
         finally:
             if own:
                 stop.uninstall()
-    print_summary(summary, preset, settings, mlflow_run)
+    print_summary(summary, preset, settings, mlflow_run, total_seconds=time.time() - begun)
     return summary, model
 
 
@@ -281,10 +286,11 @@ def tune_verbosity(options: SearchOptions) -> int:
 
 def main(argv: Sequence[str] | None = None, prog: str = "run_search.py") -> int:
     """Exit 0; 2 bad input; 3 no usable trial; 130 Ctrl-C, 143 SIGTERM (each then prints the resume command)."""
+    begun = time.time()  # before the heavy imports (Ray, torch), which run makes
     stop = SigtermAsCtrlC()
     stop.install()  # until run installs it again after ray.init: SIGTERM while reading the data stops too
     try:
-        summary, _ = run(parse_args(argv, prog), stop)
+        summary, _ = run(parse_args(argv, prog), stop, begun=begun)
     except InputError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
