@@ -42,6 +42,23 @@ def test_bad_policy_options_are_refused(policy, size, message):
 
 
 
+@pytest.mark.parametrize("space", ["best", "best-mined"])
+def test_the_best_presets_hand_back_three_seeds_averaged_and_an_option_beats_it(space, tmp_path):
+    """The benchmark's choice (docs/results.md): seeds with K = 3 for best and best-mined; --final still rules."""
+    from tune_siamese.search_command import parse_args
+    from tune_siamese.settings import settings_for
+
+    def final(*options: str) -> tuple[str, int]:
+        settings, _ = settings_for(parse_args(["--space", space, "--storage-path", str(tmp_path), *options]))
+        return settings.final, settings.final_size
+
+    assert final() == ("seeds", 3)
+    assert final("--final", "retrain") == ("retrain", 1)
+    assert final("--final-size", "5") == ("seeds", 5)
+    settings, _ = settings_for(parse_args(["--space", "quick", "--storage-path", str(tmp_path)]))
+    assert (settings.final, settings.final_size) == ("retrain", 1)
+
+
 def test_retrain_is_one_model_on_train_and_val_with_the_trial_models_threshold(ray_session, synthetic_small,
                                                                                 tiny_config):
     """The `retrain` policy is what a search handed back before the policies: a model fitted on train + val for the
