@@ -186,12 +186,13 @@ def test_finalists_are_trained_again_and_the_winner_is_exported(ray_session, ide
     assert record["seeds"] == [1, 2]  # fresh: never the search's trial seed (0)
 
     # The finalists are the search's top 2 trials by best val loss (on this tiny data some trials tie).
-    search = {name: best_of(frame)[0] for name, frame in trial_frames(experiment).items()}
+    # (final.json names trials by id; their folders are trial_<id>)
+    search = {name.removeprefix("trial_"): best_of(frame)[0] for name, frame in trial_frames(experiment).items()}
     assert len(search) == 4
     assert [search[entry["trial_id"]] for entry in record["trials"]] == sorted(search.values())[:2]
 
     # Each finalist's seeds are Tune trials under EXPERIMENT/finalists; the record matches their result.json.
-    runs = trial_frames(experiment / FINALISTS_DIR)
+    runs = {name.removeprefix("trial_"): frame for name, frame in trial_frames(experiment / FINALISTS_DIR).items()}
     assert len(runs) == 4
     for entry in record["trials"]:
         assert entry["search_val_loss"] == pytest.approx(search[entry["trial_id"]])
@@ -199,9 +200,10 @@ def test_finalists_are_trained_again_and_the_winner_is_exported(ray_session, ide
         for seed, name, loss, epoch in zip(record["seeds"], entry["runs"], entry["val_losses"], entry["best_epochs"]):
             assert (loss, epoch) == best_of(runs[name])
             assert list(runs[name]["epoch"]) == [1, 2]  # validated and reported every epoch, like a search trial
-            params = json.loads((experiment / FINALISTS_DIR / name / "params.json").read_text())
+            params = json.loads((experiment / FINALISTS_DIR / f"trial_{name}" / "params.json").read_text())
             assert params == {"finalist": entry["trial_id"], "seed": seed}
-            state = load_checkpoint(max((experiment / FINALISTS_DIR / name).glob("checkpoint_*")) / STATE_FILE)
+            state = load_checkpoint(max((experiment / FINALISTS_DIR / f"trial_{name}").glob("checkpoint_*"))
+                                    / STATE_FILE)
             assert state["config"] == {**entry["config"], "seed": seed}  # trained with that seed, nothing else
         assert entry["mean_val_loss"] == pytest.approx(statistics.fmean(entry["val_losses"]))
         assert entry["sd_val_loss"] == pytest.approx(statistics.stdev(entry["val_losses"]))
@@ -231,5 +233,5 @@ def test_finalists_are_trained_again_and_the_winner_is_exported(ray_session, ide
     results = tune.Tuner.restore(str(experiment), trainable=train_siamese).get_results()
     again = run_finalists(settings, results, load_data(Config.from_dict(settings.base)), verbose=0)
     assert again is not None and again.record["trials"] == record["trials"]
-    assert trial_frames(experiment / FINALISTS_DIR).keys() == runs.keys()
+    assert {name.removeprefix("trial_") for name in trial_frames(experiment / FINALISTS_DIR)} == runs.keys()
     assert all(len(frame) == 2 for frame in trial_frames(experiment / FINALISTS_DIR).values())

@@ -252,8 +252,8 @@ def fit(config: Config, data: PairData, on_epoch: EpochCallback | None = None,
             metrics["best_val_loss"] = result.best_val_loss  # what the searcher ranks a trial by
         metrics["epoch_seconds"] = time.perf_counter() - started
         # 1 when the run ends after this epoch on its own (max epochs, patience): Tune's searcher tells such a
-        # trial from one ASHA stopped
-        metrics["stops_here"] = int(epoch >= last_epoch or (validate and bad_epochs >= config.patience))
+        # trial from one ASHA stopped. Judged by the config alone, so a run cut into parts reports the same.
+        metrics["stops_here"] = int(epoch >= config.max_epochs or (validate and bad_epochs >= config.patience))
         result.history.append(metrics)
         if on_epoch is not None:
             on_epoch(metrics, state)

@@ -7,10 +7,12 @@ run wherever the folder was moved. MLflow is an optional extra: this module is i
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-from typing import Any
+import warnings
+from typing import Any, Iterator
 
 import mlflow
 import mlflow.pyfunc
@@ -85,22 +87,39 @@ def finish_run(settings: Any, run_id: str, summary: dict[str, Any]) -> None:
         client.set_terminated(run_id, "FAILED" if "no_usable_trial" in summary else "FINISHED")
 
 
-class PairScorer(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined,misc]
-    """The export as an MLflow pyfunc model: predict takes a DataFrame with columns image_a and image_b (image
-    paths) and returns the probability that each pair shows the same person, as `verify` and ts.load do."""
+@contextlib.contextmanager
+def _unshown_warnings() -> Iterator[None]:
+    """MLflow inspects predict's type hints when the class is made and says (through warnings.showwarning, past
+    the filters) that it cannot validate a DataFrame of paths from them: nothing a user of the search needs."""
+    shown = warnings.showwarning
+    warnings.showwarning = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
-    def load_context(self, context: Any) -> None:
-        from .face_verifier import FaceVerifier
 
-        self.verifier = FaceVerifier(context.artifacts["export"])
+with _unshown_warnings():
 
-    def predict(self, context: Any, model_input: Any, params: Any = None) -> list[float]:
-        return [self.verifier.score(a, b) for a, b in zip(model_input["image_a"], model_input["image_b"])]
+    class PairScorer(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined,misc]
+        """The export as an MLflow pyfunc model: predict takes a DataFrame with columns image_a and image_b (image
+        paths) and returns the probability that each pair shows the same person, as `verify` and ts.load do."""
+
+        def load_context(self, context: Any) -> None:
+            from .face_verifier import FaceVerifier
+
+            self.verifier = FaceVerifier(context.artifacts["export"])
+
+        def predict(self, context: Any, model_input: Any, params: Any = None) -> list[float]:
+            return [self.verifier.score(a, b) for a, b in zip(model_input["image_a"], model_input["image_b"])]
 
 
 def log_pair_model(run_id: str, uri: str, export: str) -> None:
     """The export as the run's MLflow model `pair_scorer` (needs tune-siamese where it is loaded)."""
     mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_id=run_id):
+    # MLflow repeats its remark on the type hints, and loading the model to check it repeats the export's own
+    # warnings: neither is about the search's result, which the summary reports.
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings(), _unshown_warnings():
+        warnings.simplefilter("ignore")
         mlflow.pyfunc.log_model(name="pair_scorer", python_model=PairScorer(), artifacts={"export": export},
                                 pip_requirements=["tune-siamese"])
