@@ -18,6 +18,8 @@ import pyarrow.fs
 from tune_siamese import storage
 from tune_siamese.errors import InputError
 from tune_siamese.names import DIVERGED, ERRORED, FINAL_FILE, SETTINGS_FILE, VAL_LOSS, trial_id_of, trial_status
+from tune_siamese.objectives import REPORTED
+from tune_siamese.pareto import front
 
 # Columns of `Experiment.trials`, then config/<name> for every config value (Ray's ResultGrid.get_dataframe()
 # convention), the searched ones first: a merge with the per-epoch history (whose `lr` is the scheduled one of
@@ -125,6 +127,25 @@ class Experiment:
             return dict(self.summary["best_config"])
         best = self.best(1)
         return dict(self.configs.get(best.iloc[0]["trial_id"]) or {}) if len(best) else {}
+
+    @property
+    def objectives(self) -> list[str]:
+        """What the search minimised: val_loss, then any costs (--objectives)."""
+        return list(self.settings.get("objectives") or ["val_loss"])
+
+    def pareto(self) -> pd.DataFrame:
+        """The non-dominated trials (diverged and errored ones left out), val loss first: their objectives (val_loss
+        is the best val loss) and configs, ordered by val loss."""
+        usable = self.best(len(self.trials)).copy()
+        usable["val_loss"] = usable["best_val_loss"]
+        for name in self.objectives[1:]:
+            reported = self.history.dropna(subset=[REPORTED[name]]).groupby("trial_id")[REPORTED[name]].last() \
+                if REPORTED[name] in self.history else pd.Series(dtype=float)
+            usable[name] = usable["trial_id"].map(reported)
+        usable = usable.dropna(subset=self.objectives)
+        on_front = front(usable[self.objectives].to_numpy(dtype=float).tolist())
+        configs = [c for c in usable.columns if c.startswith("config/")]
+        return usable.iloc[on_front][["trial_id", "status", *self.objectives, *configs]].reset_index(drop=True)
 
     def trial(self, which: str) -> pd.Series:
         """One trial's row of `trials`, by its id in any of the forms it is shown in: d3f281ec, trial_d3f281ec

@@ -44,6 +44,7 @@ def report(experiment_path: str | Path, out_dir: str | Path | None = None, color
              "Every trial: [trials.csv](trials.csv); every epoch of every trial: [history.csv](history.csv). "
              "Status: finished = ran max epochs or its own early stopping; asha_stopped = ended sooner by ASHA.",
              ""]
+    lines += _pareto_section(exp, out)
     lines += _finalists_section(exp)
     lines += _final_section(exp, out)
     curves = plots.learning_curves(exp, out / "learning_curves.png", color_by)
@@ -114,6 +115,22 @@ def _best_table(exp: Experiment) -> pd.DataFrame:
                                  "best_val_loss": "best val loss", "best_epoch": "at epoch", "last_epoch": "epochs",
                                  "best_val_accuracy": "val acc", "best_val_auc": "val AUC",
                                  "wall_time_s": "wall time (s)"})
+
+
+def _pareto_section(exp: Experiment, out: Path) -> list[str]:
+    """--objectives with more than val_loss: the non-dominated trials, what the pick rule chose, pareto.png."""
+    if len(exp.objectives) < 2:
+        return []
+    from .pareto_plot import pareto_plot
+
+    front = exp.pareto()
+    chart = pareto_plot(exp, out / "pareto.png")
+    picked, rule = (exp.summary or {}).get("best_trial"), (exp.summary or {}).get("pick", "best")
+    shown = front[["trial_id", *exp.objectives, *(config_column(h) for h in exp.hyperparameters)]].rename(
+        columns={config_column(h): h for h in exp.hyperparameters})
+    return ["## Pareto front", "", f"Objectives, all minimised: {', '.join(exp.objectives)} (val_loss: the best val "
+            f"loss). {len(front)} of the trials are not dominated by any other; `--pick {rule}` handed back "
+            f"`{picked}`.", "", _table(shown), "", f"![Pareto front]({chart.name})", ""]
 
 
 def _finalists_section(exp: Experiment) -> list[str]:

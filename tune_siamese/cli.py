@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="retrain, trial, seeds or folds (as run_search.py --final)")
     finalize.add_argument("--final-size", type=_at_least(1), metavar="K",
                           help="models in a seeds or folds final model (default 3)")
+    finalize.add_argument("--pick", metavar="RULE",
+                          help="another point of a multi-objective search's Pareto front: best or smallest-within=D "
+                               "(default: the search's --pick); a rule other than best is part of NAME")
     finalize.add_argument("--address", help="Ray cluster to join (as run_search.py; default: a new local Ray)")
     finalize.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
                           help="give up joining a cluster after this long (default 30)")

@@ -56,8 +56,13 @@ def print_summary(summary: dict[str, Any], preset: Any, settings: Any, mlflow_ru
         print(f"\nNo usable trial: {summary['no_usable_trial']}; nothing was retrained or exported "
               f"(exit {EXIT_NO_USABLE_TRIAL}). Analyse it: python -m analysis {settings.experiment_path}")
         return
-    print("\nBest configuration (val loss {:.4f} at epoch {}; optimistic: it won a selection among {} trials, "
-          "quote the test figures):".format(summary["best_val_loss"], summary["best_epoch"], summary["trials"]))
+    if "front" in summary:  # a multi-objective search: what it minimised and which point of the front was taken
+        print(f"\nPareto front over {', '.join(summary['objectives'])}: {len(summary['front'])} trials "
+              f"({', '.join(entry['trial_id'] for entry in summary['front'])}); --pick {summary['pick']} took "
+              f"{summary['best_trial']}")
+    print("\n{} configuration (val loss {:.4f} at epoch {}; optimistic: it won a selection among {} trials, "
+          "quote the test figures):".format("Picked" if summary.get("pick", "best") != "best" else "Best",
+                                              summary["best_val_loss"], summary["best_epoch"], summary["trials"]))
     print(json.dumps({k: summary["best_config"][k] for k in sorted(preset.space)}, indent=2))
     if "finalists" in summary:
         print_finalists(summary, preset)

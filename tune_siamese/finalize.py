@@ -16,12 +16,14 @@ from .names import FINAL_FILE, FINAL_SIZE, trial_id_of
 from .settings import check_final_policy, load_resume_settings
 
 
-def final_name(policy: str, size: int) -> str:
-    return f"{policy}{size}" if policy in ("seeds", "folds") else policy
+def final_name(policy: str, size: int, pick: str = "best") -> str:
+    """seeds3, retrain, ...; with another pick rule than best, that rule too (retrain-smallest-within-0.01)."""
+    name = f"{policy}{size}" if policy in ("seeds", "folds") else policy
+    return name if pick == "best" else f"{name}-{pick.replace('=', '-')}"
 
 
 def finalize(experiment: str, policy: str, size: int | None, address: str | None = None,
-             connect_timeout: float = cluster.CONNECT_TIMEOUT_S) -> dict[str, Any]:
+             connect_timeout: float = cluster.CONNECT_TIMEOUT_S, pick: str | None = None) -> dict[str, Any]:
     """Build, test and export the final model `policy` of a finished experiment; returns what final-NAME.json
     holds. Everything is checked before Ray starts: the policy, the experiment (owned by this user: restoring it
     unpickles Ray's state), that nothing of this name exists yet, and the data."""
@@ -29,14 +31,16 @@ def finalize(experiment: str, policy: str, size: int | None, address: str | None
     from .final_model import build_final_model
     from .finalists import Finalists, run_finalists
     from .finish import final_basis, hand_back, member_options, task_options
-    from .ranking import best_trial, no_usable_reason
+    from .pareto import parse_pick
+    from .ranking import best_trial, front_record, no_usable_reason, picked_trial
     from .tuning import interrupted, restore_tuner
 
     ray_console_environment()
     size = size if size is not None else (FINAL_SIZE if policy in ("seeds", "folds") else 1)
     check_final_policy(policy, size)
     settings = load_resume_settings(experiment)
-    name = final_name(policy, size)
+    rule = parse_pick(pick if pick is not None else settings.pick, settings.objectives)  # the search's own by default
+    name = final_name(policy, size, str(rule))
     record_path = storage.child(settings.experiment_path, f"final-{name}.json")
     for path in (record_path, storage.child(settings.experiment_path, f"export-{name}")):
         if storage.exists(path):
@@ -53,7 +57,8 @@ def finalize(experiment: str, policy: str, size: int | None, address: str | None
         if interrupted(results, settings.num_samples, None, watched=False):
             raise InputError("this search did not finish; continue it with --resume first", settings.experiment_path)
         started = time.time()
-        ranked = best_trial(results)
+        several = len(settings.objectives) > 1
+        ranked = picked_trial(results, settings.objectives, rule) if several else best_trial(results)
         if ranked is None:
             raise InputError(f"no usable trial to build a final model from ({no_usable_reason(results)})",
                              settings.experiment_path)
@@ -71,6 +76,8 @@ def finalize(experiment: str, policy: str, size: int | None, address: str | None
                                   data, checkpoint, options, member_options(settings, size))
         record = {"best_trial": trial_id_of(best.path), "best_config": config.to_dict(), "best_epoch": epoch,
                   "best_val_loss": loss, "trials": len(results),
+                  **({"objectives": settings.objectives, "pick": str(rule),
+                      "front": front_record(results, settings.objectives)} if several else {}),
                   **hand_back(final, settings, data, None, epochs, suffix=f"-{name}"),
                   "wall_seconds": {"final_model": round(time.time() - started, 1)}}
         storage.write_text(record_path, json.dumps(record, indent=2) + "\n")
@@ -80,7 +87,7 @@ def finalize(experiment: str, policy: str, size: int | None, address: str | None
 def cmd_finalize(args: Any) -> int:
     from .console import print_final
 
-    summary = finalize(args.experiment, args.final, args.final_size, args.address, args.connect_timeout)
+    summary = finalize(args.experiment, args.final, args.final_size, args.address, args.connect_timeout, args.pick)
     print(f"\nFrom {summary['best_trial']} (val loss {summary['best_val_loss']:.4f} at epoch {summary['best_epoch']}).")
     print_final(summary)
     print(f"Recorded in {summary['record']} ({FINAL_FILE} and export/ are untouched)")

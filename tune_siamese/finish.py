@@ -28,8 +28,18 @@ from .finalists import Finalists, train_finalist  # noqa: F401
 from .metrics import chance_check, threshold_note
 from .model import EnsembleNet
 from .names import FINAL_FILE, trial_id_of
+from .pareto import parse_pick
 from .publishing import export_targets, publish_export
-from .ranking import best_report_row, best_trial, each_result, no_usable_reason, status_counts, top_trials
+from .ranking import (
+    best_report_row,
+    best_trial,
+    each_result,
+    front_record,
+    no_usable_reason,
+    picked_trial,
+    status_counts,
+    top_trials,
+)
 from .scoring import images_on, resolve_device, val_and_test
 from .settings import SearchSettings
 
@@ -139,7 +149,9 @@ def finish_search(settings: SearchSettings, results: tune.ResultGrid, data: Pair
     counts = {"experiment": settings.experiment_path, "trials": len(results),
               "errored_trials": sum(result.error is not None for result in each_result(results)),
               "trial_statuses": status_counts(results)}
-    picked = best_trial(results)
+    several = len(settings.objectives) > 1
+    rule = parse_pick(settings.pick, settings.objectives)
+    picked = picked_trial(results, settings.objectives, rule) if several else best_trial(results)
     if picked is None:
         unusable = {"no_usable_trial": no_usable_reason(results), **counts,
                     "wall_seconds": {"search": round(search_seconds, 1), "resumed": resumed}}
@@ -149,6 +161,9 @@ def finish_search(settings: SearchSettings, results: tune.ResultGrid, data: Pair
     config = Config.from_dict(dict(best.config or {}), source="best trial")
     summary: dict[str, Any] = {"best_config": config.to_dict(), "best_epoch": epoch, "best_val_loss": loss,
                                "best_trial": trial_id_of(best.path), **counts}
+    if several:  # what was minimised, the front, and which point of it is handed back
+        summary.update(objectives=settings.objectives, pick=settings.pick,
+                       front=front_record(results, settings.objectives))
     # Without a retrain, the best trial's own val AUC at its best epoch is what tells a model from chance.
     summary["chance"] = chance_check(float(best_report_row(best.metrics_dataframe).get("val_auc", math.nan)),
                                      data.val_scored[:, 2], "val")

@@ -26,7 +26,7 @@ EXIT_SIGTERM = 143  # 128 + SIGTERM
 # What a search hands back (--final; final_model builds each) and the members of a seeds or folds final model
 FINAL_POLICIES = ("retrain", "trial", "seeds", "folds")
 # --searcher: Optuna's samplers (tuning.make_sampler)
-SEARCHERS = ("tpe", "random", "gp", "cmaes", "qmc")
+SEARCHERS = ("tpe", "random", "gp", "cmaes", "qmc", "nsga2")
 FINAL_SIZE = 3
 
 

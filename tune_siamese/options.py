@@ -57,6 +57,8 @@ class SearchOptions:
     finalist_seeds: int | None = preset_or(0)
     final: str | None = preset_or("retrain")
     final_size: int | None = preset_or(3)
+    objectives: str | None = preset_or("val_loss")  # val_loss[,params|flops|latency...]: several = multi-objective
+    pick: str = "best"  # which point of the Pareto front is handed back: best | smallest-within=D
     ensemble: int = per_run(0)
     retrain_cpus: float = 0.0  # 0: what the search used at once, up to one node's CPUs
     retrain_gpus: float | None = None  # None: --gpus-per-trial

@@ -8,7 +8,9 @@ from typing import Any
 from ray import tune
 
 from .config import Config
-from .names import VAL_LOSS, trial_status
+from .names import VAL_LOSS, trial_id_of, trial_status
+from .objectives import REPORTED
+from .pareto import PickRule, front
 
 
 def best_trial(results: tune.ResultGrid) -> tuple[tune.Result, int, float] | None:
@@ -20,6 +22,35 @@ def best_trial(results: tune.ResultGrid) -> tuple[tune.Result, int, float] | Non
     best = ranked[0][0]
     epoch, loss = best_epoch_and_loss(best.metrics_dataframe)
     return best, epoch, loss
+
+
+def objective_points(results: tune.ResultGrid, objectives: list[str]) -> list[tuple[tune.Result, list[float]]]:
+    """Each usable trial (ranked as top_trials ranks) with its objectives: its best val loss, then its costs."""
+    points = []
+    for result, loss in top_trials(results, len(results)):
+        frame = result.metrics_dataframe  # a usable trial has one
+        assert frame is not None
+        costs = [float(frame[REPORTED[name]].dropna().iloc[-1]) for name in objectives[1:]]
+        points.append((result, [loss, *costs]))
+    return points
+
+
+def picked_trial(results: tune.ResultGrid, objectives: list[str],
+                 rule: PickRule) -> tuple[tune.Result, int, float] | None:
+    """The trial `rule` picks (best_trial for `best`), as (result, best epoch, best val loss); None: no usable one."""
+    points = objective_points(results, objectives)
+    if not points:
+        return None
+    chosen = points[rule.choose([values for _, values in points])][0]
+    epoch, loss = best_epoch_and_loss(chosen.metrics_dataframe)
+    return chosen, epoch, loss
+
+
+def front_record(results: tune.ResultGrid, objectives: list[str]) -> list[dict[str, Any]]:
+    """The Pareto front for final.json: each non-dominated trial's id and objectives (val loss as val_loss)."""
+    points = objective_points(results, objectives)
+    on_front = front([values for _, values in points])
+    return [{"trial_id": trial_id_of(points[i][0].path), **dict(zip(objectives, points[i][1]))} for i in on_front]
 
 
 def no_usable_reason(results: tune.ResultGrid) -> str:

@@ -123,6 +123,11 @@ def build_parser(prog: str = "run_search.py") -> OneLineParser:
                         help="the same trials run to run on the same machine: suggestions in batches of "
                              "--max-concurrent, each from finished batches only, and no early stopping (ASHA off) "
                              "(default: the preset's, else off)")
+    tuning.add_argument("--objectives", metavar="val_loss,OBJ",
+                        help="what the search minimises: val_loss, then any of params, flops, latency (ms per pair "
+                             "on the CPU, batch 1); several make a multi-objective search (TPE's multi-objective "
+                             "mode, or --searcher nsga2), ASHA still judging by val loss "
+                             f"({preset_default('objectives')})")
     tuning.add_argument("--max-failures", type=int, default=DEFAULTS.max_failures, metavar="N",
                         help="restarts of a failing trial before it errors (default: %(default)s)")
 
@@ -173,6 +178,10 @@ def build_parser(prog: str = "run_search.py") -> OneLineParser:
     after.add_argument("--final-size", type=int, metavar="K",
                        help="models in a seeds or folds final model, fitted side by side as Ray tasks sharing one "
                             f"retrain's CPUs and GPUs ({preset_default('final_size')})")
+    after.add_argument("--pick", default=DEFAULTS.pick, metavar="RULE",
+                       help="which trial's configuration the final model is built from: best (lowest val loss) or "
+                            "smallest-within=D (the lowest second objective among the trials within D of the "
+                            "lowest val loss) (default: %(default)s)")
     after.add_argument("--finalists", type=int, metavar="K",
                        help="before that, train the top K configurations again with --finalist-seeds fresh seeds "
                             "each (Ray trials under EXPERIMENT/finalists) and hand back the one with the lowest mean "

@@ -17,8 +17,10 @@ from . import storage
 from .config import Config, parse_overrides
 from .errors import InputError
 from .names import FINAL_POLICIES, RUNG_METRICS, SEARCHERS, SETTINGS_FILE
+from .objectives import parse_objectives
 from .options import FALLBACKS, SearchOptions, flag
 from .owners import check_owner, check_owner_of
+from .pareto import parse_pick
 from .study import default_study_storage, study_location
 
 if TYPE_CHECKING:
@@ -54,6 +56,8 @@ class SearchSettings:
     finalist_seeds: int = 0  # seeds per finalist (>= 1 when finalists > 0)
     final: str = "retrain"  # what is handed back (names.FINAL_POLICIES, built by final_model)
     final_size: int = 1  # members of a `seeds` or `folds` final model
+    objectives: list[str] = dataclasses.field(default_factory=lambda: ["val_loss"])  # objectives.parse_objectives
+    pick: str = "best"  # the point of the front handed back (pareto.PickRule)
     # Keys the space searches that --set fixes: taken out of the searched space (and its starting points)
     not_searched: list[str] = dataclasses.field(default_factory=list)
     study_name: str = ""  # the Optuna study's name: the name the search began with ("" = name), kept by a rename
@@ -133,6 +137,11 @@ def resolve(options: SearchOptions, preset: Preset, started: str) -> tuple[Searc
     one_model = 1 if options.final_size is None else options.final_size  # a given size is checked below
     final_size = chosen("final_size") if final in ("seeds", "folds") else one_model
     check_final_policy(final, final_size)
+    objectives = parse_objectives(str(chosen("objectives")))
+    pick = str(parse_pick(options.pick, objectives))
+    if len(objectives) > 1 and searcher == "cmaes":
+        raise InputError(f"option --objectives={','.join(objectives)}: CMA-ES optimises one objective; use tpe "
+                         "(default) or nsga2")
     # GPU trials replay each training step as a CUDA graph, which removes the per-kernel launch cost that dominates
     # a small net's step; a preset or --set cuda_graphs=false says otherwise. On a CPU it changes nothing.
     gpu_defaults = {"cuda_graphs": True} if options.gpus_per_trial else {}
@@ -150,6 +159,7 @@ def resolve(options: SearchOptions, preset: Preset, started: str) -> tuple[Searc
         retrain_cpus=options.retrain_cpus, retrain_gpus=options.retrain_gpus, mlflow=mlflow_uri(options.mlflow),
         searcher=searcher, rung_metric=rung_metric, reproducible=reproducible, finalists=finalists,
         finalist_seeds=finalist_seeds, final=final, final_size=final_size, not_searched=not_searched,
+        objectives=objectives, pick=pick,
         command=options.command)
     return settings, preset
 

@@ -12,8 +12,10 @@
 """
 from __future__ import annotations
 
+import threading
 from typing import Any
 
+from optuna.samplers import NSGAIISampler
 from optuna.trial import TrialState
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
@@ -50,7 +52,8 @@ class StudyRecordingSearch(OptunaSearch):
         ot_trial = self._ot_trials[trial_id]
         if result and not isinstance(self.metric, list):
             self._report(trial_id, result)  # the last epoch, which on_trial_result never saw
-        if error or not result or result.get(self.metric) is None:
+        primary = self.metric[0] if isinstance(self.metric, list) else self.metric
+        if error or not result or result.get(primary) is None:
             outcome = ERRORED
         elif result.get("diverged"):
             outcome = DIVERGED
@@ -62,3 +65,17 @@ class StudyRecordingSearch(OptunaSearch):
         assert self._ot_study is not None  # set up by the time a trial completes
         self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
         self._completed_trials.add(trial_id)
+
+
+class SavableNSGAIISampler(NSGAIISampler):
+    """NSGA-II as Tune can save it with the searcher (and --resume restore it): Optuna's holds a thread lock, which
+    does not pickle; it is made anew on loading."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_thread_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()

@@ -25,17 +25,21 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
 from .data import PairData
 from .engine import Diverged, fit
+from .model import build_model
 from .names import BEST_VAL_LOSS, DIVERGED_LOSS, MODE, RUNG_METRICS, SETTINGS_FILE, STATE_FILE, VAL_LOSS, VAL_LOSS_AVG3
+from .objectives import REPORTED, model_costs
 from .settings import SearchSettings
 from .study import ExperimentStudyStorage, open_study_storage
-from .study_search import StudyRecordingSearch
+from .study_search import SavableNSGAIISampler, StudyRecordingSearch
 
 LIVE_TABLE_METRICS = (VAL_LOSS, BEST_VAL_LOSS, "val_auc", "val_accuracy")
 
 
-def train_siamese(config: dict[str, Any], data: PairData) -> None:
-    """Ray Tune function trainable: fit one configuration, report every epoch, resume from a checkpoint."""
+def train_siamese(config: dict[str, Any], data: PairData, objectives: tuple[str, ...] = ()) -> None:
+    """Ray Tune function trainable: fit one configuration, report every epoch, resume from a checkpoint.
+    `objectives`: the costs a multi-objective search also minimises (objectives.py), reported with every epoch."""
     cfg = Config.from_dict(config, source="trial config")
+    costs = model_costs(build_model(cfg), cfg, list(objectives)) if objectives else {}
     resume = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -56,7 +60,7 @@ def train_siamese(config: dict[str, Any], data: PairData) -> None:
             shown = {key: metrics[key] for key in LIVE_TABLE_METRICS if key in metrics}
             val_losses.append(metrics[VAL_LOSS])
             average = sum(val_losses[-3:]) / len(val_losses[-3:])
-            tune.report({**shown, **metrics, VAL_LOSS_AVG3: average, "node_id": node},
+            tune.report({**shown, **metrics, VAL_LOSS_AVG3: average, "node_id": node, **costs},
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
     try:
@@ -65,7 +69,7 @@ def train_siamese(config: dict[str, Any], data: PairData) -> None:
         # End cleanly with a bad-but-finite loss so the searcher learns "this region diverges".
         tune.report({VAL_LOSS: DIVERGED_LOSS, BEST_VAL_LOSS: DIVERGED_LOSS, VAL_LOSS_AVG3: DIVERGED_LOSS,
                      "val_accuracy": 0.5, "val_auc": 0.5, "diverged": 1,
-                     "diverged_reason": str(exc)})
+                     "diverged_reason": str(exc), **costs})
 
 
 class CompletionWatch(tune.Callback):
@@ -170,7 +174,17 @@ def interrupted(results: tune.ResultGrid, num_samples: int, watch: CompletionWat
 
 def build_trainable(settings: SearchSettings, data: PairData) -> Any:
     resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
-    return tune.with_resources(tune.with_parameters(train_siamese, data=data), resources)
+    trainable = tune.with_parameters(train_siamese, data=data, objectives=tuple(settings.objectives[1:]))
+    return tune.with_resources(trainable, resources)
+
+
+def searched_metrics(settings: SearchSettings) -> tuple[Any, Any]:
+    """(metric, mode) for OptunaSearch: the best val loss, and with several objectives the costs beside it
+    (every one minimised), which makes the study multi-objective."""
+    if len(settings.objectives) == 1:
+        return BEST_VAL_LOSS, MODE
+    metrics = [BEST_VAL_LOSS, *(REPORTED[name] for name in settings.objectives[1:])]
+    return metrics, [MODE] * len(metrics)
 
 
 def build_tuner(settings: SearchSettings, data: PairData, space: dict[str, Any],
@@ -183,8 +197,9 @@ def build_tuner(settings: SearchSettings, data: PairData, space: dict[str, Any],
     # good point. The study is named after the experiment; with a storage it can be watched live
     # (optuna-dashboard) and queried later, and a resumed search keeps writing to it (the searcher's saved state
     # holds the storage: restore_tuner).
+    metric, mode = searched_metrics(settings)
     optuna_search = StudyRecordingSearch(sampler=build_sampler(settings), points_to_evaluate=points or None,
-                                         metric=BEST_VAL_LOSS, mode=MODE, study_name=settings.study_name,
+                                         metric=metric, mode=mode, study_name=settings.study_name,
                                          storage=open_study_storage(settings.study_storage, settings.experiment_path))
     # The concurrency is explicit: OptunaSearch alone keeps one trial pending (ray #46965). In the reproducible
     # mode suggestions come in batches of max_concurrent, each after the whole previous batch has ended, so they
@@ -264,6 +279,8 @@ def build_sampler(settings: SearchSettings) -> optuna.samplers.BaseSampler:
         return samplers.CmaEsSampler(seed=seed)
     if settings.searcher == "qmc":  # the seed acts only on a scrambled sequence
         return samplers.QMCSampler(scramble=True, seed=seed)
+    if settings.searcher == "nsga2":  # genetic, for several objectives (one works too)
+        return SavableNSGAIISampler(seed=seed)
     # Multivariate TPE models the parameters jointly; the constant liar counts the trials still running as bad
     # ones, so that trials suggested side by side spread out rather than repeat each other.
     return samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, constant_liar=True)

@@ -1,0 +1,54 @@
+"""pareto.png: what a multi-objective search found, val loss against each other objective, one panel each."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from tune_siamese.names import ASHA_STOPPED, DIVERGED, ERRORED
+from tune_siamese.objectives import REPORTED
+
+from .experiment import Experiment
+from .plots import save_figure
+
+UNITS = {"params": "parameters", "flops": "FLOPs per pair", "latency": "ms per pair (CPU, batch 1)"}
+
+
+def pareto_plot(exp: Experiment, path: str | Path) -> Path:
+    """Every trial with a val loss: ASHA-stopped ones faint; the front (non-dominated over all objectives) ringed
+    and labelled, joined in the panel of the second objective; the trial the search handed back marked."""
+    others = exp.objectives[1:]
+    front = exp.pareto()
+    picked = (exp.summary or {}).get("best_trial")
+    usable = exp.trials[~exp.trials["status"].isin([DIVERGED, ERRORED])].dropna(subset=["best_val_loss"])
+    fig = Figure(figsize=(5.5 * len(others), 5), layout="constrained")
+    axes = fig.subplots(1, len(others), squeeze=False).ravel()
+    for ax, name in zip(axes, others):
+        last = exp.history.dropna(subset=[REPORTED[name]]).groupby("trial_id")[REPORTED[name]].last()
+        x = usable["trial_id"].map(last).to_numpy(dtype=float)
+        faint = (usable["status"] == ASHA_STOPPED).to_numpy()
+        ax.scatter(x[~faint], usable["best_val_loss"][~faint], color="tab:blue", label="finished", zorder=3)
+        ax.scatter(x[faint], usable["best_val_loss"][faint], color="tab:blue", alpha=0.3,
+                   label="stopped early by ASHA", zorder=2)
+        ordered = front.sort_values(name)
+        ax.scatter(ordered[name], ordered["val_loss"], s=160, facecolors="none", edgecolors="tab:red",
+                   linewidths=1.8, label="Pareto front (all objectives)", zorder=4)
+        if len(others) == 1:  # with two objectives the front is a staircase
+            ax.step(ordered[name], ordered["val_loss"], where="post", color="tab:red", alpha=0.6, zorder=1)
+        for _, row in ordered.iterrows():
+            ax.annotate(row["trial_id"], (row[name], row["val_loss"]), textcoords="offset points", xytext=(6, 6),
+                        fontsize=7)
+        chosen = usable[usable["trial_id"] == picked]
+        if len(chosen):
+            ax.scatter(chosen["trial_id"].map(last), chosen["best_val_loss"], marker="*", s=320, color="gold",
+                       edgecolors="black", label=f"handed back ({(exp.summary or {}).get('pick', 'best')})",
+                       zorder=5)
+        if name in ("params", "flops") and np.nanmax(x) / max(np.nanmin(x), 1e-12) > 20:
+            ax.set_xscale("log")
+        ax.set_xlabel(f"{name}: {UNITS[name]}")
+        ax.set_ylabel("best val loss (BCE)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7.5)
+    fig.suptitle(f"Pareto front of {exp.name}: {len(front)} of {len(usable)} trials ({', '.join(exp.objectives)})")
+    return save_figure(fig, path)
