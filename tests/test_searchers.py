@@ -18,11 +18,12 @@ from search_spaces import PRESETS, get_preset
 from tune_siamese import preflight as preflight_module
 from tune_siamese.names import BEST_VAL_LOSS, SEARCHERS, VAL_LOSS, VAL_LOSS_AVG3
 from tune_siamese.settings import load_resume_settings, settings_for
+from tune_siamese.study_search import SavableNSGAIISampler
 from tune_siamese.tuning import build_sampler, build_scheduler, build_tuner
 
 SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
             "gp": optuna.samplers.GPSampler, "cmaes": optuna.samplers.CmaEsSampler,
-            "qmc": optuna.samplers.QMCSampler}
+            "qmc": optuna.samplers.QMCSampler, "nsga2": SavableNSGAIISampler}
 
 
 def smoke_settings(tmp_path, *options: str):

@@ -298,6 +298,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "run_search.py") -> int:
     begun = time.time()  # before the heavy imports (Ray, torch), which run makes
     stop = SigtermAsCtrlC()
     stop.install()  # until run installs it again after ray.init: SIGTERM while reading the data stops too
+    # Ctrl-C is Python's KeyboardInterrupt for the command's run, whatever handler the process had (one that a
+    # Ray session left behind only sets a flag: the export went on and the run exited 0); restored after.
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler) if on_main_thread else None
     try:
         summary, _ = run(parse_args(argv, prog), stop, begun=begun)
     except InputError as exc:
@@ -310,4 +314,6 @@ def main(argv: Sequence[str] | None = None, prog: str = "run_search.py") -> int:
         return EXIT_SIGTERM if stop.received else EXIT_CTRL_C
     finally:
         stop.uninstall()
+        if on_main_thread:
+            signal.signal(signal.SIGINT, inherited)
     return EXIT_NO_USABLE_TRIAL if "no_usable_trial" in summary else 0
