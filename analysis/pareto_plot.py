@@ -49,6 +49,6 @@ def pareto_plot(exp: Experiment, path: str | Path) -> Path:
         ax.set_xlabel(f"{name}: {UNITS[name]}")
         ax.set_ylabel("best val loss (BCE)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7.5)
+        ax.legend(fontsize=7.5, loc="center right")
     fig.suptitle(f"Pareto front of {exp.name}: {len(front)} of {len(usable)} trials ({', '.join(exp.objectives)})")
     return save_figure(fig, path)
