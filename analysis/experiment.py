@@ -133,15 +133,20 @@ class Experiment:
         """What the search minimised: val_loss, then any costs (--objectives)."""
         return list(self.settings.get("objectives") or ["val_loss"])
 
+    def cost(self, name: str) -> pd.Series:
+        """Objective `name` (params, flops, latency) of each trial that reported it, by trial id."""
+        column = REPORTED[name]
+        if column not in self.history:
+            return pd.Series(dtype=float)
+        return self.history.dropna(subset=[column]).groupby("trial_id")[column].last()
+
     def pareto(self) -> pd.DataFrame:
         """The non-dominated trials (diverged and errored ones left out), val loss first: their objectives (val_loss
         is the best val loss) and configs, ordered by val loss."""
         usable = self.best(len(self.trials)).copy()
         usable["val_loss"] = usable["best_val_loss"]
         for name in self.objectives[1:]:
-            reported = self.history.dropna(subset=[REPORTED[name]]).groupby("trial_id")[REPORTED[name]].last() \
-                if REPORTED[name] in self.history else pd.Series(dtype=float)
-            usable[name] = usable["trial_id"].map(reported)
+            usable[name] = usable["trial_id"].map(self.cost(name))
         usable = usable.dropna(subset=self.objectives)
         on_front = front(usable[self.objectives].to_numpy(dtype=float).tolist())
         configs = [c for c in usable.columns if c.startswith("config/")]

@@ -88,26 +88,32 @@ def importances(exp: Trials, evaluator: optuna.importance.BaseImportanceEvaluato
         series = pd.Series(_shares(study, evaluator, exp), name="importance")
         series.attrs["method"] = type(evaluator).__name__.removesuffix("ImportanceEvaluator")
     else:
-        runs = pd.DataFrame([_shares(study, optuna.importance.FanovaImportanceEvaluator(seed=seed), exp)
-                             for seed in FANOVA_SEEDS])
-        series = runs.mean().rename("importance")
-        series.attrs["sd"] = runs.std(ddof=1).to_dict()
-        series.attrs["method"] = f"{FANOVA}, mean of {len(FANOVA_SEEDS)} seeds"
+        series = _fanova_mean(study, exp)
     series = series.sort_values(ascending=False)
     series.attrs["trials"] = count
+    return series
+
+
+def _fanova_mean(study: optuna.Study, exp: Trials) -> pd.Series:
+    """fANOVA's shares averaged over FANOVA_SEEDS, with their s.d. and the method in `.attrs`."""
+    runs = pd.DataFrame([_shares(study, optuna.importance.FanovaImportanceEvaluator(seed=seed), exp)
+                         for seed in FANOVA_SEEDS])
+    series = runs.mean().rename("importance")
+    series.attrs["sd"] = runs.std(ddof=1).to_dict()
+    series.attrs["method"] = f"{FANOVA}, mean of {len(FANOVA_SEEDS)} seeds"
     return series
 
 
 def methods(exp: Trials) -> pd.DataFrame:
     """Two evaluators side by side, one row per hyperparameter (fANOVA's order): fANOVA's mean share over the
     seeds and its s.d., and PED-ANOVA (Optuna's default, what optuna-dashboard shows). `.attrs["trials"]`."""
-    fanova = importances(exp)
-    study, _ = _trials_study(exp)
+    study, count = _trials_study(exp)  # one study for both evaluators
+    fanova = _fanova_mean(study, exp).sort_values(ascending=False)
     ped = _shares(study, optuna.importance.PedAnovaImportanceEvaluator(), exp)
     table = pd.DataFrame({"fanova": fanova, "fanova_sd": pd.Series(fanova.attrs["sd"]), "ped_anova": pd.Series(ped)},
                          index=fanova.index)
     table.index.name = "hyperparameter"
-    table.attrs["trials"] = fanova.attrs["trials"]
+    table.attrs["trials"] = count
     return table
 
 

@@ -7,7 +7,6 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from tune_siamese.names import ASHA_STOPPED, DIVERGED, ERRORED
-from tune_siamese.objectives import REPORTED
 
 from .experiment import Experiment
 from .plots import save_figure
@@ -25,7 +24,7 @@ def pareto_plot(exp: Experiment, path: str | Path) -> Path:
     fig = Figure(figsize=(5.5 * len(others), 5), layout="constrained")
     axes = fig.subplots(1, len(others), squeeze=False).ravel()
     for ax, name in zip(axes, others):
-        last = exp.history.dropna(subset=[REPORTED[name]]).groupby("trial_id")[REPORTED[name]].last()
+        last = exp.cost(name)
         x = usable["trial_id"].map(last).to_numpy(dtype=float)
         faint = (usable["status"] == ASHA_STOPPED).to_numpy()
         ax.scatter(x[~faint], usable["best_val_loss"][~faint], color="tab:blue", label="finished", zorder=3)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import warnings
 from typing import Any, Iterator
 
@@ -20,19 +19,17 @@ from mlflow.tracking import MlflowClient
 
 from . import storage
 from .names import FINAL_FILE
-from .preflight import temporary_environment
+from .preflight import MLFLOW_QUICK, allow_file_store, temporary_environment
 
 MLFLOW_RUN_FILE = "mlflow_run.json"
 # The settings logged as the parent run's params (the fixed config values follow as base.<name>)
 SEARCH_PARAMS = ("space", "num_samples", "max_epochs", "grace_period", "reduction_factor", "searcher", "rung_metric",
                  "reproducible", "seed", "cpus_per_trial", "gpus_per_trial", "max_concurrent", "final", "final_size",
                  "finalists", "finalist_seeds", "command")
-QUICK = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
 def _client(uri: str) -> MlflowClient:
-    if uri.startswith("file://"):
-        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # asked for: see preflight.check_mlflow_store
+    allow_file_store(uri)
     return MlflowClient(tracking_uri=uri)
 
 
@@ -43,7 +40,7 @@ def search_run(settings: Any, resumed: bool) -> str:
     if resumed and recorded:
         return str(json.loads(recorded)["run_id"])
     client = _client(settings.mlflow)
-    with temporary_environment(QUICK):
+    with temporary_environment(MLFLOW_QUICK):
         experiment = client.get_experiment_by_name(settings.name)
         experiment_id = experiment.experiment_id if experiment else client.create_experiment(settings.name)
         tags = {"tune_siamese.role": "search", "tune_siamese.experiment": settings.experiment_path}
@@ -76,7 +73,7 @@ def test_metrics(summary: dict[str, Any]) -> dict[str, float]:
 def finish_run(settings: Any, run_id: str, summary: dict[str, Any]) -> None:
     """Log the search's outcome to its parent run and close it: FAILED without a usable trial."""
     client = _client(settings.mlflow)
-    with temporary_environment(QUICK):
+    with temporary_environment(MLFLOW_QUICK):
         for key, value in test_metrics(summary).items():
             client.log_metric(run_id, key, value)
         client.log_dict(run_id, summary, FINAL_FILE)

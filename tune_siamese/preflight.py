@@ -60,20 +60,26 @@ def require_mlflow(uri: str, source: str) -> None:
         raise InputError(f'{source} needs MLflow, which is not installed: pip install "tune-siamese[mlflow]"')
 
 
+# One try, 10 s at most, for each call the driver makes: by default MLflow retries an unreachable server for minutes.
+MLFLOW_QUICK = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+def allow_file_store(uri: str) -> None:
+    """MLflow 3 keeps folder stores in maintenance mode and refuses them unless told; one asked for is meant."""
+    if uri.startswith("file://"):
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+
+
 def check_mlflow_store(uri: str, experiment: str) -> None:
     """Open the MLflow tracking store now (a server must answer, a folder or database must take writes) and look
     up the experiment: Ray's callback reuses one of that name, and fails on one that was deleted."""
-    if uri.startswith("file://"):
-        # MLflow 3 keeps folder stores in maintenance mode and refuses them unless told; one asked for is meant.
-        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    # One try, 10 s at most: by default MLflow retries an unreachable server for minutes.
-    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    allow_file_store(uri)
     try:
         from mlflow.tracking import MlflowClient
 
         if uri.startswith("sqlite:///"):
             Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        with temporary_environment(quick):
+        with temporary_environment(MLFLOW_QUICK):
             found = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
     except Exception as exc:  # noqa: BLE001 - scheme, driver, network or permission: all mean "cannot use it"
         reason = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:300]
