@@ -1,8 +1,11 @@
 """Shared fixtures. Core fixtures first; the Ray section (one Ray instance for the whole session) last."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -159,8 +162,61 @@ def smoke_search(ray_session, tmp_path_factory):
             "printed": printed.getvalue(), "warned": [str(w.message) for w in warned if w.category is UserWarning]}
 
 
-def pytest_collection_modifyitems(items):
-    """A test that starts real servers is slow too: `-m "not slow"` leaves the cluster tests out."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that starts real servers is slow too: `-m "not slow"` leaves the cluster tests out. On a worker,
+    the groups of what it collected go to the scheduler (below)."""
     for item in items:
         if item.get_closest_marker("cluster") is not None:
             item.add_marker(pytest.mark.slow)
+    if hasattr(config, "workerinput"):
+        groups = {item.nodeid: group for item in items if (group := shared_work(item))}
+        target = Path(os.environ[GROUPS_FILE])
+        partial = target.with_name(f"{target.name}.{os.getpid()}")
+        partial.write_text(json.dumps(groups))
+        partial.replace(target)  # both workers write the same groups; whole files only
+
+
+# ================================ Two workers (pytest-xdist, pyproject.toml) ================================
+# Tests that share what they build run on one worker, so it is built once: every user of the one smoke search (a
+# session fixture) is one group, the tests of a module that share a module-scoped fixture (a cluster, a server, a
+# search) another; every other test goes wherever a worker is free. The workers know the fixtures, the scheduler
+# only test ids: each worker writes the groups of what it collected to a file the scheduler reads. (xdist's own
+# `--dist loadgroup` does not group under pytest 9.2: pytest-dev/pytest-xdist#1386.)
+GROUPS_FILE = "TUNE_SIAMESE_TEST_GROUPS"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput") and os.environ.get(GROUPS_FILE) is None:
+        os.environ[GROUPS_FILE] = str(Path(tempfile.mkdtemp(prefix="test-groups-")) / "groups.json")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput") and os.environ.get(GROUPS_FILE):
+        shutil.rmtree(Path(os.environ.pop(GROUPS_FILE)).parent, ignore_errors=True)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedWorkScheduling(LoadScopeScheduling):
+        """xdist's scope scheduling (largest scopes first) with a scope per group, else per test."""
+
+        groups: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:  # read once the workers have collected, which is when scopes are asked for
+                self.groups = json.loads(Path(os.environ[GROUPS_FILE]).read_text())
+            return self.groups.get(nodeid, nodeid)
+
+    return SharedWorkScheduling(config, log)
+
+
+def shared_work(item: pytest.Item) -> str | None:
+    """The group of what `item` shares with other tests: "smoke_search", its module, or None."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return None
+    if "smoke_search" in info.names_closure:
+        return "smoke_search"
+    scopes = {definition.scope for definitions in info.name2fixturedefs.values() for definition in definitions}
+    return item.module.__name__ if scopes & {"module", "package", "class"} else None
