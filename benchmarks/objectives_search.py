@@ -29,17 +29,17 @@ import _common  # noqa: E402  (puts the repository root on sys.path)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from optuna._hypervolume import compute_hypervolume  # noqa: E402  (Optuna's exact hypervolume; no public API)
+from selection_signal import own_model  # noqa: E402
 
 import analysis  # noqa: E402
 from search_spaces import get_preset  # noqa: E402
 from tune_siamese.checkpoint import as_trained, load_checkpoint, load_model  # noqa: E402
 from tune_siamese.config import Config  # noqa: E402
-from tune_siamese.data import load_data  # noqa: E402
-from tune_siamese.model import DATA_FIELDS, build_model  # noqa: E402
+from tune_siamese.model import build_model  # noqa: E402
 from tune_siamese.names import STATE_FILE  # noqa: E402
 from tune_siamese.objectives import model_costs  # noqa: E402
 from tune_siamese.pareto import front  # noqa: E402
-from tune_siamese.scoring import images_on, val_and_test  # noqa: E402
+from tune_siamese.scoring import val_and_test  # noqa: E402
 
 CHANCE_LOSS = math.log(2)  # BCE of a model that always says 0.5: the hypervolume's reference in val loss
 SIZE_FIELDS = ("width", "embedding", "input_size", "head")  # what sets a model's parameter count in `best`
@@ -87,14 +87,7 @@ def trial_rows(experiment: Path) -> list[dict[str, Any]]:
         if not checkpoints:
             continue
         state = load_checkpoint(checkpoints[-1])
-        config = Config.from_dict(state["config"])
-        key = tuple(getattr(config, name) for name in DATA_FIELDS)  # trials share the data: load it once
-        if key not in loaded:
-            data = load_data(config)
-            loaded[key] = (data, images_on(torch.device("cpu"), data.images))
-        data, images = loaded[key]
-        model = build_model(config)
-        model.load_state_dict(state["best_model"])
+        model, config, data, images = own_model(state, loaded)
         test = val_and_test(as_trained(model, config), images, data, config)["test"]
         rows.append({"trial": trial["trial_id"], "status": trial["status"], "val_loss": trial["best_val_loss"],
                      **model_costs(model, config, COSTS), "acc": test["accuracy_at_threshold"], "auc": test["auc"],

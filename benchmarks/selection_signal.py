@@ -40,6 +40,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def own_model(state: dict[str, Any], loaded: dict[tuple, Any]) -> tuple[Any, Config, Any, torch.Tensor]:
+    """A trial's own model (its lowest-val-loss epoch) from its saved state, with its data and images; `loaded`
+    keeps the data of earlier trials, which mostly share it."""
+    config = Config.from_dict(state["config"])
+    key = tuple(getattr(config, name) for name in DATA_FIELDS)
+    if key not in loaded:
+        data = load_data(config)
+        loaded[key] = (data, images_on(torch.device("cpu"), data.images))
+    data, images = loaded[key]
+    model = build_model(config)
+    model.load_state_dict(state["best_model"])
+    return model, config, data, images
+
+
 def trial_rows(experiment: Path) -> list[dict[str, Any]]:
     """One row per trial with a checkpoint: val loss and val AUC of its saved epoch, and its DevTest scores."""
     rows: list[dict[str, Any]] = []
@@ -53,14 +67,7 @@ def trial_rows(experiment: Path) -> list[dict[str, Any]]:
         if not scored:
             continue
         saved = min(scored, key=lambda row: row["val_loss"])  # the epoch state["best_model"] holds
-        config = Config.from_dict(state["config"])
-        key = tuple(getattr(config, name) for name in DATA_FIELDS)  # trials share the data: load it once
-        if key not in loaded:
-            data = load_data(config)
-            loaded[key] = (data, images_on(torch.device("cpu"), data.images))
-        data, images = loaded[key]
-        model = build_model(config)
-        model.load_state_dict(state["best_model"])
+        model, config, data, images = own_model(state, loaded)
         test = pair_metrics(data.test[:, 2], predict(as_trained(model, config), images, data.test, config))
         rows.append({"trial": trial.name, "val_loss": saved["val_loss"], "val_auc": saved["val_auc"],
                      "test_accuracy": test["accuracy"], "test_auc": test["auc"]})
