@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402  (puts the repository root on sys.path)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from final_policies import with_interval  # noqa: E402
 from optuna._hypervolume import compute_hypervolume  # noqa: E402  (Optuna's exact hypervolume; no public API)
 from selection_signal import own_model  # noqa: E402
 
@@ -63,8 +64,8 @@ def size_range(space: str, base: dict[str, Any]) -> tuple[float, float]:
     counts = []
     for values in itertools.product(*choices.values()):
         config = Config.from_dict({**base, **dict(zip(choices, values))})
-        counts.append(sum(p.numel() for p in build_model(config).parameters()))
-    return float(min(counts)), float(max(counts))
+        counts.append(model_costs(build_model(config), config, ["params"])["params"])  # as a trial counts
+    return min(counts), max(counts)
 
 
 def hypervolume(points: list[tuple[float, float]], sizes: tuple[float, float]) -> float:
@@ -107,11 +108,6 @@ def final_rows(experiment: Path) -> list[dict[str, Any]]:
                      "val_loss": record["best_val_loss"], "test": record["test"],
                      **model_costs(model, config, COSTS)})
     return rows
-
-
-def with_interval(test: dict[str, Any], key: str) -> str:
-    interval = test.get(f"{key}_ci")
-    return f"{test[key]:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
 
 
 def plot_fronts(searches: dict[str, list[dict[str, Any]]], finals: dict[str, list[dict[str, Any]]]) -> None:
