@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tune_siamese.errors import InputError
+from tune_siamese.core.errors import InputError
 
 
 def main(argv: list[str] | None = None) -> int:

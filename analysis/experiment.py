@@ -15,11 +15,11 @@ from typing import Any
 import pandas as pd
 import pyarrow.fs
 
-from tune_siamese import storage
-from tune_siamese.errors import InputError
-from tune_siamese.names import DIVERGED, ERRORED, FINAL_FILE, SETTINGS_FILE, VAL_LOSS, trial_id_of, trial_status
-from tune_siamese.objectives import REPORTED
-from tune_siamese.pareto import front
+from tune_siamese.core import storage
+from tune_siamese.core.errors import InputError
+from tune_siamese.core.names import DIVERGED, ERRORED, FINAL_FILE, SETTINGS_FILE, VAL_LOSS, trial_id_of, trial_status
+from tune_siamese.searching.objectives import REPORTED
+from tune_siamese.searching.pareto import front
 
 # Columns of `Experiment.trials`, then config/<name> for every config value (Ray's ResultGrid.get_dataframe()
 # convention), the searched ones first: a merge with the per-epoch history (whose `lr` is the scheduled one of

@@ -13,8 +13,8 @@ import optuna
 import pandas as pd
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from tune_siamese.errors import InputError
-from tune_siamese.names import DIVERGED, DIVERGED_LOSS
+from tune_siamese.core.errors import InputError
+from tune_siamese.core.names import DIVERGED, DIVERGED_LOSS
 
 
 class Trials(Protocol):

@@ -14,7 +14,7 @@ from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from tune_siamese.names import FINISHED, RUNNING
+from tune_siamese.core.names import FINISHED, RUNNING
 
 from .experiment import Experiment, config_column
 from .plots import LABELS, STYLES, axis_kinds, categories, save_figure

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from tune_siamese.names import ASHA_STOPPED, DIVERGED, ERRORED
+from tune_siamese.core.names import ASHA_STOPPED, DIVERGED, ERRORED
 
 from .experiment import Experiment
 from .plots import save_figure

@@ -15,9 +15,9 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from tune_siamese import storage
-from tune_siamese.errors import InputError
-from tune_siamese.names import ASHA_STOPPED, DIVERGED, ERRORED, FINISHED, PENDING, RUNNING
+from tune_siamese.core import storage
+from tune_siamese.core.errors import InputError
+from tune_siamese.core.names import ASHA_STOPPED, DIVERGED, ERRORED, FINISHED, PENDING, RUNNING
 
 from .experiment import Experiment, config_column
 from .importance import FANOVA_SEEDS

@@ -7,10 +7,10 @@ from typing import Any
 
 import pandas as pd
 
-from tune_siamese import storage
-from tune_siamese.errors import InputError
-from tune_siamese.names import final_label
-from tune_siamese.roc_plot import operating_point, roc_figure
+from tune_siamese.artifacts.roc_plot import operating_point, roc_figure
+from tune_siamese.core import storage
+from tune_siamese.core.errors import InputError
+from tune_siamese.core.names import final_label
 
 from . import parallel, plots
 from .experiment import Experiment, config_column, load

@@ -185,6 +185,15 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else float("nan"))
 
 
+def sync(device: Any) -> None:
+    """Wait for the work queued on a torch device: CUDA runs asynchronously, so a timer read without this stops
+    when the kernels are queued, not when they are done. Nothing to wait for on the CPU."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 # ------------------------------------------------------------------------------------------------------
 # Ray helpers (ray is imported lazily, inside the functions: this module must import without it)
 
@@ -216,7 +225,7 @@ def memory_metrics() -> dict[str, float]:
 
 
 def _instrument_report(memory: bool, extra: dict[str, Any], entered: float | None = None) -> Any:
-    """Make ray.tune.report (which tune_siamese.tuning.train_siamese calls every epoch) add a precise
+    """Make ray.tune.report (which tune_siamese.searching.trainable.train_siamese calls every epoch) add a precise
     wall-clock stamp (Tune's own `timestamp` is whole seconds), the time the trainable was entered, and
     optionally this process's memory. Returns the original report to restore."""
     from ray import tune
@@ -262,7 +271,7 @@ def trial_shared(config: dict[str, Any], data: Any, memory: bool = False) -> Non
     """The project's trainable (search.train_siamese, data via tune.with_parameters), instrumented."""
     from ray import tune
 
-    from tune_siamese.tuning import train_siamese
+    from tune_siamese.searching.trainable import train_siamese
 
     original = _instrument_report(memory, {})
     try:
@@ -276,9 +285,9 @@ def trial_loading(config: dict[str, Any], memory: bool = False, pairs: int = 0, 
     empty cache folder of its own, i.e. decoding everything) and then runs the project's train_siamese."""
     from ray import tune
 
-    from tune_siamese.config import Config
+    from tune_siamese.core.config import Config
     from tune_siamese.data import load_data
-    from tune_siamese.tuning import train_siamese
+    from tune_siamese.searching.trainable import train_siamese
 
     started = time.time()
     if cold_cache:

@@ -1,7 +1,7 @@
 """Seconds per training epoch: a peer-style PyTorch loop vs tune-siamese's engine, side by side in one run.
 
-Same model (tune_siamese.model.SiameseNet: Koch net, width 0.25, BatchNorm, Koch init), same optimiser (Adam,
-lr 1e-3, batch 32), same LFW-a DevTrain training pairs, same seed (identical initial weights):
+Same model (training.model.SiameseNet: Koch net, width 0.25, BatchNorm, Koch init), same optimiser (Adam, lr 1e-3,
+batch 32), same LFW-a DevTrain training pairs, same seed (identical initial weights):
 
   peer     the way published Siamese implementations are written (pytorch/examples' siamese_network, and
            most GitHub Siamese repositories): a torch.utils.data.Dataset whose __getitem__ opens both JPEGs with
@@ -10,7 +10,7 @@ lr 1e-3, batch 32), same LFW-a DevTrain training pairs, same seed (identical ini
            DataLoader workers: pytorch/examples' choice, 0 on the CPU and 1 (pin_memory) on CUDA, is the
            reference; a second peer row uses more workers (2 = one per core here; 8 on CUDA, as the popular
            harveyslash/Facial-Similarity-with-Siamese-Networks does).
-  project  tune_siamese.engine.train_one_epoch on the cached uint8 arrays (images_on: decoded once, batches
+  project  training.engine.train_one_epoch on the cached uint8 arrays (images_on: decoded once, batches
            gathered and converted on the device): fp32 NCHW, fp32 channels_last, bf16 autocast channels_last;
            on CUDA also fp32 NCHW and bf16 channels_last with Config.cuda_graphs (each full batch one CUDA graph
            replay, warmed up by its capture).
@@ -25,9 +25,9 @@ Quality: the reference peer and the fastest project variant then continue to --e
 every model is scored by one evaluator (scoring.predict, fp32, on the cached val arrays); the peer is also scored
 by its own pipeline. Noise: both are trained again with --noise-seeds other seeds (interleaved, so their epoch
 times join the mean), and the difference of the mean val losses is compared with its standard error.
-FLOP/s: forward FLOPs per image from model.forward_flops; a training step ~ 3x forward (forward + backward for
-inputs and weights), x2 images per pair, x pairs; compared with torch.mm at fp32 and bf16 in this same process
-with the same threads.
+FLOP/s: forward FLOPs per image from training.costs.flop_count of one image's embedding (the head adds a few
+thousand per pair); a training step ~ 3x forward (forward + backward for inputs and weights), x2 images per pair,
+x pairs; compared with torch.mm at fp32 and bf16 in this same process with the same threads.
 
     python3 benchmarks/epoch_vs_peer.py                         # real LFW-a beside the repo, full DevTrain
     python3 benchmarks/epoch_vs_peer.py --pairs 320 --epochs 1 --noise-seeds 0 --no-record   # quick check
@@ -52,7 +52,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from tune_siamese.config import Config  # noqa: E402
+from tune_siamese.core.config import Config  # noqa: E402
 from tune_siamese.data import (  # noqa: E402
     PairData,
     decode_image,
@@ -62,9 +62,11 @@ from tune_siamese.data import (  # noqa: E402
     parse_pair_list,
     render_synthetic,
 )
-from tune_siamese.engine import graphed_step, model_and_optimizer, train_one_epoch  # noqa: E402
-from tune_siamese.model import build_model, forward_flops  # noqa: E402
-from tune_siamese.scoring import cpu_has_native_bf16, images_on, predict  # noqa: E402
+from tune_siamese.training.costs import flop_count  # noqa: E402
+from tune_siamese.training.device import cpu_has_native_bf16  # noqa: E402
+from tune_siamese.training.engine import graphed_step, model_and_optimizer, train_one_epoch  # noqa: E402
+from tune_siamese.training.model import build_model  # noqa: E402
+from tune_siamese.training.scoring import images_on, predict  # noqa: E402
 
 LOG_INTERVAL = 10  # pytorch/examples' siamese_network logs loss.item() every 10 batches
 
@@ -194,11 +196,6 @@ class PeerPairs(torch.utils.data.Dataset):
         return image_a, image_b, torch.tensor(label, dtype=torch.float32)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def slices(n_batches: int, rounds: int) -> list[int]:
     """Batches per round, as even as possible."""
     edges = np.linspace(0, n_batches, rounds + 1).round().astype(int)
@@ -270,7 +267,7 @@ class PeerRunner(Runner):
             if self.batch_index % LOG_INTERVAL == 0:
                 loss.item()  # the reference loop prints this every 10 batches (a device sync on CUDA)
             self.batch_index += 1
-        sync(self.device)
+        _common.sync(self.device)
         if model is self.model:
             self.seconds += time.perf_counter() - started
 
@@ -328,7 +325,7 @@ class ProjectRunner(Runner):
         self.position += len(chunk)
         started = time.perf_counter()
         loss = train_one_epoch(self.model, self.optimizer, self.images, chunk, self.cfg, self.generator, self.graph)
-        sync(self.device)
+        _common.sync(self.device)
         self.seconds += time.perf_counter() - started
         self.loss_sum += loss * len(chunk)
         self.count += len(chunk)
@@ -339,7 +336,7 @@ class ProjectRunner(Runner):
         model, optimizer = copy.deepcopy((self.model, self.optimizer))
         train_one_epoch(model, optimizer, self.images, self.pairs[:batches * self.cfg.batch_size], self.cfg,
                         torch.Generator().manual_seed(12345))
-        sync(self.device)
+        _common.sync(self.device)
 
     def end_epoch(self) -> None:
         self.epoch_seconds.append(self.seconds)
@@ -380,13 +377,13 @@ def matmul_gflops(dtype: torch.dtype, device: torch.device, size: int) -> tuple[
         a = torch.randn(n, n, device=device).to(dtype)
         b = torch.randn(n, n, device=device).to(dtype)
         torch.mm(a, b)
-        sync(device)
+        _common.sync(device)
         reps, started = 0, time.perf_counter()
         while True:
             torch.mm(a, b)
             reps += 1
             if reps % 5 == 0 or device.type == "cpu":
-                sync(device)
+                _common.sync(device)
                 elapsed = time.perf_counter() - started
                 if (elapsed >= min_seconds and reps >= 3) or reps >= 500:
                     return 2 * n ** 3 * reps / elapsed
@@ -507,7 +504,7 @@ def run(args: argparse.Namespace, device: torch.device, info: dict, root: Path, 
     mm_size = args.mm_size or (8192 if device.type == "cuda" else 2048)
     mm = {name: matmul_gflops(dtype, device, mm_size) for name, dtype in (("fp32", torch.float32),
                                                                            ("bf16", torch.bfloat16))}
-    fwd = forward_flops(build_model(base), base.model_input_size)
+    fwd = flop_count(build_model(base).eval().embed, torch.zeros(1, 1, base.model_input_size, base.model_input_size))
     flops_per_pair = 3 * 2 * fwd
 
     # --- report ---
@@ -553,7 +550,7 @@ def run(args: argparse.Namespace, device: torch.device, info: dict, root: Path, 
         f"(shuffle, batch {args.batch_size}{', pin_memory' if device.type == 'cuda' else ''}), fp32 NCHW, "
         f"loss.item() every {LOG_INTERVAL} batches; workers {', '.join(map(str, workers))} "
         f"(reference: {workers[0]}, pytorch/examples' siamese_network setting on {device.type})",
-        f"- FLOPs: forward {fwd / 1e6:.1f} MFLOP per image (model.forward_flops); training counted as 3 × forward "
+        f"- FLOPs: forward {fwd / 1e6:.1f} MFLOP per image (training.costs.flop_count of the embedding); training counted as 3 × forward "
         f"× 2 images per pair = {flops_per_pair / 1e6:.1f} MFLOP per pair",
         f"- matmul ceiling (torch.mm, same process and threads): fp32 {mm['fp32'][0]:.1f} GFLOP/s "
         f"(n={mm['fp32'][1]}), bf16 {mm['bf16'][0]:.2f} GFLOP/s (n={mm['bf16'][1]}); 'of mm ceiling' compares each row with the fp32 product, the bf16 row with the bf16 one",

@@ -23,7 +23,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402  (puts the repository root on sys.path)
 
-from tune_siamese.finalize import final_name  # noqa: E402
+from tune_siamese.final.finalize import final_name  # noqa: E402
 
 SCORES = [("accuracy_at_threshold", "acc at val threshold"), ("auc", "AUC"), ("tar_at_far_0.01", "TAR@FAR 1e-2")]
 

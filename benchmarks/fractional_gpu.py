@@ -48,9 +48,12 @@ import _common  # noqa: E402  (puts the repository root on sys.path)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from tune_siamese import augment, config, data, engine, gpu_sharing, model, scoring  # noqa: E402,F401  (core modules only)
-from tune_siamese.config import Config, parse_overrides  # noqa: E402
-from tune_siamese.errors import InputError  # noqa: E402
+from tune_siamese import data
+from tune_siamese.core.config import Config, parse_overrides  # noqa: E402
+from tune_siamese.core.errors import InputError  # noqa: E402
+from tune_siamese.searching import gpu_sharing  # noqa: E402,F401  (core modules only)
+from tune_siamese.training import engine, scoring
+from tune_siamese.training.device import use_bf16  # noqa: E402
 
 FORBIDDEN = ("ray", "optuna")
 BARRIER_TIMEOUT_S = 300
@@ -107,12 +110,12 @@ def worker(rank: int, args: argparse.Namespace, device: str, group: dict[str, An
         graph = engine.graphed_step(trainer, optimizer, images, train, cfg, generator)  # as engine.fit builds it
         engine.train_one_epoch(trainer, optimizer, images, train[:args.warmup_batches * cfg.batch_size], cfg,
                                generator, graph)
-        sync(dev)
+        _common.sync(dev)
         barriers[0].wait(BARRIER_TIMEOUT_S)
         started, cpu_started = time.time(), time.process_time()
         losses = [engine.train_one_epoch(trainer, optimizer, images, train, cfg, generator, graph)
                   for _ in range(args.epochs)]
-        sync(dev)
+        _common.sync(dev)
         ended = time.time()
         result: dict[str, Any] = {"rank": rank, "started": started, "ended": ended,
                                   "cpu_share": (time.process_time() - cpu_started) / (ended - started),
@@ -134,11 +137,6 @@ def worker(rank: int, args: argparse.Namespace, device: str, group: dict[str, An
             barrier.abort()
         queue.put({"rank": rank, "error": f"{exc.__class__.__name__}: {exc}"})
         raise
-
-
-def sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
 
 
 def run_fraction(args: argparse.Namespace, device: str, group: dict[str, Any], k: int) -> dict[str, Any]:
@@ -287,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- data: {loaded.summary()}; {n_pairs} training pairs per epoch, {args.epochs} timed epoch(s) per "
         f"process after {args.warmup_batches} warm-up batches",
         f"- trial: Koch net width {args.width}, {args.image_size} px, BatchNorm, Adam lr 1e-3, precision "
-        f"{args.precision} ({'bf16 autocast' if scoring.use_bf16(cfg, torch.device(device)) else 'fp32'}), "
+        f"{args.precision} ({'bf16 autocast' if use_bf16(cfg, torch.device(device)) else 'fp32'}), "
         f"channels_last {args.channels_last}, {args.threads} torch thread(s) per process, device {device}",
         "- K processes (multiprocessing spawn) share the device at once, as Ray's gpus_per_trial = 1/K does; "
         "aggregate = all pairs trained ÷ (last finish − first start); 'vs 1 process' compares with the first row "

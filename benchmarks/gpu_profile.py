@@ -37,9 +37,10 @@ import torch  # noqa: E402
 from torch.autograd import DeviceType  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from tune_siamese import data, engine, scoring  # noqa: E402
-from tune_siamese.config import Config, parse_overrides  # noqa: E402
-from tune_siamese.errors import InputError  # noqa: E402
+from tune_siamese import data
+from tune_siamese.core.config import Config, parse_overrides  # noqa: E402
+from tune_siamese.core.errors import InputError  # noqa: E402
+from tune_siamese.training import engine, scoring  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -94,19 +95,15 @@ class Trial:
         self.index += 1
         return self.graph(batch) if self.graph is not None else self.eager(batch)
 
-    def sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
 
 def measure(trial: Trial, args: argparse.Namespace, name: str) -> dict[str, Any]:
     for _ in range(args.warmup_steps):
         trial.step()
-    trial.sync()
+    _common.sync(trial.device)
     started = time.perf_counter()
     for _ in range(args.timed_steps):
         trial.step()
-    trial.sync()
+    _common.sync(trial.device)
     wall_ms = 1e3 * (time.perf_counter() - started) / args.timed_steps
 
     cuda = trial.device.type == "cuda"
@@ -115,7 +112,7 @@ def measure(trial: Trial, args: argparse.Namespace, name: str) -> dict[str, Any]
         began = time.perf_counter()
         for _ in range(args.profile_steps):
             trial.step()
-        trial.sync()
+        _common.sync(trial.device)
         profiled_ms = 1e3 * (time.perf_counter() - began) / args.profile_steps
     if args.trace_dir:
         Path(args.trace_dir).mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ step() {  # run one measurement, at most STEP_TIMEOUT_S seconds; keep going on f
 }
 exec > >(tee "$out/log.txt") 2>&1
 nvidia-smi --query-gpu=name,driver_version,compute_mode,memory.total --format=csv
-step python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graph.py tests/test_gpu_levers.py -rs
+step python3 -m pytest -q -p no:cacheprovider tests/training/test_cuda_graph.py tests/training/test_gpu_levers.py -rs
 # Which further levers pay on top of CUDA graphs (the 2026-11-29 profile: cuDNN's bf16 kernel for the one-channel
 # first conv was a quarter of a step); the fastest variant becomes the "tuned" rows below.
 step python3 benchmarks/gpu_profile.py --steps graphs --best-out "$out/best_variant" --variants \

@@ -33,14 +33,14 @@ from optuna._hypervolume import compute_hypervolume  # noqa: E402  (Optuna's exa
 from selection_signal import own_model  # noqa: E402
 
 import analysis  # noqa: E402
-from search_spaces import get_preset  # noqa: E402
-from tune_siamese.checkpoint import as_trained, load_checkpoint, load_model  # noqa: E402
-from tune_siamese.config import Config  # noqa: E402
-from tune_siamese.model import build_model  # noqa: E402
-from tune_siamese.names import STATE_FILE  # noqa: E402
-from tune_siamese.objectives import model_costs  # noqa: E402
-from tune_siamese.pareto import front  # noqa: E402
-from tune_siamese.scoring import val_and_test  # noqa: E402
+from tune_siamese.artifacts.checkpoint import load_checkpoint, load_model  # noqa: E402
+from tune_siamese.core.config import Config  # noqa: E402
+from tune_siamese.core.names import STATE_FILE  # noqa: E402
+from tune_siamese.searching.objectives import model_costs  # noqa: E402
+from tune_siamese.searching.pareto import front  # noqa: E402
+from tune_siamese.searching.spaces import get_preset  # noqa: E402
+from tune_siamese.training.model import build_model  # noqa: E402
+from tune_siamese.training.scoring import val_and_test  # noqa: E402
 
 CHANCE_LOSS = math.log(2)  # BCE of a model that always says 0.5: the hypervolume's reference in val loss
 SIZE_FIELDS = ("width", "embedding", "input_size", "head")  # what sets a model's parameter count in `best`
@@ -87,11 +87,12 @@ def trial_rows(experiment: Path) -> list[dict[str, Any]]:
         checkpoints = sorted((experiment / f"trial_{trial['trial_id']}").glob(f"checkpoint_*/{STATE_FILE}"))
         if not checkpoints:
             continue
-        state = load_checkpoint(checkpoints[-1])
-        model, config, data, images = own_model(state, loaded)
-        test = val_and_test(as_trained(model, config), images, data, config)["test"]
+        config = Config.from_dict(load_checkpoint(checkpoints[-1])["config"])
+        model, data, images = own_model(checkpoints[-1].parent, config, loaded)
+        test = val_and_test(model, images, data, config)["test"]
+        costs = model_costs(build_model(config), config, COSTS)  # as a trial measures them, before training
         rows.append({"trial": trial["trial_id"], "status": trial["status"], "val_loss": trial["best_val_loss"],
-                     **model_costs(model, config, COSTS), "acc": test["accuracy_at_threshold"], "auc": test["auc"],
+                     **costs, "acc": test["accuracy_at_threshold"], "auc": test["auc"],
                      "config": {name: getattr(config, name) for name in SIZE_FIELDS}})
     return rows
 

@@ -9,7 +9,7 @@ same cores, --max-concurrent trials at once, one CPU and one torch thread each.
                  from --results). It yields the oracle: every grid configuration retrained as run_search.py
                  retrains its pick, the best DevTest AUC among them (--oracle-top N: cheaper, see below).
   SEARCHER[+asha][:OPTION...]
-                 tuning.build_tuner exactly as run_search.py builds it (settings from tune_siamese.api.search_settings
+                 tuner.build_tuner exactly as run_search.py builds it (settings from tune_siamese.app.api.search_settings
                  with --searcher SEARCHER, SEARCHER in random, tpe, gp, cmaes, qmc), given the same epoch budget
                  (--budget, default a quarter of the grid's epochs): a Tune stopper ends the search once its trials
                  have reported that many epochs. +asha: ASHA (--grace-period, --reduction-factor); without it every
@@ -66,10 +66,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402  (puts the repository root on sys.path)
 
-from tune_siamese.config import Config  # noqa: E402
-from tune_siamese.console import ray_console_environment  # noqa: E402
-from tune_siamese.errors import InputError  # noqa: E402
-from tune_siamese.names import RUNG_METRICS, VAL_LOSS  # noqa: E402
+from tune_siamese.core.config import Config  # noqa: E402
+from tune_siamese.core.errors import InputError  # noqa: E402
+from tune_siamese.core.names import RUNG_METRICS, VAL_LOSS  # noqa: E402
+from tune_siamese.searching.cluster import ray_console_environment  # noqa: E402
 
 ray_console_environment()  # Ray's console as run_search.py sets it
 
@@ -207,7 +207,7 @@ def num_samples(args: argparse.Namespace, method: Method) -> int:
 def build(args: argparse.Namespace, storage: str, name: str, method: Method, seed: int, samples: int) -> Any:
     """SearchSettings as run_search.py builds them from these options; the trials' seed is then pinned to
     --trial-seed (run_search.py uses --seed for both)."""
-    from tune_siamese.api import search_settings
+    from tune_siamese.app.api import search_settings
 
     patience = args.patience or args.max_epochs + 1
     fixed: dict[str, Any] = {"image_size": args.image_size, "embedding": 4096, "init": "koch", "batch_size": 32,
@@ -254,10 +254,10 @@ def grid_tuner(settings: Any, data: Any, values: dict[str, list[Any]]) -> Any:
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
-    from tune_siamese import tuning
+    from tune_siamese.searching import tuner
 
     return tune.Tuner(
-        tuning.build_trainable(settings, data),
+        tuner.build_trainable(settings, data),
         param_space={**settings.base, **{k: tune.grid_search(v) for k, v in values.items()}},
         tune_config=tune.TuneConfig(scheduler=FIFOScheduler(), num_samples=1, reuse_actors=True,
                                     max_concurrent_trials=settings.max_concurrent,
@@ -268,10 +268,10 @@ def grid_tuner(settings: Any, data: Any, values: dict[str, list[Any]]) -> Any:
 
 
 def search_tuner(settings: Any, data: Any, values: dict[str, list[Any]], budget: int) -> Any:
-    """tuning.build_tuner as run_search.py calls it, with only an epoch-budget stopper added to its RunConfig."""
+    """tuner.build_tuner as run_search.py calls it, with only an epoch-budget stopper added to its RunConfig."""
     from ray import tune
 
-    from tune_siamese import tuning
+    from tune_siamese.searching import tuner as tuner_module
 
     original = tune.Tuner
 
@@ -281,7 +281,7 @@ def search_tuner(settings: Any, data: Any, values: dict[str, list[Any]], budget:
 
     tune.Tuner = tuner  # only while build_tuner runs (Tune checks RunConfig's type, so that one stays)
     try:
-        return tuning.build_tuner(settings, data, {k: tune.choice(v) for k, v in values.items()}, [], verbose=0)
+        return tuner_module.build_tuner(settings, data, {k: tune.choice(v) for k, v in values.items()}, [], verbose=0)
     finally:
         tune.Tuner = original
 
@@ -290,14 +290,12 @@ def search_tuner(settings: Any, data: Any, values: dict[str, list[Any]], budget:
 # Reading a search's results
 
 
-def each(results: Any) -> Any:
-    return (results[i] for i in range(len(results)))
-
-
 def collect(results: Any, keys: list[str]) -> dict[str, Any]:
     """Every reported epoch (configuration, epoch, val loss), the trials that reported, errors, epoch times."""
+    from tune_siamese.searching.ranking import each_result
+
     curves, trials, errors, seconds = [], 0, 0, []
-    for result in each(results):
+    for result in each_result(results):
         errors += result.error is not None
         frame = result.metrics_dataframe
         if frame is None or VAL_LOSS not in frame:
@@ -335,7 +333,7 @@ class Retrainer:
     """Retrains picks and remembers the scores, keyed by what determines them (trials are seeded alike)."""
 
     def __init__(self, settings: Any, cache: dict[str, Any], save: Any) -> None:
-        from tune_siamese import finish
+        from tune_siamese.final import finish
 
         self.options = finish.task_options(settings)
         self.cache, self.save = cache, save
@@ -344,7 +342,7 @@ class Retrainer:
                  checkpoint: Any, threshold: tuple[int, int]) -> tuple[dict[str, Any], bool]:
         """(scores, retrained now?) for `config` retrained `epochs` epochs, its threshold chosen by the model of
         seed threshold[0] at epoch threshold[1] (the checkpoint's best model)."""
-        from tune_siamese.final_model import build_final_model
+        from tune_siamese.final.policies import build_final_model
 
         key = json.dumps([variant, describe(config, keys), epochs, *threshold])
         if key in self.cache:
@@ -362,17 +360,11 @@ class Retrainer:
         return self.cache[key], True
 
 
-def best_epoch(result: Any) -> tuple[int, float]:
-    frame = result.metrics_dataframe
-    rows = frame[frame[VAL_LOSS].notna()]
-    row = rows.loc[rows[VAL_LOSS].idxmin()]  # ranking.best_trial's rule
-    return int(row["epoch"]), float(row[VAL_LOSS])
-
-
 def own_model_auc(result: Any, data: Any) -> float:
     """DevTest AUC of a trial's own model (train part only, best epoch): --oracle-top's cheap ranking."""
-    from tune_siamese import final_model
-    from tune_siamese.scoring import images_on, resolve_device, val_and_test
+    from tune_siamese.final import policies as final_model
+    from tune_siamese.training.device import resolve_device
+    from tune_siamese.training.scoring import images_on, val_and_test
 
     config = Config.from_dict(dict(result.config), source="grid trial")
     model = final_model.trial_model(result.checkpoint, config)
@@ -386,6 +378,8 @@ def own_model_auc(result: Any, data: Any) -> float:
 
 def run_grid(args: argparse.Namespace, storage: str, stamp: str, data: Any, values: dict[str, list[Any]],
              retrain: Retrainer) -> dict[str, Any]:
+    from tune_siamese.searching.ranking import best_epoch_and_loss, best_trial, each_result
+
     keys = list(values)
     n_grid = len(list(itertools.product(*values.values())))
     settings = build(args, storage, f"grid-{stamp}", Method("grid"), 0, 1)
@@ -396,7 +390,7 @@ def run_grid(args: argparse.Namespace, storage: str, stamp: str, data: Any, valu
     run = {"method": "grid", "seed": 0, "wall": round(wall, 1), **collect(results, keys)}
     if not run["trials"]:
         raise SystemExit("search_efficiency: the grid produced no results; see the errors above")
-    trials = [r for r in each(results) if r.error is None and r.metrics_dataframe is not None
+    trials = [r for r in each_result(results) if r.error is None and r.metrics_dataframe is not None
               and VAL_LOSS in r.metrics_dataframe and r.metrics_dataframe[VAL_LOSS].notna().any()]
     if args.oracle_top:
         print(f"oracle: scoring the {len(trials)} grid trials' own models on DevTest ...", flush=True)
@@ -407,7 +401,7 @@ def run_grid(args: argparse.Namespace, storage: str, stamp: str, data: Any, valu
     print(f"oracle: retraining {len(chosen)} grid configurations ...", flush=True)
     configs = []
     for result in chosen:
-        epoch, loss = best_epoch(result)
+        epoch, loss = best_epoch_and_loss(result.metrics_dataframe)
         config = {k: result.config[k] for k in keys}
         scores, _ = retrain(data, "given", dict(result.config), keys, epoch, result.checkpoint,
                             (args.trial_seed, epoch))
@@ -416,9 +410,6 @@ def run_grid(args: argparse.Namespace, storage: str, stamp: str, data: Any, valu
     run["configs"] = configs
     run["oracle"] = configs[0]
     # The grid as a search method: its pick is its best trial by val loss, retrained like any pick.
-
-    from tune_siamese.ranking import best_trial
-
     best, epoch, loss = best_trial(results)
     scores, _ = retrain(data, "given", dict(best.config), keys, epoch, best.checkpoint, (args.trial_seed, epoch))
     run["pick"] = {"config": {k: best.config[k] for k in keys}, "epochs": epoch, "val_loss": loss,
@@ -446,8 +437,8 @@ def run_method(args: argparse.Namespace, storage: str, stamp: str, method: Metho
     if not run["trials"]:
         run["test"] = None
         return run
-    from tune_siamese.finalists import run_finalists
-    from tune_siamese.ranking import best_trial
+    from tune_siamese.final.finalists import run_finalists
+    from tune_siamese.searching.ranking import best_trial
 
     best, epoch, loss = best_trial(results)
     config, epochs, checkpoint, threshold = dict(best.config), epoch, best.checkpoint, (args.trial_seed, epoch)
@@ -663,7 +654,7 @@ def report(args: argparse.Namespace, state: dict[str, Any], searches: list[Metho
         f"- grid: FIFO, {args.max_epochs} epochs per trial, {grid_epochs} epochs, {grid['wall']:.0f} s; mean epoch "
         f"{grid['epoch_seconds']:.1f} s (1 torch thread, {args.max_concurrent} trials at once on "
         f"ray.init(num_cpus={args.cpus}))",
-        f"- searches: run_search.py's settings and tuning.build_tuner, each ended by a budget of {args.budget} "
+        f"- searches: run_search.py's settings and tuner.build_tuner, each ended by a budget of {args.budget} "
         f"epochs ({args.budget / grid_epochs:.2f} of the grid's; a finalist variant's search gets the budget less K "
         "x S x max epochs, its finalist runs the rest); trials per search: "
         + (f"{args.num_samples}" if args.num_samples else "budget / grace period with ASHA, budget / max epochs "

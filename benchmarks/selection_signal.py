@@ -20,15 +20,17 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402  (puts the repository root on sys.path)
 import torch  # noqa: E402
+from ray import tune  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from tune_siamese.checkpoint import as_trained, load_checkpoint  # noqa: E402
-from tune_siamese.config import Config  # noqa: E402
+from tune_siamese.artifacts.checkpoint import load_checkpoint  # noqa: E402
+from tune_siamese.core.config import Config  # noqa: E402
+from tune_siamese.core.names import STATE_FILE  # noqa: E402
 from tune_siamese.data import load_data  # noqa: E402
-from tune_siamese.metrics import pair_metrics  # noqa: E402
-from tune_siamese.model import DATA_FIELDS, build_model  # noqa: E402
-from tune_siamese.names import STATE_FILE  # noqa: E402
-from tune_siamese.scoring import images_on, predict  # noqa: E402
+from tune_siamese.final.policies import trial_model  # noqa: E402
+from tune_siamese.training.metrics import pair_metrics  # noqa: E402
+from tune_siamese.training.model import DATA_FIELDS  # noqa: E402
+from tune_siamese.training.scoring import images_on, predict  # noqa: E402
 
 LEARNS = 0.6  # DevTest AUC above which a trial counts as having learned (the others tie near 0.5)
 
@@ -40,18 +42,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def own_model(state: dict[str, Any], loaded: dict[tuple, Any]) -> tuple[Any, Config, Any, torch.Tensor]:
-    """A trial's own model (its lowest-val-loss epoch) from its saved state, with its data and images; `loaded`
-    keeps the data of earlier trials, which mostly share it."""
-    config = Config.from_dict(state["config"])
+def own_model(checkpoint: Path, config: Config, loaded: dict[tuple, Any]) -> tuple[Any, Any, torch.Tensor]:
+    """A trial's own model (its lowest-val-loss epoch) from its checkpoint folder, as the `trial` policy reads it
+    (eval mode, trained layout), with its data and images; `loaded` keeps the data of earlier trials, which mostly
+    share it."""
     key = tuple(getattr(config, name) for name in DATA_FIELDS)
     if key not in loaded:
         data = load_data(config)
         loaded[key] = (data, images_on(torch.device("cpu"), data.images))
     data, images = loaded[key]
-    model = build_model(config)
-    model.load_state_dict(state["best_model"])
-    return model, config, data, images
+    return trial_model(tune.Checkpoint.from_directory(str(checkpoint)), config), data, images
 
 
 def trial_rows(experiment: Path) -> list[dict[str, Any]]:
@@ -67,8 +67,9 @@ def trial_rows(experiment: Path) -> list[dict[str, Any]]:
         if not scored:
             continue
         saved = min(scored, key=lambda row: row["val_loss"])  # the epoch state["best_model"] holds
-        model, config, data, images = own_model(state, loaded)
-        test = pair_metrics(data.test[:, 2], predict(as_trained(model, config), images, data.test, config))
+        config = Config.from_dict(state["config"])
+        model, data, images = own_model(checkpoints[-1].parent, config, loaded)
+        test = pair_metrics(data.test[:, 2], predict(model, images, data.test, config))
         rows.append({"trial": trial.name, "val_loss": saved["val_loss"], "val_auc": saved["val_auc"],
                      "test_accuracy": test["accuracy"], "test_auc": test["auc"]})
     return rows

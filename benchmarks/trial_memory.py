@@ -41,11 +41,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def measure(width: float, args: argparse.Namespace, data_arg: str, out: Any) -> None:
     import torch
 
-    from tune_siamese.config import Config
+    from tune_siamese.core.config import Config
     from tune_siamese.data import load_data
-    from tune_siamese.engine import make_optimizer, setup, train_one_epoch
-    from tune_siamese.model import build_model, count_parameters
-    from tune_siamese.scoring import images_on, predict, use_bf16
+    from tune_siamese.training.costs import parameter_count
+    from tune_siamese.training.device import use_bf16
+    from tune_siamese.training.engine import make_optimizer, setup, train_one_epoch
+    from tune_siamese.training.model import build_model
+    from tune_siamese.training.scoring import images_on, predict
 
     cfg = Config(data=data_arg, image_size=args.image_size, width=width, batchnorm=True, init="torch",
                  optimizer="adam", lr=1e-3, batch_size=args.batch_size, threads=args.threads, device=args.device)
@@ -61,7 +63,7 @@ def measure(width: float, args: argparse.Namespace, data_arg: str, out: Any) -> 
     seconds = time.perf_counter() - started
     predict(model, images, data.val, cfg)
     peak = _common.proc_memory_mb()
-    params = count_parameters(model)
+    params = parameter_count(model)
     row = {"width": width, "params": params, "state_mb": params * 4 * 4 / 2**20,  # weights, grads, Adam m and v
            "base_rss_mb": base["peak_rss_mb"], "peak_rss_mb": peak["peak_rss_mb"],
            "data_mb": data.images.nbytes / 2**20, "s_per_batch": seconds / args.batches,

@@ -5,7 +5,7 @@ max_t, so it stops nothing) on the same cores:
 
   plain    multiprocessing (spawn) pool of --max-concurrent workers, 1 torch thread each, every worker loading
            the data once (disk cache) and calling tune_siamese.engine.fit per trial;
-  Tune     run_search.py's path: tune_siamese.api.search_settings -> tune_siamese.tuning.build_tuner (OptunaSearch +
+  Tune     run_search.py's path: tune_siamese.app.api.search_settings -> tune_siamese.searching.tuner.build_tuner (OptunaSearch +
            ASHA, per-epoch checkpoints, max_concurrent_trials) with the dataset shared through Ray's object
            store (tune.with_parameters, what the project does), cpus_per_trial 1;
   Tune, each trial loads the data itself (load_data inside the trainable; --cache cold gives every trial an
@@ -14,7 +14,7 @@ max_t, so it stops nothing) on the same cores:
            reuses the finished trial's process (torch, the project and the data already loaded) instead of
            starting a new one.
 
-The Tune trainables are the project's tuning.train_siamese wrapped so that each tune.report also carries a
+The Tune trainables are the project's trainable.train_siamese wrapped so that each tune.report also carries a
 precise wall-clock stamp, the time the trainable was entered and the process's memory (/proc/self/status
 VmHWM, RssAnon, RssShmem; psutil USS); the search space is one fixed configuration, so every trial (and every
 plain run) trains exactly the same thing. Ray is started here (ray.init(num_cpus=--cpus)) and shut down at the end.
@@ -38,9 +38,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402  (puts the repository root on sys.path)
 
-from tune_siamese.config import Config  # noqa: E402
-from tune_siamese.console import ray_console_environment  # noqa: E402
+from tune_siamese.core.config import Config  # noqa: E402
 from tune_siamese.data import load_data  # noqa: E402
+from tune_siamese.searching.cluster import ray_console_environment  # noqa: E402
 
 ray_console_environment()  # Ray's console as run_search.py sets it
 FIXED_SPACE_KEY, FIXED_SPACE_VALUE = "batch_size", 32
@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build(args: argparse.Namespace, storage: str, name: str) -> Any:
     """SearchSettings exactly as ts.search (and run_search.py) builds them."""
-    from tune_siamese.api import search_settings
+    from tune_siamese.app.api import search_settings
 
     fixed = {"width": args.width, "image_size": args.image_size, "embedding": 4096, "batchnorm": True,
              "optimizer": "adam", "lr": 1e-3, "init": "koch", "patience": args.epochs + 1}
@@ -92,7 +92,7 @@ def _plain_init(base: dict[str, Any], pairs: int) -> None:
 
 
 def _plain_trial(config: dict[str, Any]) -> dict[str, Any]:
-    from tune_siamese.engine import fit
+    from tune_siamese.training.engine import fit
 
     entered = time.time()
     rows: list[dict[str, Any]] = []
@@ -118,7 +118,7 @@ def plain_run(args: argparse.Namespace, settings: Any, config: dict[str, Any]) -
 def tune_run(args: argparse.Namespace, settings: Any, data: Any, variant: str, cold_dir: str) -> dict[str, Any]:
     from ray import tune
 
-    from tune_siamese import tuning
+    from tune_siamese.searching import tuner as tuner_module
 
     resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
     if variant in ("shared", "reuse"):
@@ -127,14 +127,14 @@ def tune_run(args: argparse.Namespace, settings: Any, data: Any, variant: str, c
         trainable = tune.with_parameters(_common.trial_loading, memory=True, pairs=args.pairs,
                                          cold_cache=cold_dir if args.cache == "cold" else "")
     trainable = tune.with_resources(trainable, resources)
-    original, original_config = tuning.build_trainable, tune.TuneConfig
-    tuning.build_trainable = lambda s, d: trainable  # build_tuner is otherwise exactly the project's
+    original, original_config = tuner_module.build_trainable, tune.TuneConfig
+    tuner_module.build_trainable = lambda s, d: trainable  # build_tuner is otherwise exactly the project's
     if variant == "reuse":  # the one change this variant measures: Tune keeps trial actors (processes) alive
         tune.TuneConfig = functools.partial(original_config, reuse_actors=True)
     try:
-        tuner = tuning.build_tuner(settings, data, {FIXED_SPACE_KEY: tune.choice([FIXED_SPACE_VALUE])}, [])
+        tuner = tuner_module.build_tuner(settings, data, {FIXED_SPACE_KEY: tune.choice([FIXED_SPACE_VALUE])}, [])
     finally:
-        tuning.build_trainable, tune.TuneConfig = original, original_config
+        tuner_module.build_trainable, tune.TuneConfig = original, original_config
     started = time.time()
     results = tuner.fit()
     ended = time.time()
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, info: dict[str, Any], storage: str, temp: str, started: float) -> int:
     import ray
 
-    from tune_siamese.cluster import fit_resources
+    from tune_siamese.searching.cluster import fit_resources
 
     if args.data != "synthetic":
         args.data = str(Path(args.data).resolve())

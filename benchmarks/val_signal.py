@@ -155,11 +155,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Build the validation sets, train the fixed model and score every set after every epoch."""
     import torch
 
-    from tune_siamese.config import Config
+    from tune_siamese.core.config import Config
     from tune_siamese.data import DIFFERENT_PER_SAME, all_validation_pairs, load_data
-    from tune_siamese.engine import make_optimizer, make_scheduler, setup, train_one_epoch
-    from tune_siamese.model import build_model
-    from tune_siamese.scoring import images_on, predict, predict_by_image
+    from tune_siamese.training.engine import make_optimizer, make_scheduler, setup, train_one_epoch
+    from tune_siamese.training.model import build_model
+    from tune_siamese.training.scoring import images_on, predict, predict_by_image
 
     cfg = Config(data=args.data or _common.default_lfw(), image_size=args.image_size, input_size=args.input_size,
                  zoom=args.zoom, width=args.width, batchnorm=True, init="torch", optimizer="adam", lr=args.lr,

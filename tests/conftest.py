@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tune_siamese.config import Config
+from tune_siamese.core.config import Config
 
 # ========================================= Core (no Ray) ==========================================
 

@@ -1,5 +1,6 @@
-"""The code's shape, kept by tests: no import circle between the project's modules (imports inside functions and
-under TYPE_CHECKING count too: they are circles of ideas), and no module over 400 lines."""
+"""The code's shape, kept by tests: the package's layers in order, no import circle between the project's modules
+(imports inside functions and under TYPE_CHECKING count too: they are circles of ideas), no module over 400 lines,
+and experiments of earlier versions still unpickle."""
 from __future__ import annotations
 
 import ast
@@ -97,17 +98,77 @@ def test_no_module_over_400_lines(path):
     assert len(path.read_text().splitlines()) <= MAX_LINES
 
 
+# The package's layers, each importing only those before it (docs/layout.md draws them).
+LAYERS = ("core", "data", "training", "artifacts", "searching", "final", "app")
+PURE_TORCH = ("core", "data", "training")  # no Ray, no Optuna: the training core runs without them
+
+
+def layer_of(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if parts[0] == "tune_siamese" and len(parts) > 1 and parts[1] in LAYERS else None
+
+
+def every_import(path: Path) -> set[str]:
+    """Every module name `path` imports, anywhere in it (also inside functions and under TYPE_CHECKING)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+    return found
+
+
+def layer_breaks(files: dict[str, set[str]]) -> list[str]:
+    """`file -> module` for each import of a later layer, or of Ray or Optuna from a pure-PyTorch layer."""
+    breaks = []
+    for name, imports in sorted(files.items()):
+        own = layer_of(name)
+        for module in sorted(imports):
+            other = layer_of(module)
+            if own and other and LAYERS.index(other) > LAYERS.index(own):
+                breaks.append(f"{name} -> {module}")
+            if own in PURE_TORCH and module.split(".")[0] in ("ray", "optuna"):
+                breaks.append(f"{name} -> {module}")
+    return breaks
+
+
+def test_each_layer_imports_only_the_layers_before_it():
+    files = {module_name(path): every_import(path) for path in (REPO / "tune_siamese").rglob("*.py")}
+    assert {layer_of(name) for name in files} >= set(LAYERS)
+    assert layer_breaks(files) == []
+
+
+def test_the_layer_check_finds_a_break():
+    assert layer_breaks({"tune_siamese.training.engine": {"tune_siamese.searching.tuner", "torch"},
+                         "tune_siamese.data.images": {"ray.tune"},
+                         "tune_siamese.app.api": {"tune_siamese.core.config"}}) == [
+        "tune_siamese.data.images -> ray.tune", "tune_siamese.training.engine -> tune_siamese.searching.tuner"]
+
+
+def test_the_presets_are_plain_data():
+    """search_spaces imports Ray Tune's distributions and nothing of tune_siamese (whose settings check it)."""
+    imports = every_import(REPO / "search_spaces" / "__init__.py")
+    assert not [module for module in imports if module.split(".")[0] == "tune_siamese"]
+
+
 def test_experiments_saved_under_the_old_module_names_still_unpickle():
-    """Tune's saved state names classes by module path: an experiment (or finalist stage) saved before the Ray
-    layer became tuning.py, or before train_finalist moved to finalists.py, must still resume and finalize; and
-    that old name must not replace the API function tune_siamese.search."""
+    """Tune's saved state names classes and functions by module path: those of experiments written by earlier
+    versions (tune_siamese.search, .tuning, .study, .study_search, .finish, .finalists) resolve through one table,
+    with a DeprecationWarning; and an old name must not replace the API function tune_siamese.search."""
     import pickle
 
     import tune_siamese as ts
-    from tune_siamese.finalists import train_finalist
-    from tune_siamese.tuning import CompletionWatch, MovableSearchGenerator
+    from tune_siamese.final.finalists import train_finalist
+    from tune_siamese.searching.callbacks import CompletionWatch
+    from tune_siamese.searching.tuner import MovableSearchGenerator, trial_name
 
-    assert pickle.loads(b"ctune_siamese.search\nCompletionWatch\n.") is CompletionWatch
-    assert pickle.loads(b"ctune_siamese.search\nMovableSearchGenerator\n.") is MovableSearchGenerator
-    assert pickle.loads(b"ctune_siamese.finish\ntrain_finalist\n.") is train_finalist
-    assert callable(ts.search) and ts.search.__module__ == "tune_siamese.api"
+    with pytest.warns(DeprecationWarning, match="tune_siamese.searching.callbacks.CompletionWatch"):
+        assert pickle.loads(b"ctune_siamese.search\nCompletionWatch\n.") is CompletionWatch
+    with pytest.warns(DeprecationWarning):
+        assert pickle.loads(b"ctune_siamese.tuning\nMovableSearchGenerator\n.") is MovableSearchGenerator
+        assert pickle.loads(b"ctune_siamese.tuning\ntrial_name\n.") is trial_name
+        assert pickle.loads(b"ctune_siamese.finish\ntrain_finalist\n.") is train_finalist
+    with pytest.raises(AttributeError):
+        pickle.loads(b"ctune_siamese.tuning\nno_such_name\n.")
+    assert callable(ts.search) and ts.search.__module__ == "tune_siamese.app.api"

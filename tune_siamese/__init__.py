@@ -4,30 +4,17 @@
     result = ts.search(data="../shared/data/lfw-a", space="best", name="lfw")   # run_search.py's options
     ts.load(result.export).score("a.jpg", "b.jpg")
 
-The core (config, data, model, engine, checkpoint) is pure PyTorch; `tune_siamese.tuning` is the thin Ray layer
-(the trainable and the Tuner).
+The layers, each importing only those before it: `core` (Config, errors, names, storage), `data`, `training` (pure
+PyTorch), `artifacts` (checkpoints, exports, the verifier), `searching` (the thin Ray and Optuna layer), `final`
+(the model handed back), `app` (the API and the command lines); docs/layout.md draws them.
 Importing the package loads neither torch nor Ray: `search` and `load` do, when called.
 """
-import sys
-import types
+from tune_siamese import _legacy
+from tune_siamese.app.api import SearchResult, load, search
+from tune_siamese.core.config import Config
+from tune_siamese.core.errors import InputError
 
-from .api import SearchResult, load, search
-from .config import Config
-from .errors import InputError
-
-
-class _Package(types.ModuleType):
-    """Importing a submodule sets it as an attribute of its package. Experiments saved before the Ray layer was
-    renamed tuning.py unpickle through the submodule `tune_siamese.search` (an alias of it): that must not
-    replace the API function `tune_siamese.search`."""
-
-    def __setattr__(self, name: str, value: object) -> None:
-        if name == "search" and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+_legacy.install(__name__)  # experiments written by earlier versions name moved modules in their saved state
 
 __all__ = ["Config", "InputError", "SearchResult", "load", "search"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,6 +1,6 @@
 """`python -m tune_siamese ...` is the `tune-siamese` console script."""
 import sys
 
-from .cli import main
+from tune_siamese.app.cli import main
 
 sys.exit(main())

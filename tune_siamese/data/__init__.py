@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from ..config import Config
-from ..errors import InputError
-from .folders import identity_folder_files, load_identity_folder
-from .images import IMAGE_EXTENSIONS, cache_dir, decode_image, decode_images, odd_name
-from .lfw import (
+from tune_siamese.core.config import Config
+from tune_siamese.core.errors import InputError
+from tune_siamese.data.folders import identity_folder_files, load_identity_folder
+from tune_siamese.data.images import IMAGE_EXTENSIONS, cache_dir, decode_image, decode_images, odd_name
+from tune_siamese.data.lfw import (
     PairLine,
     default_lfw_root,
     find_pair_lists,
@@ -28,7 +28,7 @@ from .lfw import (
     pair_rows,
     parse_pair_list,
 )
-from .pairs import (
+from tune_siamese.data.pairs import (
     DIFFERENT_PER_SAME,
     PairData,
     PairMiner,
@@ -42,7 +42,7 @@ from .pairs import (
     split_for_all_pairs,
     split_validation,
 )
-from .synthetic import load_synthetic, render_synthetic
+from tune_siamese.data.synthetic import load_synthetic, render_synthetic
 
 __all__ = ["DIFFERENT_PER_SAME", "IMAGE_EXTENSIONS", "PairData", "PairLine", "PairMiner", "PairOrigin", "RawData",
            "all_validation_pairs", "balanced_pairs", "cache_dir",

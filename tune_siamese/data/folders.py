@@ -7,10 +7,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import Config
-from ..errors import InputError
-from .images import CACHE_VERSION, IMAGE_EXTENSIONS, cached, content_key, decode_images, file_bytes, odd_name
-from .pairs import RawData, pairs_from_identities
+from tune_siamese.core.config import Config
+from tune_siamese.core.errors import InputError
+from tune_siamese.data.images import (
+    CACHE_VERSION,
+    IMAGE_EXTENSIONS,
+    cached,
+    content_key,
+    decode_images,
+    file_bytes,
+    odd_name,
+)
+from tune_siamese.data.pairs import RawData, pairs_from_identities
 
 
 def identity_folder_files(root: Path) -> dict[str, list[Path]]:

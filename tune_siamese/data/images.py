@@ -14,8 +14,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 from PIL import Image, ImageOps
 
-from .. import storage
-from ..errors import InputError
+from tune_siamese.core import storage
+from tune_siamese.core.errors import InputError
 
 CACHE_VERSION = 2  # 2: EXIF orientation, 16-bit scaling, transparency over white
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from ..config import Config
-from ..errors import InputError
-from .images import CACHE_VERSION, cached, content_key, decode_images, file_bytes, odd_name
-from .pairs import PairOrigin, RawData, identity_overlap, touches_trainval
+from tune_siamese.core.config import Config
+from tune_siamese.core.errors import InputError
+from tune_siamese.data.images import CACHE_VERSION, cached, content_key, decode_images, file_bytes, odd_name
+from tune_siamese.data.pairs import PairOrigin, RawData, identity_overlap, touches_trainval
 
 DEFAULT_LFW_ROOT = "../shared/data/lfw-a"
 

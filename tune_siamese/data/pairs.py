@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from ..config import Config
-from ..errors import InputError
+from tune_siamese.core.config import Config
+from tune_siamese.core.errors import InputError
 
 
 @dataclass

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..config import Config
-from .images import CACHE_VERSION, cached, content_key
-from .pairs import RawData, pairs_from_identities
+from tune_siamese.core.config import Config
+from tune_siamese.data.images import CACHE_VERSION, cached, content_key
+from tune_siamese.data.pairs import RawData, pairs_from_identities
 
 
 def render_synthetic(n_identities: int, per_identity: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,186 @@
+"""The cluster path with real processes: a head and two workers from `ray start`, run_search.py joining through
+RAY_ADDRESS and through `ray job submit`, the Optuna study in a real PostgreSQL."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from helpers import REPO, SMOKE
+from services import RayNodes, free_port, ray_cli, stop_group, throwaway_postgres, wait_for
+
+import analysis
+
+pytestmark = pytest.mark.cluster
+
+HEAD_RESOURCE = "node:__internal_head__"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Head with no CPUs (nothing can run there), a 1-CPU worker and a 1-CPU worker with one (logical) GPU."""
+    nodes = RayNodes(tmp_path_factory.mktemp("cluster-logs"))
+    try:
+        nodes.start_head(num_cpus=0)
+        nodes.add_worker(num_cpus=1)
+        nodes.add_worker(num_cpus=1, num_gpus=1)
+        ids = {node["NodeID"]: HEAD_RESOURCE in node["Resources"] for node in nodes.nodes()}
+        nodes.head_id = next(node for node, head in ids.items() if head)
+        nodes.worker_ids = {node for node, head in ids.items() if not head}
+        yield nodes
+    finally:
+        nodes.stop()
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    with throwaway_postgres() as url:
+        yield url
+
+
+def run_process(argv: list[str], env: dict[str, str], cwd: Path = REPO, timeout: int = 600
+                ) -> subprocess.CompletedProcess:
+    """A command with the cluster's environment (token auth, loopback-only Ray) and no RAY_ADDRESS of ours."""
+    return subprocess.run(argv, cwd=cwd, env={**env, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True,
+                          timeout=timeout, start_new_session=True)
+
+
+def check_ran_on_workers(experiment: Path, cluster: RayNodes) -> dict:
+    exp = analysis.load(experiment)
+    nodes = set(exp.history["node_id"].dropna())
+    assert nodes == cluster.worker_ids, (nodes, cluster.worker_ids)  # both workers, never the head
+    final = json.loads((experiment / "final.json").read_text())
+    assert final["retrain_node"] in cluster.worker_ids
+    return final
+
+
+def test_search_joins_the_cluster_named_by_ray_address(cluster, postgres_url, tmp_path):
+    argv = [sys.executable, "run_search.py", *SMOKE, "--num-samples", "3", "--max-epochs", "2",
+            "--grace-period", "2", "--storage-path", str(tmp_path), "--name", "joined",
+            "--study-storage", postgres_url]
+    done = run_process(argv, {**cluster.env, "RAY_ADDRESS": cluster.address})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + cluster.logs()
+    assert f"Joined the Ray cluster at {cluster.address}: 3 node(s), 2 CPUs, 1 GPUs" in done.stderr
+    check_ran_on_workers(tmp_path / "joined", cluster)
+
+    # The Optuna study in PostgreSQL holds every trial with the parameters and value Tune recorded.
+    exp = analysis.load(tmp_path / "joined")
+    study = optuna.load_study(study_name="joined", storage=postgres_url)
+    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(completed) == len(exp.trials) == 3
+    tune_side = {}
+    for trial_id, config in exp.configs.items():
+        last = exp.history[exp.history["trial_id"] == trial_id].iloc[-1]
+        tune_side[tuple(config[k] for k in sorted(completed[0].params))] = last["best_val_loss"]
+    optuna_side = {tuple(t.params[k] for k in sorted(t.params)): t.value for t in completed}
+    assert optuna_side == pytest.approx(tune_side)
+
+
+def test_search_submitted_as_a_ray_job(cluster, tmp_path):
+    argv = [ray_cli(), "job", "submit", "--address", cluster.dashboard, "--working-dir", str(REPO), "--",
+            "python", "run_search.py", *SMOKE, "--num-samples", "2", "--max-epochs", "2", "--grace-period", "2",
+            "--storage-path", str(tmp_path), "--name", "submitted"]
+    done = run_process(argv, cluster.env, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + cluster.logs()
+    assert "succeeded" in done.stdout
+    check_ran_on_workers(tmp_path / "submitted", cluster)
+
+
+def test_autoscaling_cluster_adds_gpu_nodes_for_waiting_trials(tmp_path):
+    """Ray's own autoscaler (fake multinode provider): the head has no CPU and no GPU, the GPU worker type
+    min_workers 0. Half a GPU per trial is accepted, the trials wait, the autoscaler launches nodes and the
+    search finishes; what no node type offers is refused at once."""
+    nodes = RayNodes(tmp_path / "logs")
+    try:
+        nodes.start_head(num_cpus=0, autoscaling_workers={
+            "gpu_worker": {"resources": {"CPU": 1, "GPU": 1}, "max_workers": 2}})
+        before = {node["NodeID"] for node in nodes.nodes()}
+        common = [sys.executable, "run_search.py", *SMOKE, "--num-samples", "2", "--max-epochs", "2",
+                  "--grace-period", "2", "--storage-path", str(tmp_path), "--address", nodes.address]
+        refused = run_process([*common, "--name", "too-big", "--gpus-per-trial", "2"], nodes.env)
+        assert refused.returncode == 2, refused.stderr[-3000:]
+        assert "no node and no node type of the autoscaler fits one trial" in refused.stderr.splitlines()[-1]
+
+        done = run_process([*common, "--name", "scaled", "--gpus-per-trial", "0.5"], nodes.env)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + nodes.logs()
+        assert "the autoscaler can add nodes" in done.stderr
+        exp = analysis.load(tmp_path / "scaled")
+        used = set(exp.history["node_id"].dropna())
+        assert used and not used & before  # every trial ran on a node the autoscaler launched
+        final = json.loads((tmp_path / "scaled" / "final.json").read_text())
+        assert final["retrain_node"] not in before
+    finally:
+        nodes.stop()
+
+
+def test_wait_for_resources_waits_for_a_node_added_by_hand(tmp_path):
+    nodes = RayNodes(tmp_path / "logs")
+    try:
+        nodes.start_head(num_cpus=0)  # no node can hold a trial yet, and no autoscaler will add one
+        common = [sys.executable, "run_search.py", *SMOKE, "--num-samples", "1", "--max-epochs", "1",
+                  "--grace-period", "1", "--storage-path", str(tmp_path), "--address", nodes.address,
+                  "--no-retrain"]
+        refused = run_process([*common, "--name", "refused", "--wait-for-resources", "2"], nodes.env)
+        assert refused.returncode == 2, refused.stderr[-3000:]
+        assert "no node fits one trial after waiting 2 s" in refused.stderr.splitlines()[-1]
+
+        log = tmp_path / "waiting.log"
+        proc = subprocess.Popen([*common, "--name", "waited", "--wait-for-resources", "300"], cwd=REPO,
+                                env={**nodes.env, "PYTHONUNBUFFERED": "1"}, stdout=open(log, "w"),
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_for(lambda: "waiting up to 300 s" in log.read_text(), 120, "the search's wait")
+            nodes.add_worker(num_cpus=1)
+            assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+        finally:
+            stop_group(proc)
+        assert len(analysis.load(tmp_path / "waited").trials) == 1
+    finally:
+        nodes.stop()
+
+
+def test_bad_addresses_fail_with_one_line_before_any_ray_work(tmp_path):
+    listener = socket.create_server(("127.0.0.1", 0))  # something listens, but it is no Ray cluster
+    try:
+        cases = [
+            ({}, ["--address", f"127.0.0.1:{free_port()}"], "no Ray cluster answers there"),
+            ({}, ["--address", f"127.0.0.1:{listener.getsockname()[1]}"], "it is not a Ray cluster"),
+            ({}, ["--address", "ray://127.0.0.1:10001"], "Ray Client addresses are not supported"),
+            ({"RAY_ADDRESS": "http://127.0.0.1:8265"}, [], "RAY_ADDRESS=http://127.0.0.1:8265 is a dashboard"),
+        ]
+        for env, argv, message in cases:
+            done = run_process([sys.executable, "run_search.py", *SMOKE, "--storage-path", str(tmp_path),
+                                "--connect-timeout", "3", *argv], {**os.environ, **env}, timeout=120)
+            assert done.returncode == 2, (argv, done.stderr[-2000:])
+            assert message in done.stderr.splitlines()[-1] and "Traceback" not in done.stderr
+            assert not list(tmp_path.glob("*/trial_*"))
+    finally:
+        listener.close()
+
+
+LOCAL_RAY = """
+import os, sys
+from tune_siamese.searching.spaces import get_preset  # imports ray first, as run_search.py does
+from tune_siamese.searching import cluster
+import ray
+
+cluster.connect(None)
+ray.get(ray.remote(lambda: os.getpid()).remote())  # a worker process too
+sys.path.insert(0, sys.argv[1])
+from services import listening_addresses
+print(sorted(set(listening_addresses(os.getsid(0)))))
+ray.shutdown()
+"""
+
+
+def test_a_local_search_listens_on_loopback_only(tmp_path):
+    done = subprocess.run([sys.executable, "-c", LOCAL_RAY, str(Path(__file__).parents[1])], cwd=REPO,
+                          capture_output=True, text=True, timeout=180, start_new_session=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    addresses = eval(done.stdout.strip().splitlines()[-1])
+    assert addresses and set(addresses) <= {"127.0.0.1", "::ffff:127.0.0.1"}, addresses

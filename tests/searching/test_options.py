@@ -1,0 +1,172 @@
+"""Each search option is declared once, in searching.options: run_search.py's parser, ts.search's keywords, the
+command line recorded in the experiment and the --resume rule are all made from that declaration."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+import tune_siamese as ts
+from tune_siamese.app import search_command
+from tune_siamese.app.api import search_options, search_settings
+from tune_siamese.core.errors import InputError
+from tune_siamese.searching import options
+from tune_siamese.searching.options import SearchOptions, declared, option_fields, value_type
+from tune_siamese.searching.settings import settings_for
+
+ACTIONS = {"value": argparse._StoreAction, "repeatable": argparse._AppendAction, "flag": argparse._StoreTrueAction,
+           "count": argparse._CountAction, "boolean-optional": argparse.BooleanOptionalAction}
+
+
+def other_value(field: dataclasses.Field[Any]) -> Any:
+    """A value of the option other than its default, as its declaration allows."""
+    option, of = declared(field), value_type(field)
+    if option.kind == "repeatable":
+        return ("lr=0.01", "augment=true")
+    if option.kind == "count":
+        return 2
+    if of is bool:
+        return not field.default
+    if option.choices:
+        return next(choice for choice in option.choices if choice != field.default)
+    return {int: 7, float: 0.5, str: "some where"}[of]
+
+
+def test_an_option_declared_once_is_on_the_command_line_and_a_keyword(monkeypatch, tmp_path):
+    """One field with option(...) in SearchOptions is all an option needs: --help lists it in its group, the
+    command line and ts.search take it (type-checked), the recorded command gives it, and --resume refuses it."""
+    @dataclass(frozen=True)
+    class WithWarmup(SearchOptions):
+        warmup: int = options.option(0, options.WHAT, metavar="N",
+                                     help="epochs of warm-up the search does not count (default: %(default)s)")
+
+    monkeypatch.setattr(options, "SearchOptions", WithWarmup)
+    parser = search_command.build_parser()
+    group = next(g for g in parser._action_groups if g.title == options.WHAT)
+    assert "--warmup" in [s for action in group._group_actions for s in action.option_strings]
+    help_text = " ".join(parser.format_help().split())
+    assert "--warmup N" in help_text and "epochs of warm-up the search does not count (default: 0)" in help_text
+    assert search_command.parse_args(["--warmup", "2"]) == WithWarmup(warmup=2, argv=("--warmup", "2"))
+    given = search_options({"warmup": 2})
+    assert isinstance(given, WithWarmup) and given.warmup == 2 and given.command.endswith("--warmup 2")
+    with pytest.raises(InputError, match="option warmup='2' must be a whole number"):
+        search_options({"warmup": "2"})
+    with pytest.raises(InputError, match="--warmup would be ignored"):
+        settings_for(search_options({"resume": "ray_results/x", "warmup": 2}))
+    settings, _ = search_settings(space="smoke", storage_path=str(tmp_path), name="w", warmup=3)
+    assert settings.command.startswith("python run_search.py --space smoke") and settings.command.endswith(
+        "--warmup 3")
+
+
+def test_resume_refuses_every_option_that_shapes_the_search():
+    """Options are search-shaping unless their declaration says per_run: each one given with --resume is refused
+    by name (so an option added later is refused there too, not silently ignored); per_run ones are allowed."""
+    shaping = [f for f in option_fields() if not declared(f).per_run]
+    assert len(shaping) >= 25
+    for field in shaping:
+        given = search_options({field.name: other_value(field)}).command_words()
+        with pytest.raises(InputError, match=f"{options.flag(field.name)} would be ignored"):
+            settings_for(search_command.parse_args(["--resume", "ray_results/x", *given]))
+    per_run = search_command.parse_args(["--resume", "x", "--quiet", "--ensemble", "2", "--no-retrain"])
+    assert per_run.search_shaping_given() == []
+
+
+def test_the_parser_reads_each_option_as_declared():
+    """The parser is made from the declaration: each option's flags, kind, type, default, choices, metavar, help
+    and group, the groups in --help's order; no option is only the parser's."""
+    parser = search_command.build_parser()
+    actions = {a.dest: a for a in parser._actions if a.dest != "help"}
+    assert list(actions) == [f.name for f in option_fields()]
+    group_of = {a.dest: g.title for g in parser._action_groups for a in g._group_actions}
+    for field in option_fields():
+        option, action = declared(field), actions[field.name]
+        assert type(action) is ACTIONS[option.kind], field.name
+        assert action.option_strings == [*([option.short] if option.short else []), options.flag(field.name),
+                                         *(["--no-" + field.name.replace("_", "-")]
+                                           if option.kind == "boolean-optional" else [])]
+        assert group_of[field.name] == option.group and action.help == option.help
+        assert (list(action.default) == list(field.default) if option.kind == "repeatable"
+                else action.default == field.default), field.name
+        if option.kind in ("value", "repeatable"):
+            assert action.type is value_type(field) and action.metavar == option.metavar
+            assert action.choices == option.choices
+        # a kind fits its type: a flag is a bool, a count an int, a repeatable option a tuple of strings
+        expected = {"flag": bool, "boolean-optional": bool, "count": int, "repeatable": str}.get(option.kind)
+        assert expected is None or value_type(field) is expected, field.name
+    titles = [g.title for g in parser._action_groups if any(a.dest != "help" for a in g._group_actions)]
+    assert titles == [options.WHAT, options.SEARCHER, options.RESOURCES, options.RESULTS, options.AFTER,
+                      options.CONSOLE]
+    assert search_command.parse_args([]) == SearchOptions(argv=())
+    assert options.FALLBACKS["num_samples"] == 8 and "(default: the preset's, else 8)" in actions["num_samples"].help
+
+
+@pytest.mark.parametrize("field", option_fields(), ids=lambda f: f.name)
+def test_a_keyword_gives_what_its_flag_gives_and_records_it(field):
+    """ts.search(name=value) and the command line it records give the same options: the recorded command reruns
+    the search."""
+    value = other_value(field)
+    given = search_options({field.name: value})
+    assert getattr(given, field.name) == value
+    words = shlex.split(given.command)
+    assert words[:2] == ["python", "run_search.py"]
+    assert search_command.parse_args(words[2:]) == given
+    if declared(field).kind == "boolean-optional":  # False is given too: --no-reproducible
+        assert search_options({field.name: False}).command_words() == ["--no-" + field.name.replace("_", "-")]
+
+
+def test_keywords_of_every_option_at_once_round_trip():
+    values = {f.name: other_value(f) for f in option_fields()}
+    given = search_options(values)
+    assert {f.name: getattr(given, f.name) for f in option_fields()} == values
+    assert search_command.parse_args(list(given.argv or ())) == given
+    # a dict for --set (True as the command line's true), an int for a float option, None for the default
+    typed = search_options({"set": {"image_size": 96, "batchnorm": True}, "cpus_per_trial": 2, "name": None})
+    parsed = search_command.parse_args(["--set", "image_size=96", "--set", "batchnorm=true", "--cpus-per-trial", "2"])
+    assert dataclasses.replace(typed, argv=None) == dataclasses.replace(parsed, argv=None)
+
+
+@pytest.mark.parametrize(("keywords", "message"), [
+    ({"num_samples": "x"}, "option num_samples='x' must be a whole number"),
+    ({"num_samples": True}, "option num_samples=True must be a whole number"),
+    ({"max_epochs": 2.5}, "option max_epochs=2.5 must be a whole number"),
+    ({"cpus_per_trial": "2"}, "option cpus_per_trial='2' must be a number"),
+    ({"gpus_per_trial": False}, "option gpus_per_trial=False must be a number"),
+    ({"searcher": "nope"}, "option searcher='nope' must be one of tpe, random, gp, cmaes, qmc, nsga2"),
+    ({"final": "best"}, "option final='best' must be one of retrain, trial, seeds, folds"),
+    ({"reproducible": 3}, "option reproducible=3 must be True or False"),
+    ({"no_retrain": 1}, "option no_retrain=1 must be True or False"),
+    ({"name": 3}, "option name=3 must be a string"),
+    ({"verbose": -1}, "option verbose=-1 must be a whole number >= 0"),
+    ({"verbose": True}, "option verbose=True must be a whole number >= 0"),
+    ({"set": "lr=0.1"}, "option set='lr=0.1' must be a dict or a list of \"KEY=VALUE\" strings"),
+    ({"set": [("lr", 0.1)]}, "must be a dict or a list"),
+    ({"num_sampels": 3}, "no option 'num_sampels'; did you mean num_samples\\?"),
+])
+def test_a_keyword_of_the_wrong_type_or_choice_is_one_line_before_anything_runs(monkeypatch, keywords, message):
+    def run(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the search ran")
+
+    monkeypatch.setattr(search_command, "run", run)
+    with pytest.raises(InputError, match=message) as raised:
+        ts.search(**keywords)
+    assert "\n" not in str(raised.value) and str(raised.value).startswith("ts.search() ")
+
+
+def test_search_without_console_is_quiet_and_returns_the_command_that_reruns_it(monkeypatch, tmp_path):
+    ran: list[SearchOptions] = []
+
+    def run(options: SearchOptions) -> tuple[dict[str, Any], None]:
+        ran.append(options)
+        return {"experiment": "somewhere"}, None
+
+    monkeypatch.setattr(search_command, "run", run)
+    result = ts.search(num_samples=4, storage_path=tmp_path / "a b")
+    assert ran[0].quiet and ran[0].storage_path == str(tmp_path / "a b")
+    assert result.command == ran[0].command == ("python run_search.py --num-samples 4 --storage-path "
+                                                f"{shlex.quote(str(tmp_path / 'a b'))} --quiet")
+    assert not ts.search(verbose=1).command.endswith("--quiet") and not ran[-1].quiet
+    assert not ts.search(console=True).command.endswith("--quiet")

@@ -1,0 +1,122 @@
+"""The search in MLflow (--mlflow), as MLflow users read a tuning job: one parent run for the search (its
+settings as params; after it, the final model's test metrics, final.json and the export, as an MLflow model whose
+predict scores image pairs) with the trials as child runs (Ray Tune's MLflow callback, tuning.mlflow_logger).
+
+The parent run's id is kept in the experiment folder (MLFLOW_RUN_FILE), so a resumed search goes on in the same
+run wherever the folder was moved. MLflow is an optional extra: this module is imported only with --mlflow.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import warnings
+from typing import Any, Iterator
+
+import mlflow
+import mlflow.pyfunc
+from mlflow.tracking import MlflowClient
+
+from tune_siamese.core import storage
+from tune_siamese.core.names import FINAL_FILE
+from tune_siamese.searching.preflight import MLFLOW_QUICK, allow_file_store, temporary_environment
+
+MLFLOW_RUN_FILE = "mlflow_run.json"
+# The settings logged as the parent run's params (the fixed config values follow as base.<name>)
+SEARCH_PARAMS = ("space", "num_samples", "max_epochs", "grace_period", "reduction_factor", "searcher", "rung_metric",
+                 "reproducible", "seed", "cpus_per_trial", "gpus_per_trial", "max_concurrent", "final", "final_size",
+                 "finalists", "finalist_seeds", "command")
+
+
+def _client(uri: str) -> MlflowClient:
+    allow_file_store(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+def search_run(settings: Any, resumed: bool) -> str:
+    """The id of the search's parent run: the one this experiment recorded, else a new one with the settings."""
+    where = storage.child(settings.experiment_path, MLFLOW_RUN_FILE)
+    recorded = storage.read_text(where)
+    if resumed and recorded:
+        return str(json.loads(recorded)["run_id"])
+    client = _client(settings.mlflow)
+    with temporary_environment(MLFLOW_QUICK):
+        experiment = client.get_experiment_by_name(settings.name)
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(settings.name)
+        tags = {"tune_siamese.role": "search", "tune_siamese.experiment": settings.experiment_path}
+        run = client.create_run(experiment_id, run_name=settings.name, tags=tags)
+        params = {name: getattr(settings, name) for name in SEARCH_PARAMS}
+        params.update({f"base.{key}": value for key, value in settings.base.items()})
+        for key, value in params.items():
+            client.log_param(run.info.run_id, key, str(value)[:6000])
+    storage.write_text(where, json.dumps({"run_id": run.info.run_id, "experiment_id": experiment_id}) + "\n")
+    return str(run.info.run_id)
+
+
+def test_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """What the parent run logs: the handed-back model's test scores (test/...), with each 95 % interval's ends
+    (test/auc_ci_low, ...), the best trial's val loss, and the wall times (wall_seconds/...)."""
+    metrics: dict[str, float] = {}
+    for key, value in (summary.get("test") or {}).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            metrics[f"test/{key}"] = float(value)
+        elif key.endswith("_ci") and isinstance(value, list) and len(value) == 2:
+            metrics[f"test/{key}_low"], metrics[f"test/{key}_high"] = float(value[0]), float(value[1])
+    if isinstance(summary.get("best_val_loss"), (int, float)):
+        metrics["best_val_loss"] = float(summary["best_val_loss"])
+    for key, value in (summary.get("wall_seconds") or {}).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            metrics[f"wall_seconds/{key}"] = float(value)
+    return {key: value for key, value in metrics.items() if math.isfinite(value)}
+
+
+def finish_run(settings: Any, run_id: str, summary: dict[str, Any]) -> None:
+    """Log the search's outcome to its parent run and close it: FAILED without a usable trial."""
+    client = _client(settings.mlflow)
+    with temporary_environment(MLFLOW_QUICK):
+        for key, value in test_metrics(summary).items():
+            client.log_metric(run_id, key, value)
+        client.log_dict(run_id, summary, FINAL_FILE)
+        export = summary.get("export")
+        if export and not storage.is_uri(export):
+            client.log_artifacts(run_id, export, "export")
+            log_pair_model(run_id, settings.mlflow, export)
+        client.set_terminated(run_id, "FAILED" if "no_usable_trial" in summary else "FINISHED")
+
+
+@contextlib.contextmanager
+def _unshown_warnings() -> Iterator[None]:
+    """MLflow inspects predict's type hints when the class is made and says (through warnings.showwarning, past
+    the filters) that it cannot validate a DataFrame of paths from them: nothing a user of the search needs."""
+    shown = warnings.showwarning
+    warnings.showwarning = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
+with _unshown_warnings():
+
+    class PairScorer(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined,misc]
+        """The export as an MLflow pyfunc model: predict takes a DataFrame with columns image_a and image_b (image
+        paths) and returns the probability that each pair shows the same person, as `verify` and ts.load do."""
+
+        def load_context(self, context: Any) -> None:
+            from tune_siamese.artifacts.verifier import FaceVerifier
+
+            self.verifier = FaceVerifier(context.artifacts["export"])
+
+        def predict(self, context: Any, model_input: Any, params: Any = None) -> list[float]:
+            return [self.verifier.score(a, b) for a, b in zip(model_input["image_a"], model_input["image_b"])]
+
+
+def log_pair_model(run_id: str, uri: str, export: str) -> None:
+    """The export as the run's MLflow model `pair_scorer` (needs tune-siamese where it is loaded)."""
+    mlflow.set_tracking_uri(uri)
+    # MLflow repeats its remark on the type hints, and loading the model to check it repeats the export's own
+    # warnings: neither is about the search's result, which the summary reports.
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings(), _unshown_warnings():
+        warnings.simplefilter("ignore")
+        mlflow.pyfunc.log_model(name="pair_scorer", python_model=PairScorer(), artifacts={"export": export},
+                                pip_requirements=["tune-siamese"])

@@ -1,0 +1,137 @@
+"""Tune callbacks of every run: telling an ended search from an interrupted one, a line each time a trial ends, and
+the trials' runs in MLflow."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ray import tune
+
+from tune_siamese.core.names import (
+    BEST_VAL_LOSS,
+    VAL_LOSS,
+    VAL_LOSS_AVG3,
+)
+from tune_siamese.searching.settings import SearchSettings
+
+
+class CompletionWatch(tune.Callback):
+    """Tells a search that ended from one that was interrupted (Ctrl-C, SIGUSR1).
+
+    After an interrupt Tune stops the trials still running and marks them TERMINATED, like finished ones, but
+    without the on_trial_complete / on_trial_error calls that every real ending (the trial returning, ASHA
+    stopping it, an error) makes. `latest` is the instance that ran last, also after Tuner.restore (which
+    unpickles its own copy, out of reach otherwise); fit_tuner alone reads it and returns it with the results."""
+
+    latest: "CompletionWatch | None" = None
+
+    def __init__(self) -> None:
+        self.ended: set[str] = set()
+        self.cut_short: set[str] = set()
+        self.started = False
+
+    def setup(self, stop: Any = None, num_samples: Any = None, total_num_samples: Any = None, **info: Any) -> None:
+        self.ended, self.cut_short, self.started = set(), set(), False
+        CompletionWatch.latest = self
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if not self.started:  # a resumed search does not run again the trials that ended before
+            self.ended |= {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
+            self.started = True
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.ended.add(trial.trial_id)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.ended.add(trial.trial_id)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        if not self.started:  # no step ran: a resumed search (or finalist stage) whose trials had all ended before
+            self.ended |= {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
+        self.cut_short = {t.trial_id for t in trials if t.trial_id not in self.ended}
+
+
+class SearchProgress(tune.Callback):
+    """One line each time a trial ends: how many of N have ended (errored ones counted), how many run, the
+    elapsed time and a rough time left (elapsed per ended trial, times the trials left). `label` and `unit` name
+    the stage: "[search] ... trials", or "[finalists] ... runs" for the finalist stage (final.finalists)."""
+
+    def __init__(self, num_samples: int, label: str = "search", unit: str = "trials") -> None:
+        self.num_samples, self.label, self.unit = num_samples, label, unit
+        self.started = time.monotonic()
+        self.ended = self.errored = self.ended_before = 0
+        self.counted = False
+
+    def setup(self, stop: Any = None, num_samples: Any = None, total_num_samples: Any = None, **info: Any) -> None:
+        self.started, self.ended, self.errored, self.ended_before, self.counted = time.monotonic(), 0, 0, 0, False
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if not self.counted:  # a resumed search: the trials that ended before count, not their time
+            self.ended_before = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+            self.counted = True
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._report(trials, trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.errored += 1
+        self._report(trials, trial)
+
+    def _report(self, trials: list, ending: Any) -> None:
+        self.ended += 1
+        elapsed = time.monotonic() - self.started
+        running = sum(t.status == "RUNNING" and t is not ending for t in trials)
+        left = self.num_samples - self.ended_before - self.ended
+        eta = f", about {_minutes(elapsed / self.ended * left)} left" if left > 0 else ""
+        errored = f" ({self.errored} errored)" if self.errored else ""
+        print(f"[{self.label}] {self.ended_before + self.ended}/{self.num_samples} {self.unit} ended{errored}, "
+              f"{running} running; {_minutes(elapsed)} elapsed{eta}", flush=True)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+# What a trial's MLflow run logs of each result: the training's own metrics, not Tune's bookkeeping (pid, done,
+# timestamps, ...) or the config again (it is the run's params).
+MLFLOW_METRICS = ("train_loss", "lr", "train_pairs", VAL_LOSS, "val_accuracy", "val_auc", BEST_VAL_LOSS, VAL_LOSS_AVG3,
+                  "epoch_seconds", "diverged")
+
+
+def mlflow_logger(settings: SearchSettings, parent_run: str = "") -> list[tune.Callback]:
+    """With --mlflow, Ray Tune's own MLflow callback: in the MLflow experiment named after the search, one run per
+    trial, a child of the search's run `parent_run` (mlflow_record), with its config as params and every epoch's
+    metrics (step = epoch). It runs in the driver, and Tune saves it with the run config, so a resumed search logs
+    to the same store and parent."""
+    if not settings.mlflow:
+        return []
+    # Not at the top: it imports mlflow (an optional extra, and a second of start-up in every trial worker).
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    class MLflowLogger(MLflowLoggerCallback):
+        """A resumed search continues each interrupted trial's MLflow run rather than opening a second one of the
+        same name: Tune saves this state (trial id -> run id) with the experiment and, on resume, hands it back
+        before setup(), which empties the callback's own map."""
+
+        resumed: dict[str, str] = {}
+
+        def get_state(self) -> dict[str, Any]:
+            return {"runs": {trial.trial_id: run for trial, run in getattr(self, "_trial_runs", {}).items()}}
+
+        def set_state(self, state: dict[str, Any]) -> None:
+            self.resumed = dict(state["runs"])
+
+        def log_trial_start(self, trial: Any) -> None:
+            if trial not in self._trial_runs and trial.trial_id in self.resumed:
+                self._trial_runs[trial] = self.resumed.pop(trial.trial_id)
+            super().log_trial_start(trial)
+
+        def log_trial_result(self, iteration: int, trial: Any, result: dict[str, Any]) -> None:
+            metrics = {key: result[key] for key in MLFLOW_METRICS if key in result}
+            self.mlflow_util.log_metrics(run_id=self._trial_runs[trial], metrics_to_log=metrics,
+                                         step=result["training_iteration"])
+
+    tags = {"tune_siamese.experiment": settings.experiment_path, "tune_siamese.role": "trial"}
+    if parent_run:
+        tags["mlflow.parentRunId"] = parent_run
+    return [MLflowLogger(tracking_uri=settings.mlflow, experiment_name=settings.name, tags=tags)]

@@ -1,0 +1,81 @@
+"""Ray Tune's OptunaSearch, telling the Optuna study what Tune did, so that optuna-dashboard and
+`optuna.load_study` show the search as it ran:
+
+- every epoch's val loss is an intermediate value (OptunaSearch reports the searched metric, the best val loss
+  so far, and misses the last epoch: Tune hands that result to on_trial_complete, not on_trial_result);
+- a trial ASHA stopped is PRUNED (OptunaSearch tells COMPLETE with its loss so far), so the sampler ranks it as
+  Optuna ranks trials its own pruners stop: below every finished one, by how far it got;
+- a diverged trial stays COMPLETE at the diverged loss (the sampler learns that the region diverges) with the
+  user attr `outcome` = "diverged"; an errored one is FAIL. Every trial has the user attrs `outcome` (the
+  analysis's status: finished, asha_stopped, diverged, errored) and `tune_trial_id` (the id of the trial's
+  folder and of the analysis's DataFrames).
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from optuna.samplers import NSGAIISampler
+from optuna.trial import TrialState
+from ray.tune.result import TRAINING_ITERATION
+from ray.tune.search.optuna import OptunaSearch
+
+from tune_siamese.core.names import ASHA_STOPPED, DIVERGED, ERRORED, FINISHED, VAL_LOSS
+
+
+class StudyRecordingSearch(OptunaSearch):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._last_step: dict[str, int] = {}  # saved with the searcher's state: a resumed trial reports on
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        config = super().suggest(trial_id)
+        if trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if isinstance(self.metric, list) or trial_id in self._completed_trials:
+            return super().on_trial_result(trial_id, result)  # no intermediate values for several objectives
+        self._report(trial_id, result)
+
+    def _report(self, trial_id: str, result: dict[str, Any]) -> None:
+        step, value = result.get(TRAINING_ITERATION), result.get(VAL_LOSS)
+        if step is None or value is None or step <= self._last_step.get(trial_id, 0):
+            return  # a resumed trial repeats no epoch it had reported
+        self._ot_trials[trial_id].report(float(value), step)
+        self._last_step[trial_id] = step
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        ot_trial = self._ot_trials[trial_id]
+        if result and not isinstance(self.metric, list):
+            self._report(trial_id, result)  # the last epoch, which on_trial_result never saw
+        primary = self.metric[0] if isinstance(self.metric, list) else self.metric
+        if error or not result or result.get(primary) is None:
+            outcome = ERRORED
+        elif result.get("diverged"):
+            outcome = DIVERGED
+        else:
+            outcome = FINISHED if result.get("stops_here", 1) else ASHA_STOPPED  # 1: results from before it
+        ot_trial.set_user_attr("outcome", outcome)
+        if outcome != ASHA_STOPPED or isinstance(self.metric, list):
+            return super().on_trial_complete(trial_id, result, error)
+        assert self._ot_study is not None  # set up by the time a trial completes
+        self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+        self._completed_trials.add(trial_id)
+
+
+class SavableNSGAIISampler(NSGAIISampler):
+    """NSGA-II as Tune can save it with the searcher (and --resume restore it): Optuna's holds a thread lock, which
+    does not pickle; it is made anew on loading."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_thread_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
