@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 import shutil
 import signal
 import time
@@ -99,7 +100,11 @@ def test_best_trial_retrained_tested_and_exported(smoke_search):
     assert final["best_config"] == summary["best_config"]
     assert final["wall_seconds"]["search"] > 0 and final["wall_seconds"]["resumed"] is False
     settings = json.loads((smoke_search["experiment"] / "search_settings.json").read_text())
-    assert settings["command"].startswith("python run_search.py --space smoke --seed 0")
+    # the command that reruns it: the options ts.search was given (those left at their default are not written)
+    prog, _, words = settings["command"].partition(" run_search.py ")
+    assert prog == "python"
+    rerun = search_command.parse_args(shlex.split(words))
+    assert (rerun.space, rerun.seed, rerun.num_samples, rerun.max_epochs, rerun.ensemble) == ("smoke", 0, 6, 3, 2)
     test = final["test"]
     assert 0.0 <= test["accuracy"] <= 1.0 and 0.0 <= test["auc"] <= 1.0
     assert len(test["roc_fpr"]) == len(test["roc_tpr"]) > 2
