@@ -147,7 +147,7 @@ def search(*, console: bool = False, **options: Any) -> SearchResult:
 
 def search_settings(**options: Any) -> tuple[Any, Any]:
     """(SearchSettings, Preset) that ts.search(**options) would run with, every option checked and nothing
-    started: for benchmarks and tools that build their own Tuner (tuning.tuner_for)."""
+    started: for benchmarks and tools that build their own Tuner (searching.tuner.tuner_for)."""
     from tune_siamese.searching.preflight import check_search
     from tune_siamese.searching.settings import settings_for
 

@@ -28,7 +28,6 @@ from tune_siamese.final.policies import (
     FinalModel,
     build_final_model,
     cpu_state,
-    rebuilt,
     score_members,
     trial_model,
 )
@@ -133,10 +132,10 @@ def trials_ensemble(settings: SearchSettings, results: tune.ResultGrid, data: Pa
     if len(chosen) < 2:
         raise InputError(f"option --ensemble={size}: only {len(chosen)} trial(s) have a usable checkpoint")
     configs = [Config.from_dict(dict(result.config or {}), source="ensemble member") for result, _ in chosen]
-    states = [cpu_state(trial_model(result.checkpoint, config)) for config, (result, _) in zip(configs, chosen)]
-    report, node = score_members([(config.replace(threads=threads), state) for config, state in zip(configs, states)],
-                                 data, ChooseOnVal(), options)
-    members = EnsembleNet([rebuilt(config, state) for config, state in zip(configs, states)], configs)
+    models = [trial_model(result.checkpoint, config) for config, (result, _) in zip(configs, chosen)]
+    report, node = score_members([(config.replace(threads=threads), cpu_state(model))
+                                  for config, model in zip(configs, models)], data, ChooseOnVal(), options)
+    members = EnsembleNet(models, configs)  # the loaded models themselves: no second build from their weights
     report["members"] = [{"trial_id": trial_id_of(result.path), "val_loss": loss} for result, loss in chosen]
     target, copy = export_targets(settings, export_dir, "-ensemble")
     publish_export(lambda folder: export_ensemble(members, folder, metrics=_scalars(report["test"]),
