@@ -1,8 +1,5 @@
-"""Read a run_search.py experiment folder straight from its files: no Ray cluster, finished or still running.
-
-Tune's own files are the source of truth: `experiment_state-*.json` for each trial's status and folder,
-each trial's `result.json` for its epochs, `params.json` for its config; ours add `search_settings.json`
-(the space and ASHA settings) and `final.json` (the retrained model's test scores).
+"""A run_search.py experiment as pandas tables (`load`), several side by side (`compare`): from its files alone
+(read by files.py), no Ray cluster, finished or still running.
 """
 from __future__ import annotations
 
@@ -21,60 +18,24 @@ from tune_siamese.core.names import DIVERGED, ERRORED, FINAL_FILE, SETTINGS_FILE
 from tune_siamese.searching.objectives import REPORTED
 from tune_siamese.searching.pareto import front
 
+from .files import ExperimentFiles, result_rows, trial_records, with_trial_ids
+
 # Columns of `Experiment.trials`, then config/<name> for every config value (Ray's ResultGrid.get_dataframe()
 # convention), the searched ones first: a merge with the per-epoch history (whose `lr` is the scheduled one of
 # each epoch) gives no lr_x/lr_y. last_epoch, best_epoch and last_val_loss name epochs as `history` does.
 TRIAL_COLUMNS = ["trial_id", "status", "tune_status", "last_epoch", "best_epoch", "best_val_loss", "last_val_loss",
                  "best_val_accuracy", "best_val_auc", "start_time", "end_time", "wall_time_s", "node_id"]
+TIME_DTYPE = "datetime64[ns, UTC]"  # start_time and end_time: one resolution for both, NaT for a trial without
+
+
+def counted(n: int, noun: str) -> str:
+    """"1 trial", "6 trials": a count with its noun (a regular plural)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def config_column(name: str) -> str:
     """The column of `Experiment.trials` that holds config value `name`."""
     return f"config/{name}"
-
-
-class ExperimentFiles:
-    """A local folder or a storage URI (s3://..., gs://...) read through pyarrow.fs, as Ray's storage is."""
-
-    def __init__(self, path: str | Path):
-        self.fs, self.root = storage.filesystem(path)
-        self.display = storage.resolve(path)
-
-    def kind(self, rel: str = "") -> pyarrow.fs.FileType:
-        return self.fs.get_file_info(self._at(rel)).type
-
-    def text(self, rel: str) -> str | None:
-        if self.kind(rel) != pyarrow.fs.FileType.File:
-            return None
-        with self.fs.open_input_stream(self._at(rel)) as stream:
-            return stream.read().decode()
-
-    def json(self, rel: str) -> Any:
-        text = self.text(rel)
-        if text is None:
-            return None
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"not valid JSON ({exc.msg})", f"{self.display}/{rel}", exc.lineno) from None
-
-    def entries(self, rel: str = "") -> dict[str, pyarrow.fs.FileType]:
-        infos = self.fs.get_file_info(pyarrow.fs.FileSelector(self._at(rel), allow_not_found=True))
-        return {info.base_name: info.type for info in infos}
-
-    def _at(self, rel: str) -> str:
-        return f"{self.root}/{rel}" if rel else self.root
-
-
-def _result_rows(text: str | None) -> list[dict[str, Any]]:
-    """result.json's lines; a line still being written by a running trial is skipped."""
-    rows = []
-    for line in (text or "").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
 
 
 @dataclass(repr=False)
@@ -92,9 +53,23 @@ class Experiment:
     space: dict[str, Any] | None  # the preset's Ray Tune space when settings name a known preset
 
     @property
+    def test(self) -> dict[str, Any] | None:
+        """The final model's test scores and ROC points (final.json's "test"), as `result.test` of the Python API.
+
+        Returns:
+            {"loss", "accuracy", "auc", "tar_at_far_0.01", ..., "roc_fpr", "roc_tpr", ...}; None before the search
+            ended, or when it did not retrain (--no-retrain) or found no usable trial.
+
+        Example:
+            >>> analysis.load("ray_results/EXPERIMENT").test["auc"]
+        """
+        test = (self.summary or {}).get("test")
+        return test if isinstance(test, dict) else None
+
+    @property
     def final(self) -> dict[str, Any] | None:
-        """The retrained model's test metrics and ROC points (final.json's "test"), None before or without."""
-        return (self.summary or {}).get("test")
+        """The same as `test` (its older name): the final model's test scores, None before or without."""
+        return self.test
 
     @property
     def finalists(self) -> pd.DataFrame | None:
@@ -113,12 +88,14 @@ class Experiment:
                                            "sd_val_loss", "val_losses", "best_epochs", "search_val_loss"])
 
     def __repr__(self) -> str:
+        """One line: name, trials by status, the best trial and its val loss, the test AUC, the path."""
         statuses = ", ".join(f"{n} {s}" for s, n in self.trials["status"].value_counts().items())
         best = self.best(1)
         top = f"; best {best.iloc[0]['trial_id']} (val loss {best.iloc[0]['best_val_loss']:.4f})" if len(best) else ""
-        test = self.final or {}
-        scored = f"; test AUC {test['auc']:.3f}" if "auc" in test else ""
-        return f"Experiment({self.name!r}: {len(self.trials)} trials ({statuses}){top}{scored}; {self.path})"
+        auc = (self.test or {}).get("auc")
+        scored = f"; test AUC {auc:.3f}" if isinstance(auc, (int, float)) else ""
+        return (f"Experiment({self.name!r}: {counted(len(self.trials), 'trial')} ({statuses}){top}{scored}; "
+                f"{self.path})")
 
     @property
     def best_config(self) -> dict[str, Any]:
@@ -127,6 +104,21 @@ class Experiment:
             return dict(self.summary["best_config"])
         best = self.best(1)
         return dict(self.configs.get(best.iloc[0]["trial_id"]) or {}) if len(best) else {}
+
+    @property
+    def best_params(self) -> dict[str, Any]:
+        """The searched values of `best_config` only (the fixed ones left out), in `hyperparameters`' order.
+
+        Returns:
+            {name: value} for each of `hyperparameters` that `best_config` holds; {} before any trial has a val
+            loss.
+
+        Example:
+            >>> exp.best_params
+            {'batch_size': 64, 'optimizer': 'adam', 'lr': 0.0021, 'batchnorm': True}
+        """
+        config = self.best_config
+        return {h: config[h] for h in self.hyperparameters if h in config}
 
     @property
     def objectives(self) -> list[str]:
@@ -168,10 +160,33 @@ class Experiment:
         return usable.sort_values(["best_val_loss", "trial_id"], kind="stable").head(n)
 
     def importance(self, evaluator: Any = None) -> pd.Series:
-        """Hyperparameter importances for the best val loss, largest first, summing to 1 (see analysis.importance)."""
-        from .importance import importances
+        """Hyperparameter importances for the best val loss, largest first, summing to 1 (see analysis.importance).
 
-        return importances(self, evaluator)
+        Args:
+            evaluator: one of optuna.importance's evaluators; None: fANOVA's mean over FANOVA_SEEDS seeds.
+
+        Returns:
+            One share per hyperparameter (0 for one that never varied); `.attrs`: "trials" (how many they rest
+            on), "method" and, for the default, "sd" (each share's s.d. over the seeds).
+
+        Raises:
+            InputError: fewer than two trials with different val losses, or no hyperparameters.
+
+        Warns:
+            FewTrialsWarning (a UserWarning): the shares rest on fewer than FEW_TRIALS (20) trials, the point
+            below which the report calls them rough too.
+
+        Example:
+            >>> exp.importance()
+            lr            0.61
+            batch_size    0.22
+            ...
+        """
+        from .importance import importances, warn_if_few
+
+        series = importances(self, evaluator)
+        warn_if_few(series.attrs["trials"], stacklevel=2)  # points at the caller
+        return series
 
 
 def _number(value: Any) -> float:
@@ -191,12 +206,12 @@ def load(experiment_path: str | Path) -> Experiment:
     if not isinstance(settings, dict):
         raise InputError(f"not an experiment folder written by run_search.py ({SETTINGS_FILE} missing)",
                          folder.display)
-    summary = _with_trial_ids(folder.json(FINAL_FILE))
+    summary = with_trial_ids(folder.json(FINAL_FILE))
 
-    records = _trial_records(folder)
+    records = trial_records(folder)
     frames, configs = [], {}
     for trial_id, record in records.items():
-        rows = _result_rows(folder.text(f"{record['folder']}/result.json")) if record["folder"] else []
+        rows = result_rows(folder.text(f"{record['folder']}/result.json")) if record["folder"] else []
         params = folder.json(f"{record['folder']}/params.json") if record["folder"] else None
         configs[trial_id] = params if isinstance(params, dict) else record["config"]
         if rows:
@@ -217,53 +232,6 @@ def load(experiment_path: str | Path) -> Experiment:
     name = storage.parent_and_name(folder.display)[1]  # the folder's name, as --resume takes it
     return Experiment(folder.display, name, settings, summary,
                       hyperparameters, trials, history, configs, space)
-
-
-def _with_trial_ids(summary: Any) -> dict[str, Any] | None:
-    """final.json with every trial named by its id, also in a record written when it said the folder's name."""
-    if not isinstance(summary, dict):
-        return None
-    if isinstance(summary.get("best_trial"), str):
-        summary["best_trial"] = trial_id_of(summary["best_trial"])
-    for member in (summary.get("ensemble") or {}).get("members", []):
-        member["trial_id"] = trial_id_of(member["trial_id"])
-    finalists = summary.get("finalists")
-    if isinstance(finalists, dict):
-        for entry in finalists.get("trials", []):
-            entry["trial_id"] = trial_id_of(entry["trial_id"])
-            entry["runs"] = [run if run is None else trial_id_of(run) for run in entry.get("runs", [])]
-        for key in ("winner", "threshold_run"):
-            if isinstance(finalists.get(key), str):
-                finalists[key] = trial_id_of(finalists[key])
-    return summary
-
-
-def _trial_records(folder: ExperimentFiles) -> dict[str, dict[str, Any]]:
-    """trial id -> {folder, tune_status, config, params}: from Tune's newest state file, then any trial folder
-    the state file does not list yet (it is written every few seconds while a search runs)."""
-    records: dict[str, dict[str, Any]] = {}
-    entries = folder.entries()
-    states = sorted(n for n, t in entries.items()
-                    if n.startswith("experiment_state-") and n.endswith(".json") and t == pyarrow.fs.FileType.File)
-    state = folder.json(states[-1]) if states else None  # the timestamp in the name sorts as text
-    for trial_json, _runtime_json in (state or {}).get("trial_data", []):
-        trial = json.loads(trial_json)
-        if trial.get("relative_logdir") is not None:  # read below as a folder of the experiment, nowhere else
-            storage.check_name(str(trial["relative_logdir"]),
-                               f"{folder.display}/{states[-1]}: trial {trial.get('trial_id')}: relative_logdir")
-        config = trial.get("config")
-        records[str(trial["trial_id"])] = {
-            "folder": trial.get("relative_logdir"), "tune_status": trial.get("status"),
-            "config": config if isinstance(config, dict) else {},
-            "params": trial.get("evaluated_params") if isinstance(trial.get("evaluated_params"), dict) else {}}
-    known = {r["folder"] for r in records.values()}
-    for name, kind in sorted(entries.items()):
-        if kind == pyarrow.fs.FileType.Directory and name not in known and (
-                folder.kind(f"{name}/result.json") == pyarrow.fs.FileType.File):
-            rows = _result_rows(folder.text(f"{name}/result.json"))
-            trial_id = str(rows[0]["trial_id"]) if rows and "trial_id" in rows[0] else name.removeprefix("trial_")
-            records[trial_id] = {"folder": name, "tune_status": None, "config": {}, "params": {}}
-    return records
 
 
 def _history(frame: pd.DataFrame) -> pd.DataFrame:
@@ -337,6 +305,8 @@ def _trials(records: dict[str, dict[str, Any]], configs: dict[str, dict[str, Any
     columns = [*TRIAL_COLUMNS, *(config_column(key) for key in [*hyperparameters, *fixed])]
     trials = pd.DataFrame(rows, columns=columns)
     trials["best_epoch"] = trials["best_epoch"].astype("Int64")
+    for column in ("start_time", "end_time"):
+        trials[column] = trials[column].astype(TIME_DTYPE)  # else each takes its own resolution (ns, us) or object
     return trials
 
 

@@ -7,6 +7,7 @@ best val loss the trial reached, or DIVERGED_LOSS for a trial that diverged befo
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Protocol
 
 import optuna
@@ -15,6 +16,8 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from tune_siamese.core.errors import InputError
 from tune_siamese.core.names import DIVERGED, DIVERGED_LOSS
+
+FEW_TRIALS = 20  # below this, importances move a lot from one search to the next: a warning here, a caution in report
 
 
 class Trials(Protocol):
@@ -40,14 +43,14 @@ def infer_distributions(values: dict[str, list[Any]]) -> dict[str, BaseDistribut
     more (all positive) are taken as log-uniform; anything not numeric is categorical."""
     out: dict[str, BaseDistribution] = {}
     for name, seen in values.items():
-        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in seen)
-        low, high = (min(seen), max(seen)) if numeric else (None, None)
-        if not numeric or low == high:
+        numbers = [v for v in seen if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if len(numbers) < len(seen) or min(numbers) == max(numbers):  # not all numeric, or only one value
             out[name] = CategoricalDistribution(list(dict.fromkeys(seen)))
-        elif all(isinstance(v, int) for v in seen):
-            out[name] = IntDistribution(int(low), int(high))
+        elif all(isinstance(v, int) for v in numbers):
+            out[name] = IntDistribution(int(min(numbers)), int(max(numbers)))
         else:
-            out[name] = FloatDistribution(float(low), float(high), log=low > 0 and high / low >= 100)
+            low, high = float(min(numbers)), float(max(numbers))
+            out[name] = FloatDistribution(low, high, log=low > 0 and high / low >= 100)
     return out
 
 
@@ -76,10 +79,31 @@ FANOVA_SEEDS = tuple(range(10))
 FANOVA, PED_ANOVA = "fANOVA", "PED-ANOVA"
 
 
+class FewTrialsWarning(UserWarning):
+    """Importances that rest on fewer than FEW_TRIALS trials: rough, read them as hints."""
+
+
+def warn_if_few(trials: int, stacklevel: int = 2) -> None:
+    """Warn (FewTrialsWarning) when importances rest on fewer than FEW_TRIALS trials.
+
+    Args:
+        trials: how many trials the importances rest on (their `.attrs["trials"]`).
+        stacklevel: as warnings.warn's, from the caller of this function (1: that caller, 2: its caller).
+
+    Example:
+        >>> warn_if_few(6)   # FewTrialsWarning: importances rest on 6 trials ...
+    """
+    if trials < FEW_TRIALS:
+        warnings.warn(f"importances rest on {trials} trial{'' if trials == 1 else 's'}, fewer than {FEW_TRIALS}: they "
+                      "move a lot from one search to the next, so read them as hints; run a search with more "
+                      f"trials (--num-samples {FEW_TRIALS} or more) to rank hyperparameters", FewTrialsWarning,
+                      stacklevel=stacklevel + 1)
+
+
 def importances(exp: Trials, evaluator: optuna.importance.BaseImportanceEvaluator | None = None) -> pd.Series:
     """One importance per hyperparameter (0 for one that never varied), largest first, summing to 1.
     `.attrs`: "trials" (how many they rest on), "method" (what computed them) and, for the default, "sd" (each
-    share's standard deviation over the seeds).
+    share's standard deviation over the seeds). Silent about few trials: `Experiment.importance` warns.
 
     The default is fANOVA averaged over FANOVA_SEEDS, so a report is reproducible and its ranking does not hang on
     one seed; pass any of optuna.importance's evaluators instead (see `methods` for two side by side)."""
@@ -106,8 +130,25 @@ def _fanova_mean(study: optuna.Study, exp: Trials) -> pd.Series:
 
 def methods(exp: Trials) -> pd.DataFrame:
     """Two evaluators side by side, one row per hyperparameter (fANOVA's order): fANOVA's mean share over the
-    seeds and its s.d., and PED-ANOVA (Optuna's default, what optuna-dashboard shows). `.attrs["trials"]`."""
+    seeds and its s.d., and PED-ANOVA (Optuna's default, what optuna-dashboard shows). `.attrs["trials"]`.
+
+    Args:
+        exp: a loaded experiment (`analysis.load`).
+
+    Returns:
+        Columns "fanova", "fanova_sd", "ped_anova", index the hyperparameters.
+
+    Raises:
+        InputError: fewer than two trials with different val losses, or no hyperparameters.
+
+    Warns:
+        FewTrialsWarning: the shares rest on fewer than FEW_TRIALS trials.
+
+    Example:
+        >>> analysis.importance.methods(exp)
+    """
     study, count = _trials_study(exp)  # one study for both evaluators
+    warn_if_few(count, stacklevel=2)
     fanova = _fanova_mean(study, exp).sort_values(ascending=False)
     ped = _shares(study, optuna.importance.PedAnovaImportanceEvaluator(), exp)
     table = pd.DataFrame({"fanova": fanova, "fanova_sd": pd.Series(fanova.attrs["sd"]), "ped_anova": pd.Series(ped)},

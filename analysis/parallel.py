@@ -16,8 +16,9 @@ from matplotlib.lines import Line2D
 
 from tune_siamese.core.names import FINISHED, RUNNING
 
-from .experiment import Experiment, config_column
-from .plots import LABELS, STYLES, axis_kinds, categories, save_figure
+from .experiment import Experiment, config_column, counted
+from .figures import LABELS, STYLES, NotebookFigure, finish_figure
+from .plots import axis_kinds, categories
 
 LOSS_AXIS = "best val loss"
 NO_LOSS = 1.1  # where a trial without a val loss (diverged at once, errored) meets the loss axis, above its top
@@ -79,13 +80,27 @@ def _number(value: float) -> str:
     return f"{value:.2g}" if abs(value) < 1e-2 or abs(value) >= 1e4 else f"{value:.4g}"
 
 
-def parallel_coordinates(exp: Experiment, path: str | Path) -> Path:
+def parallel_coordinates(exp: Experiment, path: str | Path | None = None) -> Figure:
     """One line per trial through its searched values to its best val loss, coloured by that loss (darkest is
-    best); ASHA-stopped, diverged and errored trials thin and faint, the best trial outlined in gold."""
+    best); ASHA-stopped, diverged and errored trials thin and faint, the best trial outlined in gold.
+
+    Args:
+        exp: a loaded experiment (`analysis.load`).
+        path: where to write the picture as well (PNG); None writes nothing.
+
+    Returns:
+        The Figure (one Axes with a vertical axis per hyperparameter and one for the loss, and a colour bar).
+
+    Raises:
+        OSError: `path` could not be written.
+
+    Example:
+        >>> analysis.parallel_coordinates(exp)
+    """
     frame, ticks = parallel_axes(exp)
     columns = list(frame.columns)
     trials = exp.trials.set_index("trial_id")
-    fig = Figure(figsize=(max(8.0, 1.5 * len(columns) + 2.5), 5.8), layout="constrained")
+    fig = NotebookFigure(figsize=(max(8.0, 1.5 * len(columns) + 2.5), 5.8), layout="constrained")
     ax = fig.add_subplot()
     losses = trials["best_val_loss"].astype(float)
     finite = losses[np.isfinite(losses)]
@@ -112,8 +127,8 @@ def parallel_coordinates(exp: Experiment, path: str | Path) -> Path:
     fig.colorbar(mappable, ax=ax, label="best val loss (darker is better)", pad=0.01)
     handles = _legend(set(trials["status"]), top, cmap(0.0))
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5), fontsize=8)
-    fig.suptitle(f"Searched values and best val loss of {len(frame)} trials, {exp.name}")
-    return save_figure(fig, path)
+    fig.suptitle(f"Searched values and best val loss of {counted(len(frame), 'trial')}, {exp.name}")
+    return finish_figure(fig, path)
 
 
 def _gold_outline() -> list[Any]:

@@ -1,4 +1,5 @@
-"""pareto.png: what a multi-objective search found, val loss against each other objective, one panel each."""
+"""The Pareto plot (the report's pareto.png): what a multi-objective search found, val loss against each other
+objective, one panel each."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,22 +7,40 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from tune_siamese.core.errors import InputError
 from tune_siamese.core.names import ASHA_STOPPED, DIVERGED, ERRORED
 
-from .experiment import Experiment
-from .plots import save_figure
+from .experiment import Experiment, counted
+from .figures import NotebookFigure, finish_figure
 
 UNITS = {"params": "parameters", "flops": "FLOPs per pair", "latency": "ms per pair (CPU, batch 1)"}
 
 
-def pareto_plot(exp: Experiment, path: str | Path) -> Path:
+def pareto_plot(exp: Experiment, path: str | Path | None = None) -> Figure:
     """Every trial with a val loss: ASHA-stopped ones faint; the front (non-dominated over all objectives) ringed
-    and labelled, joined in the panel of the second objective; the trial the search handed back marked."""
+    and labelled, joined in the panel of the second objective; the trial the search handed back marked.
+
+    Args:
+        exp: a loaded experiment of a multi-objective search (`--objectives val_loss,params,...`).
+        path: where to write the picture as well (PNG); None writes nothing.
+
+    Returns:
+        The Figure, one Axes per objective after val_loss (best val loss against it).
+
+    Raises:
+        InputError: the search had val_loss as its only objective.
+        OSError: `path` could not be written.
+
+    Example:
+        >>> analysis.pareto_plot(analysis.load("ray_results/EXPERIMENT"))
+    """
     others = exp.objectives[1:]
+    if not others:
+        raise InputError("no Pareto plot: val_loss was the search's only objective (see --objectives)", exp.path)
     front = exp.pareto()
     picked = (exp.summary or {}).get("best_trial")
     usable = exp.trials[~exp.trials["status"].isin([DIVERGED, ERRORED])].dropna(subset=["best_val_loss"])
-    fig = Figure(figsize=(5.5 * len(others), 5), layout="constrained")
+    fig = NotebookFigure(figsize=(5.5 * len(others), 5), layout="constrained")
     axes = fig.subplots(1, len(others), squeeze=False).ravel()
     for ax, name in zip(axes, others):
         last = exp.cost(name)
@@ -49,5 +68,6 @@ def pareto_plot(exp: Experiment, path: str | Path) -> Path:
         ax.set_ylabel("best val loss (BCE)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7.5, loc="center right")
-    fig.suptitle(f"Pareto front of {exp.name}: {len(front)} of {len(usable)} trials ({', '.join(exp.objectives)})")
-    return save_figure(fig, path)
+    fig.suptitle(f"Pareto front of {exp.name}: {len(front)} of {counted(len(usable), 'trial')} "
+                 f"({', '.join(exp.objectives)})")
+    return finish_figure(fig, path)

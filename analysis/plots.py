@@ -1,45 +1,49 @@
-"""PNG pictures of an experiment, drawn on plain matplotlib Figures (Agg canvas, no pyplot state, no display).
+"""Pictures of an experiment, drawn on plain matplotlib Figures (no pyplot state: nothing leaks between calls).
 
-Each function writes one file and returns its path.
+Here: the learning curves and the pictures of the hyperparameters; those in wall time are in time_plots.py. Each
+function returns its Figure, and writes it to `path` too when given one (PNG, the format the report uses). In Jupyter
+a returned Figure shows as a picture when it is a cell's last expression (NotebookFigure), with or without pyplot;
+in a script, `fig.savefig(...)` or pass `path`.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
-from tune_siamese.core import storage
 from tune_siamese.core.errors import InputError
-from tune_siamese.core.names import ASHA_STOPPED, DIVERGED, ERRORED, FINISHED, PENDING, RUNNING
 
-from .experiment import Experiment, config_column
+from .experiment import Experiment, config_column, counted
+from .figures import LABELS, LOSS_LABEL, STATUS_COLOURS, STYLES, NotebookFigure, finish_figure
+from .figures import save_figure as save_figure  # still importable from here, where it was before figures.py
 from .importance import FANOVA_SEEDS
-
-LOSS_LABEL = "validation loss (binary cross-entropy, nats)"
-# How each status is drawn on the learning curves: line style and the marker at the trial's last epoch.
-STYLES = {FINISHED: ("-", None), ASHA_STOPPED: ("--", "o"), DIVERGED: (":", "X"), ERRORED: (":", "s"),
-          RUNNING: ("-.", ">"), PENDING: ("-.", None)}
-STATUS_COLOURS = {FINISHED: "tab:blue", ASHA_STOPPED: "tab:orange", DIVERGED: "tab:red", ERRORED: "black",
-                  RUNNING: "tab:purple", PENDING: "tab:grey"}
-LABELS = {FINISHED: "finished (max epochs or patience)", ASHA_STOPPED: "stopped early by ASHA",
-          DIVERGED: "diverged", ERRORED: "errored", RUNNING: "running", PENDING: "pending"}
+from .time_plots import optimisation_history as optimisation_history  # these three too: as before time_plots.py
+from .time_plots import trial_spans as trial_spans
+from .time_plots import trial_timeline as trial_timeline
 
 
 def axis_kinds(exp: Experiment) -> dict[str, str]:
     """Each hyperparameter's axis: "categorical" (tune.choice), "log" (log-uniform) or "linear"."""
-    from optuna.distributions import CategoricalDistribution
+    from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
     from .importance import distributions
 
-    return {h: "categorical" if isinstance(d, CategoricalDistribution) else "log" if d.log else "linear"
-            for h, d in distributions(exp).items()}
+    def kind(d: BaseDistribution) -> str:
+        if isinstance(d, CategoricalDistribution):
+            return "categorical"
+        return "log" if isinstance(d, (FloatDistribution, IntDistribution)) and d.log else "linear"
+
+    return {h: kind(d) for h, d in distributions(exp).items()}
 
 
 def categories(exp: Experiment, name: str, values: pd.Series) -> list[str]:
@@ -55,7 +59,8 @@ def default_color_by(exp: Experiment) -> str | None:
     """The first continuous hyperparameter (usually the learning rate), else the first one."""
     kinds = axis_kinds(exp)
     continuous = [h for h in exp.hyperparameters if kinds.get(h, "categorical") != "categorical"]
-    return (continuous or exp.hyperparameters or [None])[0]
+    candidates = continuous or exp.hyperparameters
+    return candidates[0] if candidates else None
 
 
 def check_color_by(exp: Experiment, name: str | None) -> str | None:
@@ -65,10 +70,28 @@ def check_color_by(exp: Experiment, name: str | None) -> str | None:
     return name
 
 
-def learning_curves(exp: Experiment, path: str | Path, color_by: str | None = None) -> Path:
-    """Val loss per epoch for every trial, coloured by `color_by`; ASHA-stopped trials dashed with an end dot."""
+def learning_curves(exp: Experiment, path: str | Path | None = None, color_by: str | None = None) -> Figure:
+    """Val loss per epoch for every trial, coloured by `color_by`; ASHA-stopped trials dashed with an end dot,
+    the best trial's best epoch a gold star.
+
+    Args:
+        exp: a loaded experiment (`analysis.load`).
+        path: where to write the picture as well (PNG); None writes nothing.
+        color_by: the hyperparameter that colours the curves; None: the first continuous one (usually lr).
+
+    Returns:
+        The Figure (one Axes, one line per trial that reported a val loss).
+
+    Raises:
+        InputError: `color_by` is not a hyperparameter of this search.
+        OSError: `path` could not be written (nothing is left half-written).
+
+    Example:
+        >>> fig = analysis.learning_curves(exp, color_by="lr")   # shown in Jupyter
+        >>> analysis.learning_curves(exp, "curves.png")           # also written
+    """
     color_by = check_color_by(exp, color_by) or default_color_by(exp)
-    fig = Figure(figsize=(9, 5.5), layout="constrained")
+    fig = NotebookFigure(figsize=(9, 5.5), layout="constrained")
     ax = fig.add_subplot()
     trials = exp.trials.set_index("trial_id")
     colour = _colours(exp, color_by, fig, ax)
@@ -95,11 +118,13 @@ def learning_curves(exp: Experiment, path: str | Path, color_by: str | None = No
     ax.legend(handles=handles, loc="upper right", fontsize=8, title="trial status")  # next to _colours' legend
     ax.set_xlabel("epoch")
     ax.set_ylabel(LOSS_LABEL)
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    locator = ax.xaxis.get_major_locator()  # AutoLocator, a MaxNLocator: whole epochs only
+    if isinstance(locator, MaxNLocator):
+        locator.set_params(integer=True)
     ax.grid(alpha=0.3)
-    ax.set_title(f"Learning curves of {len(exp.trials)} trials, {exp.name}"
+    ax.set_title(f"Learning curves of {counted(len(exp.trials), 'trial')}, {exp.name}"
                  + (f" (colour: {color_by})" if color_by else ""))
-    return save_figure(fig, path)
+    return finish_figure(fig, path)
 
 
 def _colours(exp: Experiment, name: str | None, fig: Figure, ax: Any) -> Any:
@@ -114,9 +139,10 @@ def _colours(exp: Experiment, name: str | None, fig: Figure, ax: Any) -> Any:
         if low == high:
             low, high = low * 0.9 or -1.0, high * 1.1 or 1.0
         log = kind == "log" and low > 0
-        mappable = ScalarMappable(LogNorm(low, high) if log else Normalize(low, high), "viridis")
-        fig.colorbar(mappable, ax=ax, label=name + (" (log scale)" if log else ""))
-        return lambda v: mappable.to_rgba(float(v)) if v is not None and not pd.isna(v) else "grey"
+        norm = LogNorm(low, high) if log else Normalize(low, high)
+        cmap = colormaps["viridis"]
+        fig.colorbar(ScalarMappable(norm, cmap), ax=ax, label=name + (" (log scale)" if log else ""))
+        return lambda v: cmap(norm(float(v))) if v is not None and not pd.isna(v) else "grey"
     names = categories(exp, name, values)
     palette = {c: f"C{i % 10}" for i, c in enumerate(names)}
     ax.add_artist(ax.legend(handles=[Line2D([], [], color=palette[c], label=c) for c in names],
@@ -124,15 +150,31 @@ def _colours(exp: Experiment, name: str | None, fig: Figure, ax: Any) -> Any:
     return lambda v: palette[str(v)]
 
 
-def loss_vs_hyperparameters(exp: Experiment, path: str | Path) -> Path:
-    """Best val loss of each trial against each hyperparameter: scatter for numbers, box + points for choices."""
+def loss_vs_hyperparameters(exp: Experiment, path: str | Path | None = None) -> Figure:
+    """Best val loss of each trial against each hyperparameter: scatter for numbers, box + points for choices,
+    points coloured by the trial's status.
+
+    Args:
+        exp: a loaded experiment (`analysis.load`).
+        path: where to write the picture as well (PNG); None writes nothing.
+
+    Returns:
+        The Figure, one Axes per hyperparameter (up to three a row).
+
+    Raises:
+        InputError: the experiment has no hyperparameters (nothing was searched).
+        OSError: `path` could not be written.
+
+    Example:
+        >>> analysis.loss_vs_hyperparameters(exp)
+    """
     names = exp.hyperparameters
     if not names:
         raise InputError("no hyperparameters to plot", exp.path)
     trials = exp.trials.dropna(subset=["best_val_loss"])
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
-    fig = Figure(figsize=(4.2 * cols, 3.6 * rows), layout="constrained")
+    fig = NotebookFigure(figsize=(4.2 * cols, 3.6 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     kinds = axis_kinds(exp)
     for ax, name in zip(axes, names):
@@ -162,13 +204,40 @@ def loss_vs_hyperparameters(exp: Experiment, path: str | Path) -> Path:
     fig.legend(handles=[Line2D([], [], marker="o", linestyle="none", color=STATUS_COLOURS[s], markeredgecolor="black",
                                label=LABELS[s]) for s in present], loc="outside lower center", ncols=len(present))
     fig.suptitle(f"Best validation loss of each trial against each hyperparameter, {exp.name}")
-    return save_figure(fig, path)
+    return finish_figure(fig, path)
 
 
-def importance_chart(table: pd.DataFrame, path: str | Path, title: str = "") -> Path:
-    """Two evaluators' shares side by side (importance.methods), the most important by fANOVA on top: fANOVA's
-    mean over its seeds with a bar of ± 1 s.d., and PED-ANOVA (Optuna's default); the trial count in the title."""
-    fig = Figure(figsize=(7.5, 0.6 * len(table) + 1.9), layout="constrained")
+def importance_chart(table: pd.DataFrame | Experiment, path: str | Path | None = None, title: str = "") -> Figure:
+    """Two evaluators' shares side by side, the most important by fANOVA on top: fANOVA's mean over its seeds
+    with a bar of ± 1 s.d., and PED-ANOVA (Optuna's default); the trial count in the title.
+
+    Args:
+        table: `analysis.importance.methods(exp)`'s table, or the experiment itself (its table is computed, which
+            warns below FEW_TRIALS trials, and its name titles the chart).
+        path: where to write the picture as well (PNG); None writes nothing.
+        title: the chart's title; "" gives "Hyperparameter importance" (with the experiment's name when given one).
+
+    Returns:
+        The Figure (one Axes, two bars per hyperparameter).
+
+    Raises:
+        InputError: given an experiment whose importances cannot be computed (fewer than two trials with
+            different val losses).
+        OSError: `path` could not be written.
+
+    Example:
+        >>> analysis.importance_chart(exp)
+        >>> analysis.importance_chart(analysis.importance.methods(exp), "importance.png", "My search")
+    """
+    if isinstance(table, Experiment):
+        from .importance import FewTrialsWarning, methods, warn_if_few
+
+        title = title or f"Hyperparameter importance, {table.name}"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FewTrialsWarning)
+            table = methods(table)
+        warn_if_few(table.attrs["trials"])  # at the caller's line, not at this one
+    fig = NotebookFigure(figsize=(7.5, 0.6 * len(table) + 1.9), layout="constrained")
     ax = fig.add_subplot()
     ordered = table.iloc[::-1]
     y = np.arange(len(ordered))
@@ -181,86 +250,9 @@ def importance_chart(table: pd.DataFrame, path: str | Path, title: str = "") -> 
     ax.set_yticks(y, list(ordered.index))
     ax.set_xlim(0, max(1.0, float((ordered[["fanova", "ped_anova"]].max()).max()) * 1.15))
     ax.set_xlabel("importance for the best val loss (share; each method's shares sum to 1)")
-    ax.set_title(f"{title or 'Hyperparameter importance'}\n{table.attrs.get('trials', '?')} trials", fontsize=10)
+    trials = table.attrs.get("trials")
+    ax.set_title(f"{title or 'Hyperparameter importance'}\n"
+                 + (counted(trials, "trial") if isinstance(trials, int) else "? trials"), fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
-    return save_figure(fig, path)
-
-
-def trial_spans(exp: Experiment) -> pd.DataFrame:
-    """When each trial trained: start (its first epoch's start) and end (its last report), in seconds from the
-    first start, with its status and best val loss; ordered by start. Needs Tune's timestamps."""
-    history = exp.history
-    if not {"timestamp", "time_this_iter_s"} <= set(history.columns):
-        return pd.DataFrame(columns=["trial_id", "start", "end", "status", "best_val_loss"])
-    rows = []
-    for trial_id, frame in history.groupby("trial_id", sort=False):
-        frame = frame.sort_values("timestamp")
-        rows.append({"trial_id": trial_id, "start": frame["timestamp"].iloc[0] - frame["time_this_iter_s"].iloc[0],
-                     "end": frame["timestamp"].iloc[-1]})
-    spans = pd.DataFrame(rows).merge(exp.trials[["trial_id", "status", "best_val_loss"]], on="trial_id")
-    origin = spans["start"].min()
-    spans[["start", "end"]] -= origin
-    return spans.sort_values("start", ignore_index=True)
-
-
-def optimisation_history(exp: Experiment, path: str | Path) -> Path:
-    """Each trial's best val loss and the best so far, against the trial's order and against wall time."""
-    spans = trial_spans(exp)
-    fig = Figure(figsize=(11, 4.5), layout="constrained")
-    by_order, by_time = fig.subplots(1, 2, sharey=True)
-    finite = spans[spans["best_val_loss"].notna()]
-    best_so_far = finite.sort_values("end")["best_val_loss"].cummin()
-    by_order.scatter(finite.index + 1, finite["best_val_loss"], color=[STATUS_COLOURS[s] for s in finite["status"]],
-                     s=28, zorder=3)
-    by_order.step(finite.index + 1, finite["best_val_loss"].cummin(), where="post", color="black",
-                  label="best so far")
-    by_order.set_xlabel("trial (in the order it started)")
-    by_order.set_ylabel("best " + LOSS_LABEL)
-    ended = finite.sort_values("end")
-    scale, unit = _time_unit(spans)
-    by_time.scatter(ended["end"] / scale, ended["best_val_loss"], color=[STATUS_COLOURS[s] for s in ended["status"]],
-                    s=28, zorder=3)
-    by_time.step(ended["end"] / scale, best_so_far, where="post", color="black", label="best so far")
-    by_time.set_xlabel(f"wall time when the trial ended ({unit})")
-    handles = [Line2D([], [], color="black", label="best so far")] + [
-        Line2D([], [], marker="o", linestyle="", color=STATUS_COLOURS[s], label=LABELS[s])
-        for s in dict.fromkeys(finite["status"])]
-    by_time.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
-    for ax in (by_order, by_time):
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"Optimisation history, {exp.name} ({len(spans)} trials)")
-    return save_figure(fig, path)
-
-
-def trial_timeline(exp: Experiment, path: str | Path) -> Path:
-    """A bar per trial from its start to its last epoch, coloured by how it ended: shows the concurrency and
-    where ASHA cut trials short."""
-    spans = trial_spans(exp)
-    fig = Figure(figsize=(9, 0.28 * len(spans) + 1.8), layout="constrained")
-    ax = fig.add_subplot()
-    scale, unit = _time_unit(spans)
-    for row in spans.itertuples():
-        ax.barh(row.Index, (row.end - row.start) / scale, left=row.start / scale, color=STATUS_COLOURS[row.status],
-                height=0.7)
-    ax.set_yticks(range(len(spans)), [str(t) for t in spans["trial_id"]], fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel(f"wall time ({unit} from the first trial's start)")
-    handles = [Line2D([], [], color=STATUS_COLOURS[s], linewidth=6, label=LABELS[s])
-               for s in dict.fromkeys(spans["status"])]
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
-    ax.grid(axis="x", alpha=0.3)
-    ax.set_title(f"When each trial ran, {exp.name}")
-    return save_figure(fig, path)
-
-
-def _time_unit(spans: pd.DataFrame) -> tuple[float, str]:
-    """Seconds for a search of a few minutes, minutes for longer ones."""
-    return (60.0, "minutes") if len(spans) and spans["end"].max() > 300 else (1.0, "seconds")
-
-
-def save_figure(fig: Figure, path: str | Path) -> Path:
-    path = Path(path)
-    with storage.replacing(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    return path
+    return finish_figure(fig, path)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,9 @@ from tune_siamese.core import storage
 from tune_siamese.core.errors import InputError
 from tune_siamese.core.names import final_label
 
-from . import parallel, plots
-from .experiment import Experiment, config_column, load
-from .importance import FANOVA_SEEDS, methods
+from . import parallel, plots, time_plots
+from .experiment import Experiment, config_column, counted, load
+from .importance import FANOVA_SEEDS, FEW_TRIALS, FewTrialsWarning, methods
 
 TOP = 5  # best trials shown in report.md; trials.csv has them all
 SETTING_KEYS = ["space", "searcher", "rung_metric", "reproducible", "num_samples", "max_epochs", "grace_period",
@@ -47,32 +48,34 @@ def report(experiment_path: str | Path, out_dir: str | Path | None = None, color
     lines += _pareto_section(exp, out)
     lines += _finalists_section(exp)
     lines += _final_section(exp, out)
-    curves = plots.learning_curves(exp, out / "learning_curves.png", color_by)
-    lines += ["## Learning curves", "", f"![Validation loss per epoch of every trial]({curves.name})", ""]
+    plots.learning_curves(exp, out / "learning_curves.png", color_by)
+    lines += ["## Learning curves", "", "![Validation loss per epoch of every trial](learning_curves.png)", ""]
     if exp.hyperparameters:
-        scatter = plots.loss_vs_hyperparameters(exp, out / "loss_vs_hyperparameters.png")
+        plots.loss_vs_hyperparameters(exp, out / "loss_vs_hyperparameters.png")
         lines += ["## Validation loss against each hyperparameter", "",
-                  f"![Best validation loss against each hyperparameter]({scatter.name})", ""]
-        coordinates = parallel.parallel_coordinates(exp, out / "parallel_coordinates.png")
+                  "![Best validation loss against each hyperparameter](loss_vs_hyperparameters.png)", ""]
+        parallel.parallel_coordinates(exp, out / "parallel_coordinates.png")
         lines += ["## Parallel coordinates", "",
                   "One line per trial, from its searched values to its best val loss (darker is lower); faint "
                   "dashed or dotted lines are trials that ASHA stopped early, that diverged or that errored; the "
                   "best trial is outlined in gold. Choices are spaced evenly in the space's order; log-scaled "
                   "values on a log axis.", "",
-                  f"![Searched values and best val loss of every trial]({coordinates.name})", ""]
-    if len(plots.trial_spans(exp)):
-        history = plots.optimisation_history(exp, out / "optimisation_history.png")
-        timeline = plots.trial_timeline(exp, out / "trial_timeline.png")
+                  "![Searched values and best val loss of every trial](parallel_coordinates.png)", ""]
+    if len(time_plots.trial_spans(exp)):
+        time_plots.optimisation_history(exp, out / "optimisation_history.png")
+        time_plots.trial_timeline(exp, out / "trial_timeline.png")
         lines += ["## Optimisation history and timeline", "",
-                  f"![Best val loss per trial and best so far, by trial and by wall time]({history.name})", "",
-                  f"![When each trial ran, coloured by how it ended]({timeline.name})", ""]
+                  "![Best val loss per trial and best so far, by trial and by wall time](optimisation_history.png)",
+                  "", "![When each trial ran, coloured by how it ended](trial_timeline.png)", ""]
     lines += ["## Hyperparameter importance", ""]
     try:
-        table = methods(exp)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FewTrialsWarning)  # the caution below says it in the report
+            table = methods(exp)
     except InputError as exc:
         lines += [f"Not computed: {exc}", ""]
     else:
-        chart = plots.importance_chart(table, out / "importance.png", f"Hyperparameter importance, {exp.name}")
+        plots.importance_chart(table, out / "importance.png", f"Hyperparameter importance, {exp.name}")
         trials = table.attrs["trials"]
         caution = (f" **With {trials} trials these shares are rough (fANOVA wants about {FEW_TRIALS} or more): "
                    "read them as hints.**" if trials < FEW_TRIALS else "")
@@ -85,7 +88,7 @@ def report(experiment_path: str | Path, out_dir: str | Path | None = None, color
                   "default, what optuna-dashboard shows)." + differ + caution, "",
                   _table(table.reset_index().rename(columns={
                       "fanova": "fANOVA", "fanova_sd": "± s.d.", "ped_anova": "PED-ANOVA"})), "",
-                  f"![Hyperparameter importance]({chart.name})", ""]
+                  "![Hyperparameter importance](importance.png)", ""]
     lines += ["## Search settings", "", _table(pd.DataFrame(
         [{"setting": k, "value": exp.settings[k]} for k in SETTING_KEYS if k in exp.settings])), "",
         "Fixed config of every trial: " + ", ".join(f"`{k}={v}`" for k, v in exp.settings.get("base", {}).items())
@@ -104,7 +107,7 @@ def _in_experiment(exp: Experiment, path: Any) -> str:
 
 def _counts(exp: Experiment) -> str:
     counts = exp.trials["status"].value_counts()
-    return f"{len(exp.trials)} trials (" + ", ".join(f"{n} {s}" for s, n in counts.items()) + ")"
+    return counted(len(exp.trials), "trial") + " (" + ", ".join(f"{n} {s}" for s, n in counts.items()) + ")"
 
 
 def _best_table(exp: Experiment) -> pd.DataFrame:
@@ -124,13 +127,13 @@ def _pareto_section(exp: Experiment, out: Path) -> list[str]:
     from .pareto_plot import pareto_plot
 
     front = exp.pareto()
-    chart = pareto_plot(exp, out / "pareto.png")
+    pareto_plot(exp, out / "pareto.png")
     picked, rule = (exp.summary or {}).get("best_trial"), (exp.summary or {}).get("pick", "best")
     shown = front[["trial_id", *exp.objectives, *(config_column(h) for h in exp.hyperparameters)]].rename(
         columns={config_column(h): h for h in exp.hyperparameters})
     return ["## Pareto front", "", f"Objectives, all minimised: {', '.join(exp.objectives)} (val_loss: the best val "
-            f"loss). {len(front)} of the trials are not dominated by any other; `--pick {rule}` handed back "
-            f"`{picked}`.", "", _table(shown), "", f"![Pareto front]({chart.name})", ""]
+            f"loss). {len(front)} of the trials {'is' if len(front) == 1 else 'are'} not dominated by any other; "
+            f"`--pick {rule}` handed back `{picked}`.", "", _table(shown), "", "![Pareto front](pareto.png)", ""]
 
 
 def _finalists_section(exp: Experiment) -> list[str]:
@@ -140,9 +143,9 @@ def _finalists_section(exp: Experiment) -> list[str]:
     if not record or table is None:
         return []
     seeds = ", ".join(map(str, record["seeds"]))
-    lines = ["## Finalists", "", f"The top {len(table)} trials trained again with seeds {seeds} (validated, with "
-             "early stopping, like search trials), ranked by the mean of their best val loss over those seeds. "
-             f"Runs: `{_in_experiment(exp, record.get('experiment'))}`.", ""]
+    lines = ["## Finalists", "", f"The top {counted(len(table), 'trial')} trained again with seeds {seeds} "
+             "(validated, with early stopping, like search trials), ranked by the mean of their best val loss over "
+             f"those seeds. Runs: `{_in_experiment(exp, record.get('experiment'))}`.", ""]
     if record.get("fallback"):
         lines += [f"**No finalist won** ({record['fallback']}): the search's best trial was retrained instead.", ""]
     else:
@@ -187,7 +190,7 @@ def _final_section(exp: Experiment, out: Path) -> list[str]:
     handed_back = final_label(final["policy"], final["size"])
     columns = {handed_back: test, **({own: other} if other and final["policy"] != "trial" else {})}
     if ensemble:
-        columns[f"ensemble of the top {len(summary['ensemble']['members'])} trials"] = ensemble
+        columns[f"ensemble of the top {counted(len(summary['ensemble']['members']), 'trial')}"] = ensemble
     table = pd.DataFrame([{"metric": label, **{name: _with_interval(scores, key) for name, scores in columns.items()}}
                           for label, key in rows])
     curves = [(test, handed_back), *([(other, own)] if "roc_fpr" in other else [])]
@@ -216,8 +219,6 @@ def _with_interval(scores: dict[str, Any], key: str) -> Any:
     value, interval = scores.get(key, math.nan), scores.get(f"{key}_ci")
     return f"{value:.4f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else value
 
-
-FEW_TRIALS = 20  # below this, importances move a lot from one search to the next
 
 
 def _table(frame: pd.DataFrame) -> str:

@@ -38,8 +38,60 @@ def distance_to_polyline(x: float, y: float, xs: list[float], ys: list[float]) -
     return float(np.sqrt(((a + t[:, None] * (b - a) - p) ** 2).sum(axis=1)).min())
 
 
+def marks(fig) -> int:
+    """How many data marks a figure's axes hold: line points, scatter points and bars."""
+    return sum(len(line.get_xdata()) for ax in fig.axes for line in ax.lines) + sum(
+        len(c.get_offsets()) for ax in fig.axes for c in ax.collections) + sum(len(ax.patches) for ax in fig.axes)
+
+
 def result_rows(trial_folder: Path) -> list[dict]:
     return [json.loads(line) for line in (trial_folder / "result.json").read_text().splitlines() if line.strip()]
+
+
+def write_experiment(root: Path, trials: int = 8, objectives: tuple[str, ...] = ("val_loss",),
+                     test: bool = True) -> Path:
+    """An experiment folder written by hand as run_search.py leaves one (search_settings.json, Tune's state file,
+    each trial's params.json and result.json, final.json), for tests that need no real search. Searched: lr over
+    two decades, batch_size and optimizer; a lower lr gives a lower loss; every third trial stops after one epoch
+    (ASHA); trials start 10 s apart and take 4 s an epoch, so some overlap. `test`: final.json has test scores."""
+    root.mkdir(parents=True)
+    settings = {"space": "hand-written", "max_epochs": 3, "objectives": list(objectives),
+                "base": {"max_epochs": 3, "image_size": 72}}
+    (root / names.SETTINGS_FILE).write_text(json.dumps(settings))
+    state, configs, best = [], {}, (np.inf, "", 0)
+    for i in range(trials):
+        trial_id = f"{i:08x}"
+        params = {"lr": 10 ** (-4 + 2 * i / max(trials - 1, 1)), "batch_size": [16, 32, 64][i % 3],
+                  "optimizer": ["sgd", "adam"][i % 2]}
+        configs[trial_id] = config = {"max_epochs": 3, "image_size": 72, **params}
+        folder = root / f"trial_{trial_id}"
+        folder.mkdir()
+        (folder / "params.json").write_text(json.dumps(config))
+        rows = []
+        for epoch in range(1, (2 if i % 3 == 2 else 3) + 1):
+            loss = 0.7 - 0.02 * epoch + 0.3 * params["lr"] ** 0.5 + 0.001 * (i % 3)
+            rows.append({"epoch": epoch, "val_loss": loss, "val_accuracy": 1 - loss, "val_auc": 1.2 - loss,
+                         "train_loss": loss, "lr": params["lr"], "training_iteration": epoch, "trial_id": trial_id,
+                         "timestamp": 1_800_000_000 + 10 * i + 4 * epoch, "time_this_iter_s": 4.0,
+                         "time_total_s": 4.0 * epoch, "node_id": "node-a", "params": 1000 * (i + 1),
+                         "config": config})
+            best = min(best, (loss, trial_id, epoch))
+        (folder / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        state.append([json.dumps({"trial_id": trial_id, "status": "TERMINATED", "relative_logdir": folder.name,
+                                  "config": config, "evaluated_params": params}), "{}"])
+    (root / "experiment_state-2030-01-01_00-00-00.json").write_text(json.dumps({"trial_data": state}))
+    loss, trial_id, epoch = best
+    final = {"best_trial": trial_id, "best_val_loss": loss, "best_epoch": epoch, "best_config": configs[trial_id]}
+    if test:
+        final["test"] = {"loss": 0.5, "accuracy": 0.75, "auc": 0.8125, "roc_fpr": [0, 0.5, 1], "roc_tpr": [0, 0.8, 1]}
+    (root / names.FINAL_FILE).write_text(json.dumps(final))
+    return root
+
+
+@pytest.fixture
+def small(tmp_path):
+    """A hand-written experiment of 8 trials (write_experiment), loaded."""
+    return analysis.load(write_experiment(tmp_path / "small"))
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +136,7 @@ def test_trials_one_row_per_trial_with_documented_columns(exp, experiment):
         assert row["wall_time_s"] > 0 and row["node_id"]
         # when it ran, as datetimes: its span covers its wall time
         assert row["start_time"] < row["end_time"] and str(row["start_time"].tz) == "UTC"
+        assert exp.trials["start_time"].dtype == exp.trials["end_time"].dtype
         assert (row["end_time"] - row["start_time"]).total_seconds() >= row["wall_time_s"] * 0.9
 
 
@@ -165,7 +218,8 @@ def test_final_test_scores(exp, smoke_search):
 
 
 def test_importance_one_value_per_hyperparameter_summing_to_one(exp):
-    importance = exp.importance()
+    with pytest.warns(analysis.FewTrialsWarning):  # 6 trials
+        importance = exp.importance()
     assert sorted(importance.index) == sorted(exp.hyperparameters)
     assert (importance >= 0).all()
     assert importance.sum() == pytest.approx(1.0, abs=1e-6)
@@ -180,14 +234,16 @@ def test_importance_names_its_method_averages_fanova_over_seeds_and_shows_a_seco
 
     from analysis.importance import FANOVA_SEEDS, importances, methods
 
-    default = exp.importance()
+    with pytest.warns(analysis.FewTrialsWarning):
+        default = exp.importance()
     single = [importances(exp, optuna.importance.FanovaImportanceEvaluator(seed=seed)) for seed in FANOVA_SEEDS]
     mean = pd.concat(single, axis=1).mean(axis=1)
     assert default.to_dict() == pytest.approx(mean.to_dict())
     assert default.attrs["method"] == f"fANOVA, mean of {len(FANOVA_SEEDS)} seeds"
     assert set(default.attrs["sd"]) == set(exp.hyperparameters)
     assert single[0].attrs["method"] == "Fanova"
-    table = methods(exp)
+    with pytest.warns(analysis.FewTrialsWarning):
+        table = methods(exp)
     assert list(table.columns) == ["fanova", "fanova_sd", "ped_anova"] and table.attrs["trials"] == 6
     assert table["ped_anova"].sum() == pytest.approx(1.0, abs=1e-6) and list(table.index) == list(default.index)
 
@@ -400,3 +456,127 @@ def test_unknown_color_by_is_an_input_error(experiment, tmp_path, capsys):
     assert main([str(experiment), "--out", str(tmp_path / "out"), "--color-by", "nope"]) == 2
     assert "'nope' is not a hyperparameter" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+# ============================ On hand-written experiments (write_experiment): no search ============================
+
+PLOTS = ["learning_curves", "loss_vs_hyperparameters", "importance_chart", "optimisation_history", "trial_timeline",
+         "pareto_plot", "parallel_coordinates"]
+
+
+@pytest.mark.parametrize("name", PLOTS)
+def test_each_plot_returns_a_figure_and_writes_a_png_only_when_given_a_path(name, tmp_path, monkeypatch):
+    import warnings
+
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    exp = analysis.load(write_experiment(tmp_path / "exp", objectives=("val_loss", "params")))
+    draw = getattr(analysis, name)
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", analysis.FewTrialsWarning)  # importance_chart(exp) of 8 trials
+        fig = draw(exp)
+        assert sorted(tmp_path.rglob("*")) == before  # no path: nothing written
+        written = draw(exp, tmp_path / "out" / "picture.png")
+    least = 2 * len(exp.hyperparameters) if name == "importance_chart" else len(exp.trials)  # bars, else trials
+    for figure in (fig, written):
+        assert isinstance(figure, Figure) and figure.axes and marks(figure) >= least
+    data = (tmp_path / "out" / "picture.png").read_bytes()
+    assert data.startswith(PNG) and len(data) > 5000
+    width, height = png_size(data)
+    assert 300 <= width <= 3000 and 300 <= height <= 3000
+    assert plt.get_fignums() == []  # drawn outside pyplot: nothing left open there
+    assert fig._repr_png_().startswith(PNG)  # what Jupyter shows for it as a cell's last expression
+
+
+def test_jupyter_shows_a_plot_as_a_png(small):
+    """IPython's PNG formatter (Jupyter's, without pyplot's inline backend loaded) renders a returned figure."""
+    formatters = pytest.importorskip("IPython.core.formatters")
+
+    data = formatters.PNGFormatter()(analysis.trial_timeline(small))
+    assert data.startswith(PNG) and png_size(data)[0] >= 300
+
+
+def test_learning_curves_draw_each_trials_val_losses(small):
+    fig = analysis.learning_curves(small, color_by="optimizer")
+    ax = fig.axes[0]
+    curves = sorted(tuple(line.get_ydata()) for line in ax.lines if len(line.get_ydata()) > 1)
+    expected = sorted(tuple(frame["val_loss"]) for _, frame in small.history.groupby("trial_id"))
+    assert curves == expected
+    assert ax.get_title().startswith("Learning curves of 8 trials,") and "(colour: optimizer)" in ax.get_title()
+
+
+def test_plural_of_one_trial(tmp_path):
+    one = analysis.load(write_experiment(tmp_path / "one", trials=1))
+    assert "1 trial (1 finished)" in repr(one)
+    assert "Learning curves of 1 trial," in analysis.learning_curves(one).axes[0].get_title()
+    assert "(1 trial)" in analysis.optimisation_history(one)._suptitle.get_text()
+    text = (analysis.report(one.path, tmp_path / "report") / "report.md").read_text()
+    assert "1 trial (1 finished)" in text and "1 trials" not in text
+
+
+def test_timeline_plots_need_timestamps(tmp_path):
+    folder = write_experiment(tmp_path / "exp")
+    for result in folder.glob("trial_*/result.json"):
+        rows = [{k: v for k, v in row.items() if k != "timestamp"} for row in result_rows(result.parent)]
+        result.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    exp = analysis.load(folder)
+    for draw in (analysis.optimisation_history, analysis.trial_timeline):
+        with pytest.raises(InputError, match="no timestamps"):
+            draw(exp)
+
+
+def test_importance_warns_below_the_reports_threshold(tmp_path):
+    """One threshold: below it Experiment.importance warns (at the caller's line) and the report cautions."""
+    import sys
+    import warnings
+
+    from analysis.importance import methods
+
+    assert sys.modules["analysis.report"].FEW_TRIALS is analysis.FEW_TRIALS == 20
+    few = analysis.load(write_experiment(tmp_path / "few", trials=analysis.FEW_TRIALS - 1))
+    with pytest.warns(analysis.FewTrialsWarning, match="rest on 19 trials, fewer than 20") as caught:
+        few.importance()
+    assert issubclass(caught[0].category, UserWarning) and caught[0].filename == __file__
+    with pytest.warns(analysis.FewTrialsWarning):
+        methods(few)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", analysis.FewTrialsWarning)  # the report says it in its text instead
+        text = (analysis.report(few.path, tmp_path / "report") / "report.md").read_text()
+    assert "With 19 trials these shares are rough" in text
+    enough = analysis.load(write_experiment(tmp_path / "enough", trials=analysis.FEW_TRIALS))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", analysis.FewTrialsWarning)
+        assert enough.importance().attrs["trials"] == 20
+
+
+def test_start_and_end_times_have_one_dtype(tmp_path):
+    """Also when a trial has no timestamps (NaT) or when no trial has any (no object column)."""
+    folder = write_experiment(tmp_path / "exp")
+    first = folder / "trial_00000000"
+    rows = [{k: v for k, v in row.items() if k != "timestamp"} for row in result_rows(first)]
+    (first / "result.json").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    trials = analysis.load(folder).trials
+    assert trials["start_time"].dtype == trials["end_time"].dtype == "datetime64[ns, UTC]"
+    assert trials["start_time"].isna().sum() == trials["end_time"].isna().sum() == 1
+    spans = (trials["end_time"] - trials["start_time"]).dt.total_seconds()
+    assert spans[1:].tolist() == (trials["last_epoch"][1:] * 4.0).tolist()  # 4 s an epoch
+
+
+def test_repr_is_one_short_line(small):
+    shown = repr(small)
+    assert len(shown) < 400 and "\n" not in shown
+    assert "8 trials (6 finished, 2 asha_stopped)" in shown and "best 00000000 (val loss 0.6430)" in shown
+    assert "test AUC 0.812" in shown and small.path in shown
+
+
+def test_best_params_and_test_scores(small, tmp_path):
+    summary = json.loads((Path(small.path) / names.FINAL_FILE).read_text())
+    assert list(small.best_params) == small.hyperparameters == ["lr", "batch_size", "optimizer"]
+    assert small.best_params == {h: summary["best_config"][h] for h in small.hyperparameters}
+    assert set(small.best_config) - set(small.best_params) == {"max_epochs", "image_size"}
+    assert small.test == summary["test"] == small.final
+    untested = analysis.load(write_experiment(tmp_path / "untested", test=False))
+    assert untested.test is None and "test AUC" not in repr(untested)

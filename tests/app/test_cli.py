@@ -304,7 +304,24 @@ def test_version_and_help_answer_without_loading_torch():
              "with contextlib.redirect_stdout(out):\n    codes = [cli.main(['--version']), cli.main(['--help'])]\n"
              "print(codes, 'torch' in sys.modules, out.getvalue().splitlines()[0])")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
-    assert done.stdout.strip() == "[0, 0] False tune-siamese 0.2.0", done.stderr[-2000:]
+    assert done.stdout.strip() == "[0, 0] False tune-siamese 0.3.0", done.stderr[-2000:]
+
+
+def test_search_help_and_a_misspelt_option_import_neither_ray_nor_torch():
+    """Quick feedback: the heavy imports wait for the search. The presets listed under --help are read from
+    search_spaces' source; they say what describe() says."""
+    from search_spaces import describe
+    from tune_siamese.app.search_command import preset_lines
+
+    probe = ("import contextlib, io, sys\nfrom tune_siamese.app import search_command\nout = io.StringIO()\n"
+             "with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):\n"
+             "    try:\n        search_command.main(['--help'])\n    except SystemExit:\n        pass\n"
+             "    code = search_command.main(['--num-samplez', '3'])\n"
+             "heavy = sorted({'ray', 'torch', 'optuna'} & set(sys.modules))\n"
+             "print(code, heavy, 'presets (--space):' in out.getvalue())")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "2 [] True", done.stderr[-2000:]
+    assert preset_lines() == describe()
 
 
 @pytest.mark.slow
@@ -420,3 +437,22 @@ def test_the_summarys_wall_times_add_up_and_the_live_table_drops_misleading_line
     shown = capsys.readouterr().out
     assert "Logical resource usage" in shown and "Number of trials: 3/3" in shown
     assert "AsyncHyperBand" not in shown and "Bracket" not in shown and "Result logdir" not in shown
+
+
+MISSPELT = [
+    (["--num-sample", "3"], "run_search.py: error: unrecognized arguments: --num-sample 3; did you mean --num-samples? "
+                            "(see run_search.py --help)"),
+    (["--num-samplez=3"], "run_search.py: error: unrecognized arguments: --num-samplez=3; did you mean "
+                          "--num-samples? (see run_search.py --help)"),
+    (["search", "--max-epoch", "3"], "tune-siamese search: error: unrecognized arguments: --max-epoch 3; did you "
+                                     "mean --max-epochs? (see tune-siamese search --help)"),
+]
+
+
+@pytest.mark.parametrize("argv, line", MISSPELT)
+def test_an_abbreviated_or_misspelt_option_is_refused_with_the_one_meant(argv, line, capsys):
+    """argparse's abbreviations would take --num-sample for --num-samples and start a search on a guess."""
+    from tune_siamese.app import cli, search_command
+
+    assert (cli.main(argv) if argv[0] == "search" else search_command.main(argv)) == 2
+    assert capsys.readouterr().err.splitlines() == [line]

@@ -248,7 +248,7 @@ def test_a_study_inside_the_experiment_unpickles_at_the_experiments_new_place(tm
 
     import optuna
 
-    from tune_siamese.searching.study import ExperimentStudyStorage, default_study_storage, open_study_storage
+    from tune_siamese.searching.study import default_study_storage, open_study_storage, restoring_into
 
     old, new = tmp_path / "old" / "exp", tmp_path / "new" / "exp"
     study = optuna.create_study(study_name="exp", storage=open_study_storage(default_study_storage(str(tmp_path)),
@@ -257,8 +257,11 @@ def test_a_study_inside_the_experiment_unpickles_at_the_experiments_new_place(tm
     saved = pickle.dumps(study)
     new.parent.mkdir()
     shutil.move(old, new)
-    monkeypatch.setattr(ExperimentStudyStorage, "resuming", str(new))  # what search.restore_tuner sets
-    restored = pickle.loads(saved)
+    token = restoring_into.set(str(new))  # what tuner.restore_tuner sets
+    try:
+        restored = pickle.loads(saved)
+    finally:
+        restoring_into.reset(token)
     restored.tell(restored.ask(), 0.5)
     states = [t.state.name for t in optuna.load_study(study_name="exp", storage=f"sqlite:///{new}/optuna.db").trials]
     assert states == ["RUNNING", "COMPLETE"]

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import SMOKE, trial_frames
@@ -31,6 +32,11 @@ def test_each_trial_is_an_mlflow_run_with_its_params_and_epochs(smoke_search):
     runs = [run for run in everything if run is not search]
     frames = trial_frames(experiment)
     assert len(runs) == len(frames) == 6
+    import analysis
+
+    statuses = analysis.load(experiment).trials.set_index("trial_id")["status"]
+    assert {"finished", "asha_stopped"} <= set(statuses)
+    assert {run.info.run_name: run.data.tags["tune_siamese.outcome"] for run in runs} == statuses.to_dict()
     for run in runs:
         assert run.data.tags["mlflow.parentRunId"] == search.info.run_id  # the trials are the search's children
         assert not {"pid", "done", "timestamp", "time_total_s", "training_iteration"} & set(run.data.metrics)
@@ -56,9 +62,9 @@ def test_each_trial_is_an_mlflow_run_with_its_params_and_epochs(smoke_search):
     import tune_siamese as ts
 
     mlflow.set_tracking_uri(uri)
-    model = mlflow.pyfunc.load_model(f"runs:/{search.info.run_id}/pair_scorer")
     images = smoke_images(experiment.parent)
-    with pytest.warns(UserWarning):  # a model of the synthetic faces says so
+    with pytest.warns(UserWarning):  # a model of the synthetic faces says so, loaded either way
+        model = mlflow.pyfunc.load_model(f"runs:/{search.info.run_id}/pair_scorer")
         expected = ts.load(summary["export"]).score(*images)
     assert model.predict(pd.DataFrame({"image_a": [str(images[0])], "image_b": [str(images[1])]})) == \
         pytest.approx([expected])
@@ -74,11 +80,60 @@ def smoke_images(folder):
     return paths
 
 
+def test_the_pair_model_loads_from_code_unpickles_nothing_and_scores_as_the_export(tmp_path, monkeypatch,
+                                                                                   tiny_config):
+    """pair_scorer is MLflow's "models from code": the stored mlflow_model_code.py and the export, no pickled
+    Python object; its signature says what predict takes, and it scores a pair as the export does."""
+    import mlflow.artifacts
+    import mlflow.pyfunc
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+    from mlflow.tracking import MlflowClient
+
+    import tune_siamese as ts
+    from tune_siamese.artifacts.checkpoint import export_model
+    from tune_siamese.final.mlflow_record import log_pair_model
+    from tune_siamese.training.model import build_model
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    config = tiny_config()
+    export = export_model(build_model(config), config, tmp_path / "export", {"auc": 0.5}, trained_people=["x"])
+    uri = (tmp_path / "mlruns").as_uri()
+    client = MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(client.create_experiment("model")).info.run_id
+    log_pair_model(run_id, uri, str(export))
+
+    stored = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/pair_scorer", dst_path=str(tmp_path / "m"),
+                                                      tracking_uri=uri))
+    files = {path.relative_to(stored).as_posix() for path in stored.rglob("*") if path.is_file()}
+    assert "mlflow_model_code.py" in files and "artifacts/export/model.safetensors" in files
+    assert not [name for name in files if name.endswith((".pkl", ".pickle"))]  # no python_model.pkl
+    flavor = Model.load(str(stored)).flavors["python_function"]
+    assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model" and "python_model" not in flavor
+    assert Path(flavor["model_code_path"]).name == "mlflow_model_code.py"
+
+    mlflow.set_tracking_uri(uri)
+    with pytest.warns(UserWarning):  # the untrained model of synthetic faces says so, loaded either way
+        model = mlflow.pyfunc.load_model(f"runs:/{run_id}/pair_scorer")
+        verifier = ts.load(export)
+    signature = model.metadata.signature
+    assert signature.inputs.input_names() == ["image_a", "image_b"]
+    assert [spec.type.name for spec in signature.inputs.inputs] == ["string", "string"]
+    assert [spec.type.name for spec in signature.outputs.inputs] == ["double"]
+    a, b = smoke_images(tmp_path)
+    pairs = pd.DataFrame({"image_a": [str(a), str(b)], "image_b": [str(b), str(b)]})
+    assert model.predict(pairs) == pytest.approx([verifier.score(a, b), verifier.score(b, b)], abs=1e-6)
+    with pytest.raises(MlflowException, match="image_b"):  # the signature is checked
+        model.predict(pd.DataFrame({"image_a": [str(a)]}))
+
+
 class Trial:
     """What Ray's MLflow callback reads of a Tune trial."""
 
-    def __init__(self, trial_id: str) -> None:
+    def __init__(self, trial_id: str, last_result: dict | None = None) -> None:
         self.trial_id, self.config = trial_id, {"lr": 0.01, "batch_size": 32}
+        self.last_result = last_result or {}
 
     def __str__(self) -> str:
         return f"train_siamese_{self.trial_id}"
@@ -125,6 +180,38 @@ def test_a_resumed_trial_goes_on_in_its_own_run(tmp_path, monkeypatch):
     assert [(m.step, m.value) for m in history] == [(1, 0.7), (2, 0.6)]
     assert runs["train_siamese_b"].info.status == "FINISHED" and runs["train_siamese_a"].info.status == "RUNNING"
     assert runs["train_siamese_b"].data.params == {"lr": "0.01", "batch_size": "32"}
+
+
+def test_each_ended_trial_run_is_tagged_with_its_outcome(tmp_path, monkeypatch):
+    """tune_siamese.outcome, by the rule of the Optuna trials' user attr `outcome` (study_search.trial_outcome);
+    a run whose trial has not ended (an interrupted search) has none."""
+    from mlflow.tracking import MlflowClient
+
+    from tune_siamese.searching.callbacks import mlflow_logger
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = (tmp_path / "mlruns").as_uri()
+    settings = SearchSettings(base={}, space="smoke", num_samples=5, max_epochs=4, grace_period=1,
+                              reduction_factor=2, cpus_per_trial=1, gpus_per_trial=0, max_concurrent=1, seed=0,
+                              storage_path=str(tmp_path), name="outcomes", mlflow=uri)
+    logger = mlflow_logger(settings)[0]
+    logger.setup()
+    epoch = {"training_iteration": 2, "val_loss": 0.6, "best_val_loss": 0.6}
+    ends = {"finished": ({**epoch, "stops_here": 1}, False), "asha_stopped": ({**epoch, "stops_here": 0}, False),
+            "diverged": ({**epoch, "diverged": 1}, False), "errored": (epoch, True), "running": (epoch, None)}
+    for name, (result, failed) in ends.items():
+        trial = Trial(name, result)
+        logger.log_trial_start(trial)
+        logger.log_trial_result(2, trial, result)
+        if failed is not None:
+            logger.on_trial_error(0, [], trial) if failed else logger.on_trial_complete(0, [], trial)
+
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name("outcomes")
+    assert found is not None
+    tags = {run.info.run_name: run.data.tags.get("tune_siamese.outcome") for run in client.search_runs(
+        [found.experiment_id])}
+    assert tags == {f"train_siamese_{name}": None if name == "running" else name for name in ends}
 
 
 def test_mlflow_without_mlflow_installed_exits_2_before_any_ray_work(tmp_path, monkeypatch, capsys):

@@ -22,19 +22,29 @@ HEAD_RESOURCE = "node:__internal_head__"
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """Head with no CPUs (nothing can run there), a 1-CPU worker and a 1-CPU worker with one (logical) GPU."""
+def head(tmp_path_factory):
+    """A head with no CPUs (nothing can run there). The first test here uses it alone; `cluster` then adds the
+    workers: one head start for the module."""
     nodes = RayNodes(tmp_path_factory.mktemp("cluster-logs"))
     try:
         nodes.start_head(num_cpus=0)
-        nodes.add_worker(num_cpus=1)
-        nodes.add_worker(num_cpus=1, num_gpus=1)
-        ids = {node["NodeID"]: HEAD_RESOURCE in node["Resources"] for node in nodes.nodes()}
-        nodes.head_id = next(node for node, head in ids.items() if head)
-        nodes.worker_ids = {node for node, head in ids.items() if not head}
         yield nodes
     finally:
         nodes.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(head):
+    """The head, a 1-CPU worker (the one test_wait_for_resources added, if it ran) and a 1-CPU worker with one
+    (logical) GPU."""
+    if head.alive_nodes() == 1:
+        head.add_worker(num_cpus=1)
+    head.add_worker(num_cpus=1, num_gpus=1)
+    ids = {node["NodeID"]: HEAD_RESOURCE in node["Resources"] for node in head.nodes()}
+    head.head_id = next(node for node, is_head in ids.items() if is_head)
+    head.worker_ids = {node for node, is_head in ids.items() if not is_head}
+    assert len(head.worker_ids) == 2
+    return head
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +67,28 @@ def check_ran_on_workers(experiment: Path, cluster: RayNodes) -> dict:
     final = json.loads((experiment / "final.json").read_text())
     assert final["retrain_node"] in cluster.worker_ids
     return final
+
+
+def test_wait_for_resources_waits_for_a_node_added_by_hand(head, tmp_path):
+    """First in the module: the head alone, which no trial fits."""
+    assert head.alive_nodes() == 1, "runs before the tests that add the cluster's workers"
+    common = [sys.executable, "run_search.py", *SMOKE, "--num-samples", "1", "--max-epochs", "1",
+              "--grace-period", "1", "--storage-path", str(tmp_path), "--address", head.address, "--no-retrain"]
+    refused = run_process([*common, "--name", "refused", "--wait-for-resources", "2"], head.env)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "no node fits one trial after waiting 2 s" in refused.stderr.splitlines()[-1]
+
+    log = tmp_path / "waiting.log"
+    proc = subprocess.Popen([*common, "--name", "waited", "--wait-for-resources", "300"], cwd=REPO,
+                            env={**head.env, "PYTHONUNBUFFERED": "1"}, stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: "waiting up to 300 s" in log.read_text(), 120, "the search's wait")
+        head.add_worker(num_cpus=1)
+        assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+    finally:
+        stop_group(proc)
+    assert len(analysis.load(tmp_path / "waited").trials) == 1
 
 
 def test_search_joins_the_cluster_named_by_ray_address(cluster, postgres_url, tmp_path):
@@ -118,33 +150,20 @@ def test_autoscaling_cluster_adds_gpu_nodes_for_waiting_trials(tmp_path):
         nodes.stop()
 
 
-def test_wait_for_resources_waits_for_a_node_added_by_hand(tmp_path):
-    nodes = RayNodes(tmp_path / "logs")
-    try:
-        nodes.start_head(num_cpus=0)  # no node can hold a trial yet, and no autoscaler will add one
-        common = [sys.executable, "run_search.py", *SMOKE, "--num-samples", "1", "--max-epochs", "1",
-                  "--grace-period", "1", "--storage-path", str(tmp_path), "--address", nodes.address,
-                  "--no-retrain"]
-        refused = run_process([*common, "--name", "refused", "--wait-for-resources", "2"], nodes.env)
-        assert refused.returncode == 2, refused.stderr[-3000:]
-        assert "no node fits one trial after waiting 2 s" in refused.stderr.splitlines()[-1]
+BAD_ADDRESSES = """
+import json, os, sys
+from tune_siamese.app.search_command import main
 
-        log = tmp_path / "waiting.log"
-        proc = subprocess.Popen([*common, "--name", "waited", "--wait-for-resources", "300"], cwd=REPO,
-                                env={**nodes.env, "PYTHONUNBUFFERED": "1"}, stdout=open(log, "w"),
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            wait_for(lambda: "waiting up to 300 s" in log.read_text(), 120, "the search's wait")
-            nodes.add_worker(num_cpus=1)
-            assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
-        finally:
-            stop_group(proc)
-        assert len(analysis.load(tmp_path / "waited").trials) == 1
-    finally:
-        nodes.stop()
+for env, argv in json.loads(sys.argv[1]):
+    os.environ.pop("RAY_ADDRESS", None)
+    os.environ.update(env)
+    print(f"exit {main([*argv, '--connect-timeout', '3'])}", file=sys.stderr, flush=True)
+"""
 
 
 def test_bad_addresses_fail_with_one_line_before_any_ray_work(tmp_path):
+    """Each case is the search command's own main, so exit status and message are the command's; all four in
+    one process: the checks come before Ray starts, so nothing of one case carries into the next."""
     listener = socket.create_server(("127.0.0.1", 0))  # something listens, but it is no Ray cluster
     try:
         cases = [
@@ -153,12 +172,17 @@ def test_bad_addresses_fail_with_one_line_before_any_ray_work(tmp_path):
             ({}, ["--address", "ray://127.0.0.1:10001"], "Ray Client addresses are not supported"),
             ({"RAY_ADDRESS": "http://127.0.0.1:8265"}, [], "RAY_ADDRESS=http://127.0.0.1:8265 is a dashboard"),
         ]
-        for env, argv, message in cases:
-            done = run_process([sys.executable, "run_search.py", *SMOKE, "--storage-path", str(tmp_path),
-                                "--connect-timeout", "3", *argv], {**os.environ, **env}, timeout=120)
-            assert done.returncode == 2, (argv, done.stderr[-2000:])
-            assert message in done.stderr.splitlines()[-1] and "Traceback" not in done.stderr
-            assert not list(tmp_path.glob("*/trial_*"))
+        common = [*SMOKE, "--storage-path", str(tmp_path)]
+        done = run_process([sys.executable, "-c", BAD_ADDRESSES,
+                            json.dumps([(env, [*common, *argv]) for env, argv, _ in cases])],
+                           {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, timeout=180)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+        lines = done.stderr.splitlines()
+        ended = [(lines[i - 1], line) for i, line in enumerate(lines) if line.startswith("exit ")]
+        assert [status for _, status in ended] == ["exit 2"] * len(cases), done.stderr[-3000:]
+        for (_, argv, message), (error, _) in zip(cases, ended):  # the last line before each exit: one line
+            assert message in error and error.startswith("run_search.py: error:"), (argv, error)
+        assert not list(tmp_path.glob("*/trial_*"))
     finally:
         listener.close()
 

@@ -80,6 +80,47 @@ def test_the_options_reach_the_settings_and_bad_combinations_exit_2(tmp_path, ca
         assert message in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("objectives, searcher", [(["val_loss"], "tpe"), (["val_loss", "params"], "tpe"),
+                                                  (["val_loss", "params"], "nsga2")])
+def test_a_trial_asha_stopped_is_pruned_in_the_study_with_one_objective_or_several(objectives, searcher):
+    """The searcher as build_tuner makes it, told what Tune tells it of a trial ASHA stopped (its last result says
+    the training would have gone on) and of one that finished: PRUNED and COMPLETE, as the user attr `outcome`
+    says; the sampler goes on suggesting from such a study."""
+    from types import SimpleNamespace
+
+    import optuna
+
+    from tune_siamese.searching.samplers import build_sampler
+    from tune_siamese.searching.study_search import StudyRecordingSearch
+    from tune_siamese.searching.tuner import searched_metrics
+
+    settings = SimpleNamespace(objectives=objectives, searcher=searcher, seed=0, num_samples=4)
+    metric, mode = searched_metrics(settings)
+    storage = optuna.storages.InMemoryStorage()
+    space = {"lr": optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)}
+    search = StudyRecordingSearch(space=space, metric=metric, mode=mode, sampler=build_sampler(settings),
+                                  study_name="mo", storage=storage)
+    for trial_id, stops_here in (("stopped", 0), ("finished", 1), ("stopped2", 0)):
+        assert search.suggest(trial_id) is not None
+        first = {"training_iteration": 1, "val_loss": 0.7, "best_val_loss": 0.7, "params": 1000.0, "stops_here": 0}
+        search.on_trial_result(trial_id, first)
+        last = {**first, "training_iteration": 2, "val_loss": 0.6, "best_val_loss": 0.6, "stops_here": stops_here}
+        search.on_trial_complete(trial_id, last)  # Tune hands the last result to on_trial_complete only
+    assert search.suggest("next") is not None  # TPE and NSGA-II take a study with pruned trials
+
+    study = optuna.load_study(study_name="mo", storage=storage)
+    assert len(study.directions) == len(objectives)
+    trials = {t.user_attrs["tune_trial_id"]: t for t in study.trials if t.state != optuna.trial.TrialState.RUNNING}
+    assert {name: (t.state.name, t.user_attrs["outcome"]) for name, t in trials.items()} == {
+        "stopped": ("PRUNED", "asha_stopped"), "finished": ("COMPLETE", "finished"),
+        "stopped2": ("PRUNED", "asha_stopped")}
+    assert trials["finished"].values == ([0.6] if len(objectives) == 1 else [0.6, 1000.0])
+    if len(objectives) == 1:
+        assert trials["stopped"].intermediate_values == {1: 0.7, 2: 0.6}  # how far it got, as TPE ranks it
+    else:  # Optuna keeps neither values nor intermediate values of a pruned multi-objective trial
+        assert trials["stopped"].values is None and not trials["stopped"].intermediate_values
+
+
 WIDTHS_SPACE = '''
 from ray import tune
 from search_spaces import Preset

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import shlex
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 import tune_siamese as ts
-from tune_siamese.app import search_command
+from tune_siamese.app import keywords, search_command
 from tune_siamese.app.api import search_options, search_settings
 from tune_siamese.core.errors import InputError
 from tune_siamese.searching import options
@@ -57,6 +58,14 @@ def test_an_option_declared_once_is_on_the_command_line_and_a_keyword(monkeypatc
         search_options({"warmup": "2"})
     with pytest.raises(InputError, match="--warmup would be ignored"):
         settings_for(search_options({"resume": "ray_results/x", "warmup": 2}))
+    def search(**options: Any) -> None: ...
+
+    def resume(experiment: str, **options: Any) -> None: ...
+
+    keywords.document(search, resume, ts.SearchResult)  # what ts.search's signature and help are made by
+    assert inspect.signature(search).parameters["warmup"].annotation is int
+    assert "\n    warmup: epochs of warm-up the search does not count (default: 0)\n" in search.__doc__
+    assert "warmup" not in inspect.signature(resume).parameters  # it shapes the search
     settings, _ = search_settings(space="smoke", storage_path=str(tmp_path), name="w", warmup=3)
     assert settings.command.startswith("python run_search.py --space smoke") and settings.command.endswith(
         "--warmup 3")
@@ -113,7 +122,7 @@ def test_a_keyword_gives_what_its_flag_gives_and_records_it(field):
     assert getattr(given, field.name) == value
     words = shlex.split(given.command)
     assert words[:2] == ["python", "run_search.py"]
-    assert search_command.parse_args(words[2:]) == given
+    assert search_command.parse_args(words[2:]) == dataclasses.replace(given, prog="run_search.py")
     if declared(field).kind == "boolean-optional":  # False is given too: --no-reproducible
         assert search_options({field.name: False}).command_words() == ["--no-" + field.name.replace("_", "-")]
 
@@ -122,11 +131,11 @@ def test_keywords_of_every_option_at_once_round_trip():
     values = {f.name: other_value(f) for f in option_fields()}
     given = search_options(values)
     assert {f.name: getattr(given, f.name) for f in option_fields()} == values
-    assert search_command.parse_args(list(given.argv or ())) == given
+    assert search_command.parse_args(list(given.argv or ())) == dataclasses.replace(given, prog="run_search.py")
     # a dict for --set (True as the command line's true), an int for a float option, None for the default
     typed = search_options({"set": {"image_size": 96, "batchnorm": True}, "cpus_per_trial": 2, "name": None})
     parsed = search_command.parse_args(["--set", "image_size=96", "--set", "batchnorm=true", "--cpus-per-trial", "2"])
-    assert dataclasses.replace(typed, argv=None) == dataclasses.replace(parsed, argv=None)
+    assert dataclasses.replace(typed, argv=None, prog="run_search.py") == dataclasses.replace(parsed, argv=None)
 
 
 @pytest.mark.parametrize(("keywords", "message"), [
@@ -157,16 +166,19 @@ def test_a_keyword_of_the_wrong_type_or_choice_is_one_line_before_anything_runs(
 
 
 def test_search_without_console_is_quiet_and_returns_the_command_that_reruns_it(monkeypatch, tmp_path):
-    ran: list[SearchOptions] = []
+    """No live table (the progress line says it), and no --quiet the user did not ask for in the record."""
+    ran: list[tuple[SearchOptions, bool]] = []
 
-    def run(options: SearchOptions) -> tuple[dict[str, Any], None]:
-        ran.append(options)
+    def run(options: SearchOptions, ray_logs: bool) -> tuple[dict[str, Any], None]:
+        ran.append((options, ray_logs))
         return {"experiment": "somewhere"}, None
 
     monkeypatch.setattr(search_command, "run", run)
     result = ts.search(num_samples=4, storage_path=tmp_path / "a b")
-    assert ran[0].quiet and ran[0].storage_path == str(tmp_path / "a b")
-    assert result.command == ran[0].command == ("python run_search.py --num-samples 4 --storage-path "
-                                                f"{shlex.quote(str(tmp_path / 'a b'))} --quiet")
-    assert not ts.search(verbose=1).command.endswith("--quiet") and not ran[-1].quiet
-    assert not ts.search(console=True).command.endswith("--quiet")
+    options, ray_logs = ran[0]
+    assert options.quiet and not ray_logs and options.storage_path == str(tmp_path / "a b")
+    assert result.command == options.command == ("python run_search.py --num-samples 4 --storage-path "
+                                                 f"{shlex.quote(str(tmp_path / 'a b'))}")
+    assert ts.search(verbose=1).command.endswith("--verbose") and ran[-1] == (ran[-1][0], True)
+    assert not ran[-1][0].quiet
+    assert not ts.search(console=True).command.endswith("--quiet") and ran[-1][1]

@@ -9,11 +9,16 @@ from tune_siamese.artifacts.provenance import SYNTHETIC, demonstration_note
 from tune_siamese.core.names import EXIT_NO_USABLE_TRIAL
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 trial', '6 trials'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def print_start(settings: Any, on_cluster: bool = False) -> None:
     from tune_siamese.searching.gpu_sharing import sharing_warning
     from tune_siamese.searching.study import redact
 
-    print(f"Experiment: {settings.experiment_path} ({settings.num_samples} trials, "
+    print(f"Experiment: {settings.experiment_path} ({counted(settings.num_samples, 'trial')}, "
           f"{settings.max_concurrent} at once)", flush=True)
     for key in settings.not_searched:
         print(f"--set {key}={settings.base[key]} fixes {key}, which the space searches: not searched", flush=True)
@@ -43,12 +48,13 @@ def print_summary(summary: dict[str, Any], preset: Any, settings: Any, mlflow_ru
               f"(exit {EXIT_NO_USABLE_TRIAL}). Analyse it: python -m analysis {settings.experiment_path}")
         return
     if "front" in summary:  # a multi-objective search: what it minimised and which point of the front was taken
-        print(f"\nPareto front over {', '.join(summary['objectives'])}: {len(summary['front'])} trials "
+        print(f"\nPareto front over {', '.join(summary['objectives'])}: {counted(len(summary['front']), 'trial')} "
               f"({', '.join(entry['trial_id'] for entry in summary['front'])}); --pick {summary['pick']} took "
               f"{summary['best_trial']}")
-    print("\n{} configuration (val loss {:.4f} at epoch {}; optimistic: it won a selection among {} trials, "
+    print("\n{} configuration (val loss {:.4f} at epoch {}; optimistic: it won a selection among {}, "
           "quote the test figures):".format("Picked" if summary.get("pick", "best") != "best" else "Best",
-                                              summary["best_val_loss"], summary["best_epoch"], summary["trials"]))
+                                              summary["best_val_loss"], summary["best_epoch"],
+                                              counted(summary["trials"], "trial")))
     print(json.dumps({k: summary["best_config"][k] for k in sorted(preset.space)}, indent=2))
     if "finalists" in summary:
         print_finalists(summary, preset)

@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib.util
 import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 from tune_siamese.app.console import print_start, print_summary
 from tune_siamese.core.config import Config
-from tune_siamese.core.errors import InputError, OneLineParser
+from tune_siamese.core.errors import InputError, OneLineParser, SearchInterrupted
 from tune_siamese.core.names import EXIT_CTRL_C, EXIT_NO_USABLE_TRIAL, EXIT_SIGTERM
 from tune_siamese.searching.cluster import ray_console_environment
 from tune_siamese.searching.options import (
@@ -19,6 +22,7 @@ from tune_siamese.searching.options import (
     declared,
     flag,
     from_namespace,
+    how_to_resume,
     option_fields,
     value_type,
 )
@@ -72,28 +76,35 @@ class SigtermAsCtrlC:
         return " (SIGTERM)" if self.received else ""
 
 
-class SearchInterrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM stopped a search that can be resumed: `message` says how (already printed)."""
-
-    def __init__(self, message: str, experiment: str):
-        super().__init__(message)
-        self.message, self.experiment = message, experiment
-
-
 def parse_args(argv: Sequence[str] | None = None, prog: str = "run_search.py") -> SearchOptions:
     """The options of a command line (None: sys.argv's)."""
     return from_namespace(build_parser(prog).parse_args(argv), prog, argv)
 
 
 class SearchParser(OneLineParser):
-    """Lists the presets under the help only when the help is shown: reading them imports Ray Tune, which a usage
-    error need not wait for."""
+    """Lists the presets under the help, read from search_spaces' source rather than imported: importing it
+    imports Ray Tune (a second), which --help need not wait for."""
 
     def format_help(self) -> str:
-        from search_spaces import describe  # the presets' names and one line on each
-
-        self.epilog = "presets (--space):\n" + describe()
+        self.epilog = "presets (--space):\n" + preset_lines()
         return super().format_help()
+
+
+def preset_lines() -> str:
+    """What search_spaces.describe() says (the presets' names and docs, one line each), from the PRESETS literal
+    in its source; a test holds the two equal."""
+    spec = importlib.util.find_spec("search_spaces")
+    assert spec is not None and spec.origin is not None
+    tree = ast.parse(Path(spec.origin).read_text())
+    table = next(node.value for node in tree.body if isinstance(node, ast.AnnAssign)
+                 and isinstance(node.target, ast.Name) and node.target.id == "PRESETS")
+    assert isinstance(table, ast.Dict)
+    lines = []
+    for key, preset in zip(table.keys, table.values):
+        assert isinstance(key, ast.Constant) and isinstance(preset, ast.Call)
+        doc = next(keyword.value for keyword in preset.keywords if keyword.arg == "doc")
+        lines.append(f"  {str(key.value):11s} {ast.literal_eval(doc)}")
+    return "\n".join(lines)
 
 
 # How argparse reads each kind of option (options.Kind)
@@ -120,11 +131,14 @@ def build_parser(prog: str = "run_search.py") -> OneLineParser:
     return p
 
 
-def run(options: SearchOptions, stop: SigtermAsCtrlC | None = None,
-        begun: float | None = None) -> tuple[dict[str, Any], Any]:
+def run(options: SearchOptions, stop: SigtermAsCtrlC | None = None, begun: float | None = None,
+        ray_logs: bool = True) -> tuple[dict[str, Any], Any]:
     """The recipe; returns (summary as written to final.json, retrained model). Interrupted (Ctrl-C or SIGTERM:
     see `stop`), it prints the command that resumes it and raises SearchInterrupted. `begun`: when the run began
-    (when the command began, so that the summary's wall times add up to the whole; default now)."""
+    (when the command began, so that the summary's wall times add up to the whole; default now). `ray_logs`:
+    Ray's INFO lines and the workers' output on this console (cluster.connect). A Ray this run started (or
+    joined) is shut down (or left) when it returns, so the next run in this process starts from its options; one
+    the process had started before is left as it is."""
     from tune_siamese.core import storage
     from tune_siamese.data import load_data
     from tune_siamese.final.finalists import run_finalists
@@ -145,11 +159,11 @@ def run(options: SearchOptions, stop: SigtermAsCtrlC | None = None,
     own, stop = stop is None, stop or SigtermAsCtrlC()
     with storage.experiment_lock(settings.experiment_path):
         print(cluster.connecting_line(options.address), flush=True)  # Ray takes seconds to start
-        address = cluster.connect(options.address, options.connect_timeout, options.dashboard)
+        address = cluster.connect(options.address, options.connect_timeout, options.dashboard, ray_logs)
         stop.install()  # after ray.init, which replaces it
 
         def stopped(what: str) -> SearchInterrupted:
-            message = f"{what}. Continue it with: {command_to_rerun(options.prog)} --resume {settings.experiment_path}"
+            message = f"{what}. Continue it with: {how_to_resume(options.prog, settings.experiment_path)}"
             print(f"\n{message}", flush=True)
             return SearchInterrupted(message, settings.experiment_path)
 
@@ -193,6 +207,8 @@ def run(options: SearchOptions, stop: SigtermAsCtrlC | None = None,
         finally:
             if own:
                 stop.uninstall()
+            if address != "existing":
+                cluster.disconnect()
     print_summary(summary, preset, settings, mlflow_run, total_seconds=time.time() - begun)
     return summary, model
 
@@ -215,7 +231,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "run_search.py") -> int:
     on_main_thread = threading.current_thread() is threading.main_thread()
     inherited = signal.signal(signal.SIGINT, signal.default_int_handler) if on_main_thread else None
     try:
-        summary, _ = run(parse_args(argv, prog), stop, begun=begun)
+        options = parse_args(argv, prog)
+        options.check()  # each value on its own, before the heavy imports (Ray, torch) that run makes
+        summary, _ = run(options, stop, begun=begun)
     except InputError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -19,11 +19,13 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, cast
 
+import pyarrow.fs
 import safetensors.torch
 import torch
 from safetensors.torch import save_file
@@ -34,6 +36,7 @@ from tune_siamese.artifacts.pipeline import ProbabilityVerifier
 from tune_siamese.core import storage
 from tune_siamese.core.config import Config
 from tune_siamese.core.errors import InputError
+from tune_siamese.core.names import FINAL_FILE, SETTINGS_FILE
 from tune_siamese.training.model import EnsembleNet, SiameseNet, build_model
 
 ENSEMBLE_FILE = "ensemble.json"
@@ -194,6 +197,27 @@ def load_model(source: str | Path) -> tuple[SiameseNet | EnsembleNet, Config, fl
         raise InputError("a search trial's state holds no decision threshold (`tune-siamese evaluate` chooses one "
                          "on the trial's validation pairs)", source)
     return loaded.model, loaded.config, loaded.threshold
+
+
+def experiment_export(source: str | os.PathLike[str]) -> str:
+    """What to load for `source`: EXPERIMENT/export for a search's experiment folder (it holds final.json or
+    search_settings.json; local or a storage URI), else `source` itself. An experiment without an export is
+    refused in one line, naming the other exports it holds (export-ensemble, export-NAME) if any."""
+    text = os.fspath(source)
+    if not storage.is_uri(text) and not Path(text).is_dir():
+        return text  # a checkpoint file, or nothing at all: `load` says which
+    if storage.exists(storage.child(text, CHECKSUMS)) or not any(
+            storage.exists(storage.child(text, name)) for name in (FINAL_FILE, SETTINGS_FILE)):
+        return text  # an export itself, or no experiment
+    export = storage.child(text, "export")
+    if storage.exists(export):
+        return export
+    fs, where = storage.filesystem(text)
+    others = sorted(info.base_name for info in fs.get_file_info(pyarrow.fs.FileSelector(where))
+                    if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("export"))
+    instead = f"load one of its other exports ({', '.join(others)})" if others else "load a checkpoint file instead"
+    raise InputError(f"an experiment folder without an export (the search ran with --no-retrain, stopped before "
+                     f"its export, or had no usable trial); {instead}", text)
 
 
 def _load_local(source: Path) -> LoadedModel:

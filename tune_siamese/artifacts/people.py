@@ -39,6 +39,9 @@ class TrainedPeople:
         record = people_record(names)
         return cls(record["salt"], frozenset(record["digests"]))
 
+    def __repr__(self) -> str:  # the digests themselves (thousands) tell a reader nothing
+        return f"TrainedPeople({len(self.digests)} people)"
+
     def among(self, names: Iterable[str]) -> list[str]:
         return sorted(name for name in set(names) if person_digest(self.salt, name) in self.digests)
 

@@ -5,8 +5,9 @@ The CLI and run_search.py catch it and print its message with exit code 2, no tr
 from __future__ import annotations
 
 import argparse
+import difflib
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 
 class InputError(ValueError):
@@ -22,7 +23,34 @@ class InputError(ValueError):
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one InputError line (exit 2) instead of usage text plus the error."""
+    """argparse that reports a usage error as one InputError line (exit 2) instead of usage text plus the error,
+    with the option a misspelt one was probably meant to be. No abbreviations: argparse would take
+    `--num-sample 3` for --num-samples and start an hour's search on a typo's guess."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
 
     def error(self, message: str) -> NoReturn:
-        raise InputError(f"{message} (see {self.prog} --help)")
+        hint = ""
+        if message.startswith("unrecognized arguments:"):
+            given = [word.split("=")[0] for word in message.split(":", 1)[1].split() if word.startswith("--")]
+            close = [difflib.get_close_matches(word, list(self._option_string_actions), n=1) for word in given]
+            hint = next((f"; did you mean {match[0]}?" for match in close if match), "")
+        raise InputError(f"{message}{hint} (see {self.prog} --help)")
+
+
+class SearchInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a search that can be resumed; its message says how (and was printed).
+
+    A KeyboardInterrupt, so code that stops on Ctrl-C still does; `experiment` is the folder to resume.
+
+    Example:
+        try:
+            result = ts.search(space="smoke")
+        except ts.SearchInterrupted as stopped:
+            result = ts.resume(stopped.experiment)
+    """
+
+    def __init__(self, message: str, experiment: str):
+        super().__init__(message)
+        self.message, self.experiment = message, experiment

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 # Files of an experiment folder (besides Tune's own)
 SETTINGS_FILE = "search_settings.json"  # the search's settings, for --resume and the analysis
+SPACE_FILE = "space.json"  # a space given to ts.search as a Python object, recorded as data (searching.spaces)
+SPACE_IN_EXPERIMENT = "{experiment}/" + SPACE_FILE  # --space of such a search: the file in its folder, wherever that is
 FINAL_FILE = "final.json"  # the retrained model's test scores, written once the search is finished
 STUDY_FILE = "optuna.db"  # the default Optuna study storage (SQLite), in a local experiment folder
 STATE_FILE = "state.pt"  # inside each trial checkpoint: the resumable training state

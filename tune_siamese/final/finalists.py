@@ -13,6 +13,7 @@ from ray.tune.schedulers import FIFOScheduler
 from tune_siamese.core import storage
 from tune_siamese.core.config import Config
 from tune_siamese.core.names import trial_id_of
+from tune_siamese.core.progress import report
 from tune_siamese.data import PairData
 from tune_siamese.searching.callbacks import SearchProgress
 from tune_siamese.searching.owners import check_owner
@@ -139,8 +140,8 @@ def run_finalists(settings: SearchSettings, results: tune.ResultGrid, data: Pair
     checkpoints: dict[str, tune.Checkpoint | None] = {}
     if top:
         fewer = f" (only {len(top)} of the trials have a val loss)" if len(top) < settings.finalists else ""
-        print(f"[finalists] the top {len(top)} trials{fewer}, seeds {', '.join(map(str, seeds))}: "
-              f"{len(top) * len(seeds)} runs in {path}", flush=True)
+        report(f"[finalists] the top {len(top)} trials{fewer}, seeds {', '.join(map(str, seeds))}: "
+               f"{len(top) * len(seeds)} runs in {path}")
         grid, watch = fit_tuner(finalist_tuner(settings, data, {trial_id: config for trial_id, _, config in top}, seeds,
                                         verbose))
         if watch is None or watch.cut_short:  # an interrupt (Ctrl-C), not runs that ended

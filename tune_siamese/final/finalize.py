@@ -10,9 +10,11 @@ from tune_siamese.core import storage
 from tune_siamese.core.config import Config
 from tune_siamese.core.errors import InputError
 from tune_siamese.core.names import FINAL_FILE, FINAL_SIZE
+from tune_siamese.data import PairData
 from tune_siamese.searching import cluster
 from tune_siamese.searching.cluster import ray_console_environment
-from tune_siamese.searching.settings import check_final_policy, load_resume_settings
+from tune_siamese.searching.pareto import PickRule
+from tune_siamese.searching.settings import SearchSettings, check_final_policy, load_resume_settings
 
 
 def final_name(policy: str, size: int, pick: str = "best") -> str:
@@ -22,16 +24,14 @@ def final_name(policy: str, size: int, pick: str = "best") -> str:
 
 
 def finalize(experiment: str, policy: str, size: int | None, address: str | None = None,
-             connect_timeout: float = cluster.CONNECT_TIMEOUT_S, pick: str | None = None) -> dict[str, Any]:
+             connect_timeout: float = cluster.CONNECT_TIMEOUT_S, pick: str | None = None,
+             ray_logs: bool = True) -> dict[str, Any]:
     """Build, test and export the final model `policy` of a finished experiment; returns what final-NAME.json
     holds, and where it is ("record"). Everything is checked before Ray starts: the policy, the experiment (owned
-    by this user: restoring it unpickles Ray's state), that nothing of this name exists yet, and the data."""
+    by this user: restoring it unpickles Ray's state), that nothing of this name exists yet, and the data. A Ray
+    it started or joined is left when it returns (cluster.connect, cluster.disconnect)."""
     from tune_siamese.data import load_data
-    from tune_siamese.final.finalists import Finalists, run_finalists
-    from tune_siamese.final.finish import FinalPlan, hand_back_final
     from tune_siamese.searching.pareto import parse_pick
-    from tune_siamese.searching.ranking import no_usable_reason
-    from tune_siamese.searching.tuner import interrupted, restore_tuner
 
     ray_console_environment()
     size = size if size is not None else (FINAL_SIZE if policy in ("seeds", "folds") else 1)
@@ -50,19 +50,34 @@ def finalize(experiment: str, policy: str, size: int | None, address: str | None
     data = load_data(Config.from_dict(settings.base, source="search settings"))
     print(data.summary(), flush=True)
     with storage.experiment_lock(settings.experiment_path):
-        cluster.connect(address, connect_timeout)
-        results = restore_tuner(settings, data).get_results()
-        if interrupted(results, settings.num_samples, None, watched=False):
-            raise InputError("this search did not finish; continue it with --resume first", settings.experiment_path)
-        finalists: Finalists | None = None
-        if settings.finalists:  # the stage has ended: restoring it runs nothing and gives its winner again
-            finalists = run_finalists(settings, results, data, verbose=0)
-            if finalists is None:
-                raise InputError("this search's finalist stage did not finish; continue it with --resume first",
-                                 settings.experiment_path)
-        plan = FinalPlan(policy, size, rule, record_path, export_suffix=f"-{name}", seconds_as="final_model")
-        handed = hand_back_final(settings, results, data, plan, finalists)
-        if handed is None:
-            raise InputError(f"no usable trial to build a final model from ({no_usable_reason(results)})",
+        address = cluster.connect(address, connect_timeout, ray_logs=ray_logs)
+        try:
+            return _finalize_on_ray(settings, data, policy, size, rule, name, record_path)
+        finally:
+            if address != "existing":
+                cluster.disconnect()
+
+
+def _finalize_on_ray(settings: SearchSettings, data: PairData, policy: str, size: int, rule: PickRule, name: str,
+                     record_path: str) -> dict[str, Any]:
+    """finalize's steps that need Ray: the search's results restored, the finalists' winner, the final model."""
+    from tune_siamese.final.finalists import Finalists, run_finalists
+    from tune_siamese.final.finish import FinalPlan, hand_back_final
+    from tune_siamese.searching.ranking import no_usable_reason
+    from tune_siamese.searching.tuner import interrupted, restore_tuner
+
+    results = restore_tuner(settings, data).get_results()
+    if interrupted(results, settings.num_samples, None, watched=False):
+        raise InputError("this search did not finish; continue it with --resume first", settings.experiment_path)
+    finalists: Finalists | None = None
+    if settings.finalists:  # the stage has ended: restoring it runs nothing and gives its winner again
+        finalists = run_finalists(settings, results, data, verbose=0)
+        if finalists is None:
+            raise InputError("this search's finalist stage did not finish; continue it with --resume first",
                              settings.experiment_path)
+    plan = FinalPlan(policy, size, rule, record_path, export_suffix=f"-{name}", seconds_as="final_model")
+    handed = hand_back_final(settings, results, data, plan, finalists)
+    if handed is None:
+        raise InputError(f"no usable trial to build a final model from ({no_usable_reason(results)})",
+                         settings.experiment_path)
     return {**handed[0], "record": record_path}

@@ -21,6 +21,7 @@ from tune_siamese.core import storage
 from tune_siamese.core.config import Config
 from tune_siamese.core.errors import InputError
 from tune_siamese.core.names import FINAL_FILE, trial_id_of
+from tune_siamese.core.progress import report
 from tune_siamese.data import PairData
 from tune_siamese.final.finalists import Finalists
 from tune_siamese.final.policies import (
@@ -192,7 +193,7 @@ def hand_back_final(settings: SearchSettings, results: tune.ResultGrid, data: Pa
     threads = max(1, int(options["num_cpus"]))
     model = None
     if plan.build:
-        print(final_stage_line(plan.policy, plan.size, epochs), flush=True)
+        report(final_stage_line(plan.policy, plan.size, epochs))
         final = build_final_model(plan.policy, plan.size, base.replace(threads=threads), epochs, data, checkpoint,
                                   options, member_options(settings, plan.size))
         record.update(export_final(final, settings, data, plan.export_dir, epochs, plan.export_suffix))

@@ -1,21 +1,24 @@
 """The search in MLflow (--mlflow), as MLflow users read a tuning job: one parent run for the search (its
-settings as params; after it, the final model's test metrics, final.json and the export, as an MLflow model whose
-predict scores image pairs) with the trials as child runs (Ray Tune's MLflow callback, tuning.mlflow_logger).
+settings as params; after it, the final model's test metrics, final.json and the export, as an MLflow model from
+code whose predict scores image pairs) with the trials as child runs (Ray Tune's MLflow callback,
+searching.callbacks.mlflow_logger).
 
 The parent run's id is kept in the experiment folder (MLFLOW_RUN_FILE), so a resumed search goes on in the same
 run wherever the folder was moved. MLflow is an optional extra: this module is imported only with --mlflow.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import warnings
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any
 
 import mlflow
 import mlflow.pyfunc
+from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, Schema
 
 from tune_siamese.core import storage
 from tune_siamese.core.names import FINAL_FILE
@@ -84,39 +87,20 @@ def finish_run(settings: Any, run_id: str, summary: dict[str, Any]) -> None:
         client.set_terminated(run_id, "FAILED" if "no_usable_trial" in summary else "FINISHED")
 
 
-@contextlib.contextmanager
-def _unshown_warnings() -> Iterator[None]:
-    """MLflow inspects predict's type hints when the class is made and says (through warnings.showwarning, past
-    the filters) that it cannot validate a DataFrame of paths from them: nothing a user of the search needs."""
-    shown = warnings.showwarning
-    warnings.showwarning = lambda *args, **kwargs: None
-    try:
-        yield
-    finally:
-        warnings.showwarning = shown
-
-
-with _unshown_warnings():
-
-    class PairScorer(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined,misc]
-        """The export as an MLflow pyfunc model: predict takes a DataFrame with columns image_a and image_b (image
-        paths) and returns the probability that each pair shows the same person, as `verify` and ts.load do."""
-
-        def load_context(self, context: Any) -> None:
-            from tune_siamese.artifacts.verifier import FaceVerifier
-
-            self.verifier = FaceVerifier(context.artifacts["export"])
-
-        def predict(self, context: Any, model_input: Any, params: Any = None) -> list[float]:
-            return [self.verifier.score(a, b) for a, b in zip(model_input["image_a"], model_input["image_b"])]
+# What pair_scorer's predict takes and returns (mlflow_model_code.PairScorer): MLflow checks each input against it.
+PAIR_SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", "image_a"), ColSpec("string", "image_b")]),
+                                outputs=Schema([ColSpec("double")]))
+MODEL_CODE = str(Path(__file__).with_name("mlflow_model_code.py"))
 
 
 def log_pair_model(run_id: str, uri: str, export: str) -> None:
-    """The export as the run's MLflow model `pair_scorer` (needs tune-siamese where it is loaded)."""
+    """The export as the run's MLflow model `pair_scorer`: MLflow's "models from code" (mlflow_model_code.py, stored
+    with the model) with the export as an artifact, so loading unpickles nothing; it needs tune-siamese where it is
+    loaded. No input example: its image paths would exist on this machine only."""
     mlflow.set_tracking_uri(uri)
-    # MLflow repeats its remark on the type hints, and loading the model to check it repeats the export's own
-    # warnings: neither is about the search's result, which the summary reports.
-    with mlflow.start_run(run_id=run_id), warnings.catch_warnings(), _unshown_warnings():
+    # MLflow remarks that no input example was given: nothing about the search's result, which the summary reports.
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        mlflow.pyfunc.log_model(name="pair_scorer", python_model=PairScorer(), artifacts={"export": export},
-                                pip_requirements=["tune-siamese"])
+        mlflow.pyfunc.log_model(name="pair_scorer", python_model=MODEL_CODE, artifacts={"export": export},
+                                signature=PAIR_SIGNATURE, pip_requirements=["tune-siamese"])
+

@@ -2,7 +2,9 @@
 the trials' runs in MLflow."""
 from __future__ import annotations
 
+import math
 import time
+from contextvars import ContextVar
 from typing import Any
 
 from ray import tune
@@ -12,7 +14,9 @@ from tune_siamese.core.names import (
     VAL_LOSS,
     VAL_LOSS_AVG3,
 )
+from tune_siamese.core.progress import report
 from tune_siamese.searching.settings import SearchSettings
+from tune_siamese.searching.study_search import trial_outcome
 
 
 class CompletionWatch(tune.Callback):
@@ -20,10 +24,9 @@ class CompletionWatch(tune.Callback):
 
     After an interrupt Tune stops the trials still running and marks them TERMINATED, like finished ones, but
     without the on_trial_complete / on_trial_error calls that every real ending (the trial returning, ASHA
-    stopping it, an error) makes. `latest` is the instance that ran last, also after Tuner.restore (which
-    unpickles its own copy, out of reach otherwise); fit_tuner alone reads it and returns it with the results."""
-
-    latest: "CompletionWatch | None" = None
+    stopping it, an error) makes. The instance that runs says so in `running_watch`, also after Tuner.restore
+    (which unpickles its own copy, out of reach otherwise); fit_tuner alone reads it and returns it with the
+    results."""
 
     def __init__(self) -> None:
         self.ended: set[str] = set()
@@ -32,7 +35,7 @@ class CompletionWatch(tune.Callback):
 
     def setup(self, stop: Any = None, num_samples: Any = None, total_num_samples: Any = None, **info: Any) -> None:
         self.ended, self.cut_short, self.started = set(), set(), False
-        CompletionWatch.latest = self
+        running_watch.set(self)
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         if not self.started:  # a resumed search does not run again the trials that ended before
@@ -51,41 +54,65 @@ class CompletionWatch(tune.Callback):
         self.cut_short = {t.trial_id for t in trials if t.trial_id not in self.ended}
 
 
-class SearchProgress(tune.Callback):
-    """One line each time a trial ends: how many of N have ended (errored ones counted), how many run, the
-    elapsed time and a rough time left (elapsed per ended trial, times the trials left). `label` and `unit` name
-    the stage: "[search] ... trials", or "[finalists] ... runs" for the finalist stage (final.finalists)."""
+# The CompletionWatch of the Tune run in progress in this context (fit_tuner resets it before each run)
+running_watch: ContextVar[CompletionWatch | None] = ContextVar("running_watch", default=None)
 
-    def __init__(self, num_samples: int, label: str = "search", unit: str = "trials") -> None:
-        self.num_samples, self.label, self.unit = num_samples, label, unit
-        self.started = time.monotonic()
-        self.ended = self.errored = self.ended_before = 0
-        self.counted = False
+
+class SearchProgress(tune.Callback):
+    """The search's progress line (core.progress): how many of N trials have ended (errored ones counted, and how
+    many stopped before their last epoch), how many run, the best val loss so far, the elapsed time and a rough
+    time left (elapsed per ended trial, times the trials left). A line each time a trial ends; a display also
+    gets each new result. `label` and `unit` name the stage: "[search] ... trials", or "[finalists] ... runs" for
+    the finalist stage (final.finalists)."""
+
+    def __init__(self, num_samples: int, label: str = "search", unit: str = "trials", max_epochs: int = 0) -> None:
+        self.num_samples, self.label, self.unit, self.max_epochs = num_samples, label, unit, max_epochs
+        self.setup()
 
     def setup(self, stop: Any = None, num_samples: Any = None, total_num_samples: Any = None, **info: Any) -> None:
+        # Also what an instance unpickled from an older experiment gets its newer attributes from.
         self.started, self.ended, self.errored, self.ended_before, self.counted = time.monotonic(), 0, 0, 0, False
+        self.stopped_early, self.best = 0, math.inf
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         if not self.counted:  # a resumed search: the trials that ended before count, not their time
             self.ended_before = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+            self.best = min([self.best, *(_best_of(t.last_result) for t in trials)])
             self.counted = True
 
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self.best = min(self.best, _best_of(result))
+        report(self._line(trials, None), live=True)
+
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._report(trials, trial)
+        epochs = (trial.last_result or {}).get("training_iteration", 0)
+        self.stopped_early += bool(getattr(self, "max_epochs", 0) and epochs < self.max_epochs)
+        self._ended(trials, trial)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.errored += 1
-        self._report(trials, trial)
+        self._ended(trials, trial)
 
-    def _report(self, trials: list, ending: Any) -> None:
+    def _ended(self, trials: list, ending: Any) -> None:
         self.ended += 1
+        report(self._line(trials, ending))
+
+    def _line(self, trials: list, ending: Any) -> str:
         elapsed = time.monotonic() - self.started
         running = sum(t.status == "RUNNING" and t is not ending for t in trials)
         left = self.num_samples - self.ended_before - self.ended
-        eta = f", about {_minutes(elapsed / self.ended * left)} left" if left > 0 else ""
-        errored = f" ({self.errored} errored)" if self.errored else ""
-        print(f"[{self.label}] {self.ended_before + self.ended}/{self.num_samples} {self.unit} ended{errored}, "
-              f"{running} running; {_minutes(elapsed)} elapsed{eta}", flush=True)
+        eta = f", about {_minutes(elapsed / self.ended * left)} left" if left > 0 and self.ended else ""
+        notes = [f"{self.stopped_early} stopped early"] * bool(self.stopped_early) + [
+            f"{self.errored} errored"] * bool(self.errored)
+        best = f"; best val loss {self.best:.4f}" if math.isfinite(self.best) else ""
+        return (f"[{self.label}] {self.ended_before + self.ended}/{self.num_samples} {self.unit} ended"
+                f"{' (' + ', '.join(notes) + ')' if notes else ''}, {running} running{best}; "
+                f"{_minutes(elapsed)} elapsed{eta}")
+
+
+def _best_of(result: dict[str, Any] | None) -> float:
+    value = (result or {}).get(BEST_VAL_LOSS)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.inf
 
 
 def _minutes(seconds: float) -> str:
@@ -96,16 +123,19 @@ def _minutes(seconds: float) -> str:
 # timestamps, ...) or the config again (it is the run's params).
 MLFLOW_METRICS = ("train_loss", "lr", "train_pairs", VAL_LOSS, "val_accuracy", "val_auc", BEST_VAL_LOSS, VAL_LOSS_AVG3,
                   "epoch_seconds", "diverged")
+OUTCOME_TAG = "tune_siamese.outcome"  # beside the runs' tune_siamese.role and tune_siamese.experiment
 
 
 def mlflow_logger(settings: SearchSettings, parent_run: str = "") -> list[tune.Callback]:
     """With --mlflow, Ray Tune's own MLflow callback: in the MLflow experiment named after the search, one run per
-    trial, a child of the search's run `parent_run` (mlflow_record), with its config as params and every epoch's
-    metrics (step = epoch). It runs in the driver, and Tune saves it with the run config, so a resumed search logs
-    to the same store and parent."""
+    trial, a child of the search's run `parent_run` (mlflow_record), with its config as params, every epoch's
+    metrics (step = epoch) and, once it ended, the tag tune_siamese.outcome (finished, asha_stopped, diverged or
+    errored: study_search.trial_outcome). It runs in the driver, and Tune saves it with the run config, so a
+    resumed search logs to the same store and parent."""
     if not settings.mlflow:
         return []
     # Not at the top: it imports mlflow (an optional extra, and a second of start-up in every trial worker).
+    from mlflow.tracking import MlflowClient
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
     class MLflowLogger(MLflowLoggerCallback):
@@ -130,6 +160,13 @@ def mlflow_logger(settings: SearchSettings, parent_run: str = "") -> list[tune.C
             metrics = {key: result[key] for key in MLFLOW_METRICS if key in result}
             self.mlflow_util.log_metrics(run_id=self._trial_runs[trial], metrics_to_log=metrics,
                                          step=result["training_iteration"])
+
+        def log_trial_end(self, trial: Any, failed: bool = False) -> None:
+            # Called on a trial's real ends only (not for the trials an interrupt stops): its outcome, by the rule
+            # that sets the Optuna trial's user attr `outcome`.
+            MlflowClient(tracking_uri=self.tracking_uri).set_tag(self._trial_runs[trial], OUTCOME_TAG,
+                                                                 trial_outcome(trial.last_result, failed))
+            super().log_trial_end(trial, failed)
 
     tags = {"tune_siamese.experiment": settings.experiment_path, "tune_siamese.role": "trial"}
     if parent_run:

@@ -88,10 +88,14 @@ def connecting_line(option: str | None) -> str:
     return "Starting a local Ray ..." if address == "local" else f"Joining the Ray cluster at {address} ..."
 
 
-def connect(option: str | None, timeout: float = CONNECT_TIMEOUT_S, dashboard: bool = False) -> str:
-    """Start or join Ray as described above; returns the address used ("local" for a new local Ray)."""
+def connect(option: str | None, timeout: float = CONNECT_TIMEOUT_S, dashboard: bool = False,
+            ray_logs: bool = True) -> str:
+    """Start or join Ray as described above; returns the address used ("local" for a new local Ray, "existing"
+    for a Ray this process had started already). `ray_logs=False`: neither Ray's INFO lines nor the workers'
+    output reach this process's console (the Python API's default; the progress display says what happens)."""
     import ray
 
+    quiet: dict[str, Any] = {} if ray_logs else {"log_to_driver": False, "logging_level": logging.WARNING}
     if ray.is_initialized():
         return "existing"  # tests and notebooks may have started (or joined) Ray already
     address = resolve_address(option)
@@ -105,7 +109,7 @@ def connect(option: str | None, timeout: float = CONNECT_TIMEOUT_S, dashboard: b
         # Ray enables token auth for a new local Ray and says so in a warning on every run; the behaviour is
         # right (and the ports are on 127.0.0.1 anyway), the line is noise. RAY_AUTH_MODE set by the user wins.
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-        kwargs: dict[str, Any] = {"include_dashboard": dashboard, "log_to_driver": True}
+        kwargs: dict[str, Any] = {"include_dashboard": dashboard, "log_to_driver": True, **quiet}
         if dashboard:
             kwargs["dashboard_host"] = "127.0.0.1"
         # "local" always starts a new Ray here; None would silently join any Ray already running on this machine.
@@ -114,12 +118,19 @@ def connect(option: str | None, timeout: float = CONNECT_TIMEOUT_S, dashboard: b
     if address != "auto":
         _probe(address, source, timeout)
     try:
-        ray.init(address=address, runtime_env=code_runtime_env(), log_to_driver=True)
+        ray.init(**{"address": address, "runtime_env": code_runtime_env(), "log_to_driver": True, **quiet})
     except (ConnectionError, RuntimeError, ValueError) as exc:
         first_line = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
         raise InputError(f"{source}={address}: could not join the Ray cluster ({first_line[:300]})") from None
     print(f"Joined the Ray cluster at {address}: {_describe_nodes()}", file=sys.stderr, flush=True)
     return address
+
+
+def disconnect() -> None:
+    """Leave the Ray that connect started or joined: a local one stops, a cluster goes on without this driver."""
+    import ray
+
+    ray.shutdown()
 
 
 def _describe_nodes() -> str:

@@ -80,8 +80,9 @@ class SearchOptions:
         "synthetic", WHAT, metavar="PATH",
         help="an LFW-a folder with its pair lists, an identity folder, 'lfw' (torchvision download) or 'synthetic' "
              "(default: %(default)s)")
-    space: str = option("quick", WHAT, metavar="SPACE",
-                        help="a preset (listed below), module:SPACE or file.py:SPACE (default: %(default)s)")
+    space: str = option(
+        "quick", WHAT, metavar="SPACE",
+        help="a preset (listed below), module:SPACE, file.py:SPACE or a space .json file (default: %(default)s)")
     set: tuple[str, ...] = option(
         (), WHAT, kind="repeatable", metavar="KEY=VALUE",
         help="fix a Config field for every trial, e.g. --set image_size=96 (repeatable; a key the space searches is "
@@ -201,6 +202,19 @@ class SearchOptions:
     # Not options: how the search was started, for the command recorded in the experiment and the resume hint.
     prog: str = "run_search.py"
     argv: tuple[str, ...] | None = None  # the words after prog; None: sys.argv's
+    # A space given to ts.search as a Python object (a dict of Ray Tune distributions or a Preset); `space` then
+    # says where the experiment records it as data (spaces.SPACE_IN_EXPERIMENT).
+    space_object: Any = None
+
+    def naming_space_file(self, path: str) -> SearchOptions:
+        """These options with the command line naming the file the experiment recorded the space object in."""
+        words = None if self.argv is None else tuple(path if word == self.space else word for word in self.argv)
+        return dataclasses.replace(self, argv=words)
+
+    @property
+    def space_label(self) -> str:
+        """The space as messages name it."""
+        return "ts.search(space=...)" if self.space_object is not None else self.space
 
     @property
     def command(self) -> str:
@@ -276,9 +290,14 @@ def declared(f: dataclasses.Field[Any]) -> Option:
     return declaration
 
 
+def annotation(f: dataclasses.Field[Any]) -> Any:
+    """The option's type as declared: `int | None`, `tuple[str, ...]`."""
+    return typing.get_type_hints(SearchOptions)[f.name]
+
+
 def value_type(f: dataclasses.Field[Any]) -> type:
     """The type of one value of the option, from its annotation: int for `int | None`, str for `tuple[str, ...]`."""
-    hint = typing.get_type_hints(SearchOptions)[f.name]
+    hint = annotation(f)
     args = [arg for arg in typing.get_args(hint) if arg not in (type(None), Ellipsis)]
     return args[0] if args else hint
 
@@ -290,10 +309,10 @@ def from_namespace(args: argparse.Namespace, prog: str, argv: Sequence[str] | No
     return SearchOptions(**values, prog=prog, argv=None if argv is None else tuple(str(a) for a in argv))
 
 
-def from_values(values: Mapping[str, Any]) -> SearchOptions:
+def from_values(values: Mapping[str, Any], space_object: Any = None) -> SearchOptions:
     """The options given as typed values (ts.search's keywords, checked), recording the command line that gives
     them."""
-    options = SearchOptions(**values)
+    options = SearchOptions(**values, prog=API, space_object=space_object)
     return dataclasses.replace(options, argv=tuple(options.command_words()))
 
 
@@ -305,9 +324,18 @@ def flag(name: str) -> str:
     return f"--{name.replace('_', '-')}"
 
 
+API = "ts.search"  # the prog of a search started from Python
+
+
 def command_to_rerun(prog: str) -> str:
-    """The command a user types to run the search command again: `python run_search.py` or `tune-siamese search`."""
-    return "python run_search.py" if prog == "run_search.py" else prog
+    """The command a user types to run the search command again: `python run_search.py` or `tune-siamese search`
+    (also the command line equivalent to a ts.search call)."""
+    return "python run_search.py" if prog in ("run_search.py", API) else prog
+
+
+def how_to_resume(prog: str, experiment: str) -> str:
+    """What continues an interrupted search, in the form it was started in."""
+    return f"ts.resume({experiment!r})" if prog == API else f"{command_to_rerun(prog)} --resume {experiment}"
 
 
 def check_fraction(gpus: float, option: str) -> None:

@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Any
 from tune_siamese.core import storage
 from tune_siamese.core.config import Config, parse_overrides
 from tune_siamese.core.errors import InputError
-from tune_siamese.core.names import FINAL_POLICIES, RUNG_METRICS, SEARCHERS, SETTINGS_FILE
+from tune_siamese.core.names import (
+    FINAL_POLICIES,
+    RUNG_METRICS,
+    SEARCHERS,
+    SETTINGS_FILE,
+    SPACE_FILE,
+)
 from tune_siamese.searching.objectives import parse_objectives
 from tune_siamese.searching.options import FALLBACKS, SearchOptions, flag
 from tune_siamese.searching.owners import check_owner, check_owner_of
@@ -83,7 +89,7 @@ def preset_choice(value: Any, key: str, choices: Any, options: SearchOptions) ->
     """A choice given (checked against the option's declared choices), else the preset's or the fallback, which is
     checked here."""
     if value not in choices:
-        raise InputError(f"search space {options.space}: option_defaults {key}={value!r} is not one of "
+        raise InputError(f"search space {options.space_label}: option_defaults {key}={value!r} is not one of "
                          f"{', '.join(choices)}")
     return str(value)
 
@@ -110,7 +116,7 @@ def resolve(options: SearchOptions, preset: Preset, started: str) -> tuple[Searc
     not_searched = [key for key in preset.space if key in overrides]
     preset = without(preset, not_searched)
     if not_searched and not preset.space:
-        raise InputError(f"option --set fixes every value the search space {options.space} searches "
+        raise InputError(f"option --set fixes every value the search space {options.space_label} searches "
                          f"({', '.join(not_searched)}): nothing left to search")
 
     def chosen(key: str) -> Any:
@@ -129,7 +135,7 @@ def resolve(options: SearchOptions, preset: Preset, started: str) -> tuple[Searc
     grace_period = min(chosen("grace_period"), max_epochs)  # the preset's, cut to short runs
     reduction_factor = float(chosen("reduction_factor"))
     if not reduction_factor > 1:  # a given one was checked with the other options; this is the preset's
-        raise InputError(f"search space {options.space}: option_defaults reduction_factor={reduction_factor} "
+        raise InputError(f"search space {options.space_label}: option_defaults reduction_factor={reduction_factor} "
                          "must be > 1")
     searcher = preset_choice(chosen("searcher"), "searcher", SEARCHERS, options)
     rung_metric = preset_choice(chosen("rung_metric"), "rung_metric", RUNG_METRICS, options)
@@ -153,7 +159,7 @@ def resolve(options: SearchOptions, preset: Preset, started: str) -> tuple[Searc
     base = {**gpu_defaults, **preset.fixed, **overrides, "data": options.data, "max_epochs": max_epochs,
             "seed": options.seed, "threads": max(1, int(options.cpus_per_trial))}
     Config.from_dict(base, source="search settings")  # fail now on a bad fixed value, not in every trial
-    check_values(preset, base, options.space)
+    check_values(preset, base, options.space_label)
     storage_path = storage.resolve(options.storage_path)
     settings = SearchSettings(
         base=base, space=options.space, num_samples=num_samples, max_epochs=max_epochs,
@@ -183,8 +189,9 @@ def check_finalists(options: SearchOptions, preset_defaults: dict[str, Any], num
             return 0, f"option {option}=0 (the default)"
         number = preset_defaults[key]
         if isinstance(number, bool) or not isinstance(number, int):
-            raise InputError(f"search space {options.space}: option_defaults {key}={number!r} must be a whole number")
-        return number, f"search space {options.space}: option_defaults {key}={number} ({option})"
+            raise InputError(f"search space {options.space_label}: option_defaults {key}={number!r} must be a whole "
+                             "number")
+        return number, f"search space {options.space_label}: option_defaults {key}={number} ({option})"
 
     (k, k_source), (s, s_source) = value("finalists"), value("finalist_seeds")
     if k < 0:
@@ -269,7 +276,7 @@ def load_resume_settings(path: str) -> SearchSettings:
 def settings_for(options: SearchOptions) -> tuple[SearchSettings, Preset]:
     """(settings, searched preset) of a new search, or of the experiment --resume names, which keeps its own:
     an option that shapes the search is refused there rather than silently ignored."""
-    from tune_siamese.searching.spaces import get_preset, without
+    from tune_siamese.searching.spaces import as_preset, get_preset, without
 
     ignored = options.search_shaping_given() if options.resume else []
     if ignored:
@@ -278,6 +285,17 @@ def settings_for(options: SearchOptions) -> tuple[SearchSettings, Preset]:
     options.check()
     if options.resume:
         settings = load_resume_settings(options.resume)
-        return settings, without(get_preset(settings.space), settings.not_searched)  # the space it searched
-    return resolve(options, get_preset(options.space), time.strftime("%Y%m%d-%H%M%S"))
+        searched = get_preset(settings.space, settings.experiment_path)
+        return settings, without(searched, settings.not_searched)  # the space it searched
+    if options.space_object is not None:
+        settings, preset = resolve(options, as_preset(options.space_object, options.space_label), stamp())
+        # what reruns it, once the experiment has recorded the space
+        named = options.naming_space_file(storage.child(settings.experiment_path, SPACE_FILE))
+        return dataclasses.replace(settings, command=named.command), preset
+    return resolve(options, get_preset(options.space), stamp())
+
+
+def stamp() -> str:
+    """What names an unnamed search: the time it started."""
+    return time.strftime("%Y%m%d-%H%M%S")
 

@@ -1,19 +1,24 @@
-"""Loading and checking a search space: a preset by name or a user's `module:SPACE` / `file.py:SPACE`, its keys
-and starting points against Config, and every value it can give a trial checked by Config's rules before Ray
-starts. The presets themselves are plain data (search_spaces)."""
+"""Loading and checking a search space: a preset by name, a user's `module:SPACE` / `file.py:SPACE`, a space
+written as JSON data (`space.json`, also what an experiment records of a space given to ts.search as a Python
+object), its keys and starting points against Config, and every value it can give a trial checked by Config's
+rules before Ray starts. The presets themselves are plain data (search_spaces)."""
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ray import tune
 from ray.tune.search import sample
 
 from search_spaces import PRESETS, Preset
+from tune_siamese.core import storage
 from tune_siamese.core.config import Config
 from tune_siamese.core.errors import InputError
+from tune_siamese.core.names import SPACE_FILE, SPACE_IN_EXPERIMENT
 
 
 def _validate(preset: Preset, source: str) -> Preset:
@@ -90,13 +95,16 @@ def space_file(name: str) -> Path | None:
     return Path(target) if name not in PRESETS and target.endswith(".py") else None
 
 
-def get_preset(name: str) -> Preset:
-    """A preset by name, or a user's space given as `module:ATTR`, `file.py:ATTR` or `file.py` (SPACE)."""
+def get_preset(name: str, experiment: str = "") -> Preset:
+    """A preset by name, a user's space given as `module:ATTR`, `file.py:ATTR` or `file.py` (SPACE), or a JSON
+    file of space data (SPACE_IN_EXPERIMENT: the one recorded in `experiment`)."""
     if name in PRESETS:
         return PRESETS[name]
+    if name.endswith(".json"):
+        return _json_preset(name, experiment)
     if ":" not in name and not name.endswith(".py"):
         raise InputError(f"option --space: unknown preset {name!r}; available: {', '.join(PRESETS)} "
-                         "(or module:SPACE, or file.py:SPACE)")
+                         "(or module:SPACE, file.py:SPACE or space.json)")
     target, attr = _split(name)
     try:
         path = space_file(name)
@@ -119,3 +127,110 @@ def get_preset(name: str) -> Preset:
     if isinstance(value, dict):
         return _validate(Preset(space=value), name)
     raise InputError(f"option --space: {target!r} has no dict or Preset named {attr}")
+
+
+# ------------------------------------------------------------------------------------------------------
+# A space as data: what an experiment records of a space given to ts.search as a Python object (no pickle), and
+# what `--space FILE.json` reads. Each searched key maps to {"DISTRIBUTION": [arguments]}, named and ordered as
+# Ray Tune's functions (tune.loguniform(1e-4, 1e-2) is {"loguniform": [1e-4, 1e-2]}); any other value is fixed.
+
+
+
+def domain_data(domain: Any, key: str) -> Any:
+    """One space entry as JSON data; InputError for what data cannot say (tune.sample_from, grid_search)."""
+    if isinstance(domain, sample.Categorical):
+        return {"choice": list(domain.categories)}
+    if isinstance(domain, (sample.Float, sample.Integer)):
+        sampler = domain.get_sampler()
+        q = sampler.q if isinstance(sampler, sample.Quantized) else None
+        inner = sampler.sampler if isinstance(sampler, sample.Quantized) else sampler
+        kind = type(inner).__name__  # _Uniform, _LogUniform, _Normal
+        integer = isinstance(domain, sample.Integer)
+        if isinstance(inner, sample.Float._Normal):
+            name, args = "randn", [inner.mean, inner.sd]
+        else:
+            name = {"_Uniform": "randint" if integer else "uniform",
+                    "_LogUniform": "lograndint" if integer else "loguniform"}[kind]
+            args = [domain.lower, domain.upper]
+        return {f"q{name}" if q is not None else name: [*args, q] if q is not None else args}
+    if isinstance(domain, sample.Domain) or (isinstance(domain, dict) and "grid_search" in domain):
+        raise InputError(f"space entry {key}: a {type(domain).__name__} cannot be recorded as data; use "
+                         "tune.choice, tune.uniform, tune.loguniform, tune.randint or their q-forms")
+    return domain
+
+
+DISTRIBUTIONS = ("choice", "uniform", "loguniform", "quniform", "qloguniform", "randn", "qrandn", "randint",
+                 "lograndint", "qrandint", "qlograndint")
+
+
+def domain_from_data(value: Any, key: str) -> Any:
+    if not isinstance(value, dict):
+        return value
+    if len(value) != 1 or next(iter(value)) not in DISTRIBUTIONS or not isinstance(next(iter(value.values())), list):
+        raise InputError(f"space entry {key}: {json.dumps(value)[:200]} is not one of "
+                         f"{{DISTRIBUTION: [arguments]}} with a distribution of {', '.join(DISTRIBUTIONS)}")
+    name, args = next(iter(value.items()))
+    try:
+        return tune.choice(args) if name == "choice" else getattr(tune, name)(*args)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"space entry {key}: tune.{name}{tuple(args)} is refused ({exc})") from None
+
+
+def preset_data(preset: Preset) -> dict[str, Any]:
+    """A preset as JSON-ready data (preset_from_data reads it back)."""
+    data = {"space": {key: domain_data(domain, key) for key, domain in preset.space.items()},
+            "points": preset.points, "fixed": preset.fixed, "option_defaults": preset.option_defaults,
+            "doc": preset.doc}
+    try:
+        json.dumps(data, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"the space holds a value JSON cannot record ({exc})") from None
+    return data
+
+
+def preset_from_data(data: Any, source: str) -> Preset:
+    if not isinstance(data, dict) or not isinstance(data.get("space"), dict):
+        raise InputError("not a search space: a JSON object with a \"space\" object is expected", source)
+    unknown = sorted(set(data) - {"space", "points", "fixed", "option_defaults", "doc"})
+    if unknown:
+        raise InputError(f"unknown key(s) {', '.join(unknown)}", source)
+    try:
+        space = {key: domain_from_data(value, key) for key, value in data["space"].items()}
+    except InputError as exc:
+        raise InputError(str(exc), source) from None
+    preset = Preset(space=space, points=list(data.get("points", [])), fixed=dict(data.get("fixed", {})),
+                    option_defaults=dict(data.get("option_defaults", {})), doc=str(data.get("doc", "")))
+    return _validate(preset, source)
+
+
+def as_preset(space: Any, source: str) -> Preset:
+    """A space given as a Python object (a dict of Ray Tune distributions or a Preset), checked and known to
+    survive the round trip through data (the experiment records it so)."""
+    if isinstance(space, dict):
+        space = Preset(space=space)
+    if not isinstance(space, Preset):
+        raise InputError(f"{source} must be a preset name, \"module:SPACE\", \"file.py:SPACE\", a .json file, a "
+                         f"dict of Ray Tune distributions or a search_spaces.Preset, not {type(space).__name__}")
+    _validate(space, source)
+    try:
+        data = preset_data(space)
+    except InputError as exc:
+        raise InputError(f"{source}: {exc}") from None
+    return preset_from_data(data, source)
+
+
+def _json_preset(name: str, experiment: str) -> Preset:
+    where = storage.child(experiment, SPACE_FILE) if name == SPACE_IN_EXPERIMENT else name
+    text = storage.read_text(where)
+    if text is None:
+        raise InputError("search-space file not found", where)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON ({exc.msg})", where, exc.lineno) from None
+    return preset_from_data(data, where)
+
+
+def write_space_data(preset: Preset, experiment: str) -> None:
+    """Record a space given as a Python object in the experiment, for --resume and the record."""
+    storage.write_text(storage.child(experiment, SPACE_FILE), json.dumps(preset_data(preset), indent=2) + "\n")

@@ -6,8 +6,9 @@ that a moved or copied experiment finds its own study.
 """
 from __future__ import annotations
 
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import optuna
 from optuna.storages.journal import JournalFileBackend
@@ -34,23 +35,27 @@ def study_location(stored: str, experiment: str) -> str:
     return f"sqlite:///{Path(experiment.removeprefix('file://'), stored.removeprefix(IN_EXPERIMENT))}"
 
 
+# Where the state Tune unpickles on resume (this storage, the searcher's trial folders) is to find the experiment
+# now, wherever it was moved or copied: set for the restore and the run after it (tuner.restore_tuner), "" for a new
+# search. A context variable, so that it belongs to the call that restores, not to a class.
+restoring_into: ContextVar[str] = ContextVar("restoring_into", default="")
+
+
 class ExperimentStudyStorage(optuna.storages.RDBStorage):
     """The SQLite study inside the experiment folder.
 
     Tune pickles the searcher, and with it this storage, into tuner.pkl and the searcher's state file. A plain
     RDBStorage unpickles by opening the path it was built with: after a move or copy, the old place (an empty
     database created there, or a failure), while the study in the folder being resumed keeps its trials RUNNING.
-    This one is pickled as its place inside the experiment and unpickles into the folder `resuming` names
-    (search.restore_tuner sets it before Tune restores), else into the one it was built for."""
-
-    resuming: ClassVar[str] = ""
+    This one is pickled as its place inside the experiment and unpickles into the folder `restoring_into` names
+    (tuner.restore_tuner sets it before Tune restores), else into the one it was built for."""
 
     def __init__(self, stored: str, experiment: str) -> None:
         self.stored, self.experiment = stored, experiment
         super().__init__(study_location(stored, experiment))
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        experiment = ExperimentStudyStorage.resuming or state["experiment"]
+        experiment = restoring_into.get() or state["experiment"]
         super().__setstate__({**state, "experiment": experiment,
                               "url": study_location(state["stored"], experiment)})
 

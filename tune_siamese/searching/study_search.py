@@ -4,11 +4,14 @@
 - every epoch's val loss is an intermediate value (OptunaSearch reports the searched metric, the best val loss
   so far, and misses the last epoch: Tune hands that result to on_trial_complete, not on_trial_result);
 - a trial ASHA stopped is PRUNED (OptunaSearch tells COMPLETE with its loss so far), so the sampler ranks it as
-  Optuna ranks trials its own pruners stop: below every finished one, by how far it got;
+  Optuna ranks trials its own pruners stop: below every finished one, by how far it got. So too in a
+  multi-objective study, which keeps no intermediate values (Trial.report is single-objective, optuna#3450) but
+  takes tell(state=PRUNED): TPE then ranks it below every finished trial, NSGA-II leaves it out of its
+  generations, as it leaves trials Optuna's pruners stop;
 - a diverged trial stays COMPLETE at the diverged loss (the sampler learns that the region diverges) with the
   user attr `outcome` = "diverged"; an errored one is FAIL. Every trial has the user attrs `outcome` (the
   analysis's status: finished, asha_stopped, diverged, errored) and `tune_trial_id` (the id of the trial's
-  folder and of the analysis's DataFrames).
+  folder and of the analysis's DataFrames). trial_outcome is the rule; the trials' MLflow runs are tagged by it too.
 """
 from __future__ import annotations
 
@@ -20,7 +23,18 @@ from optuna.trial import TrialState
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
-from tune_siamese.core.names import ASHA_STOPPED, DIVERGED, ERRORED, FINISHED, VAL_LOSS
+from tune_siamese.core.names import ASHA_STOPPED, BEST_VAL_LOSS, DIVERGED, ERRORED, FINISHED, VAL_LOSS
+
+
+def trial_outcome(result: dict[str, Any] | None, error: bool = False, metric: str = BEST_VAL_LOSS) -> str:
+    """How a trial ended, from the last result Tune handed on: errored (an error, or no `metric`), diverged,
+    finished (max_epochs or its own early stopping, which the training reports as stops_here) or asha_stopped. It
+    agrees with names.trial_status, which reads the same from the trial's recorded history afterwards."""
+    if error or not result or result.get(metric) is None:
+        return ERRORED
+    if result.get("diverged"):
+        return DIVERGED
+    return FINISHED if result.get("stops_here", 1) else ASHA_STOPPED  # 1: results from before it
 
 
 class StudyRecordingSearch(OptunaSearch):
@@ -53,14 +67,9 @@ class StudyRecordingSearch(OptunaSearch):
         if result and not isinstance(self.metric, list):
             self._report(trial_id, result)  # the last epoch, which on_trial_result never saw
         primary = self.metric[0] if isinstance(self.metric, list) else self.metric
-        if error or not result or result.get(primary) is None:
-            outcome = ERRORED
-        elif result.get("diverged"):
-            outcome = DIVERGED
-        else:
-            outcome = FINISHED if result.get("stops_here", 1) else ASHA_STOPPED  # 1: results from before it
+        outcome = trial_outcome(result, error, primary)
         ot_trial.set_user_attr("outcome", outcome)
-        if outcome != ASHA_STOPPED or isinstance(self.metric, list):
+        if outcome != ASHA_STOPPED:
             return super().on_trial_complete(trial_id, result, error)
         assert self._ot_study is not None  # set up by the time a trial completes
         self._ot_study.tell(ot_trial, state=TrialState.PRUNED)

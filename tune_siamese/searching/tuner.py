@@ -6,7 +6,7 @@ import dataclasses
 import json
 import signal
 import threading
-from typing import Any, ClassVar
+from typing import Any
 
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
@@ -18,14 +18,16 @@ from tune_siamese.core.names import (
     MODE,
     RUNG_METRICS,
     SETTINGS_FILE,
+    SPACE_IN_EXPERIMENT,
 )
 from tune_siamese.data import PairData
-from tune_siamese.searching.callbacks import CompletionWatch, SearchProgress, mlflow_logger
+from tune_siamese.searching.callbacks import CompletionWatch, SearchProgress, mlflow_logger, running_watch
 from tune_siamese.searching.live_table import live_table
 from tune_siamese.searching.objectives import REPORTED
 from tune_siamese.searching.samplers import build_sampler
 from tune_siamese.searching.settings import SearchSettings
-from tune_siamese.searching.study import ExperimentStudyStorage, open_study_storage
+from tune_siamese.searching.spaces import write_space_data
+from tune_siamese.searching.study import open_study_storage, restoring_into
 from tune_siamese.searching.study_search import StudyRecordingSearch
 from tune_siamese.searching.trainable import build_trainable
 
@@ -36,9 +38,9 @@ def fit_tuner(tuner: tune.Tuner) -> tuple[tune.ResultGrid, CompletionWatch | Non
     the run ends without one: a Ctrl-C (or SIGTERM, search_command) during the retrain would only set a flag that
     nothing reads any more."""
     before = signal.getsignal(signal.SIGINT)
-    CompletionWatch.latest = None
+    running_watch.set(None)
     try:
-        return tuner.fit(), CompletionWatch.latest
+        return tuner.fit(), running_watch.get()
     finally:
         if threading.current_thread() is threading.main_thread():  # where Tune installs it, and where we may
             signal.signal(signal.SIGINT, before)
@@ -95,7 +97,8 @@ def build_tuner(settings: SearchSettings, data: PairData, space: dict[str, Any],
                                     reuse_actors=True, trial_dirname_creator=trial_folder,
                                     trial_name_creator=trial_name),
         run_config=run_config(settings.name, settings.storage_path, verbose, list(space), settings.max_failures,
-                              [SearchProgress(settings.num_samples), *mlflow_logger(settings, mlflow_parent)]),
+                              [SearchProgress(settings.num_samples, max_epochs=settings.max_epochs),
+                               *mlflow_logger(settings, mlflow_parent)]),
     )
 
 
@@ -122,23 +125,17 @@ class MovableSearchGenerator(SearchGenerator):
     """Tune's wrapper that turns the searcher's suggestions into trials, filed under the experiment its saved
     state holds. On resume Tune moves the restored trials to where the experiment is now, but not this: after a
     move or copy the trials created after a resume would write to the old folder. Restored, this one files them
-    in the folder `resuming` names (restore_tuner sets it)."""
-
-    resuming: ClassVar[str] = ""
+    in the folder study.restoring_into names (restore_tuner sets it)."""
 
     def set_state(self, state: dict[str, Any]) -> None:
         super().set_state(state)
-        if self.resuming and self._experiment is not None:
+        moved_to = restoring_into.get()
+        if moved_to and self._experiment is not None:
             # What Tune's controller does for each restored trial (TuneController._restore_trials)
             context = self._experiment.storage  # the same object as the trial spec's "storage"
-            parent, name = storage.parent_and_name(self.resuming)
+            parent, name = storage.parent_and_name(moved_to)
             context.storage_filesystem, context.storage_fs_path = storage.filesystem(parent)
             context.experiment_dir_name = name
-
-
-def resuming(experiment: str) -> None:
-    """Where the state Tune unpickles on resume is to find the experiment now ("" for a new search)."""
-    ExperimentStudyStorage.resuming = MovableSearchGenerator.resuming = experiment
 
 
 def build_scheduler(settings: SearchSettings) -> TrialScheduler:
@@ -155,7 +152,7 @@ def build_scheduler(settings: SearchSettings) -> TrialScheduler:
 def restore_tuner(settings: SearchSettings, data: PairData) -> tune.Tuner:
     # The state Tune unpickles holds the study's storage and the folder new trials go to: both are re-pointed
     # to this folder, wherever the experiment was moved or copied to.
-    resuming(settings.experiment_path)
+    restoring_into.set(settings.experiment_path)
     return tune.Tuner.restore(settings.experiment_path, trainable=build_trainable(settings, data),
                               resume_unfinished=True, resume_errored=True)
 
@@ -166,7 +163,9 @@ def tuner_for(settings: SearchSettings, preset: Any, data: PairData, resume: boo
     the console verbosity it was started with)."""
     if resume:
         return restore_tuner(settings, data)
-    resuming("")
+    restoring_into.set("")
+    if settings.space == SPACE_IN_EXPERIMENT:  # given as a Python object: recorded as data, for --resume
+        write_space_data(preset, settings.experiment_path)
     storage.write_text(storage.child(settings.experiment_path, SETTINGS_FILE),
                        json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
     return build_tuner(settings, data, preset.space, preset.points, verbose, mlflow_parent)
