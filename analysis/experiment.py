@@ -207,6 +207,8 @@ def load(experiment_path: str | Path) -> Experiment:
         raise InputError(f"not an experiment folder written by run_search.py ({SETTINGS_FILE} missing)",
                          folder.display)
     summary = with_trial_ids(folder.json(FINAL_FILE))
+    if summary is not None:  # its paths where the experiment is now (recorded relative to it, or before, absolute)
+        summary = storage.record_as_read(summary, folder.display)
 
     records = trial_records(folder)
     frames, configs = [], {}

@@ -2,7 +2,8 @@
 
 The study gets one finished trial per Tune trial: its hyperparameters, their distributions (the preset's Ray
 Tune space converted by OptunaSearch's own converter, or inferred from the values seen), and as value the
-best val loss the trial reached, or DIVERGED_LOSS for a trial that diverged before any (what TPE saw too).
+best val loss the trial reached, or DIVERGED_LOSS for a trial that diverged (what the searcher and the Optuna study
+got for it: above every usable loss, whatever it reached before it diverged).
 """
 from __future__ import annotations
 
@@ -162,8 +163,7 @@ def _trials_study(exp: Trials) -> tuple[optuna.Study, int]:
     """A study of the trials that reached a val loss (or diverged), and how many they are."""
     params, values = [], []
     for _, row in exp.trials.iterrows():
-        value = DIVERGED_LOSS if row["status"] == DIVERGED and math.isnan(row["best_val_loss"]) \
-            else row["best_val_loss"]
+        value = DIVERGED_LOSS if row["status"] == DIVERGED else row["best_val_loss"]
         config = exp.configs.get(row["trial_id"]) or {}
         if math.isfinite(value) and all(h in config for h in exp.hyperparameters):
             params.append({h: config[h] for h in exp.hyperparameters})

@@ -34,6 +34,7 @@ from selection_signal import own_model  # noqa: E402
 
 import analysis  # noqa: E402
 from tune_siamese.artifacts.checkpoint import load_checkpoint, load_model  # noqa: E402
+from tune_siamese.core import storage  # noqa: E402
 from tune_siamese.core.config import Config  # noqa: E402
 from tune_siamese.core.names import STATE_FILE  # noqa: E402
 from tune_siamese.searching.objectives import model_costs  # noqa: E402
@@ -101,7 +102,7 @@ def final_rows(experiment: Path) -> list[dict[str, Any]]:
     """Each final model of the search (final.json, final-NAME.json) with its test scores and its export's costs."""
     rows = []
     for record_path in sorted(experiment.glob("final*.json")):
-        record = json.loads(record_path.read_text())
+        record = storage.record_as_read(json.loads(record_path.read_text()), str(experiment))  # paths where it is
         if not record.get("export"):
             continue
         model, config, _ = load_model(record["export"])

@@ -184,8 +184,8 @@ class RayNodes:
         for proc in reversed(self.procs):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
-        for proc in reversed(self.procs):
-            stop_group(proc, grace=10.0)
+        for proc in reversed(self.procs):  # a worker whose head is gone may wait for it: not for long
+            stop_group(proc, grace=3.0)
         self.procs.clear()
         for temp in self.temp_dirs:
             shutil.rmtree(temp, ignore_errors=True)

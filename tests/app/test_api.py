@@ -48,13 +48,16 @@ def test_search_returns_what_it_hands_back_and_load_scores_like_verify(smoke_sea
     """smoke_search runs through ts.search (conftest)."""
     from analysis import load as load_experiment
     from tune_siamese.app.cli import main as cli_main
+    from tune_siamese.core.storage import record_as_read
 
     result, experiment = smoke_search["result"], smoke_search["experiment"]
     assert smoke_search["printed"] == ""  # nothing printed unless console=True
     final = json.loads((experiment / "final.json").read_text())
-    assert result.summary == final and result.experiment == str(experiment)
+    # the file names the experiment's own files relative to it; the result, absolute where they are
+    assert result.summary == record_as_read(final, str(experiment)) and result.experiment == str(experiment)
     assert result.best_config == final["best_config"] and result.test == final["test"]
-    assert 0 <= result.test["auc"] <= 1 and result.export == final["export"] and result.usable
+    assert 0 <= result.test["auc"] <= 1 and final["export"] == "export" and result.usable
+    assert result.export == str(experiment / "export")
     assert result.model is not None and "--name smoke" in result.command
     assert result.command.startswith("python run_search.py")
     # each warning the command would print (a smoke model is often no better than chance) is a Python warning

@@ -266,3 +266,69 @@ def test_a_model_of_the_synthetic_faces_says_so_where_it_meets_photographs(prist
         ts.load(real)
     assert verify(real, (pristine["a"], pristine["b"])) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_a_full_disk_at_an_exports_graph_is_an_oserror_not_an_abort(full_disk):
+    """torch's own zip writer aborted the process on a full disk (SIGABRT, exit 134) while the search wrote its
+    export. The graph is now written by Python: an OSError, and no temporary. In a child process, which the old
+    writer would abort."""
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    script = f"""
+import errno, sys
+sys.path.insert(0, {str(REPO / "tests")!r})
+from pathlib import Path
+import torch
+from helpers import fill_up
+from tune_siamese.artifacts.checkpoint import _save_graph
+graph = torch.export.export(torch.nn.Linear(256, 256), (torch.rand(2, 256),))
+fill_up(Path({str(full_disk)!r}))
+try:
+    _save_graph(graph, Path({str(full_disk)!r}) / "model.pt2")
+except OSError as exc:
+    print("OSError", errno.errorcode[exc.errno])
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "OSError ENOSPC", (done.returncode, done.stderr[-2000:])
+    assert [p.name for p in full_disk.iterdir()] == ["filler"]
+
+
+def test_an_export_that_cannot_fit_is_refused_first_and_one_that_fails_leaves_nothing(tiny_config, tmp_path,
+                                                                                      monkeypatch):
+    """The room an export needs is checked before any of it is written; a write that fails anyway (a full disk)
+    is one line, with neither the export nor a temporary folder left."""
+    import errno
+    import os
+    from collections import namedtuple
+
+    from helpers import leftovers
+
+    from tune_siamese.final import publishing
+
+    config = tiny_config()
+    model = build_model(config).eval()
+    need = publishing.export_size(model)
+    assert need >= 3 * sum(p.numel() * 4 for p in model.parameters())
+    target = tmp_path / "experiment" / "export"
+    target.parent.mkdir()
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(publishing.shutil, "disk_usage", lambda path: usage(10 * need, 9 * need, need - 1))
+    written: list[Path] = []
+    with pytest.raises(publishing.WriteFailed, match=r"no room for the export: it needs about .* MB, .* MB free"):
+        publishing.publish_export(written.append, str(target), None, need)
+    assert written == [] and not target.exists()
+
+    monkeypatch.undo()
+
+    def full_disk(folder: Path) -> None:
+        export_model(model, config, folder)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(publishing.WriteFailed) as failed:
+        publishing.publish_export(full_disk, str(target), None, need)
+    assert str(failed.value) == (f"{target}: cannot write the export (No space left on device); no export or "
+                                 "temporary of it is left")
+    assert list(target.parent.iterdir()) == [] and leftovers(tmp_path) == []

@@ -56,8 +56,8 @@ def test_local_storage_round_trip_and_unwritable_folder(tmp_path):
     assert storage.read_text(target) is None
     storage.write_text(target, "hello")
     assert storage.read_text(target) == "hello" and storage.exists(target)
-    storage.check_writable(tmp_path / "new", "--storage-path")  # creates the folder, leaves no probe behind
-    assert list((tmp_path / "new").iterdir()) == []
+    storage.check_writable(tmp_path / "new", "--storage-path")  # leaves neither the probe nor the folder behind
+    assert not (tmp_path / "new").exists()
     (tmp_path / "file").write_text("")
     with pytest.raises(InputError, match="option --storage-path is not writable"):
         storage.check_writable(tmp_path / "file" / "below", "--storage-path")
@@ -76,7 +76,7 @@ def test_search_export_analysis_and_verify_on_s3(s3_query, s3_env, tmp_path, mak
     # final.json and the export are in the bucket, the export also in the local copy
     fs, root = pyarrow.fs.FileSystem.from_uri(experiment)
     final = json.loads(storage.read_text(storage.child(experiment, "final.json")))
-    assert final["export"] == storage.child(experiment, "export") and final["trials"] == 2
+    assert final["export"] == "export" and final["trials"] == 2  # inside the experiment: relative to it
     exported = {info.base_name for info in fs.get_file_info(pyarrow.fs.FileSelector(f"{root}/export"))}
     assert {"model.safetensors", "config.json", "model.pt2", "metrics.json", "SHA256SUMS"} <= exported
     assert exported == {p.name for p in (tmp_path / "copy").iterdir()}
@@ -138,7 +138,7 @@ def test_a_cache_write_that_fails_leaves_no_temporary(tmp_path, monkeypatch):
 
 def test_an_export_cut_short_leaves_no_export(tmp_path):
     """publish writes an export into a temporary folder and puts it in place whole, or not at all."""
-    from tune_siamese.final.publishing import publish_export
+    from tune_siamese.final.publishing import WriteFailed, publish_export
 
     target = tmp_path / "exp" / "export"
 
@@ -147,12 +147,12 @@ def test_an_export_cut_short_leaves_no_export(tmp_path):
         (folder / "model.safetensors").write_bytes(b"weights")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    with pytest.raises(OSError):
+    with pytest.raises(WriteFailed, match="cannot write the export"):
         publish_export(half_an_export, str(target), None)
     assert not target.exists() and list((tmp_path / "exp").iterdir()) == []
     target.mkdir()
     (target / "SHA256SUMS").write_text("the old export's\n")
-    with pytest.raises(OSError):
+    with pytest.raises(WriteFailed, match="cannot write the export"):
         publish_export(half_an_export, str(target), None)
     assert [p.name for p in target.iterdir()] == ["SHA256SUMS"] and leftovers(tmp_path) == []
 
@@ -182,7 +182,7 @@ def test_a_full_disk_leaves_every_file_whole(full_disk, monkeypatch, tiny_config
     from analysis.plots import save_figure
     from tune_siamese.artifacts.checkpoint import export_model, save_checkpoint
     from tune_siamese.data import images
-    from tune_siamese.final.publishing import publish_export
+    from tune_siamese.final.publishing import WriteFailed, publish_export
     from tune_siamese.training.model import build_model
 
     final = full_disk / "exp" / "final.json"
@@ -198,7 +198,7 @@ def test_a_full_disk_leaves_every_file_whole(full_disk, monkeypatch, tiny_config
     with pytest.raises(OSError):
         save_figure(Figure(), full_disk / "report" / "roc.png")
     config = tiny_config()
-    with pytest.raises(OSError):
+    with pytest.raises(WriteFailed, match="cannot write the export"):
         publish_export(lambda folder: export_model(build_model(config), config, folder),
                        str(full_disk / "exp" / "export"), None)
     assert not (full_disk / "exp" / "export").exists()

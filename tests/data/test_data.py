@@ -157,9 +157,52 @@ def test_pair_list_name_that_cannot_be_a_folder_is_refused(tmp_path, name):
 
 def test_pair_naming_an_image_path_too_long_for_the_file_system(fake_lfw, tiny_config):
     train = fake_lfw / "pairsDevTrain.txt"
-    train.write_text(train.read_text().replace("Person_B\t1\t2", f"{'B' * 300}\t1\t2"))
+    text = train.read_text()
+    (fake_lfw / "lfw2" / ("B" * 250)).mkdir()  # a folder name may be 250 bytes long, but not B..._0001.jpg
+    train.write_text(text.replace("Person_B\t1\t2", f"{'B' * 250}\t1\t2"))
     with pytest.raises(InputError, match=re.escape(f"{train}:3: pair names image ") + ".*cannot be looked up"):
         load_data(tiny_config(data=str(fake_lfw)))
+    train.write_text(text.replace("Person_B\t1\t2", f"{'B' * 300}\t1\t2"))  # no folder can be named so
+    with pytest.raises(InputError, match=re.escape(f"{train}:3: 'BBB") + ".*" +
+                       re.escape("…(300 characters) is longer than a folder name may be (255 bytes)")):
+        load_data(tiny_config(data=str(fake_lfw)))
+
+
+def test_a_different_person_line_naming_one_person_twice_is_refused(tmp_path):
+    """`Abdullah_Gul 14 Abdullah_Gul 16` among the different-person lines was scored as a pair of two people:
+    a wrong label, trained on or tested, without a word."""
+    path = tmp_path / "pairsDevTest.txt"
+    path.write_text("1\nAnn\t1\t2\nAbdullah_Gul\t14\tAbdullah_Gul\t16\n")
+    with pytest.raises(InputError) as refused:
+        parse_pair_list(path)
+    assert str(refused.value) == (f"{path}:3: a different-person line names 'Abdullah_Gul' twice; two images of one "
+                                  "person make a same-person line `name i j`")
+
+
+def test_a_huge_pair_list_line_is_quoted_short(tmp_path):
+    """A pair-list line of megabytes went whole into the one-line error (twice as long for a bad name); now every
+    piece of the file an error quotes is cut to its first 200 characters, and a line too long to be a pair is
+    refused before it is split into words."""
+    path = tmp_path / "pairsDevTrain.txt"
+    huge = "Ann 1 " * 500_000  # 3 MB, a million words
+    for line in (huge, "A/" * 1_500_000):
+        path.write_text(f"1\nAnn\t1\t2\n{line}\n")
+        with pytest.raises(InputError) as refused:
+            parse_pair_list(path)
+        message = str(refused.value)
+        assert message.startswith(f"{path}:3: a line of 3000000 characters is no pair line (at most 1024): ")
+        assert message.endswith("…(3000000 characters)") and len(message) < len(str(path)) + 400
+    for line, shown in ((f"{'A/' * 300}\t1\tBob\t2", "cannot be a person's folder name"),
+                        (f"Ann\t1\tBob\t{'9' * 900}x", "image numbers must be integers in"),
+                        (f"Ann\t1\tBob\t2{' 3' * 400}", "expected a different-person")):
+        path.write_text(f"1\nAnn\t1\t2\n{line}\n")
+        with pytest.raises(InputError, match=re.escape(shown)) as refused:
+            parse_pair_list(path)
+        assert "characters)" in str(refused.value) and len(str(refused.value)) < len(str(path)) + 400
+    path.write_text(f"{'1 ' * 600}\nAnn\t1\t2\n")  # the header too
+    with pytest.raises(InputError, match=re.escape("is not `N` or `folds N`")) as refused:
+        parse_pair_list(path)
+    assert len(str(refused.value)) < len(str(path)) + 400
 
 
 # --------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ synthetic data with its members fitted as concurrent Ray tasks."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -82,6 +83,18 @@ def test_retrain_is_one_model_on_train_and_val_with_the_trial_models_threshold(r
     assert final.record["policy"] == "retrain" and len(final.record["members"]) == 1
 
 
+def test_a_member_that_diverges_ends_the_final_model_in_one_line(ray_session, synthetic_small, tiny_config):
+    """A diverged member came back as RayTaskError(Diverged), the worker's traceback in its message; now it is
+    Diverged itself, naming the member (hand_back_final records it), and its siblings are cancelled."""
+    from tune_siamese.training.engine import Diverged
+
+    config = tiny_config(optimizer="sgd", lr=1e30, max_epochs=1)  # NaN weights in the first epoch
+    with pytest.raises(Diverged) as diverged:
+        build_final_model("seeds", 2, config, 1, synthetic_small, None, {"num_cpus": 1}, {"num_cpus": 1})
+    assert type(diverged.value) is Diverged and "\n" not in str(diverged.value)
+    assert re.fullmatch(r"seed [12]/2: training loss is .* at epoch 1.*", str(diverged.value)), str(diverged.value)
+
+
 @pytest.mark.parametrize("policy", ["seeds", "folds"])
 def test_members_fit_side_by_side_and_are_averaged(ray_session, synthetic_small, tiny_config, policy):
     from tune_siamese.training.model import EnsembleNet
@@ -113,7 +126,7 @@ def test_every_member_is_submitted_before_any_is_waited_for(monkeypatch, synthet
 
     events: list[str] = []
     member = {"state": {}, "epochs": 1, "node": "n", "started": 0.0, "ended": 1.0,
-              "held_out_logits": None, "best_epoch": 1}
+              "held_out_logits": None, "best_epoch": 1, "torch_threads": 1}
 
     class FakeRay:
         @staticmethod
@@ -181,5 +194,14 @@ def test_finalize_adds_final_models_beside_the_search_and_never_overwrites(smoke
             assert low <= test[score] <= high, score
         assert main(argv) == 2
         assert "never writes over an earlier one" in capsys.readouterr().err
+    from mlflow.tracking import MlflowClient  # the search logs to MLflow: finalize's models are runs there too
+
+    client = MlflowClient(tracking_uri=(experiment.parent / "mlruns").as_uri())
+    found = client.get_experiment_by_name("smoke")
+    assert found is not None
+    finalized = {run.info.run_name: run for run in client.search_runs(
+        [found.experiment_id], "tags.`tune_siamese.role` = 'finalize'")}
+    assert sorted(finalized) == ["smoke final-folds2", "smoke final-trial"]
+    assert all(run.info.status == "FINISHED" and "test/auc" in run.data.metrics for run in finalized.values())
     after = {path.name: path.read_bytes() for path in [experiment / "final.json", *(experiment / "export").iterdir()]}
     assert after == before

@@ -182,7 +182,8 @@ def test_finalists_are_trained_again_and_the_winner_is_exported(ray_session, ide
     experiment = tmp_path / "fin"
     final = json.loads((experiment / FINAL_FILE).read_text())
     record = final["finalists"]
-    assert record == summary["finalists"] and record["fallback"] is None
+    assert record == {**summary["finalists"], "experiment": "finalists"}  # the file: relative to the experiment
+    assert summary["finalists"]["experiment"] == str(experiment / "finalists") and record["fallback"] is None
     assert record["seeds"] == [1, 2]  # fresh: never the search's trial seed (0)
 
     # The finalists are the search's top 2 trials by best val loss (on this tiny data some trials tie).

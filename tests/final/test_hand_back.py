@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from tune_siamese.core import storage
 from tune_siamese.core.config import Config
+from tune_siamese.core.errors import InputError
 from tune_siamese.final import finish
 from tune_siamese.final.finalists import Finalists
 from tune_siamese.final.policies import FinalModel
@@ -48,6 +51,7 @@ def stand_ins(monkeypatch, tmp_path):
     monkeypatch.setattr(finish, "build_final_model", build)
     monkeypatch.setattr(finish, "export_final", export)
     monkeypatch.setattr(finish, "task_options", lambda settings: {"num_cpus": 1, "num_gpus": 0, "max_retries": 1})
+    monkeypatch.setattr(finish, "check_checkpoint", lambda checkpoint, config: None)  # stand-in checkpoints
     settings, _ = settings_for(parse_args(["--space", "smoke", "--storage-path", str(tmp_path), "--name", "exp"]))
     (tmp_path / "exp").mkdir()
     return SimpleNamespace(settings=settings, built=built, experiment=tmp_path / "exp")
@@ -59,7 +63,8 @@ RESULTS = [trial("b", [0.7, 0.6], lr=2e-3), trial("a", [0.65], lr=1e-3), trial("
 def test_the_search_and_finalize_pick_build_and_record_through_one_path(stand_ins, synthetic_small):
     settings, experiment = stand_ins.settings, stand_ins.experiment
     summary, model = finish.finish_search(settings, RESULTS, synthetic_small, None, search_seconds=12.34)
-    assert model == "model" and json.loads((experiment / "final.json").read_text()) == summary
+    written = storage.record_as_written(summary, settings.experiment_path)  # the experiment's paths relative to it
+    assert model == "model" and json.loads((experiment / "final.json").read_text()) == written
     assert summary["best_trial"] == "b" and summary["best_epoch"] == 2 and summary["best_val_loss"] == 0.6
     assert PICK_KEYS | SCORE_KEYS | {"experiment", "errored_trials", "trial_statuses"} <= set(summary)
     assert set(summary["wall_seconds"]) == {"search", "resumed", "retrain_test_export"}
@@ -99,7 +104,8 @@ def test_without_a_usable_trial_nothing_is_built_and_only_the_search_writes_why(
     assert not (stand_ins.experiment / "final-trial.json").exists()
     summary, model = finish.finish_search(stand_ins.settings, unusable, synthetic_small, None)
     assert model is None and "no_usable_trial" in summary and not stand_ins.built
-    assert json.loads((stand_ins.experiment / "final.json").read_text()) == summary
+    assert json.loads((stand_ins.experiment / "final.json").read_text()) == storage.record_as_written(
+        summary, stand_ins.settings.experiment_path)
 
 
 def test_one_scoring_task_for_every_threshold_choice(ray_session, synthetic_small, tiny_config):
@@ -130,3 +136,111 @@ def test_one_scoring_task_for_every_threshold_choice(ray_session, synthetic_smal
         own = evaluate(member, images, data.test, config, threshold=0.25)
         assert alone["accuracy_at_threshold"] == pytest.approx(own["accuracy_at_threshold"], abs=1e-4)
     assert np.isclose(given["test"]["auc"], on_val["test"]["auc"])  # the threshold moves no ranking
+
+
+def test_a_final_model_that_diverges_is_recorded_without_an_export_and_exits_3(stand_ins, synthetic_small,
+                                                                                monkeypatch, capsys):
+    """A retrain that diverged inside its Ray task ended the command with RayTaskError(Diverged), exit 1 and no
+    final.json; now the record names it, nothing is exported, and the search exits 3 as without a usable trial."""
+    from tune_siamese.app import search_command
+    from tune_siamese.training.engine import Diverged
+
+    def diverging(*args, **kwargs):
+        raise Diverged("seed 2/3: training loss is nan at epoch 1")
+
+    monkeypatch.setattr(finish, "build_final_model", diverging)
+    summary, model = finish.finish_search(stand_ins.settings, RESULTS, synthetic_small, None)
+    assert model is None and "export" not in summary and "test" not in summary
+    settings = stand_ins.settings
+    assert summary[finish.FINAL_DIVERGED] == (f"--final {settings.final} (size {settings.final_size}): seed 2/3: "
+                                              "training loss is nan at epoch 1")
+    assert summary["best_trial"] == "b"  # the pick stays on record
+    assert json.loads((stand_ins.experiment / "final.json").read_text()) == storage.record_as_written(
+        summary, stand_ins.settings.experiment_path)
+    assert not list(stand_ins.experiment.glob("export*"))
+
+    assert search_command.FINAL_DIVERGED == finish.FINAL_DIVERGED  # spelt twice: search_command stays Ray-free
+    monkeypatch.setattr(search_command, "run", lambda options, stop, begun: (summary, None))
+    assert search_command.main(["--space", "smoke"]) == 3
+
+
+def test_a_record_cut_short_by_a_full_disk_takes_its_export_along(stand_ins, synthetic_small, monkeypatch):
+    """finalize's JSON on a full disk: exit 1, a traceback, export-trial/ without its final-trial.json, and a rerun
+    refused until that was deleted by hand. Now one line, neither is left, and a rerun may go ahead."""
+    from helpers import enospc_open, leftovers
+
+    from tune_siamese.core import storage
+    from tune_siamese.final.finalize import check_not_finalized
+    from tune_siamese.final.publishing import WriteFailed, publish_export
+
+    def export(final, settings, data, export_dir, epochs, suffix=""):
+        target = str(stand_ins.experiment / f"export{suffix}")
+        publish_export(lambda folder: (folder / "SHA256SUMS").write_text("sums\n"), target, None)
+        return {**final.scores, "export": target}
+
+    monkeypatch.setattr(finish, "export_final", export)
+    monkeypatch.setattr(storage, "open", enospc_open(10), raising=False)  # the record's write hits a full disk
+    record_path, export_path = stand_ins.experiment / "final-trial.json", stand_ins.experiment / "export-trial"
+    plan = finish.FinalPlan("trial", 1, PickRule(), str(record_path), export_suffix="-trial")
+    with pytest.raises(WriteFailed) as failed:
+        finish.hand_back_final(stand_ins.settings, RESULTS, synthetic_small, plan)
+    message = str(failed.value)
+    assert message.startswith(f"{record_path}: cannot write the record (No space left on device); its export")
+    assert "\n" not in message and "run it again" in message
+    assert not record_path.exists() and not export_path.exists() and leftovers(stand_ins.experiment) == []
+    check_not_finalized(str(record_path), str(export_path))  # a rerun goes ahead
+
+    export_path.mkdir()  # what a finalize killed between its export and its record leaves: built again
+    check_not_finalized(str(record_path), str(export_path))
+    record_path.write_text("{}")
+    with pytest.raises(InputError, match="never writes over an earlier one"):
+        check_not_finalized(str(record_path), str(export_path))
+
+
+def test_a_killed_runs_temporaries_are_removed_by_the_next_final_stage(stand_ins, synthetic_small):
+    """SIGKILL during an export left .export.<pid>.tmp, which no resume or rerun removed. The next final stage
+    removes those of processes that are gone, puts an old export set aside mid-swap back, and keeps a live one's."""
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    dead, alive = int(gone.stdout), os.getppid()  # pytest's parent (the shell) outlives the test
+    experiment = stand_ins.experiment
+    (experiment / f".export.{dead}.tmp").mkdir()
+    (experiment / f".export.{dead}.tmp" / "model.safetensors").write_bytes(b"half")
+    (experiment / f".final.{dead}.tmp.json").write_text('{"best')
+    (experiment / f".export-seeds3.{dead}.old.tmp").mkdir()  # killed between the swap's two renames
+    (experiment / f".export-seeds3.{dead}.old.tmp" / "SHA256SUMS").write_text("sums\n")
+    (experiment / f".export-trial.{alive}.tmp").mkdir()  # a live process's: not ours to remove
+    plan = finish.FinalPlan("trial", 1, PickRule(), str(experiment / "final-trial.json"), build=False)
+    finish.hand_back_final(stand_ins.settings, RESULTS, synthetic_small, plan)
+    assert sorted(p.name for p in experiment.iterdir()) == [f".export-trial.{alive}.tmp", "export-seeds3",
+                                                            "final-trial.json"]
+    assert (experiment / "export-seeds3" / "SHA256SUMS").read_text() == "sums\n"
+
+
+def test_a_checkpoint_that_does_not_load_is_refused_before_any_retrain(stand_ins, synthetic_small, monkeypatch,
+                                                                       tmp_path):
+    """A truncated checkpoint of the best trial was found only after the whole final stage (three retrains on
+    `best`), as a Ray traceback. Now one line naming the file, before anything is built."""
+    import torch
+    from ray import tune
+
+    from tune_siamese.final import policies
+
+    folder = tmp_path / "trial_b" / "checkpoint_000001"
+    folder.mkdir(parents=True)
+    torch.save({"best_model": {"weight": torch.zeros(1000)}}, folder / "state.pt")
+    (folder / "state.pt").write_bytes((folder / "state.pt").read_bytes()[:500])  # cut short
+    best = trial("b", [0.7, 0.6], lr=2e-3)
+    best.checkpoint = tune.Checkpoint.from_directory(str(folder))
+    monkeypatch.setattr(finish, "check_checkpoint", policies.check_checkpoint)
+    plan = finish.FinalPlan("seeds", 3, PickRule(), str(stand_ins.experiment / "final-seeds3.json"))
+    with pytest.raises(InputError) as refused:
+        finish.hand_back_final(stand_ins.settings, [best, *RESULTS[1:]], synthetic_small, plan)
+    message = str(refused.value)
+    assert message.startswith(f"{folder}/state.pt: the picked trial's checkpoint cannot be loaded (not a loadable "
+                              "checkpoint")
+    assert "\n" not in message and "\x1b" not in message and message.endswith("nothing was built")
+    assert stand_ins.built == [] and not (stand_ins.experiment / "final-seeds3.json").exists()

@@ -29,13 +29,14 @@ def test_each_trial_is_an_mlflow_run_with_its_params_and_epochs(smoke_search):
     assert found is not None
     everything = client.search_runs([found.experiment_id])
     [search] = [run for run in everything if run.data.tags.get("tune_siamese.role") == "search"]
-    runs = [run for run in everything if run is not search]
+    # the trials' runs (ts.finalize of a copy, test_api, may have added one of role finalize)
+    runs = [run for run in everything if run.data.tags.get("tune_siamese.role") == "trial"]
     frames = trial_frames(experiment)
     assert len(runs) == len(frames) == 6
     import analysis
 
     statuses = analysis.load(experiment).trials.set_index("trial_id")["status"]
-    assert {"finished", "asha_stopped"} <= set(statuses)
+    assert set(statuses) <= {"finished", "asha_stopped"}  # which of the two a trial gets depends on timing
     assert {run.info.run_name: run.data.tags["tune_siamese.outcome"] for run in runs} == statuses.to_dict()
     for run in runs:
         assert run.data.tags["mlflow.parentRunId"] == search.info.run_id  # the trials are the search's children
@@ -212,6 +213,90 @@ def test_each_ended_trial_run_is_tagged_with_its_outcome(tmp_path, monkeypatch):
     tags = {run.info.run_name: run.data.tags.get("tune_siamese.outcome") for run in client.search_runs(
         [found.experiment_id])}
     assert tags == {f"train_siamese_{name}": None if name == "running" else name for name in ends}
+
+
+def _settings(storage_path: Path, name: str, uri: str) -> SearchSettings:
+    return SearchSettings(base={}, space="smoke", num_samples=2, max_epochs=2, grace_period=1, reduction_factor=2,
+                          cpus_per_trial=1, gpus_per_trial=0, max_concurrent=1, seed=0,
+                          storage_path=str(storage_path), name=name, mlflow=uri)
+
+
+def test_a_copied_experiment_resumes_into_its_own_parent_run_and_a_moved_one_keeps_its_own(tmp_path, monkeypatch):
+    """`cp -a A B; --resume B` logged into A's parent run (and its trials' runs) and marked it FINISHED. The run
+    is tied to the folder it was made for: a copy (A still records the run) gets its own, beside A's, and its
+    trials' runs are its children; a moved folder keeps its run, whose tag follows it."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    from tune_siamese.final.mlflow_record import EXPERIMENT_TAG, search_run
+    from tune_siamese.searching.callbacks import mlflow_logger, mlflow_parent_now
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = (tmp_path / "mlruns").as_uri()
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        a = _settings(tmp_path / "results", "A", uri)
+        Path(a.experiment_path).mkdir(parents=True)
+        original = search_run(a, resumed=False)
+        interrupted = mlflow_logger(a, original)[0]  # as Tune pickles it with the experiment
+        interrupted.set_state({"runs": {"b": "the original's run of trial b"}})
+
+        shutil.copytree(a.experiment_path, tmp_path / "results" / "B")  # cp -a A B
+        b = _settings(tmp_path / "results", "B", uri)
+        copied = search_run(b, resumed=True)
+        assert copied != original and search_run(b, resumed=True) == copied  # the copy's own, every time
+        run = client.get_run(copied)
+        assert run.data.tags[EXPERIMENT_TAG] == b.experiment_path
+        assert run.data.tags["tune_siamese.copied_from_run"] == original
+        assert run.info.experiment_id == client.get_run(original).info.experiment_id  # beside A's
+        assert client.get_run(original).info.status == "RUNNING"  # A's is A's, to resume
+
+        interrupted.setup()  # the copy's restored callback: its trials are children of the copy's run
+        trial = Trial("b")
+        interrupted.log_trial_start(trial)
+        child = client.get_run(interrupted._trial_runs[trial])
+        assert child.data.tags["mlflow.parentRunId"] == copied
+        assert child.data.tags[EXPERIMENT_TAG] == b.experiment_path
+
+        (tmp_path / "moved").mkdir()
+        shutil.move(a.experiment_path, tmp_path / "moved" / "A")  # mv: the run goes along
+        moved = _settings(tmp_path / "moved", "A", uri)
+        assert search_run(moved, resumed=True) == original
+        assert client.get_run(original).data.tags[EXPERIMENT_TAG] == moved.experiment_path
+    finally:
+        mlflow_parent_now.set(None)
+
+
+def test_finalize_logs_its_model_as_a_run_under_the_search(tmp_path, monkeypatch):
+    """`tune-siamese finalize` logged nothing to MLflow; now its final model is a child run of the search's, with
+    its options, test scores and record, closed FINISHED (FAILED when it diverged)."""
+    from mlflow.tracking import MlflowClient
+
+    from tune_siamese.final.mlflow_record import finalize_run, search_run
+    from tune_siamese.searching.callbacks import mlflow_parent_now
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = (tmp_path / "mlruns").as_uri()
+    settings = _settings(tmp_path, "fin", uri)
+    Path(settings.experiment_path).mkdir()
+    try:
+        parent = search_run(settings, resumed=False)
+    finally:
+        mlflow_parent_now.set(None)
+    record = {"best_trial": "b", "test": {"auc": 0.8, "auc_ci": [0.7, 0.9]}, "wall_seconds": {"final_model": 3.0}}
+    run_id = finalize_run(settings, "seeds3", {"final": "seeds", "final_size": 3, "pick": "best"}, record)
+    diverged = finalize_run(settings, "retrain", {"final": "retrain", "final_size": 1, "pick": "best"},
+                            {"best_trial": "b", "final_diverged": "--final retrain (size 1): retrain: ..."})
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(run_id)
+    assert run.info.run_name == "fin final-seeds3" and run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.parentRunId"] == parent and run.data.tags["tune_siamese.role"] == "finalize"
+    assert run.data.params == {"final": "seeds", "final_size": "3", "pick": "best", "best_trial": "b"}
+    assert run.data.metrics == {"test/auc": 0.8, "test/auc_ci_low": 0.7, "test/auc_ci_high": 0.9,
+                                "wall_seconds/final_model": 3.0}
+    assert [f.path for f in client.list_artifacts(run_id)] == ["final-seeds3.json"]
+    assert client.get_run(diverged).info.status == "FAILED"
 
 
 def test_mlflow_without_mlflow_installed_exits_2_before_any_ray_work(tmp_path, monkeypatch, capsys):

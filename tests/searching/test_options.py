@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import json
+import re
 import shlex
 from dataclasses import dataclass
 from typing import Any
@@ -182,3 +184,86 @@ def test_search_without_console_is_quiet_and_returns_the_command_that_reruns_it(
     assert ts.search(verbose=1).command.endswith("--verbose") and ran[-1] == (ran[-1][0], True)
     assert not ran[-1][0].quiet
     assert not ts.search(console=True).command.endswith("--quiet") and ran[-1][1]
+
+
+def at_default(field: dataclasses.Field[Any]) -> list[str]:
+    """Command-line words giving the option its default value ([] where words cannot: a flag, a count, None)."""
+    option = declared(field)
+    if option.kind in ("value", "boolean-optional") and field.default is not None:
+        if option.kind == "boolean-optional":
+            return [options.flag(field.name) if field.default else "--no-" + field.name.replace("_", "-")]
+        return [options.flag(field.name), str(field.default)]
+    return []
+
+
+def test_resume_refuses_a_search_shaping_option_given_at_its_default():
+    """`--resume EXP --space quick` resumed with the recorded space, exit 0, without a word, because quick is the
+    default; ts.search(resume=..., space="quick") likewise. What counts is that the option was given."""
+    shaping = [f for f in option_fields() if not declared(f).per_run and at_default(f)]
+    assert {"space", "data", "seed", "storage_path", "cpus_per_trial"} <= {f.name for f in shaping}
+    for field in shaping:
+        parsed = search_command.parse_args(["--resume", "ray_results/x", *at_default(field)])
+        assert getattr(parsed, field.name) == field.default
+        with pytest.raises(InputError, match=f"{options.flag(field.name)} would be ignored"):
+            settings_for(parsed)
+        with pytest.raises(InputError, match=f"{options.flag(field.name)} would be ignored"):
+            settings_for(search_options({"resume": "ray_results/x", field.name: field.default}))
+    # None leaves a keyword out, as before; the options ts.resume may take are still taken
+    assert search_options({"resume": "x", "space": None, "quiet": True}).search_shaping_given() == []
+    assert search_command.parse_args(["--resume", "x", "--no-retrain", "-v"]).search_shaping_given() == []
+
+
+def test_set_values_are_recorded_as_their_config_type(tmp_path):
+    """--set lr=0.005 was recorded as the string "0.005" in search_settings.json and in each trial's params, so
+    analysis could not average config/lr. Each --set value now takes its Config field's type."""
+    settings, preset = settings_for(search_command.parse_args([
+        "--space", "quick", "--set", "lr=0.005", "--set", "augment=true", "--set", "image_size=96",
+        "--set", "width=1", "--storage-path", str(tmp_path), "--name", "typed"]))
+    base = json.loads(json.dumps(dataclasses.asdict(settings)))["base"]
+    assert (base["lr"], base["augment"], base["image_size"], base["width"]) == (0.005, True, 96, 1.0)
+    assert [type(base[key]) for key in ("lr", "augment", "image_size", "width")] == [float, bool, int, float]
+    assert settings.not_searched == ["lr", "width", "augment"] and "lr" not in preset.space
+    keyword, _ = search_settings(space="quick", set={"lr": 0.005}, storage_path=str(tmp_path), name="typed2")
+    assert keyword.base["lr"] == 0.005 and isinstance(keyword.base["lr"], float)
+
+
+def test_settings_that_hold_set_values_as_strings_still_resume(tmp_path):
+    """Experiments written before recorded --set values as strings; Config still reads them."""
+    from tune_siamese.core.config import Config
+    from tune_siamese.searching.settings import load_resume_settings
+
+    settings, _ = settings_for(search_command.parse_args(["--space", "smoke", "--set", "lr=0.005",
+                                                          "--storage-path", str(tmp_path), "--name", "old"]))
+    saved = dataclasses.asdict(settings)
+    saved["base"] = {**saved["base"], "lr": "0.005", "augment": "true"}
+    (tmp_path / "old").mkdir(mode=0o755)
+    (tmp_path / "old" / "search_settings.json").write_text(json.dumps(saved))
+    (tmp_path / "old" / "search_settings.json").chmod(0o644)
+    resumed, _ = settings_for(search_command.parse_args(["--resume", str(tmp_path / "old")]))
+    assert load_resume_settings(str(tmp_path / "old")).base["lr"] == "0.005"
+    config = Config.from_dict(resumed.base, source="search settings")
+    assert (config.lr, config.augment) == (0.005, True)
+
+
+# The options whose one value is a string (space also takes a dict or a Preset: a list is refused as a space)
+STRING_OPTIONS = [f for f in option_fields() if value_type(f) is str and declared(f).kind == "value"
+                  and f.name != "space"]
+
+
+@pytest.mark.parametrize("field", STRING_OPTIONS, ids=lambda f: f.name)
+def test_a_string_option_refuses_a_list(tmp_path, monkeypatch, field):
+    """ts.search(storage_path=["/x"]) ran a whole search into a folder named "['/x']": a str option takes a str
+    or a path only, refused in one line before anything is written."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match=re.escape(f"ts.search() option {field.name}=['/x'] must be a string")):
+        ts.search(**{field.name: ["/x"]})
+    with pytest.raises(InputError, match="must be a string"):
+        search_options({field.name: b"/x"})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_list_is_no_space(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match=re.escape("ts.search(space=...) must be a preset name")):
+        ts.search(space=["/x"], storage_path=str(tmp_path / "results"))
+    assert list(tmp_path.iterdir()) == []

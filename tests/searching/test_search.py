@@ -266,7 +266,7 @@ def test_set_takes_a_searched_key_out_of_the_space(tmp_path, capsys):
     args = search_command.parse_args(["--space", "quick", "--set", "lr=0.002", "--set", "augment=true",
                                   "--storage-path", str(tmp_path), "--name", "fixed"])
     settings, preset = settings_for(args)
-    assert settings.not_searched == ["lr", "augment"] and settings.base["lr"] == "0.002"
+    assert settings.not_searched == ["lr", "augment"] and settings.base["lr"] == 0.002
     assert "lr" not in preset.space and "augment" not in preset.space and "optimizer" in preset.space
     assert all("lr" not in point and "augment" not in point for point in preset.points)
     print_start(settings)

@@ -96,7 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Build, test and export another final model from a finished search's "
                               "best configuration: final-NAME.json and export-NAME/ in the experiment (NAME: the "
                               "policy, with K for seeds and folds), beside final.json and export/, never over "
-                              "them. Works on a storage URI too.")
+                              "them; with the search's MLflow store, a run there too. Works on a storage URI too. "
+                              "Exit status: 0 done; 2 bad input, or a write that failed (a full disk: nothing "
+                              "half-written); 3 the final model diverged (its record says so, nothing exported); "
+                              "130 Ctrl-C, 143 SIGTERM.")
     finalize.add_argument("experiment", metavar="EXPERIMENT", help="the search's experiment folder or URI")
     finalize.add_argument("--final", required=True, choices=FINAL_POLICIES,
                           help="retrain, trial, seeds or folds (as run_search.py --final)")

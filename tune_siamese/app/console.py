@@ -21,7 +21,9 @@ def print_start(settings: Any, on_cluster: bool = False) -> None:
     print(f"Experiment: {settings.experiment_path} ({counted(settings.num_samples, 'trial')}, "
           f"{settings.max_concurrent} at once)", flush=True)
     for key in settings.not_searched:
-        print(f"--set {key}={settings.base[key]} fixes {key}, which the space searches: not searched", flush=True)
+        value = settings.base[key]  # typed (augment=True): said as --set takes it
+        said = str(value).lower() if isinstance(value, bool) else value
+        print(f"--set {key}={said} fixes {key}, which the space searches: not searched", flush=True)
     if settings.study_storage:
         print(f"Optuna study {settings.study_name!r} in {redact(settings.study_location)}", flush=True)
     if settings.mlflow:

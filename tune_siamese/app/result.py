@@ -15,7 +15,7 @@ class SearchResult:
 
     Attributes:
         summary: final.json as a dict (for ts.finalize, its final-NAME.json).
-        experiment: the experiment folder or URI.
+        experiment: the experiment folder or URI (absolute).
         command: the equivalent command line.
         model: the model handed back, in memory (None: no_retrain, no usable trial, or ts.finalize).
 
@@ -28,6 +28,11 @@ class SearchResult:
     experiment: str
     command: str
     model: Any = None
+
+    def __post_init__(self) -> None:
+        from tune_siamese.core import storage
+
+        object.__setattr__(self, "experiment", storage.resolve(self.experiment))  # absolute, as --resume takes it
 
     def __repr__(self) -> str:
         test = self.test or {}
@@ -56,8 +61,12 @@ class SearchResult:
 
     @property
     def export(self) -> str | None:
-        """The export folder of the model handed back (ts.load takes it, or the experiment), or None."""
-        return self.summary.get("export")
+        """The export folder of the model handed back (ts.load takes it, or the experiment), or None: absolute,
+        where the experiment is now (a record read from a file names it relative to the experiment)."""
+        from tune_siamese.core import storage
+
+        export = storage.record_as_read(self.summary, self.experiment).get("export")
+        return export if isinstance(export, str) else None
 
     @property
     def warnings(self) -> list[str]:
@@ -68,8 +77,9 @@ class SearchResult:
 
     @property
     def usable(self) -> bool:
-        """False when every trial diverged or errored (summary["no_usable_trial"] says why)."""
-        return "no_usable_trial" not in self.summary
+        """False when every trial diverged or errored (summary["no_usable_trial"] says why), or the final model
+        diverged (summary["final_diverged"]): no model was handed back."""
+        return "no_usable_trial" not in self.summary and "final_diverged" not in self.summary
 
     @functools.cached_property
     def analysis(self) -> analysis.Experiment:

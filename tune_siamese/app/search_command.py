@@ -15,6 +15,7 @@ from tune_siamese.app.console import print_start, print_summary
 from tune_siamese.core.config import Config
 from tune_siamese.core.errors import InputError, OneLineParser, SearchInterrupted
 from tune_siamese.core.names import EXIT_CTRL_C, EXIT_NO_USABLE_TRIAL, EXIT_SIGTERM
+from tune_siamese.core.progress import report
 from tune_siamese.searching.cluster import ray_console_environment
 from tune_siamese.searching.options import (
     SearchOptions,
@@ -36,9 +37,13 @@ best configuration (--final), test it and export it.
     {prog} --address auto --gpus-per-trial 0.25 --storage-path /shared/ray_results
     {prog} --resume ray_results/siamese-quick-20261128-170000
 
-Exit status: 0 done; 2 bad input; 3 no usable trial (every one diverged or errored: final.json says why, nothing is
-exported); 130 Ctrl-C, 143 SIGTERM (both print the command that resumes the search).
+Exit status: 0 done; 2 bad input, or a write after the search that failed (a full disk: nothing half-written;
+--resume finishes it); 3 no usable trial (every one diverged or errored) or a final model that diverged (final.json
+says why, nothing is exported); 130 Ctrl-C, 143 SIGTERM (both print the command that resumes the search).
 """
+
+# final.finish.FINAL_DIVERGED, spelt here: importing final.finish would import Ray and torch before --help
+FINAL_DIVERGED = "final_diverged"
 
 
 class SigtermAsCtrlC:
@@ -78,7 +83,11 @@ class SigtermAsCtrlC:
 
 def parse_args(argv: Sequence[str] | None = None, prog: str = "run_search.py") -> SearchOptions:
     """The options of a command line (None: sys.argv's)."""
-    return from_namespace(build_parser(prog).parse_args(argv), prog, argv)
+    args = build_parser(prog).parse_args(argv)
+    # What the words give, also at an option's default (`--resume X --space quick`): what a parser without
+    # defaults sets. --resume refuses every search-shaping one.
+    given = frozenset(vars(build_parser(prog, defaults=False).parse_args(argv)))
+    return from_namespace(args, prog, argv, given)
 
 
 class SearchParser(OneLineParser):
@@ -112,9 +121,9 @@ ACTIONS: dict[str, Any] = {"value": "store", "repeatable": "append", "flag": "st
                            "boolean-optional": argparse.BooleanOptionalAction}
 
 
-def build_parser(prog: str = "run_search.py") -> OneLineParser:
+def build_parser(prog: str = "run_search.py", defaults: bool = True) -> OneLineParser:
     """The search's options as options.SearchOptions declares them, in their groups; `ts.search` takes the same
-    ones as keyword arguments."""
+    ones as keyword arguments. defaults=False: an option not given is left out of the parsed namespace."""
     p = SearchParser(prog=prog, description=DESCRIPTION.format(prog=command_to_rerun(prog)),
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     groups: dict[str, Any] = {}
@@ -126,6 +135,8 @@ def build_parser(prog: str = "run_search.py") -> OneLineParser:
         takes_value = option.kind in ("value", "repeatable")
         typed = {"type": value_type(f), "metavar": option.metavar, "choices": option.choices} if takes_value else {}
         default = [] if option.kind == "repeatable" else f.default  # argparse appends to the default's copy
+        if not defaults:
+            default = argparse.SUPPRESS
         groups[option.group].add_argument(*flags, action=ACTIONS[option.kind], default=default, help=option.help,
                                           **typed)
     return p
@@ -133,8 +144,8 @@ def build_parser(prog: str = "run_search.py") -> OneLineParser:
 
 def run(options: SearchOptions, stop: SigtermAsCtrlC | None = None, begun: float | None = None,
         ray_logs: bool = True) -> tuple[dict[str, Any], Any]:
-    """The recipe; returns (summary as written to final.json, retrained model). Interrupted (Ctrl-C or SIGTERM:
-    see `stop`), it prints the command that resumes it and raises SearchInterrupted. `begun`: when the run began
+    """The recipe; returns (summary as final.json records it, with absolute paths; retrained model). Interrupted
+    (Ctrl-C or SIGTERM: see `stop`), it prints the command that resumes it and raises SearchInterrupted. `begun`: when the run began
     (when the command began, so that the summary's wall times add up to the whole; default now). `ray_logs`:
     Ray's INFO lines and the workers' output on this console (cluster.connect). A Ray this run started (or
     joined) is shut down (or left) when it returns, so the next run in this process starts from its options; one
@@ -143,6 +154,7 @@ def run(options: SearchOptions, stop: SigtermAsCtrlC | None = None, begun: float
     from tune_siamese.data import load_data
     from tune_siamese.final.finalists import run_finalists
     from tune_siamese.final.finish import finish_search
+    from tune_siamese.final.publishing import WriteFailed
     from tune_siamese.searching import cluster
     from tune_siamese.searching.preflight import check_search, check_targets
     from tune_siamese.searching.settings import settings_for
@@ -152,13 +164,13 @@ def run(options: SearchOptions, stop: SigtermAsCtrlC | None = None, begun: float
     ray_console_environment()
     settings, preset = settings_for(options)  # every option and every value the space can give a trial
     check_search(options, settings, preset)
-    print(f"Reading the data ({settings.base['data']}) ...", flush=True)  # a cache hit is quick, a first read not
+    report(f"Reading the data ({settings.base['data']}) ...")  # a cache hit is quick, a first read not
     data = load_data(Config.from_dict(settings.base, source="search settings"))  # the data are input too
     print(data.summary(), flush=True)
     check_targets(settings, options.export_dir, new=not options.resume)  # the first thing written
     own, stop = stop is None, stop or SigtermAsCtrlC()
     with storage.experiment_lock(settings.experiment_path):
-        print(cluster.connecting_line(options.address), flush=True)  # Ray takes seconds to start
+        report(cluster.connecting_line(options.address))  # Ray takes seconds to start
         address = cluster.connect(options.address, options.connect_timeout, options.dashboard, ray_logs)
         stop.install()  # after ray.init, which replaces it
 
@@ -204,12 +216,21 @@ def run(options: SearchOptions, stop: SigtermAsCtrlC | None = None, begun: float
             raise
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside a Tune run
             raise stopped(stage.format(stop.how())) from None
+        except WriteFailed as exc:
+            # After the search (a full disk at the export or final.json, nothing half-written): the search is
+            # saved, and a resume does only what is left.
+            raise InputError(f"{exc}. Then continue it with: {how_to_resume(options.prog, settings.experiment_path)}"
+                             ) from None
         finally:
             if own:
                 stop.uninstall()
             if address != "existing":
                 cluster.disconnect()
     print_summary(summary, preset, settings, mlflow_run, total_seconds=time.time() - begun)
+    if FINAL_DIVERGED in summary:  # one line: what diverged, and how to build another model from the search
+        print(f"The final model diverged: {summary[FINAL_DIVERGED]}; nothing was exported (exit "
+              f"{EXIT_NO_USABLE_TRIAL}). Another from this search: tune-siamese finalize {settings.experiment_path} "
+              "--final trial", flush=True)
     return summary, model
 
 
@@ -222,7 +243,8 @@ def tune_verbosity(options: SearchOptions) -> int:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "run_search.py") -> int:
-    """Exit 0; 2 bad input; 3 no usable trial; 130 Ctrl-C, 143 SIGTERM (each then prints the resume command)."""
+    """Exit 0; 2 bad input (or a failed write after the search); 3 no usable trial or a diverged final model; 130
+    Ctrl-C, 143 SIGTERM (each then prints the resume command)."""
     begun = time.time()  # before the heavy imports (Ray, torch), which run makes
     stop = SigtermAsCtrlC()
     stop.install()  # until run installs it again after ray.init: SIGTERM while reading the data stops too
@@ -246,4 +268,4 @@ def main(argv: Sequence[str] | None = None, prog: str = "run_search.py") -> int:
         stop.uninstall()
         if on_main_thread:
             signal.signal(signal.SIGINT, inherited)
-    return EXIT_NO_USABLE_TRIAL if "no_usable_trial" in summary else 0
+    return EXIT_NO_USABLE_TRIAL if "no_usable_trial" in summary or FINAL_DIVERGED in summary else 0

@@ -17,6 +17,7 @@ matches and lies inside the export folder, and the configs, metrics and weights 
 from __future__ import annotations
 
 import copy
+import io
 import json
 import math
 import os
@@ -144,8 +145,12 @@ def _save_graph(graph: torch.export.ExportedProgram, path: Path) -> None:
     # ours here; tests/test_model.py checks it), so the warning would only alarm the user.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="No complete tensor found in the group")
-        with storage.replacing(path) as tmp:
-            torch.export.save(graph, str(tmp))
+        graph_bytes = io.BytesIO()
+        torch.export.save(graph, graph_bytes)
+    # Written by Python, not by torch's zip writer, which aborts the process (SIGABRT) on a full disk: here it is
+    # an OSError, and `replacing` leaves no temporary.
+    with storage.replacing(path) as tmp, open(tmp, "wb") as out:
+        out.write(graph_bytes.getbuffer())
 
 
 def _export_verifier(model: SiameseNet | EnsembleNet, config: Config, out: Path, threshold_logit: float) -> None:

@@ -22,6 +22,18 @@ class InputError(ValueError):
         self.line = line
 
 
+# The most characters of one piece of user input that a message quotes: a pair-list line of 200 MB once went whole
+# into a "one-line" error.
+QUOTED_CHARACTERS = 200
+
+
+def quoted(text: str, limit: int = QUOTED_CHARACTERS) -> str:
+    """`text` as repr() quotes it, cut to its first `limit` characters (its length said) when longer."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}…({len(text)} characters)"
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a usage error as one InputError line (exit 2) instead of usage text plus the error,
     with the option a misspelt one was probably meant to be. No abbreviations: argparse would take

@@ -2,6 +2,8 @@
 experiment (the analysis) loads neither."""
 from __future__ import annotations
 
+import math
+
 # Files of an experiment folder (besides Tune's own)
 SETTINGS_FILE = "search_settings.json"  # the search's settings, for --resume and the analysis
 SPACE_FILE = "space.json"  # a space given to ts.search as a Python object, recorded as data (searching.spaces)
@@ -18,7 +20,14 @@ VAL_LOSS_AVG3 = "val_loss_avg3"  # the mean val loss of the last 3 epochs (of al
 # --rung-metric: what ASHA compares trials at equal epochs by (this epoch's, the best so far, a moving average)
 RUNG_METRICS = {"last": VAL_LOSS, "best": BEST_VAL_LOSS, "avg3": VAL_LOSS_AVG3}
 MODE = "min"
-DIVERGED_LOSS = 10.0  # reported by a diverged trial: finite, so the searcher ranks it as bad instead of failing
+# A trial whose mean training or val loss exceeds DIVERGED_ABOVE, 100 × ln 2 ≈ 69.3 (100 times a constant
+# predictor's loss: training.engine.check_loss), is ended as diverged; every usable trial reports at most that.
+DIVERGED_ABOVE = 100 * math.log(2)
+# What a diverged trial reports instead, and what the study and the analysis record for it: finite, so the searcher
+# learns "this region diverges" instead of failing, and above every loss a usable trial can report, so that no
+# sampler rates a diverged region above a merely bad one (it was 10.0, below a usable trial's 23.1). Twice the bound
+# rather than some huge number: samplers that model the values (GP, CMA-ES) are distorted less by a near outlier.
+DIVERGED_LOSS = 2 * DIVERGED_ABOVE
 
 # Exit codes of a search besides 0 and 2 (bad input, InputError); docs/guarantees.md lists them.
 EXIT_NO_USABLE_TRIAL = 3  # every trial diverged or errored: final.json says why, nothing is exported

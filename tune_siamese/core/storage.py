@@ -17,7 +17,8 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
+from urllib.parse import parse_qs
 
 import pyarrow.fs
 
@@ -52,6 +53,58 @@ def parent_and_name(path: str | Path) -> tuple[str, str]:
     return parent + query, name
 
 
+# Keys of a final record (final.json, final-NAME.json) that hold paths, at its top level or in a part of it (the
+# ensemble's export, the finalists' experiment). One inside the experiment is recorded relative to it ("export",
+# "." for the experiment itself), so that a moved or copied experiment's record names its own files.
+RECORD_PATH_KEYS = ("experiment", "export", "export_copy")
+
+
+def _location(path: str) -> str:
+    return path.partition("?")[0].rstrip("/")
+
+
+def _inside(path: str, root: str) -> str | None:
+    """`path` relative to `root` ("." for root itself), or None when it is not inside."""
+    location, top = _location(path), _location(root)
+    if location == top:
+        return "."
+    return location[len(top) + 1:] if location.startswith(top + "/") else None
+
+
+def _each_path(record: dict[str, Any], change: Any) -> dict[str, Any]:
+    """A copy of `record` with change(value) for each path it holds, also one level down (ensemble, finalists)."""
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        if key in RECORD_PATH_KEYS and isinstance(value, str):
+            out[key] = change(value)
+        elif isinstance(value, dict):
+            out[key] = {k: change(v) if k in RECORD_PATH_KEYS and isinstance(v, str) else v for k, v in value.items()}
+        else:
+            out[key] = value
+    return out
+
+
+def record_as_written(record: dict[str, Any], experiment: str) -> dict[str, Any]:
+    """The record as it is written into `experiment`: paths inside it relative to it, others (an --export-dir copy)
+    as they are."""
+    return _each_path(record, lambda value: _inside(value, experiment) or value)
+
+
+def record_as_read(record: dict[str, Any], experiment: str) -> dict[str, Any]:
+    """A record read from `experiment` with its paths where they are now: relative ones inside `experiment`; in an
+    older record (absolute paths), those inside the experiment it names moved with it; others as recorded."""
+    old_root = record.get("experiment") if isinstance(record.get("experiment"), str) else None
+
+    def now(value: str) -> str:
+        if not is_uri(value) and not value.startswith("/"):
+            return experiment if value == "." else child(experiment, value)
+        inside = _inside(value, old_root) if old_root and old_root != "." else None
+        if inside is None:
+            return value
+        return experiment if inside == "." else child(experiment, inside)
+    return {**_each_path(record, now), "experiment": experiment}
+
+
 def check_name(name: str, source: str) -> None:
     """A name that becomes a folder (an experiment inside its storage path or bucket) must be exactly one path
     component there: not empty, '.' or '..', without a separator, without '?' or '#' (a URI's query and fragment,
@@ -63,28 +116,58 @@ def check_name(name: str, source: str) -> None:
                          "control characters, and not starting with '-'")
 
 
+# How long pyarrow's GCS client retries a request before it gives up. Its own default retries for about 15 minutes,
+# so an unreachable endpoint or missing credentials (offline, no such bucket) hung `ts.load("gs://...")` for longer
+# than anyone waits; S3's client gives up within seconds. A URI's own `retry_limit_seconds` wins.
+GCS_RETRY_SECONDS = 10
+GCS_SCHEMES = ("gs", "gcs")
+
+
+def bounded_uri(uri: str) -> str:
+    """`uri` with GCS's retry time limit in its query (other schemes, and a limit already given, as they are)."""
+    location, mark, query = uri.partition("?")
+    if location.partition("://")[0].lower() not in GCS_SCHEMES or "retry_limit_seconds" in parse_qs(query):
+        return uri
+    return f"{location}?{query + '&' if query else ''}retry_limit_seconds={GCS_RETRY_SECONDS}"
+
+
 def filesystem(path: str | Path) -> tuple[pyarrow.fs.FileSystem, str]:
-    """The pyarrow filesystem and the path on it for a local path or a URI."""
+    """The pyarrow filesystem and the path on it for a local path or a URI (GCS with a bounded retry time)."""
     if is_uri(path):
         try:
-            return pyarrow.fs.FileSystem.from_uri(str(path))
+            return pyarrow.fs.FileSystem.from_uri(bounded_uri(str(path)))
         except (pyarrow.ArrowInvalid, pyarrow.ArrowNotImplementedError, OSError) as exc:
             raise InputError(f"not a storage URI pyarrow can open ({str(exc).splitlines()[0]})", path) from None
     return pyarrow.fs.LocalFileSystem(), resolve(path)
 
 
+@contextlib.contextmanager
+def reading(path: str | Path) -> Iterator[None]:
+    """A failed read of a storage URI (offline, no such bucket, no credentials) as one line naming it; a local
+    path's errors as they are."""
+    try:
+        yield
+    except OSError as exc:
+        if not is_uri(path):
+            raise
+        reason = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:300]
+        raise InputError(f"cannot read this storage URI ({reason})", path) from None
+
+
 def exists(path: str | Path) -> bool:
     fs, where = filesystem(path)
-    return fs.get_file_info(where).type != pyarrow.fs.FileType.NotFound
+    with reading(path):
+        return fs.get_file_info(where).type != pyarrow.fs.FileType.NotFound
 
 
 def read_text(path: str | Path) -> str | None:
     """The file's text, or None when there is no such file."""
     fs, where = filesystem(path)
-    if fs.get_file_info(where).type != pyarrow.fs.FileType.File:
-        return None
-    with fs.open_input_stream(where) as stream:
-        return stream.read().decode()
+    with reading(path):
+        if fs.get_file_info(where).type != pyarrow.fs.FileType.File:
+            return None
+        with fs.open_input_stream(where) as stream:
+            return stream.read().decode()
 
 
 @contextlib.contextmanager
@@ -151,9 +234,31 @@ def write_text(path: str | Path, text: str) -> None:
         out.write(data)
 
 
+def missing_folders(path: str | Path) -> list[Path]:
+    """The local folders that writing into `path` would create, deepest first ([] for a URI)."""
+    if is_uri(path):
+        return []
+    folder, missing = Path(resolve(path)), []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove these folders, deepest first, as far as they are empty (a check's or a refused run's leftovers)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (someone wrote into it meanwhile), or gone already
+            return
+
+
 def check_writable(path: str | Path, option: str) -> None:
-    """Write and delete a probe file under `path`, so a run fails before its search rather than after it."""
+    """Write and delete a probe file under `path`, so a run fails before its search rather than after it. The
+    folders the probe needed are removed again: a check writes nothing, also when a later one refuses the run."""
     probe = child(path, f".write-test-{os.getpid()}")
+    created = missing_folders(path)
     try:
         write_text(probe, "ok")
         fs, where = filesystem(probe)
@@ -161,6 +266,8 @@ def check_writable(path: str | Path, option: str) -> None:
     except (OSError, pyarrow.ArrowException) as exc:
         reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0][:300]
         raise InputError(f"option {option} is not writable ({reason})", resolve(path)) from None
+    finally:
+        remove_empty(created)
 
 
 def upload_folder(local: str | Path, target: str | Path, last: str = "") -> None:
@@ -232,6 +339,7 @@ def experiment_lock(experiment: str) -> Iterator[None]:
     stop the usual mistake (the same --name twice, a resume while the search still runs)."""
     lock = child(experiment, LOCK_FILE)
     me = f"{socket.gethostname()} {os.getpid()}\n"
+    created = missing_folders(experiment)  # removed again if the run is refused before it writes anything
     holder = read_text(lock)
     if holder is not None and not _lock_is_stale(holder):
         raise InputError(f"another search holds this experiment (process {holder.strip()}); wait for it, or "
@@ -258,3 +366,4 @@ def experiment_lock(experiment: str) -> Iterator[None]:
         if read_text(lock) == me:
             fs, where = filesystem(lock)
             fs.delete_file(where)
+        remove_empty(created)

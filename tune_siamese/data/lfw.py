@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from tune_siamese.core.config import Config
-from tune_siamese.core.errors import InputError
+from tune_siamese.core.errors import InputError, quoted
 from tune_siamese.data.images import CACHE_VERSION, cached, content_key, decode_images, file_bytes, odd_name
 from tune_siamese.data.pairs import PairOrigin, RawData, identity_overlap, touches_trainval
 
@@ -39,6 +39,13 @@ class PairLine:
     line: int
 
 
+# The most characters a pair-list line may hold: two folder names (at most 255 bytes each), two image numbers and
+# the spaces between them fit with room to spare. A longer line is refused before it is split, so that a line of
+# hundreds of megabytes costs one pass, not a copy per word, and never goes whole into a message.
+MAX_LINE = 1024
+MAX_NAME_BYTES = 255  # a folder name's limit on Linux, macOS and Windows file systems
+
+
 def parse_pair_list(path: Path) -> list[list[PairLine]]:
     """Parse DevTrain/DevTest (header `N`) or View 2 pairs.txt (header `folds N`); returns the folds."""
     if not path.is_file():
@@ -46,21 +53,22 @@ def parse_pair_list(path: Path) -> list[list[PairLine]]:
     lines = _text_lines(path)
     if not lines or not lines[0].strip():
         raise InputError("empty pair list (first line must be `N` or `folds N`)", path, 1)
-    header = lines[0].split()
+    header = lines[0].split() if len(lines[0]) <= MAX_LINE else []  # a longer one is refused, not split
     try:
         numbers = [int(x) for x in header]
     except ValueError:
-        raise InputError(f"header {lines[0]!r} is not `N` or `folds N`", path, 1) from None
+        raise InputError(f"header {quoted(lines[0])} is not `N` or `folds N`", path, 1) from None
     if len(numbers) == 1:
         folds, per = 1, numbers[0]
     elif len(numbers) == 2:
         folds, per = numbers
     else:
-        raise InputError(f"header {lines[0]!r} is not `N` or `folds N`", path, 1)
+        raise InputError(f"header {quoted(lines[0])} is not `N` or `folds N`", path, 1)
     if folds < 1 or per < 1:
-        raise InputError(f"header {lines[0]!r} must hold positive counts", path, 1)
+        raise InputError(f"header {quoted(lines[0])} must hold positive counts", path, 1)
 
-    body = [(number, text.split()) for number, text in enumerate(lines[1:], start=2) if text.strip()]
+    body = [(number, _refuse_long(text, path, number).split())
+            for number, text in enumerate(lines[1:], start=2) if text.strip()]
     expected = folds * per * 2
     if len(body) != expected:
         raise InputError(f"header promises {folds} fold(s) of {per} same + {per} different pairs "
@@ -74,6 +82,13 @@ def parse_pair_list(path: Path) -> list[list[PairLine]]:
             pairs.append(_parse_pair_line(path, number, parts, same))
         result.append(pairs)
     return result
+
+
+def _refuse_long(text: str, path: Path, number: int) -> str:
+    if len(text) > MAX_LINE:
+        raise InputError(f"a line of {len(text)} characters is no pair line (at most {MAX_LINE}): "
+                         f"{quoted(text)}", path, number)
+    return text
 
 
 def _text_lines(path: Path) -> list[str]:
@@ -97,16 +112,22 @@ def _parse_pair_line(path: Path, number: int, parts: list[str], same: bool) -> P
     want = 3 if same else 4
     kind = "same-person `name i j`" if same else "different-person `name1 i name2 j`"
     if len(parts) != want:
-        raise InputError(f"expected a {kind} line, got {' '.join(parts)!r}", path, number)
+        raise InputError(f"expected a {kind} line, got {quoted(' '.join(parts))}", path, number)
     for name in (parts[0],) if same else (parts[0], parts[2]):
         if "/" in name or name in (".", "..") or odd_name(name):  # it becomes a folder name under the images
-            raise InputError(f"{name!r} cannot be a person's folder name", path, number)
+            raise InputError(f"{quoted(name)} cannot be a person's folder name", path, number)
+        if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+            raise InputError(f"{quoted(name)} is longer than a folder name may be ({MAX_NAME_BYTES} bytes)", path,
+                             number)
+    if not same and parts[0] == parts[2]:  # scored as different people, it would teach and test a wrong label
+        raise InputError(f"a different-person line names {quoted(parts[0])} twice; two images of one person make "
+                         "a same-person line `name i j`", path, number)
     try:
         if same:
             return PairLine(parts[0], int(parts[1]), parts[0], int(parts[2]), True, number)
         return PairLine(parts[0], int(parts[1]), parts[2], int(parts[3]), False, number)
     except ValueError:
-        raise InputError(f"image numbers must be integers in {' '.join(parts)!r}", path, number) from None
+        raise InputError(f"image numbers must be integers in {quoted(' '.join(parts))}", path, number) from None
 
 
 def lfw_image_dir(root: Path) -> Path:

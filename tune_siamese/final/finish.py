@@ -28,11 +28,21 @@ from tune_siamese.final.policies import (
     ChooseOnVal,
     FinalModel,
     build_final_model,
+    check_checkpoint,
     cpu_state,
+    member_threads,
     score_members,
     trial_model,
 )
-from tune_siamese.final.publishing import export_targets, publish_export
+from tune_siamese.final.publishing import (
+    WriteFailed,
+    export_size,
+    export_targets,
+    publish_export,
+    remove_export,
+    remove_stale_temporaries,
+    write_failure,
+)
 from tune_siamese.searching.cluster import alive_nodes
 from tune_siamese.searching.pareto import PickRule, parse_pick
 from tune_siamese.searching.ranking import (
@@ -46,15 +56,23 @@ from tune_siamese.searching.ranking import (
     top_trials,
 )
 from tune_siamese.searching.settings import SearchSettings
+from tune_siamese.training.engine import Diverged
 from tune_siamese.training.metrics import chance_check, threshold_note
 from tune_siamese.training.model import EnsembleNet
+
+# The record's key for a final model whose training diverged (a member, or the threshold model): the pick is
+# recorded, nothing is exported, and the command exits 3 (EXIT_NO_USABLE_TRIAL) as when no trial is usable.
+FINAL_DIVERGED = "final_diverged"
 
 
 def task_options(settings: SearchSettings) -> dict[str, Any]:
     """A retrain takes one trial's GPU share (or --retrain-gpus) and the CPUs the search used at once, up to
-    what one node has: the search is over, so those cores are free."""
+    what one node has: the search is over, so those cores are free. --reproducible: one trial's CPUs, so that its
+    torch thread count (policies.member_threads) is the settings', not the cluster's."""
     largest = max((node.get("CPU", 0.0) for node in alive_nodes()), default=0.0)
     cpus = max(settings.cpus_per_trial, min(largest, settings.cpus_per_trial * max(1, settings.max_concurrent)))
+    if settings.reproducible:
+        cpus = settings.cpus_per_trial
     if settings.retrain_cpus:
         cpus = settings.retrain_cpus
     gpus = settings.gpus_per_trial if settings.retrain_gpus is None else settings.retrain_gpus
@@ -70,6 +88,26 @@ def member_options(settings: SearchSettings, size: int) -> dict[str, Any]:
         return float(math.floor(part)) if part > 1 else part
     options = task_options(settings)
     return {**options, "num_cpus": share(options["num_cpus"]), "num_gpus": share(options["num_gpus"])}
+
+
+def threads_warning(settings: SearchSettings, plan: FinalPlan) -> str | None:
+    """A WARNING line when this final model's fits run with another torch thread count than the search's own final
+    fit recorded in final.json (finalize, or a rerun through --resume): the same seed scores differently with
+    another count. None when they agree, or there is no such record (or no fit: --final trial)."""
+    if plan.policy == "trial":
+        return None
+    try:
+        final = json.loads(storage.read_text(storage.child(settings.experiment_path, FINAL_FILE)) or "{}")
+    except json.JSONDecodeError:
+        return None
+    recorded = (final.get("final") if isinstance(final, dict) else None) or {}
+    count = recorded.get("torch_threads") if isinstance(recorded, dict) else None
+    now = member_threads(member_options(settings, plan.size))
+    if not isinstance(count, int) or count == now:
+        return None
+    fix = "" if settings.reproducible else " (--reproducible fixes the count)"
+    return (f"WARNING: the final model's fits run with {now} torch thread(s), the search's own final fit with {count} "
+            f"({FINAL_FILE}): its scores may differ from a fit with {count}, even with the same seed{fix}")
 
 
 def judged(test: dict[str, Any], data: PairData) -> dict[str, Any]:
@@ -113,11 +151,12 @@ def export_final(final: FinalModel, settings: SearchSettings, data: PairData, ex
     test, threshold, people = final.scores["test"], final.threshold_logit, data.training_people
     if isinstance(final.model, EnsembleNet):
         publish_export(lambda folder: export_ensemble(final.model, folder, metrics=_scalars(test),
-                                                      threshold_logit=threshold, trained_people=people), target, copy)
+                                                      threshold_logit=threshold, trained_people=people), target, copy,
+                       export_size(final.model))
     else:
         publish_export(lambda folder: export_model(final.model, final.configs[0], folder, threshold_logit=threshold,
                                                    metrics={"epochs_trained": epochs, **_scalars(test)},
-                                                   trained_people=people), target, copy)
+                                                   trained_people=people), target, copy, export_size(final.model))
     part: dict[str, Any] = {**final.scores, "epochs": epochs, "final": final.record, "export": target,
                             **({"export_copy": copy} if copy else {})}
     part["retrain_node"] = final.record["members"][0].get("node")
@@ -141,7 +180,8 @@ def trials_ensemble(settings: SearchSettings, results: tune.ResultGrid, data: Pa
     target, copy = export_targets(settings, export_dir, "-ensemble")
     publish_export(lambda folder: export_ensemble(members, folder, metrics=_scalars(report["test"]),
                                                   threshold_logit=report["test"]["threshold_logit"],
-                                                  trained_people=data.training_people), target, copy)
+                                                  trained_people=data.training_people), target, copy,
+                   export_size(members))
     return {**report, **judged(report["test"], data), "node": node, "export": target,
             **({"export_copy": copy} if copy else {})}
 
@@ -170,8 +210,11 @@ def hand_back_final(settings: SearchSettings, results: tune.ResultGrid, data: Pa
     to plan.record_path: the pick, `noted` (the caller's own keys), the scores, and `wall_seconds` (the caller's
     own wall times) with this step's.
 
-    Returns (record, final model; None with plan.build False); None when no trial is usable (every one diverged
-    or errored), with nothing written: the caller says so."""
+    Returns (record, final model; None with plan.build False or when the final model diverged: the record says
+    so under FINAL_DIVERGED and nothing is exported); None when no trial is usable (every one diverged or
+    errored), with nothing written: the caller says so. The picked checkpoint is checked to load before any
+    retrain. The record and its exports are whole or none: a failure removes the exports this call wrote (a full
+    disk at the record: InputError, one line)."""
     started = time.time()
     several = len(settings.objectives) > 1
     picked = picked_trial(results, settings.objectives, plan.pick) if several else best_trial(results)
@@ -191,19 +234,46 @@ def hand_back_final(settings: SearchSettings, results: tune.ResultGrid, data: Pa
     base, epochs, checkpoint = final_basis(config, epoch, best.checkpoint, finalists)
     options = task_options(settings)
     threads = max(1, int(options["num_cpus"]))
+    remove_stale_temporaries(settings.experiment_path)  # a killed run's half export or record
     model = None
-    if plan.build:
-        report(final_stage_line(plan.policy, plan.size, epochs))
-        final = build_final_model(plan.policy, plan.size, base.replace(threads=threads), epochs, data, checkpoint,
-                                  options, member_options(settings, plan.size))
-        record.update(export_final(final, settings, data, plan.export_dir, epochs, plan.export_suffix))
-        model = final.model
-    if plan.ensemble >= 2:
-        record["ensemble"] = trials_ensemble(settings, results, data, plan.ensemble, plan.export_dir, options,
-                                             threads)
-    record["wall_seconds"] = {**(wall_seconds or {}), plan.seconds_as: round(time.time() - started, 1)}
-    storage.write_text(plan.record_path, json.dumps(record, indent=2) + "\n")
+    try:
+        if plan.build:
+            check_checkpoint(checkpoint, base)  # before any retrain: a truncated state.pt is found now, not after
+            report(final_stage_line(plan.policy, plan.size, epochs))
+            warning = threads_warning(settings, plan)
+            if warning:
+                report(warning)
+            try:
+                final = build_final_model(plan.policy, plan.size, base.replace(threads=threads), epochs, data,
+                                          checkpoint, options, member_options(settings, plan.size))
+            except Diverged as exc:  # recorded, nothing exported; the caller says so and exits 3
+                record[FINAL_DIVERGED] = f"--final {plan.policy} (size {plan.size}): {exc}"
+            else:
+                record.update(export_final(final, settings, data, plan.export_dir, epochs, plan.export_suffix))
+                model = final.model
+        if plan.ensemble >= 2:
+            record["ensemble"] = trials_ensemble(settings, results, data, plan.ensemble, plan.export_dir, options,
+                                                 threads)
+        record["wall_seconds"] = {**(wall_seconds or {}), plan.seconds_as: round(time.time() - started, 1)}
+        written = storage.record_as_written(record, settings.experiment_path)  # relative paths: it may move
+        storage.write_text(plan.record_path, json.dumps(written, indent=2) + "\n")
+    except BaseException as exc:
+        # Whole or none, the record and its exports together: an export without its record would be taken for a
+        # finished one (and refuse finalize's rerun), so the exports this call wrote go with a failed record.
+        removed = written_exports(record)
+        for target in removed:
+            remove_export(target)
+        if isinstance(exc, OSError):  # the record's write: a full disk, a lost mount
+            gone = f"; its export ({', '.join(removed)}) was removed" if removed else ""
+            raise WriteFailed(f"cannot write the record ({write_failure(exc)}){gone}: nothing of this final model "
+                             "is left; free some space and run it again", plan.record_path) from None
+        raise
     return record, model
+
+
+def written_exports(record: dict[str, Any]) -> list[str]:
+    """The exports a record names (the final model's, the ensemble's)."""
+    return [part["export"] for part in (record, record.get("ensemble") or {}) if part.get("export")]
 
 
 def finish_search(settings: SearchSettings, results: tune.ResultGrid, data: PairData, export_dir: str | None,
@@ -232,6 +302,7 @@ def finish_search(settings: SearchSettings, results: tune.ResultGrid, data: Pair
     handed = hand_back_final(settings, results, data, plan, finalists, noted, walls)
     if handed is None:
         unusable = {"no_usable_trial": no_usable_reason(results), **counts, "wall_seconds": wall}
-        storage.write_text(record_path, json.dumps(unusable, indent=2) + "\n")
+        storage.write_text(record_path, json.dumps(storage.record_as_written(unusable, settings.experiment_path),
+                                                   indent=2) + "\n")
         return unusable, None
     return handed

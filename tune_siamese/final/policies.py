@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import ray
 import torch
+from ray.exceptions import RayTaskError
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -30,7 +31,7 @@ from tune_siamese.core.errors import InputError
 from tune_siamese.core.names import STATE_FILE
 from tune_siamese.data import PairData
 from tune_siamese.training.device import resolve_device
-from tune_siamese.training.engine import fit, print_epochs
+from tune_siamese.training.engine import Diverged, fit, print_epochs
 from tune_siamese.training.metrics import best_threshold
 from tune_siamese.training.model import EnsembleNet, build_model
 from tune_siamese.training.scoring import evaluate, images_on, predict, val_and_test
@@ -88,10 +89,51 @@ def trial_model(checkpoint: Any, config: Config) -> Any:
     return rebuilt(config, state["best_model"])
 
 
+def check_checkpoint(checkpoint: Any, config: Config) -> None:
+    """The picked trial's checkpoint loads into its configuration's model, checked in the driver before any
+    member trains: a truncated state.pt would otherwise surface in the scoring task, after every retrain, as a
+    Ray traceback. Refused in one line naming the file."""
+    if checkpoint is None:
+        return
+    where = f"{str(checkpoint.path).rstrip('/')}/{STATE_FILE}"
+    try:
+        trial_model(checkpoint, config)
+    except InputError as exc:  # load_checkpoint's: the file is missing or not loadable
+        reason = " ".join(str(exc).removeprefix(f"{exc.path}: ").split())
+        raise InputError(f"the picked trial's checkpoint cannot be loaded ({reason}); nothing was built", where
+                         ) from None
+    except (KeyError, RuntimeError, TypeError, ValueError) as exc:  # loads, but is no state of this model
+        reason = " ".join(str(exc).split())[:200]
+        raise InputError(f"the picked trial's checkpoint holds no model of its configuration ({reason}); nothing "
+                         "was built", where) from None
+
+
+def gathered(futures: Any) -> Any:
+    """ray.get of a task or a list of them, where a task that diverged or met bad input ends the step with that
+    exception's own one line (not Ray's RayTaskError, which carries the worker's traceback); its siblings are
+    cancelled, so that their room is free at once."""
+    try:
+        return ray.get(futures)
+    except RayTaskError as exc:
+        if not isinstance(exc.cause, (Diverged, InputError)):
+            raise
+        for future in futures if isinstance(futures, list) else [futures]:
+            ray.cancel(future)
+        raise exc.cause from None
+
+
 def _member_task(config: dict[str, Any], data: PairData, train: np.ndarray, held_out: np.ndarray | None,
                  epochs: int, label: str) -> dict[str, Any]:
     """One member: `epochs` epochs on `train` without validation, or (with `held_out`) early stopping on it,
     returning its logits there for the out-of-fold threshold."""
+    try:
+        return _fit_member(config, data, train, held_out, epochs, label)
+    except Diverged as exc:  # the record and the console name the member
+        raise Diverged(f"{label}: {exc}") from None
+
+
+def _fit_member(config: dict[str, Any], data: PairData, train: np.ndarray, held_out: np.ndarray | None,
+                epochs: int, label: str) -> dict[str, Any]:
     started = time.time()
     cfg = Config.from_dict(config, source="final model member")
     out: dict[str, Any] = {}
@@ -110,7 +152,7 @@ def _member_task(config: dict[str, Any], data: PairData, train: np.ndarray, held
         out.update(epochs=len(result.history), best_epoch=result.best_epoch,
                    held_out_logits=predict(model, images, held_out, cfg))
     return {**out, "state": cpu_state(model), "node": ray.get_runtime_context().get_node_id(),
-            "started": started, "ended": time.time()}
+            "started": started, "ended": time.time(), "torch_threads": torch.get_num_threads()}  # what fit ran with
 
 
 # How the scored model's decision threshold is chosen, one class per way (the policy picks one).
@@ -164,8 +206,11 @@ def _score_task(members: list[tuple[dict[str, Any], dict[str, torch.Tensor]]], d
         case TrialModelChooses(own_config, checkpoint, epochs):
             own = trial_model(checkpoint, own_config)
             if own is None:
-                own = fit(own_config, data, validate=False, epochs=epochs,
-                          on_epoch=print_epochs("[threshold model] ", epochs)).model
+                try:
+                    own = fit(own_config, data, validate=False, epochs=epochs,
+                              on_epoch=print_epochs("[threshold model] ", epochs)).model
+                except Diverged as exc:
+                    raise Diverged(f"threshold model: {exc}") from None
             own_scores = val_and_test(own.to(device), images, data, own_config)
             chosen = float(own_scores["val"]["threshold_logit"])
             report["searched_model_test"] = own_scores["test"]  # the best trial's own model, for the record
@@ -183,11 +228,18 @@ def score_members(members: list[tuple[Config, dict[str, torch.Tensor]]], data: A
     """Score models (their configs and CPU weights; several: their mean logit) in one Ray task with `options`'
     resources; returns _score_task's report and node. `data`: the PairData or a reference to it."""
     task = ray.remote(_score_task).options(**options)
-    return ray.get(task.remote([(config.to_dict(), state) for config, state in members], data, threshold))
+    report, node = gathered(task.remote([(config.to_dict(), state) for config, state in members], data, threshold))
+    return report, node
 
 
 def _headline(test: dict[str, Any]) -> dict[str, float]:
     return {key: round(float(test[key]), 4) for key in ("accuracy_at_threshold", "auc") if key in test}
+
+
+def member_threads(member_options: dict[str, Any]) -> int:
+    """The torch threads of each member's fit: as many as the CPUs it holds (more would oversubscribe the cores its
+    neighbours use), at least one."""
+    return max(1, int(member_options["num_cpus"]))
 
 
 @dataclass
@@ -218,8 +270,7 @@ def build_final_model(policy: str, size: int, config: Config, epochs: int, data:
         return FinalModel(rebuilt(config, state), [config], float(scores["test"]["threshold_logit"]), scores,
                           {**record, "wall_seconds": round(time.time() - started, 1)})
     fit_member = ray.remote(_member_task).options(**member_options)
-    # A member uses as many threads as the CPUs it holds: more would oversubscribe the cores its neighbours use.
-    config = config.replace(threads=max(1, int(member_options["num_cpus"])))
+    config = config.replace(threads=member_threads(member_options))
     trainval = np.concatenate([data.train, data.val])
     folds: list[np.ndarray] = []
     if policy == "folds":
@@ -233,7 +284,7 @@ def build_final_model(policy: str, size: int, config: Config, epochs: int, data:
         label = "retrain" if policy == "retrain" else "seed {}/{}"
         futures = [fit_member.remote(c.to_dict(), data_ref, trainval, None, epochs, label.format(k + 1, size))
                    for k, c in enumerate(configs)]
-    fitted = ray.get(futures)
+    fitted = gathered(futures)  # a member that diverged: Diverged, naming it (hand_back_final records it)
     threshold: ThresholdChoice = TrialModelChooses(config, checkpoint, epochs)
     if policy == "folds":
         labels = np.concatenate([trainval[fold, 2] for fold in folds])
@@ -244,8 +295,9 @@ def build_final_model(policy: str, size: int, config: Config, epochs: int, data:
     models = [rebuilt(c, f["state"]) for c, f in zip(configs, fitted)]
     model = models[0] if size == 1 else EnsembleNet(models, configs)
     record = {"policy": policy, "size": size, "wall_seconds": round(time.time() - started, 1),
+              "torch_threads": fitted[0]["torch_threads"],  # each member's fit ran with as many
               "members": [{"seed": c.seed, "epochs": f["epochs"], "node": f["node"],
-                           "started": f["started"], "ended": f["ended"],
+                           "started": f["started"], "ended": f["ended"], "torch_threads": f["torch_threads"],
                            **({"best_epoch": f["best_epoch"], "fold_pairs": len(folds[k])} if folds else {}),
                            **({"test": members_test[k]} if members_test[k] else {})}
                           for k, (c, f) in enumerate(zip(configs, fitted))]}

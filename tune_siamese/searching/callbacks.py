@@ -124,6 +124,15 @@ def _minutes(seconds: float) -> str:
 MLFLOW_METRICS = ("train_loss", "lr", "train_pairs", VAL_LOSS, "val_accuracy", "val_auc", BEST_VAL_LOSS, VAL_LOSS_AVG3,
                   "epoch_seconds", "diverged")
 OUTCOME_TAG = "tune_siamese.outcome"  # beside the runs' tune_siamese.role and tune_siamese.experiment
+# (parent run id, experiment folder) of the search running now (final.mlflow_record.search_run sets it): the
+# callback Tune restores names the run and folder it was pickled with, which a resumed copy must not log into.
+mlflow_parent_now: ContextVar[tuple[str, str] | None] = ContextVar("tune_siamese_mlflow_parent", default=None)
+
+
+def _mlflow_parent() -> tuple[str, str] | None:
+    # A module function, which cloudpickle stores by name: the callback's class (pickled by value with the
+    # experiment) must not hold the ContextVar itself, which cannot be pickled.
+    return mlflow_parent_now.get()
 
 
 def mlflow_logger(settings: SearchSettings, parent_run: str = "") -> list[tune.Callback]:
@@ -150,6 +159,17 @@ def mlflow_logger(settings: SearchSettings, parent_run: str = "") -> list[tune.C
 
         def set_state(self, state: dict[str, Any]) -> None:
             self.resumed = dict(state["runs"])
+
+        def setup(self, *args: Any, **kwargs: Any) -> None:
+            now = _mlflow_parent()
+            tags = dict(self.tags or {})
+            if now is not None and "mlflow.parentRunId" in tags:
+                if tags["mlflow.parentRunId"] != now[0]:
+                    # A copy of the experiment resumed under a run of its own: its trials' runs are new children
+                    # of that run, never the original's runs continued.
+                    self.resumed = {}
+                self.tags = {**tags, "mlflow.parentRunId": now[0], "tune_siamese.experiment": now[1]}
+            super().setup(*args, **kwargs)
 
         def log_trial_start(self, trial: Any) -> None:
             if trial not in self._trial_runs and trial.trial_id in self.resumed:

@@ -205,6 +205,10 @@ class SearchOptions:
     # A space given to ts.search as a Python object (a dict of Ray Tune distributions or a Preset); `space` then
     # says where the experiment records it as data (spaces.SPACE_IN_EXPERIMENT).
     space_object: Any = None
+    # The options the user gave (command-line words or keywords), also those given at their default value, which
+    # `--resume --space quick` is: --resume refuses every search-shaping one given. None (options made directly):
+    # only a value other than the default counts as given.
+    given: frozenset[str] | None = field(default=None, compare=False)
 
     def naming_space_file(self, path: str) -> SearchOptions:
         """These options with the command line naming the file the experiment recorded the space object in."""
@@ -243,10 +247,11 @@ class SearchOptions:
         return words
 
     def search_shaping_given(self) -> list[str]:
-        """The options that shape the search and were given a value other than their default (refused with
-        --resume)."""
+        """The options that shape the search and were given, even at their default value, or hold a value other
+        than their default (refused with --resume)."""
+        given = self.given or frozenset()
         return [flag(f.name) for f in option_fields()
-                if not declared(f).per_run and getattr(self, f.name) != f.default]
+                if not declared(f).per_run and (f.name in given or getattr(self, f.name) != f.default)]
 
     def check(self) -> None:
         """Each value on its own (preset values and combinations are settings.resolve's)."""
@@ -302,17 +307,20 @@ def value_type(f: dataclasses.Field[Any]) -> type:
     return args[0] if args else hint
 
 
-def from_namespace(args: argparse.Namespace, prog: str, argv: Sequence[str] | None) -> SearchOptions:
-    """The options of a parsed command line; `argv` is that command line (None: sys.argv's)."""
+def from_namespace(args: argparse.Namespace, prog: str, argv: Sequence[str] | None,
+                   given: frozenset[str] | None = None) -> SearchOptions:
+    """The options of a parsed command line; `argv` is that command line (None: sys.argv's), `given` the names of
+    the options it gives."""
     values = {f.name: getattr(args, f.name) for f in option_fields()}
     values["set"] = tuple(values["set"])
-    return SearchOptions(**values, prog=prog, argv=None if argv is None else tuple(str(a) for a in argv))
+    return SearchOptions(**values, prog=prog, argv=None if argv is None else tuple(str(a) for a in argv),
+                         given=given)
 
 
 def from_values(values: Mapping[str, Any], space_object: Any = None) -> SearchOptions:
     """The options given as typed values (ts.search's keywords, checked), recording the command line that gives
     them."""
-    options = SearchOptions(**values, prog=API, space_object=space_object)
+    options = SearchOptions(**values, prog=API, space_object=space_object, given=frozenset(values))
     return dataclasses.replace(options, argv=tuple(options.command_words()))
 
 

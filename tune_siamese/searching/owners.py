@@ -1,5 +1,6 @@
 """Resuming unpickles what an experiment folder holds, and imports the space file its settings name: only from
-folders and files this user owns and nobody else may write."""
+folders and files this user owns and nobody else may write. A space file is read as source, never as Python's
+cached bytecode, and only from a folder nobody else may write (space_source)."""
 from __future__ import annotations
 
 import os
@@ -37,3 +38,28 @@ def check_owner_of(paths: list[Path]) -> None:
         if info.st_mode & 0o022:
             raise InputError("option --resume: others may write to this experiment (group/world-writable); "
                              "resuming it would run code this file may hold", path)
+
+
+def space_source(path: Path, option: str) -> bytes:
+    """The source of a `file.py:SPACE` space, which runs as code in every search and resume of it: the file and the
+    folder holding it (the folder of the name given and, for a link, of the file it points to) must belong to this
+    user and be writable by no one else. Read from the file that was checked (fstat of the open file), so that it
+    cannot be swapped in between; Python's import would run a `__pycache__/*.pyc` beside it instead, which whoever
+    may write to the folder can plant."""
+    try:
+        with open(path, "rb") as fh:
+            _check_mine(os.fstat(fh.fileno()), "space file", path, option)
+            for folder in dict.fromkeys([path.absolute().parent, path.resolve().parent]):
+                _check_mine(folder.stat(), "folder of the space file", folder, option)
+            return fh.read()
+    except OSError as exc:
+        raise InputError(f"option {option}: cannot read the space file ({exc.strerror or exc})", path) from None
+
+
+def _check_mine(info: os.stat_result, what: str, path: Path, option: str) -> None:
+    if info.st_uid != os.getuid():
+        raise InputError(f"option {option}: this {what} belongs to another user; the space would run code they "
+                         "control", path)
+    if info.st_mode & 0o022:
+        raise InputError(f"option {option}: others may write to this {what} (group/world-writable); the space "
+                         "would run code they put there (chmod go-w it)", path)

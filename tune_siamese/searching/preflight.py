@@ -143,20 +143,31 @@ def recorded_trials(experiment: str) -> int:
     return len(state.get("trial_data", [])) if isinstance(state, dict) else 0
 
 
+def in_a_new_folder(location: str, experiment: str) -> bool:
+    """Whether the study at `location` is an SQLite file inside a local experiment folder that does not exist yet
+    (the default, EXPERIMENT/optuna.db, of a new search): it holds no study, and opening it would make the folder."""
+    file = location.removeprefix("sqlite:///") if location.startswith("sqlite:///") else ""
+    if not file or storage.is_uri(experiment) or Path(experiment).exists():
+        return False
+    return Path(file).resolve().is_relative_to(Path(experiment).resolve())
+
+
 def check_targets(settings: Targets, export_dir: str | None, new: bool) -> None:
-    """Everything the search writes to must take writes now, not after hours of searching."""
+    """Everything the search writes to must take writes now, not after hours of searching. The checks leave
+    nothing behind (a probe's folders are removed again), so a refused search leaves no experiment folder."""
 
     if new and storage.exists(storage.child(settings.experiment_path, SETTINGS_FILE)):
         raise InputError("an experiment of this name exists already; --resume it or choose another --name",
                          settings.experiment_path)
-    storage.check_writable(settings.experiment_path, "--storage-path")
     if export_dir is not None:
         if storage.is_uri(export_dir):
             raise InputError("option --export-dir must be a local folder (the export is in the experiment's "
                              "storage already)", export_dir)
         storage.check_writable(export_dir, "--export-dir")
+    storage.check_writable(settings.experiment_path, "--storage-path")
     if new:
-        check_new_study(settings.study_location, settings.study_name)
+        if not in_a_new_folder(settings.study_location, settings.experiment_path):
+            check_new_study(settings.study_location, settings.study_name)
     else:
         check_resumed_study(settings.study_location, settings.study_name, recorded_trials(settings.experiment_path))
     if settings.mlflow:

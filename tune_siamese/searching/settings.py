@@ -125,9 +125,10 @@ def resolve(options: SearchOptions, preset: Preset, started: str) -> tuple[Searc
 
     given_max_epochs = options.max_epochs
     if "max_epochs" in overrides:  # --set max_epochs=N means what --max-epochs N means
-        if options.max_epochs is not None and str(options.max_epochs) != overrides["max_epochs"]:
+        set_max_epochs = Config.from_dict({"max_epochs": overrides["max_epochs"]}, source="option --set").max_epochs
+        if options.max_epochs is not None and options.max_epochs != set_max_epochs:
             raise InputError("options --max-epochs and --set max_epochs disagree")
-        given_max_epochs = Config.from_dict({"max_epochs": overrides["max_epochs"]}, source="option --set").max_epochs
+        given_max_epochs = set_max_epochs
     max_epochs = given_max_epochs or chosen("max_epochs")
     if options.grace_period is not None and options.grace_period > max_epochs:
         raise InputError(f"option --grace-period={options.grace_period} exceeds the {max_epochs} epochs a trial "
@@ -158,7 +159,10 @@ def resolve(options: SearchOptions, preset: Preset, started: str) -> tuple[Searc
     gpu_defaults = {"cuda_graphs": True} if options.gpus_per_trial else {}
     base = {**gpu_defaults, **preset.fixed, **overrides, "data": options.data, "max_epochs": max_epochs,
             "seed": options.seed, "threads": max(1, int(options.cpus_per_trial))}
-    Config.from_dict(base, source="search settings")  # fail now on a bad fixed value, not in every trial
+    fixed = Config.from_dict(base, source="search settings")  # fail now on a bad fixed value, not in every trial
+    # Each value as Config's type (--set's are strings), so that the settings and every trial's params record
+    # lr=0.005 as a number and augment=true as a bool, and analysis can compute with them.
+    base = {key: getattr(fixed, key) for key in base}
     check_values(preset, base, options.space_label)
     storage_path = storage.resolve(options.storage_path)
     settings = SearchSettings(
@@ -285,7 +289,7 @@ def settings_for(options: SearchOptions) -> tuple[SearchSettings, Preset]:
     options.check()
     if options.resume:
         settings = load_resume_settings(options.resume)
-        searched = get_preset(settings.space, settings.experiment_path)
+        searched = get_preset(settings.space, settings.experiment_path, option="--resume")
         return settings, without(searched, settings.not_searched)  # the space it searched
     if options.space_object is not None:
         settings, preset = resolve(options, as_preset(options.space_object, options.space_label), stamp())

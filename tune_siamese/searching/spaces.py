@@ -5,8 +5,8 @@ rules before Ray starts. The presets themselves are plain data (search_spaces)."
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
+import types
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from tune_siamese.core import storage
 from tune_siamese.core.config import Config
 from tune_siamese.core.errors import InputError
 from tune_siamese.core.names import SPACE_FILE, SPACE_IN_EXPERIMENT
+from tune_siamese.searching.owners import space_source
 
 
 def _validate(preset: Preset, source: str) -> Preset:
@@ -95,9 +96,11 @@ def space_file(name: str) -> Path | None:
     return Path(target) if name not in PRESETS and target.endswith(".py") else None
 
 
-def get_preset(name: str, experiment: str = "") -> Preset:
+def get_preset(name: str, experiment: str = "", option: str = "--space") -> Preset:
     """A preset by name, a user's space given as `module:ATTR`, `file.py:ATTR` or `file.py` (SPACE), or a JSON
-    file of space data (SPACE_IN_EXPERIMENT: the one recorded in `experiment`)."""
+    file of space data (SPACE_IN_EXPERIMENT: the one recorded in `experiment`). A `file.py` is run from its source
+    only, and only when it and its folder are this user's alone (owners.space_source); `option` names the option
+    that loads it, for messages."""
     if name in PRESETS:
         return PRESETS[name]
     if name.endswith(".json"):
@@ -111,10 +114,7 @@ def get_preset(name: str, experiment: str = "") -> Preset:
         if path is not None:
             if not path.is_file():
                 raise InputError("search-space file not found", path)
-            spec = importlib.util.spec_from_file_location(path.stem, path)
-            assert spec is not None and spec.loader is not None
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
+            module = _run_source(path, option)
         else:
             module = importlib.import_module(target)
     except InputError:
@@ -127,6 +127,16 @@ def get_preset(name: str, experiment: str = "") -> Preset:
     if isinstance(value, dict):
         return _validate(Preset(space=value), name)
     raise InputError(f"option --space: {target!r} has no dict or Preset named {attr}")
+
+
+def _run_source(path: Path, option: str) -> types.ModuleType:
+    """The module a space file's source makes, compiled and run here rather than imported: an import would run a
+    cached `__pycache__/NAME.cpython-*.pyc` whose header matches the source, and write one."""
+    source = space_source(path, option)
+    module = types.ModuleType(path.stem)
+    module.__file__ = str(path)
+    exec(compile(source, str(path), "exec", dont_inherit=True), module.__dict__)  # as an import runs it
+    return module
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -8,10 +8,11 @@
   multi-objective study, which keeps no intermediate values (Trial.report is single-objective, optuna#3450) but
   takes tell(state=PRUNED): TPE then ranks it below every finished trial, NSGA-II leaves it out of its
   generations, as it leaves trials Optuna's pruners stop;
-- a diverged trial stays COMPLETE at the diverged loss (the sampler learns that the region diverges) with the
-  user attr `outcome` = "diverged"; an errored one is FAIL. Every trial has the user attrs `outcome` (the
-  analysis's status: finished, asha_stopped, diverged, errored) and `tune_trial_id` (the id of the trial's
-  folder and of the analysis's DataFrames). trial_outcome is the rule; the trials' MLflow runs are tagged by it too.
+- a diverged trial stays COMPLETE at names.DIVERGED_LOSS, above every usable loss (the sampler learns that the
+  region diverges, and ranks it below every usable trial), with the user attr `outcome` = "diverged"; an errored
+  one is FAIL. Every trial has the user attrs `outcome` (the analysis's status: finished, asha_stopped, diverged,
+  errored) and `tune_trial_id` (the id of the trial's folder and of the analysis's DataFrames). trial_outcome is
+  the rule; the trials' MLflow runs are tagged by it too.
 """
 from __future__ import annotations
 
@@ -23,7 +24,15 @@ from optuna.trial import TrialState
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
-from tune_siamese.core.names import ASHA_STOPPED, BEST_VAL_LOSS, DIVERGED, ERRORED, FINISHED, VAL_LOSS
+from tune_siamese.core.names import (
+    ASHA_STOPPED,
+    BEST_VAL_LOSS,
+    DIVERGED,
+    DIVERGED_LOSS,
+    ERRORED,
+    FINISHED,
+    VAL_LOSS,
+)
 
 
 def trial_outcome(result: dict[str, Any] | None, error: bool = False, metric: str = BEST_VAL_LOSS) -> str:
@@ -69,6 +78,10 @@ class StudyRecordingSearch(OptunaSearch):
         primary = self.metric[0] if isinstance(self.metric, list) else self.metric
         outcome = trial_outcome(result, error, primary)
         ot_trial.set_user_attr("outcome", outcome)
+        if outcome == DIVERGED and result is not None:
+            # The study records names.DIVERGED_LOSS, above every usable val loss, whatever the trial reported (one
+            # resumed from an older version reported 10.0, below a usable trial's loss).
+            result = {**result, primary: DIVERGED_LOSS}
         if outcome != ASHA_STOPPED:
             return super().on_trial_complete(trial_id, result, error)
         assert self._ot_study is not None  # set up by the time a trial completes

@@ -1,6 +1,6 @@
 """The Ray Tune function trainable around the training core (engine.fit): it reads only its config, gets the data
-once through Ray's object store, reports every epoch with a checkpoint, and ends a diverged run with a finite
-stand-in loss."""
+once through Ray's object store, reports every epoch with a checkpoint (and the torch thread count it ran with), and
+ends a diverged run with a finite stand-in loss above every usable one (names.DIVERGED_LOSS)."""
 from __future__ import annotations
 
 import logging
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import torch
 from ray import tune
 
 from tune_siamese.artifacts.checkpoint import load_checkpoint, save_checkpoint
@@ -64,7 +65,7 @@ def train_siamese(config: dict[str, Any], data: PairData, objectives: tuple[str,
         # End cleanly with a bad-but-finite loss so the searcher learns "this region diverges".
         tune.report({VAL_LOSS: DIVERGED_LOSS, BEST_VAL_LOSS: DIVERGED_LOSS, VAL_LOSS_AVG3: DIVERGED_LOSS,
                      "val_accuracy": 0.5, "val_auc": 0.5, "diverged": 1,
-                     "diverged_reason": str(exc), **costs})
+                     "diverged_reason": str(exc), "torch_threads": torch.get_num_threads(), **costs})
 
 
 def build_trainable(settings: SearchSettings, data: PairData) -> Any:

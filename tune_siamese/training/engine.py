@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from tune_siamese.core.config import Config
 from tune_siamese.core.errors import InputError
+from tune_siamese.core.names import DIVERGED_ABOVE
 from tune_siamese.data import PairData, PairMiner
 from tune_siamese.training.augment import koch_affine
 from tune_siamese.training.cuda_graph import UNCAPTURED_WARNING, GraphedStep
@@ -35,10 +36,10 @@ class Diverged(RuntimeError):
 
 
 # A constant prediction (probability 0.5) scores BCE ln 2 on any pairs, and label smoothing only raises the floor
-# under it, never this ceiling. A mean loss 100 times that means logits around a hundred on the wrong side: no
-# model, just weights blown up that happen to stay finite (SGD at lr 1e10 keeps losses near 1e9 and AUC at 0.5).
-# Such a run is diverged like a NaN one: never ranked, retrained or exported.
-DIVERGED_ABOVE = 100 * math.log(2)
+# under it, never this ceiling. A mean loss 100 times that (names.DIVERGED_ABOVE) means logits around a hundred on
+# the wrong side: no model, just weights blown up that happen to stay finite (SGD at lr 1e10 keeps losses near 1e9
+# and AUC at 0.5). Such a run is diverged like a NaN one: never ranked, retrained or exported, and reported with
+# names.DIVERGED_LOSS, above this bound.
 
 
 def check_loss(name: str, value: float, epoch: int) -> None:
@@ -240,7 +241,10 @@ def fit(config: Config, data: PairData, on_epoch: EpochCallback | None = None,
         train_loss = train_one_epoch(trainer, optimizer, images, pairs, config, generator, graph)
         check_loss("training", train_loss, epoch)
         scheduler.step()
-        metrics: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "lr": lr, "train_pairs": len(pairs)}
+        # The torch thread count this epoch ran with: the same seed scores differently with another count (the
+        # order of a reduction's sums), so the record says which one gave these numbers.
+        metrics: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "lr": lr, "train_pairs": len(pairs),
+                                   "torch_threads": torch.get_num_threads()}
         if validate:
             labels, logits, balanced = validation_logits(model, images, data, config)
             val = pair_metrics(labels, logits, balanced=balanced)
