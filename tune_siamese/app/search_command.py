@@ -144,12 +144,13 @@ def build_parser(prog: str = "run_search.py", defaults: bool = True) -> OneLineP
 
 def run(options: SearchOptions, stop: SigtermAsCtrlC | None = None, begun: float | None = None,
         ray_logs: bool = True) -> tuple[dict[str, Any], Any]:
-    """The recipe; returns (summary as final.json records it, with absolute paths; retrained model). Interrupted
-    (Ctrl-C or SIGTERM: see `stop`), it prints the command that resumes it and raises SearchInterrupted. `begun`: when the run began
-    (when the command began, so that the summary's wall times add up to the whole; default now). `ray_logs`:
-    Ray's INFO lines and the workers' output on this console (cluster.connect). A Ray this run started (or
-    joined) is shut down (or left) when it returns, so the next run in this process starts from its options; one
-    the process had started before is left as it is."""
+    """The recipe; returns (summary as final.json records it, with absolute paths; retrained model).
+
+    Interrupted (Ctrl-C or SIGTERM: see `stop`), it prints the command that resumes it and raises
+    SearchInterrupted. `begun`: when the run began (when the command began, so that the summary's wall times add up
+    to the whole; default now). `ray_logs`: Ray's INFO lines and the workers' output on this console
+    (cluster.connect). A Ray this run started (or joined) is shut down (or left) when it returns, so the next run in
+    this process starts from its options; one the process had started before is left as it is."""
     from tune_siamese.core import storage
     from tune_siamese.data import load_data
     from tune_siamese.final.finalists import run_finalists
