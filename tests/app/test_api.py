@@ -93,7 +93,8 @@ def test_the_signature_lists_every_option_with_its_default_and_a_line_of_help():
     resumed = inspect.signature(ts.resume).parameters
     assert list(resumed)[0] == "experiment"
     assert set(resumed) - {"experiment", "progress", "console"} == {
-        f.name for f in fields if declared(f).per_run and f.name != "resume"}
+        f.name for f in fields if (declared(f).per_run or declared(f).grows) and f.name != "resume"}
+    assert "num_samples" in resumed  # it grows a search (searching.settings.grown)
 
 
 def test_public_names_are_exported_and_documented():
@@ -193,6 +194,8 @@ def test_finalize_from_python_beside_the_search(smoke_search, tmp_path):
 
     experiment = tmp_path / "copy"
     shutil.copytree(smoke_search["experiment"], experiment)
+    settings = json.loads((experiment / "search_settings.json").read_text())  # not into the shared search's MLflow
+    (experiment / "search_settings.json").write_text(json.dumps({**settings, "mlflow": ""}))
     other = ts.finalize(experiment, "trial", progress=False)
     record = json.loads((experiment / "final-trial.json").read_text())
     assert other.test == record["test"] and 0 <= other.test["auc"] <= 1

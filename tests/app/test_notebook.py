@@ -62,8 +62,8 @@ def test_the_notebook_is_stored_without_outputs():
 
 @pytest.mark.slow
 def test_quickstart_notebook_runs_as_documented(tmp_path, monkeypatch):
-    """About 100 s on 2 cores: two tiny searches (4 trials of 2 epochs, retrained and exported; 2 trials of one
-    epoch), then the analysis and the verifier."""
+    """About a minute on 2 cores: a tiny search (4 trials of 2 epochs, retrained and exported), the analysis and
+    the verifier."""
     import nbformat
     from ipykernel.kernelspec import install
     from nbclient import NotebookClient
@@ -100,12 +100,11 @@ def test_quickstart_notebook_runs_as_documented(tmp_path, monkeypatch):
     assert result.startswith("SearchResult(") and len(result.replace(str(storage), "STORAGE")) < 300, result
     lines = [output.data["text/plain"] for output in search.outputs if output.output_type == "display_data"]
     assert lines and lines[-1].startswith("[done] 4 trials"), lines
-    experiments = sorted(storage.iterdir())  # the smoke search, exported, and the own space's, not retrained
-    assert len(experiments) == 2 and sum((path / "export").is_dir() for path in experiments) == 1, experiments
+    [experiment] = sorted(storage.iterdir())  # the smoke search, exported
+    assert (experiment / "export" / "SHA256SUMS").is_file()
 
     [printed] = re.findall(r"test AUC: (\S+)", shown(tagged(notebook, "auc")))
     assert 0.0 <= float(printed) <= 1.0
-    assert "'lr'" in shown(tagged(notebook, "own-space"))
     [probabilities] = re.findall(r"array\(\[([^\]]*)\]\)", shown(tagged(notebook, "pairs")))
     assert all(0.0 <= float(value) <= 1.0 for value in probabilities.split(","))
     assert not any(Path(work).iterdir())  # the notebook writes only where it was told to

@@ -1,17 +1,20 @@
 """The cluster path with real processes: a head and two workers from `ray start`, run_search.py joining through
-RAY_ADDRESS and through `ray job submit`, the Optuna study in a real PostgreSQL."""
+RAY_ADDRESS and through `ray job submit`, the Optuna study in a real PostgreSQL, and a chaos search on it."""
 from __future__ import annotations
 
 import json
 import os
+import random
+import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import optuna
 import pytest
-from helpers import REPO, SMOKE
+from helpers import REPO, SMOKE, trial_frames
 from services import RayNodes, free_port, ray_cli, stop_group, throwaway_postgres, wait_for
 
 import analysis
@@ -208,3 +211,91 @@ def test_a_local_search_listens_on_loopback_only(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     addresses = eval(done.stdout.strip().splitlines()[-1])
     assert addresses and set(addresses) <= {"127.0.0.1", "::ffff:127.0.0.1"}, addresses
+
+
+class Killer:
+    """Every `every` seconds, SIGKILL the worker of a random trial that is still training and has reported an epoch
+    since the last kill (so that the search moves on between kills); `killed` holds (trial, epochs, pid)."""
+
+    def __init__(self, experiment: Path, epochs: int, every: float = 3.0, seed: int = 0) -> None:
+        self.experiment, self.epochs, self.every, self.rng = experiment, epochs, every, random.Random(seed)
+        self.killed: list[tuple[str, int, int]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.seen: dict[str, int] = {}
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.every):
+            frames = trial_frames(self.experiment) if self.experiment.exists() else {}
+            moved = [(name, len(frame), int(frame["pid"].iloc[-1])) for name, frame in frames.items()
+                     if "pid" in frame and len(frame) < self.epochs and len(frame) > self.seen.get(name, 0)]
+            alive = [entry for entry in moved if _alive(entry[2])]
+            if alive:
+                name, epochs, pid = self.rng.choice(alive)
+                os.kill(pid, signal.SIGKILL)
+                self.seen[name] = epochs
+                self.killed.append((name, epochs, pid))
+
+    def __enter__(self) -> Killer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+CHAOS_TRIALS, CHAOS_EPOCHS = 3, 2  # two at once: the third starts after the first two end
+
+
+def test_a_chaos_search_loses_no_epoch_and_hands_back_what_a_calm_one_does(cluster, tmp_path):
+    """A search on the cluster while a killer ends a running trial's worker every few seconds and the driver once
+    (SIGKILL, then --resume): every trial reaches its last epoch, each epoch trained once, no trial RUNNING in the
+    study, and in the reproducible mode what an undisturbed search on the same cluster hands back. Last here: it
+    kills processes on the cluster's nodes (its trials' only)."""
+    common = [*SMOKE, "--num-samples", str(CHAOS_TRIALS), "--max-epochs", str(CHAOS_EPOCHS), "--reproducible",
+              "--max-concurrent", "2", "--max-failures", "100", "--address", cluster.address,
+              "--storage-path", str(tmp_path)]
+    calm = run_process([sys.executable, "run_search.py", *common, "--name", "calm"], cluster.env)
+    assert calm.returncode == 0, calm.stdout[-3000:] + calm.stderr[-3000:]
+
+    experiment = tmp_path / "chaos"
+    with Killer(experiment, CHAOS_EPOCHS) as killer:
+        log = tmp_path / "chaos.log"
+        driver = subprocess.Popen([sys.executable, "run_search.py", *common, "--name", "chaos"], cwd=REPO,
+                                  stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                                  env={**cluster.env, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+        def finished_one() -> bool:
+            return experiment.exists() and any(len(f) == CHAOS_EPOCHS for f in trial_frames(experiment).values())
+
+        try:  # the driver too, once: after a trial has finished and a worker was killed
+            wait_for(lambda: driver.poll() is not None or (bool(killer.killed) and finished_one()), 600,
+                     "a finished trial and a killed worker")
+            assert driver.poll() is None, log.read_text()[-3000:]  # the search is still running
+        finally:
+            os.killpg(driver.pid, signal.SIGKILL)  # nothing gets to save or clean up
+            driver.wait()
+        resumed = run_process([sys.executable, "run_search.py", "--resume", str(experiment), "--address",
+                               cluster.address], cluster.env)
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert killer.killed, "no worker was killed"
+
+    frames = trial_frames(experiment)
+    assert len(frames) == CHAOS_TRIALS
+    for name, frame in frames.items():  # each reached its last epoch (no ASHA here), each epoch once
+        assert list(frame["epoch"]) == list(range(1, CHAOS_EPOCHS + 1)), (name, list(frame["epoch"]))
+    study = optuna.load_study(study_name="chaos", storage=f"sqlite:///{experiment / 'optuna.db'}")
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE] * CHAOS_TRIALS, states
+    calm_final = json.loads((tmp_path / "calm" / "final.json").read_text())
+    chaos_final = json.loads((experiment / "final.json").read_text())
+    assert chaos_final["best_config"] == calm_final["best_config"]
+    assert chaos_final["test"] == calm_final["test"]
