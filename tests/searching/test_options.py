@@ -18,7 +18,7 @@ from tune_siamese.app import keywords, search_command
 from tune_siamese.app.api import search_options, search_settings
 from tune_siamese.core.errors import InputError
 from tune_siamese.searching import options
-from tune_siamese.searching.options import SearchOptions, declared, option_fields, value_type
+from tune_siamese.searching.options import SearchOptions, declared, option_fields, resumable, value_type
 from tune_siamese.searching.settings import settings_for
 
 ACTIONS = {"value": argparse._StoreAction, "repeatable": argparse._AppendAction, "flag": argparse._StoreTrueAction,
@@ -75,8 +75,10 @@ def test_an_option_declared_once_is_on_the_command_line_and_a_keyword(monkeypatc
 
 def test_resume_refuses_every_option_that_shapes_the_search():
     """Options are search-shaping unless their declaration says per_run: each one given with --resume is refused
-    by name (so an option added later is refused there too, not silently ignored); per_run ones are allowed."""
-    shaping = [f for f in option_fields() if not declared(f).per_run]
+    by name (so an option added later is refused there too, not silently ignored); per_run ones are allowed, and
+    one that grows the search (--num-samples) is judged by its value (tests/searching/test_grow.py)."""
+    assert [f.name for f in option_fields() if declared(f).grows] == ["num_samples"]
+    shaping = [f for f in option_fields() if not resumable(f)]
     assert len(shaping) >= 25
     for field in shaping:
         given = search_options({field.name: other_value(field)}).command_words()
@@ -199,7 +201,7 @@ def at_default(field: dataclasses.Field[Any]) -> list[str]:
 def test_resume_refuses_a_search_shaping_option_given_at_its_default():
     """`--resume EXP --space quick` resumed with the recorded space, exit 0, without a word, because quick is the
     default; ts.search(resume=..., space="quick") likewise. What counts is that the option was given."""
-    shaping = [f for f in option_fields() if not declared(f).per_run and at_default(f)]
+    shaping = [f for f in option_fields() if not resumable(f) and at_default(f)]
     assert {"space", "data", "seed", "storage_path", "cpus_per_trial"} <= {f.name for f in shaping}
     for field in shaping:
         parsed = search_command.parse_args(["--resume", "ray_results/x", *at_default(field)])

@@ -20,6 +20,9 @@ def print_start(settings: Any, on_cluster: bool = False) -> None:
 
     print(f"Experiment: {settings.experiment_path} ({counted(settings.num_samples, 'trial')}, "
           f"{settings.max_concurrent} at once)", flush=True)
+    if getattr(settings, "grown_from", None):  # --resume --num-samples N: the new trials learn from the earlier ones
+        print(f"Grown from {settings.grown_from[-1]} to {settings.num_samples} trials: the searcher suggests the "
+              "new ones from every earlier trial in the study", flush=True)
     for key in settings.not_searched:
         value = settings.base[key]  # typed (augment=True): said as --set takes it
         said = str(value).lower() if isinstance(value, bool) else value

@@ -19,6 +19,7 @@ from tune_siamese.searching.options import (
     declared,
     from_values,
     option_fields,
+    resumable,
     value_type,
 )
 
@@ -139,7 +140,9 @@ Example:
 
 RESUME_DOC = """Continue an interrupted search where it stopped; finished trials are not run again.
 
-Only the options that act on this run may be given (those that shape the search are the experiment's own).
+Only the options that act on this run may be given (those that shape the search are the experiment's own), and
+num_samples above the experiment's own, which grows the search, also a finished one: the missing trials run in the
+same study, and the earlier final model is kept beside the new one (final-n<trials>.json, export-n<trials>).
 
 Args:
     experiment: the experiment folder or URI.
@@ -149,22 +152,24 @@ Returns:
     A SearchResult, as ts.search.
 
 Raises:
-    InputError: no experiment there, or an option that shapes the search.
+    InputError: no experiment there, an option that shapes the search, or num_samples not above its own.
     SearchInterrupted: interrupted again.
 
 Example:
     >>> result = ts.resume("ray_results/siamese-quick-20261207-101500")
+    >>> grown = ts.resume("ray_results/siamese-quick-20261207-101500", num_samples=48)
 """
 
 
 def document(search: Callable[..., Any], resume: Callable[..., Any], returns: type) -> None:
-    """Give ts.search every option as a keyword, and ts.resume the options that act on one run."""
+    """Give ts.search every option as a keyword, and ts.resume the options that act on one run or grow the
+    search."""
     every = _declared_parameters(lambda f: True)
     search.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [*every, *_API_KEYWORDS], return_annotation=returns)
     search.__doc__ = SEARCH_DOC.format(options="\n    ".join(
         [*(_one_line(f) for f in option_fields()), *_API_DOCS]))
-    per_run = [f for f in option_fields() if declared(f).per_run and f.name != "resume"]
+    per_run = [f for f in option_fields() if resumable(f) and f.name != "resume"]
     resume.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [inspect.Parameter("experiment", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="str | os.PathLike"),
          *_declared_parameters(lambda f: f in per_run), *_API_KEYWORDS], return_annotation=returns)

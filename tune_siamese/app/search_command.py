@@ -36,6 +36,7 @@ best configuration (--final), test it and export it.
     {prog} --data ../shared/data/lfw-a --space default --num-samples 16
     {prog} --address auto --gpus-per-trial 0.25 --storage-path /shared/ray_results
     {prog} --resume ray_results/siamese-quick-20261128-170000
+    {prog} --resume ray_results/siamese-quick-20261128-170000 --num-samples 16   # grow it to 16 trials
 
 Exit status: 0 done; 2 bad input, or a write after the search that failed (a full disk: nothing half-written;
 --resume finishes it); 3 no usable trial (every one diverged or errored) or a final model that diverged (final.json
@@ -153,6 +154,7 @@ def run(options: SearchOptions, stop: SigtermAsCtrlC | None = None, begun: float
     this process starts from its options; one the process had started before is left as it is."""
     from tune_siamese.core import storage
     from tune_siamese.data import load_data
+    from tune_siamese.final.earlier import keep_earlier_final
     from tune_siamese.final.finalists import run_finalists
     from tune_siamese.final.finish import finish_search
     from tune_siamese.final.publishing import WriteFailed
@@ -198,6 +200,9 @@ def run(options: SearchOptions, stop: SigtermAsCtrlC | None = None, begun: float
             if interrupted(results, settings.num_samples, watch):
                 # Tune saved its state; finishing now would retrain the best of a half-searched space.
                 raise stopped(stage.format(stop.how()))
+            kept = keep_earlier_final(settings.experiment_path, len(results))  # a grown search's earlier one
+            if kept:
+                print(f"The final model of the search before it grew is kept: {kept}", flush=True)
             finalists = None
             if settings.finalists and not options.no_retrain:
                 stage = "Finalist stage interrupted{}; nothing was retrained or exported"

@@ -105,6 +105,13 @@ def record_as_read(record: dict[str, Any], experiment: str) -> dict[str, Any]:
     return {**_each_path(record, now), "experiment": experiment}
 
 
+def record_renamed(record: dict[str, Any], experiment: str, renames: dict[str, str]) -> dict[str, Any]:
+    """A record written in `experiment` after folders of it were renamed (old name -> new name), as written."""
+    moved = {child(experiment, old): child(experiment, new) for old, new in renames.items()}
+    now = _each_path(record_as_read(record, experiment), lambda value: moved.get(value, value))
+    return record_as_written(now, experiment)
+
+
 def check_name(name: str, source: str) -> None:
     """A name that becomes a folder (an experiment inside its storage path or bucket) must be exactly one path
     component there: not empty, '.' or '..', without a separator, without '?' or '#' (a URI's query and fragment,
@@ -158,6 +165,22 @@ def exists(path: str | Path) -> bool:
     fs, where = filesystem(path)
     with reading(path):
         return fs.get_file_info(where).type != pyarrow.fs.FileType.NotFound
+
+
+def move(path: str | Path, target: str | Path) -> None:
+    """Rename a file or folder within its storage: locally in one step; at a URI (object stores rename nothing) a
+    copy, then the original deleted, so a move cut short leaves both."""
+    fs, where = filesystem(path)
+    _, to = filesystem(target)
+    if isinstance(fs, pyarrow.fs.LocalFileSystem):
+        os.replace(where, to)
+        return
+    folder = fs.get_file_info(where).type == pyarrow.fs.FileType.Directory
+    pyarrow.fs.copy_files(where, to, source_filesystem=fs, destination_filesystem=fs)
+    if folder:
+        fs.delete_dir(where)
+    else:
+        fs.delete_file(where)
 
 
 def read_text(path: str | Path) -> str | None:

@@ -291,6 +291,8 @@ def finish_search(settings: SearchSettings, results: tune.ResultGrid, data: Pair
     wall: dict[str, Any] = {"search": round(search_seconds, 1), "resumed": resumed}  # a resume: its part only
     record_path = storage.child(settings.experiment_path, FINAL_FILE)
     noted: dict[str, Any] = dict(counts)
+    if settings.grown_from:  # the trial counts it grew from; the earlier final models are final-n<count>.json
+        noted["grown_from"] = settings.grown_from
     if "identity_overlap" in data.info:  # allowed by allow_identity_overlap: the test score is not clean
         noted["identity_overlap"] = data.info["identity_overlap"]
     walls = dict(wall)

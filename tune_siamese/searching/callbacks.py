@@ -72,6 +72,8 @@ class SearchProgress(tune.Callback):
     def setup(self, stop: Any = None, num_samples: Any = None, total_num_samples: Any = None, **info: Any) -> None:
         # Also what an instance unpickled from an older experiment gets its newer attributes from.
         self.started, self.ended, self.errored, self.ended_before, self.counted = time.monotonic(), 0, 0, 0, False
+        if isinstance(total_num_samples, int) and total_num_samples > 0:  # Tune's count: a grown search's new total
+            self.num_samples = total_num_samples
         self.stopped_early, self.best = 0, math.inf
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:

@@ -7,7 +7,8 @@ checked on their own before any preset, file or Ray is looked at.
 An option declared with `preset_or(FALLBACK, ...)` has the default None: the preset's value, else FALLBACK
 (settings.resolve does that). Options marked `per_run` act on one invocation only (where to connect, what to print,
 what to do after the search); every other option shapes the search, which `--resume` takes from the experiment, so
-giving one there is refused.
+giving one there is refused, except one marked `grows` (--num-samples), which --resume takes only above the
+experiment's own value: it grows the search (settings.grown).
 
 Imports nothing heavy: --help and a usage error stay quick.
 """
@@ -41,14 +42,15 @@ class Option:
     short: str | None = None  # a one-letter flag besides the long one: -v
     per_run: bool = False  # acts on this invocation only: allowed with --resume
     fallback: Any = None  # preset_or's: what the option takes when neither the user nor the preset gives one
+    grows: bool = False  # shapes the search, yet --resume takes a value above the experiment's: it grows the search
 
 
 def option(default: Any, group: str, help: str, *, kind: Kind = "value", metavar: str | None = None,
            choices: Sequence[str] | None = None, short: str | None = None, per_run: bool = False,
-           fallback: Any = None) -> Any:
+           fallback: Any = None, grows: bool = False) -> Any:
     """A SearchOptions field declaring an option."""
     declared = Option(group, help, kind, metavar, None if choices is None else tuple(choices), short, per_run,
-                      fallback)
+                      fallback, grows)
     return field(default=default, metadata={"option": declared})
 
 
@@ -87,7 +89,10 @@ class SearchOptions:
         (), WHAT, kind="repeatable", metavar="KEY=VALUE",
         help="fix a Config field for every trial, e.g. --set image_size=96 (repeatable; a key the space searches is "
              "then not searched); `tune-siamese config-fields` lists the fields")
-    num_samples: int | None = preset_or(8, WHAT, metavar="N", help="trials to run ({preset})")
+    num_samples: int | None = preset_or(
+        8, WHAT, metavar="N", grows=True,
+        help="trials to run ({preset}); with --resume, more than the experiment asked for grows it to N trials in "
+             "the same study")
     max_epochs: int | None = preset_or(20, WHAT, metavar="N", help="epochs per trial at most, ASHA's max_t ({preset})")
     seed: int = option(0, WHAT, metavar="N", help="seed of the searcher and of every trial (default: %(default)s)")
     name: str | None = option(None, WHAT, help="the experiment's folder in --storage-path: one folder name, not "
@@ -154,7 +159,8 @@ class SearchOptions:
              '"tune-siamese[mlflow]" (default: none)')
     resume: str | None = option(
         None, RESULTS, metavar="EXPERIMENT", per_run=True,
-        help="continue an interrupted experiment folder; finished trials are not run again")
+        help="continue an interrupted experiment folder; finished trials are not run again (with --num-samples N "
+             "above its own, a finished one runs the missing trials too)")
 
     final: str | None = preset_or(
         "retrain", AFTER, choices=FINAL_POLICIES,
@@ -248,10 +254,11 @@ class SearchOptions:
 
     def search_shaping_given(self) -> list[str]:
         """The options that shape the search and were given, even at their default value, or hold a value other
-        than their default (refused with --resume)."""
+        than their default (refused with --resume; an option that `grows` the search is judged by its value there,
+        settings.grown)."""
         given = self.given or frozenset()
-        return [flag(f.name) for f in option_fields()
-                if not declared(f).per_run and (f.name in given or getattr(self, f.name) != f.default)]
+        return [flag(f.name) for f in option_fields() if not resumable(f)
+                and (f.name in given or getattr(self, f.name) != f.default)]
 
     def check(self) -> None:
         """Each value on its own (preset values and combinations are settings.resolve's)."""
@@ -293,6 +300,11 @@ def option_fields() -> list[dataclasses.Field[Any]]:
 def declared(f: dataclasses.Field[Any]) -> Option:
     declaration: Option = f.metadata["option"]
     return declaration
+
+
+def resumable(f: dataclasses.Field[Any]) -> bool:
+    """Whether --resume (and ts.resume) takes the option: one that acts on one run, or grows the search."""
+    return declared(f).per_run or declared(f).grows
 
 
 def annotation(f: dataclasses.Field[Any]) -> Any:

@@ -71,6 +71,8 @@ class SearchSettings:
     # Keys the space searches that --set fixes: taken out of the searched space (and its starting points)
     not_searched: list[str] = dataclasses.field(default_factory=list)
     study_name: str = ""  # the Optuna study's name: the name the search began with ("" = name), kept by a rename
+    # num_samples before each growth (--resume --num-samples N: grown), oldest first; num_samples is the total now
+    grown_from: list[int] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.study_name = self.study_name or self.name
@@ -277,6 +279,28 @@ def load_resume_settings(path: str) -> SearchSettings:
     return dataclasses.replace(settings, storage_path=storage_path, name=name)
 
 
+def grown(settings: SearchSettings, num_samples: int) -> SearchSettings:
+    """The settings of a search grown to `num_samples` trials (--resume EXP --num-samples N): the trials it lacks
+    run in the same study, so the searcher conditions on every earlier trial. Only growth: an equal N changes
+    nothing, and a smaller one cannot take back the trials that ran."""
+    if num_samples <= settings.num_samples:
+        raise InputError(f"option --num-samples={num_samples} with --resume grows the search: it must exceed the "
+                         f"{settings.num_samples} trials this experiment asked for (leave it out to continue it)")
+    return dataclasses.replace(settings, num_samples=num_samples,
+                               grown_from=[*settings.grown_from, settings.num_samples])
+
+
+def record_growth(settings: SearchSettings) -> None:
+    """Write a growth (`grown`) into the experiment's saved settings, so that a later --resume, finalize and the
+    analysis see the new total; nothing else in the file changes."""
+    where = storage.child(settings.experiment_path, SETTINGS_FILE)
+    saved = json.loads(storage.read_text(where) or "{}")  # read and checked by load_resume_settings before
+    if saved.get("num_samples", 0) >= settings.num_samples:
+        return
+    saved.update(num_samples=settings.num_samples, grown_from=settings.grown_from)
+    storage.write_text(where, json.dumps(saved, indent=2) + "\n")
+
+
 def settings_for(options: SearchOptions) -> tuple[SearchSettings, Preset]:
     """(settings, searched preset) of a new search, or of the experiment --resume names, which keeps its own:
     an option that shapes the search is refused there rather than silently ignored."""
@@ -289,6 +313,8 @@ def settings_for(options: SearchOptions) -> tuple[SearchSettings, Preset]:
     options.check()
     if options.resume:
         settings = load_resume_settings(options.resume)
+        if options.num_samples is not None:
+            settings = grown(settings, options.num_samples)
         searched = get_preset(settings.space, settings.experiment_path, option="--resume")
         return settings, without(searched, settings.not_searched)  # the space it searched
     if options.space_object is not None:

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import signal
 import threading
+from contextvars import ContextVar
 from typing import Any
 
 from ray import tune
@@ -25,7 +26,7 @@ from tune_siamese.searching.callbacks import CompletionWatch, SearchProgress, ml
 from tune_siamese.searching.live_table import live_table
 from tune_siamese.searching.objectives import REPORTED
 from tune_siamese.searching.samplers import build_sampler
-from tune_siamese.searching.settings import SearchSettings
+from tune_siamese.searching.settings import SearchSettings, record_growth
 from tune_siamese.searching.spaces import write_space_data
 from tune_siamese.searching.study import open_study_storage, restoring_into
 from tune_siamese.searching.study_search import StudyRecordingSearch
@@ -121,14 +122,24 @@ def run_config(name: str, storage_path: str, verbose: int, searched: list[str], 
                           failure_config=tune.FailureConfig(max_failures=max_failures))
 
 
+# The trials a restored search runs in all (restore_tuner sets it from the settings): above the count its saved state
+# holds, the search was grown (settings.grown). Ray's restore keeps the old count (ray-project/ray#42221).
+restoring_total: ContextVar[int] = ContextVar("restoring_total", default=0)
+
+
 class MovableSearchGenerator(SearchGenerator):
     """Tune's wrapper that turns the searcher's suggestions into trials, filed under the experiment its saved
     state holds. On resume Tune moves the restored trials to where the experiment is now, but not this: after a
     move or copy the trials created after a resume would write to the old folder. Restored, this one files them
-    in the folder study.restoring_into names (restore_tuner sets it)."""
+    in the folder study.restoring_into names (restore_tuner sets it), and creates trials up to restoring_total."""
 
     def set_state(self, state: dict[str, Any]) -> None:
         super().set_state(state)
+        total = restoring_total.get()
+        if total > self._total_samples:
+            # Grown: Tune's run goes on while the generator has trials to create (TuneController.is_finished), and
+            # the restored searcher suggests them from the study that holds every earlier trial.
+            self._total_samples, self._finished = total, False
         moved_to = restoring_into.get()
         if moved_to and self._experiment is not None:
             # What Tune's controller does for each restored trial (TuneController._restore_trials)
@@ -153,6 +164,7 @@ def restore_tuner(settings: SearchSettings, data: PairData) -> tune.Tuner:
     # The state Tune unpickles holds the study's storage and the folder new trials go to: both are re-pointed
     # to this folder, wherever the experiment was moved or copied to.
     restoring_into.set(settings.experiment_path)
+    restoring_total.set(settings.num_samples)
     return tune.Tuner.restore(settings.experiment_path, trainable=build_trainable(settings, data),
                               resume_unfinished=True, resume_errored=True)
 
@@ -160,8 +172,9 @@ def restore_tuner(settings: SearchSettings, data: PairData) -> tune.Tuner:
 def tuner_for(settings: SearchSettings, preset: Any, data: PairData, resume: bool, verbose: int = 1,
               mlflow_parent: str = "") -> tune.Tuner:
     """A new search (its settings saved first, for --resume and the analysis) or the interrupted one (which keeps
-    the console verbosity it was started with)."""
+    the console verbosity it was started with; grown, the new total is saved first)."""
     if resume:
+        record_growth(settings)
         return restore_tuner(settings, data)
     restoring_into.set("")
     if settings.space == SPACE_IN_EXPERIMENT:  # given as a Python object: recorded as data, for --resume
