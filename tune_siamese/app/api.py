@@ -90,6 +90,7 @@ def _search(progress: bool, console: bool, options: dict[str, Any]) -> SearchRes
     if not console and not args.verbose:
         args = dataclasses.replace(args, quiet=True)  # no live table (the progress line says it), not recorded
     with _call_console(console, progress):
+        progress_module.report("Checking the options and the space ...", live=True)  # Ray and torch load first
         summary, model = run(args, ray_logs=console or bool(args.verbose))
         progress_module.report(_done_line(summary))
     if args.space_object is not None:  # the command that reruns it names the space the experiment recorded
