@@ -418,7 +418,7 @@ def test_ctrl_c_after_every_trial_started_is_still_an_interrupt(tmp_path):
     """Tune marks the trials it stops on Ctrl-C TERMINATED; with every trial started, counting them looked like
     a finished search (exit 0, the best of half a search retrained and exported)."""
     experiment = tmp_path / "late"
-    argv = ["run_search.py", *SMOKE, "--num-samples", "3", "--max-epochs", "4", "--grace-period", "4",
+    argv = ["run_search.py", *SMOKE, "--num-samples", "3", "--max-epochs", "3", "--grace-period", "3",
             "--storage-path", str(tmp_path), "--name", "late"]  # 2 at once (2 CPUs): the 3rd starts last
     log = tmp_path / "late.log"
     proc = spawn(argv, log)
@@ -426,7 +426,7 @@ def test_ctrl_c_after_every_trial_started_is_still_an_interrupt(tmp_path):
         deadline = time.time() + 240
         while time.time() < deadline:
             frames = trial_frames(experiment) if experiment.exists() else {}
-            if len(frames) == 3 and any(f["epoch"].max() < 4 for f in frames.values()):
+            if len(frames) == 3 and any(f["epoch"].max() < 3 for f in frames.values()):
                 break  # every trial has started and one is still training
             assert proc.poll() is None, log.read_text()[-3000:]
             time.sleep(0.2)
