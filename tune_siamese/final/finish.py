@@ -293,6 +293,8 @@ def finish_search(settings: SearchSettings, results: tune.ResultGrid, data: Pair
     noted: dict[str, Any] = dict(counts)
     if settings.grown_from:  # the trial counts it grew from; the earlier final models are final-n<count>.json
         noted["grown_from"] = settings.grown_from
+    if settings.warm_start:  # the experiments its study was warm-started from
+        noted["warm_start"] = settings.warm_start
     if "identity_overlap" in data.info:  # allowed by allow_identity_overlap: the test score is not clean
         noted["identity_overlap"] = data.info["identity_overlap"]
     walls = dict(wall)

@@ -119,6 +119,10 @@ class SearchOptions:
         help="what the search minimises: val_loss, then any of params, flops, latency (ms per pair on the CPU, "
              "batch 1); several make a multi-objective search (TPE's multi-objective mode, or --searcher nsga2), "
              "ASHA still judging by val loss ({preset})")
+    warm_start: str | None = option(
+        None, SEARCHER, metavar="EXP[,EXP...]",
+        help="start the study from earlier experiments of the same test data: their trials that fit this space join "
+             "it as they ended, and for another space their best configurations are the first trials (default: none)")
     max_failures: int = option(3, SEARCHER, metavar="N",
                                help="restarts of a failing trial before it errors (default: %(default)s)")
 

@@ -107,6 +107,7 @@ def check_search(options: SearchOptions, settings: SearchSettings, preset: Prese
     import torch
 
     from tune_siamese.searching.spaces import check_values
+    from tune_siamese.searching.warm_start import warm_start_for
     from tune_siamese.training.engine import check_compile_backend
 
     if options.resume:
@@ -115,6 +116,8 @@ def check_search(options: SearchOptions, settings: SearchSettings, preset: Prese
     else:
         require_mlflow(settings.mlflow, "option --mlflow")
         require_searcher(settings.searcher, "option --searcher")
+        if settings.warm_start:  # each experiment found, of the same test data, with a study: before Ray starts
+            warm_start_for(settings, preset.space)
     starts_local_ray = resolve_address(options.address) == "local" and not ray.is_initialized()
     configs = [Config.from_dict(values, source="search settings")
                for values in check_values(preset, settings.base, settings.space)]

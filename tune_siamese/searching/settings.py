@@ -73,6 +73,8 @@ class SearchSettings:
     study_name: str = ""  # the Optuna study's name: the name the search began with ("" = name), kept by a rename
     # num_samples before each growth (--resume --num-samples N: grown), oldest first; num_samples is the total now
     grown_from: list[int] = dataclasses.field(default_factory=list)
+    # the experiments the study was warm-started from (--warm-start: warm_start.warm_start_for), as given
+    warm_start: list[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.study_name = self.study_name or self.name
@@ -176,9 +178,20 @@ def resolve(options: SearchOptions, preset: Preset, started: str) -> tuple[Searc
         retrain_cpus=options.retrain_cpus, retrain_gpus=options.retrain_gpus, mlflow=mlflow_uri(options.mlflow),
         searcher=searcher, rung_metric=rung_metric, reproducible=reproducible, finalists=finalists,
         finalist_seeds=finalist_seeds, final=final, final_size=final_size, not_searched=not_searched,
-        objectives=objectives, pick=pick,
+        objectives=objectives, pick=pick, warm_start=parse_warm_start(options.warm_start),
         command=options.command)
     return settings, preset
+
+
+def parse_warm_start(value: str | None) -> list[str]:
+    """The experiments --warm-start names, comma separated (a local folder made absolute, as recorded); what a
+    warm start takes from them is warm_start.warm_start_for's."""
+    if value is None:
+        return []
+    names = [name.strip() for name in value.split(",")]
+    if not all(names):
+        raise InputError(f"option --warm-start={value!r}: give experiment folders separated by commas")
+    return [storage.resolve(name) for name in names]
 
 
 def check_finalists(options: SearchOptions, preset_defaults: dict[str, Any], num_samples: int) -> tuple[int, int]:

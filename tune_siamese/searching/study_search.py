@@ -33,6 +33,7 @@ from tune_siamese.core.names import (
     FINISHED,
     VAL_LOSS,
 )
+from tune_siamese.searching.warm_start import add_warm_trials
 
 
 def trial_outcome(result: dict[str, Any] | None, error: bool = False, metric: str = BEST_VAL_LOSS) -> str:
@@ -47,9 +48,15 @@ def trial_outcome(result: dict[str, Any] | None, error: bool = False, metric: st
 
 
 class StudyRecordingSearch(OptunaSearch):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, warm_trials: list[Any] | None = None, **kwargs: Any) -> None:
+        self._warm_trials = list(warm_trials or [])  # earlier experiments' trials (warm_start.warm_start_for)
         super().__init__(*args, **kwargs)
         self._last_step: dict[str, int] = {}  # saved with the searcher's state: a resumed trial reports on
+
+    def _setup_study(self, mode: Any) -> None:
+        super()._setup_study(mode)
+        if self._warm_trials and self._ot_study is not None:  # once: a study that holds them takes none again
+            add_warm_trials(self._ot_study, self._warm_trials)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         config = super().suggest(trial_id)

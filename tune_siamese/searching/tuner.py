@@ -31,6 +31,7 @@ from tune_siamese.searching.spaces import write_space_data
 from tune_siamese.searching.study import open_study_storage, restoring_into
 from tune_siamese.searching.study_search import StudyRecordingSearch
 from tune_siamese.searching.trainable import build_trainable
+from tune_siamese.searching.warm_start import WarmStart, warm_start_for
 
 
 def fit_tuner(tuner: tune.Tuner) -> tuple[tune.ResultGrid, CompletionWatch | None]:
@@ -66,8 +67,13 @@ def searched_metrics(settings: SearchSettings) -> tuple[Any, Any]:
 
 
 def build_tuner(settings: SearchSettings, data: PairData, space: dict[str, Any],
-                points: list[dict[str, Any]], verbose: int = 1, mlflow_parent: str = "") -> tune.Tuner:
-    """verbose: Tune's console, 0 silent, 1 the live status table, 2 also each trial's results, 3 everything."""
+                points: list[dict[str, Any]], verbose: int = 1, mlflow_parent: str = "",
+                warm: WarmStart | None = None) -> tune.Tuner:
+    """verbose: Tune's console, 0 silent, 1 the live status table, 2 also each trial's results, 3 everything.
+    `warm`: what a warm-started search takes from earlier experiments (its trials join the study; its points
+    follow the preset's)."""
+    warm = warm or WarmStart()
+    points = [*points, *(point for point in warm.points if point not in points)]
     # Fixed values ride along as constants in the param space, so each trial's config is complete.
     param_space = {**settings.base, **space}
     # The searcher learns from a trial's best val loss whatever the rung metric: the search hands back the trial
@@ -78,6 +84,7 @@ def build_tuner(settings: SearchSettings, data: PairData, space: dict[str, Any],
     metric, mode = searched_metrics(settings)
     optuna_search = StudyRecordingSearch(sampler=build_sampler(settings), points_to_evaluate=points or None,
                                          metric=metric, mode=mode, study_name=settings.study_name,
+                                         warm_trials=warm.trials,
                                          storage=open_study_storage(settings.study_storage, settings.experiment_path))
     # The concurrency is explicit: OptunaSearch alone keeps one trial pending (ray #46965). In the reproducible
     # mode suggestions come in batches of max_concurrent, each after the whole previous batch has ended, so they
@@ -181,4 +188,5 @@ def tuner_for(settings: SearchSettings, preset: Any, data: PairData, resume: boo
         write_space_data(preset, settings.experiment_path)
     storage.write_text(storage.child(settings.experiment_path, SETTINGS_FILE),
                        json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
-    return build_tuner(settings, data, preset.space, preset.points, verbose, mlflow_parent)
+    warm = warm_start_for(settings, preset.space) if settings.warm_start else None
+    return build_tuner(settings, data, preset.space, preset.points, verbose, mlflow_parent, warm)
