@@ -14,7 +14,16 @@ import pyarrow.fs
 
 from tune_siamese.core import storage
 from tune_siamese.core.errors import InputError
-from tune_siamese.core.names import DIVERGED, ERRORED, FINAL_FILE, SETTINGS_FILE, VAL_LOSS, trial_id_of, trial_status
+from tune_siamese.core.names import (
+    DIVERGED,
+    ERRORED,
+    FINAL_FILE,
+    SETTINGS_FILE,
+    VAL_LOSS,
+    counted,
+    trial_id_of,
+    trial_status,
+)
 from tune_siamese.searching.objectives import REPORTED
 from tune_siamese.searching.pareto import front
 
@@ -26,11 +35,6 @@ from .files import ExperimentFiles, result_rows, trial_records, with_trial_ids
 TRIAL_COLUMNS = ["trial_id", "status", "tune_status", "last_epoch", "best_epoch", "best_val_loss", "last_val_loss",
                  "best_val_accuracy", "best_val_auc", "start_time", "end_time", "wall_time_s", "node_id"]
 TIME_DTYPE = "datetime64[ns, UTC]"  # start_time and end_time: one resolution for both, NaT for a trial without
-
-
-def counted(n: int, noun: str) -> str:
-    """"1 trial", "6 trials": a count with its noun (a regular plural)."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def config_column(name: str) -> str:

@@ -28,7 +28,7 @@ from tune_siamese.app.result import SearchResult
 from tune_siamese.core import progress as progress_module
 from tune_siamese.core import storage
 from tune_siamese.core.errors import InputError
-from tune_siamese.core.names import SPACE_FILE
+from tune_siamese.core.names import SPACE_FILE, counted
 
 if TYPE_CHECKING:
     from tune_siamese.artifacts.verifier import FaceVerifier
@@ -104,8 +104,6 @@ def _search(progress: bool, console: bool, options: dict[str, Any]) -> SearchRes
 
 def _done_line(summary: dict[str, Any]) -> str:
     """The progress line's last word: what the search handed back, and where."""
-    from tune_siamese.app.console import counted
-
     if "no_usable_trial" in summary:
         return f"[done] no usable trial: {summary['no_usable_trial']}"
     auc = (summary.get("test") or {}).get("auc")

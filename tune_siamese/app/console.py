@@ -6,12 +6,7 @@ import json
 from typing import Any
 
 from tune_siamese.artifacts.provenance import SYNTHETIC, demonstration_note
-from tune_siamese.core.names import EXIT_NO_USABLE_TRIAL
-
-
-def counted(n: int, noun: str) -> str:
-    """'1 trial', '6 trials'."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+from tune_siamese.core.names import EXIT_NO_USABLE_TRIAL, counted
 
 
 def print_start(settings: Any, on_cluster: bool = False) -> None:

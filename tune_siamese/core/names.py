@@ -87,3 +87,8 @@ def trial_status(tune_status: str | None, epochs: int, best_epoch: int | None, d
     if epochs >= max_epochs or (best_epoch is not None and epochs - best_epoch >= patience):
         return FINISHED
     return ASHA_STOPPED
+
+
+def counted(n: int, noun: str) -> str:
+    """"1 trial", "6 trials": a count with its noun (a regular plural), for the console and the analysis."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
