@@ -34,6 +34,10 @@ def stop_group(proc: subprocess.Popen, first: int = signal.SIGTERM, grace: float
     proc.wait()
 
 
+def tail(path: Path, chars: int = 3000) -> str:
+    return path.read_text(errors="replace")[-chars:] if path.exists() else f"({path} not written)"
+
+
 def wait_for(check, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -154,10 +158,22 @@ class RayNodes:
         wait_for(lambda: self.alive_nodes() >= 1, 90, "Ray head")
 
     def add_worker(self, num_cpus: int = 1, num_gpus: int = 0) -> None:
+        """A worker joining the head; started once more (new ports) if the first one exits before it joins,
+        as a node can on a loaded machine (its agents late, a port taken between choosing and binding)."""
         count = self.alive_nodes()
-        self._start(["--address", self.address, "--num-cpus", str(num_cpus), "--num-gpus", str(num_gpus)],
-                    f"worker{len(self.procs)}.log")
-        wait_for(lambda: self.alive_nodes() > count, 90, "Ray worker")
+        for attempt in (1, 2):
+            log = self.log_dir / f"worker{len(self.procs)}.log"
+            self._start(["--address", self.address, "--num-cpus", str(num_cpus), "--num-gpus", str(num_gpus)],
+                        log.name)
+            proc = self.procs[-1]
+            try:
+                wait_for(lambda: proc.poll() is not None or self.alive_nodes() > count, 180, "Ray worker")
+            except TimeoutError as error:
+                raise TimeoutError(f"{error}; its log:\n{tail(log)}") from None
+            if proc.poll() is None:
+                return
+            if attempt == 2:
+                raise RuntimeError(f"Ray worker exited twice before joining; its log:\n{tail(log)}")
 
     def nodes(self) -> list[dict]:
         """Alive nodes as the GCS sees them (NodeID, Resources), asked from a separate process so that this
