@@ -4,6 +4,7 @@
     exp = analysis.load("ray_results/siamese-quick-...")   # .trials, .history, .best(n), .test, .importance()
     analysis.learning_curves(exp)                            # a matplotlib Figure (shown in Jupyter);
     analysis.learning_curves(exp, "curves.png")              # written as a PNG too
+    analysis.anytime_curve(exp)                              # best val loss so far against cumulative epochs
     analysis.compare([path_a, path_b])                       # one row per experiment
     analysis.report(path, out_dir)                           # report.md + trials.csv + history.csv + PNGs
 
@@ -15,8 +16,8 @@ from .parallel import parallel_coordinates
 from .pareto_plot import pareto_plot
 from .plots import importance_chart, learning_curves, loss_vs_hyperparameters
 from .report import report
-from .time_plots import optimisation_history, trial_timeline
+from .time_plots import anytime_curve, anytime_plot, optimisation_history, trial_timeline
 
-__all__ = ["Experiment", "FEW_TRIALS", "FewTrialsWarning", "compare", "importance_chart", "learning_curves", "load",
-           "loss_vs_hyperparameters", "optimisation_history", "parallel_coordinates", "pareto_plot", "report",
-           "trial_status", "trial_timeline"]
+__all__ = ["Experiment", "FEW_TRIALS", "FewTrialsWarning", "anytime_curve", "anytime_plot", "compare",
+           "importance_chart", "learning_curves", "load", "loss_vs_hyperparameters", "optimisation_history",
+           "parallel_coordinates", "pareto_plot", "report", "trial_status", "trial_timeline"]

@@ -18,8 +18,9 @@ from .experiment import Experiment, config_column, counted, load
 from .importance import FANOVA_SEEDS, FEW_TRIALS, FewTrialsWarning, methods
 
 TOP = 5  # best trials shown in report.md; trials.csv has them all
-SETTING_KEYS = ["space", "searcher", "rung_metric", "reproducible", "num_samples", "max_epochs", "grace_period",
-                "reduction_factor", "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures", "seed"]
+SETTING_KEYS = ["space", "searcher", "scheduler", "rung_metric", "reproducible", "num_samples", "max_epochs",
+                "grace_period", "reduction_factor", "cpus_per_trial", "gpus_per_trial", "max_concurrent",
+                "max_failures", "seed"]
 
 
 def report(experiment_path: str | Path, out_dir: str | Path | None = None, color_by: str | None = None) -> Path:
@@ -67,6 +68,12 @@ def report(experiment_path: str | Path, out_dir: str | Path | None = None, color
         lines += ["## Optimisation history and timeline", "",
                   "![Best val loss per trial and best so far, by trial and by wall time](optimisation_history.png)",
                   "", "![When each trial ran, coloured by how it ended](trial_timeline.png)", ""]
+    time_plots.anytime_plot(exp, out / "anytime.png")
+    lines += ["## Anytime curve", "",
+              "The lowest val loss found so far (what the search would have handed back, had it stopped there) "
+              "against the epochs all trials had trained by then, those of trials stopped early included; dots are "
+              "each epoch's val loss, coloured by how its trial ended.", "",
+              "![Best val loss so far and every trial's epochs, against cumulative epochs](anytime.png)", ""]
     lines += ["## Hyperparameter importance", ""]
     try:
         with warnings.catch_warnings():

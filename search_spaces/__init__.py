@@ -21,7 +21,8 @@ class Preset:
     points: list[dict[str, Any]] = field(default_factory=list)  # starting points for the searcher
     fixed: dict[str, Any] = field(default_factory=dict)  # Config values shared by every trial
     # Defaults of run_search.py's options: num_samples, max_epochs, grace_period, reduction_factor, searcher
-    # ("tpe", "random", "gp", "cmaes", "qmc"), rung_metric ("last", "best", "avg3"), reproducible (bool)
+    # ("tpe", "random", "gp", "cmaes", "qmc", "nsga2"), scheduler ("asha", "pasha", "pareto", "fifo"), rung_metric
+    # ("last", "best", "avg3"), reproducible (bool)
     option_defaults: dict[str, Any] = field(default_factory=dict)
     doc: str = ""
 

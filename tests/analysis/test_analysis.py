@@ -283,7 +283,7 @@ def test_report_writes_tables_and_valid_pngs(report_dir, exp):
     assert f"{summary['test']['tar_at_far_0.01']:.4g}" in tar  # what face verification reports, in the report too
     assert "best val loss of 6 trials" in text and "With 6 trials these shares are rough" in text
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    assert sorted(links) == ["importance.png", "learning_curves.png", "loss_vs_hyperparameters.png",
+    assert sorted(links) == ["anytime.png", "importance.png", "learning_curves.png", "loss_vs_hyperparameters.png",
                              "optimisation_history.png", "parallel_coordinates.png", "roc.png", "trial_timeline.png"]
     for name in links:
         data = (report_dir / name).read_bytes()
@@ -461,7 +461,7 @@ def test_unknown_color_by_is_an_input_error(experiment, tmp_path, capsys):
 # ============================ On hand-written experiments (write_experiment): no search ============================
 
 PLOTS = ["learning_curves", "loss_vs_hyperparameters", "importance_chart", "optimisation_history", "trial_timeline",
-         "pareto_plot", "parallel_coordinates"]
+         "pareto_plot", "parallel_coordinates", "anytime_plot"]
 
 
 @pytest.mark.parametrize("name", PLOTS)

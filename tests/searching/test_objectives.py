@@ -132,7 +132,8 @@ SPACE = Preset(space={"width": tune.choice([0.0625, 0.125]), "lr": tune.logunifo
 
 @pytest.mark.slow
 def test_a_multi_objective_search_end_to_end(ray_session, tmp_path):
-    """--objectives val_loss,params: every trial reports its size, the study is multi-objective, final.json holds
+    """--objectives val_loss,params: every trial reports its size, the study is multi-objective and its rungs judged by
+    both objectives (what the Pareto rule stops is PRUNED), final.json holds
     the objectives, the front and the rule; the picked trial is the rule's choice; the report draws the front;
     finalize --pick takes another point later, beside the first."""
     import optuna
@@ -143,7 +144,7 @@ def test_a_multi_objective_search_end_to_end(ray_session, tmp_path):
     space = tmp_path / "widths.py"
     space.write_text(WIDTHS_SPACE)
     summary, _ = search_command.run(search_command.parse_args([
-        "--space", f"{space}:SPACE", "--num-samples", "4", "--max-epochs", "2", "--grace-period", "2",
+        "--space", f"{space}:SPACE", "--num-samples", "4", "--max-epochs", "2", "--grace-period", "1",
         "--objectives", "val_loss,params", "--searcher", "nsga2", "--storage-path", str(tmp_path), "--name", "mo",
         "-q"]))
     experiment = tmp_path / "mo"
@@ -161,6 +162,11 @@ def test_a_multi_objective_search_end_to_end(ray_session, tmp_path):
     assert summary["best_trial"] == exp.best(1).iloc[0]["trial_id"]  # --pick best: the lowest val loss
     study = optuna.load_study(study_name="mo", storage=f"sqlite:///{experiment / 'optuna.db'}")
     assert len(study.directions) == 2
+    # The Pareto rung rule (the default with two objectives) judged rung 1; what it stopped is PRUNED.
+    assert json.loads((experiment / "search_settings.json").read_text())["scheduler"] == "pareto"
+    status = exp.trials.set_index("trial_id")["status"]
+    assert {t.user_attrs["tune_trial_id"]: t.state.name for t in study.trials} == {
+        trial_id: "PRUNED" if status[trial_id] == "asha_stopped" else "COMPLETE" for trial_id in status.index}
     report = analysis.report(experiment, tmp_path / "report")
     assert (report / "pareto.png").stat().st_size > 10_000 and "## Pareto front" in (report / "report.md").read_text()
     later = finalize(str(experiment), "trial", None, pick="smallest-within=1")  # the smallest trial of all

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from tune_siamese.artifacts.provenance import SYNTHETIC, demonstration_note
-from tune_siamese.core.names import EXIT_NO_USABLE_TRIAL, counted
+from tune_siamese.core.names import ASHA_STOPPED, EXIT_NO_USABLE_TRIAL, counted
 
 
 def print_start(settings: Any, on_cluster: bool = False) -> None:
@@ -69,7 +69,9 @@ def print_summary(summary: dict[str, Any], preset: Any, settings: Any, mlflow_ru
         print_warnings(ens, "the ensemble")
     if "identity_overlap" in summary:
         print(overlap_warning(summary["identity_overlap"]))
-    statuses = ", ".join(f"{count} {status.replace('_', ' ')}" for status, count in summary["trial_statuses"].items())
+    # asha_stopped (the analysis's status) is whatever --scheduler stopped: ASHA, PASHA or the Pareto rule
+    statuses = ", ".join(f"{count} {'stopped early' if status == ASHA_STOPPED else status.replace('_', ' ')}"
+                         for status, count in summary["trial_statuses"].items())
     wall = summary["wall_seconds"]
     print(f"Trials: {summary['trials']} ({statuses}); best: {summary['best_trial']}")
     print(wall_line(wall, total_seconds))

@@ -38,6 +38,8 @@ EXIT_SIGTERM = 143  # 128 + SIGTERM
 FINAL_POLICIES = ("retrain", "trial", "seeds", "folds")
 # --searcher: Optuna's samplers (samplers.build_sampler)
 SEARCHERS = ("tpe", "random", "gp", "cmaes", "qmc", "nsga2")
+# The rules that stop trials early (searching.tuner.build_scheduler; searching.rung_rules)
+SCHEDULERS = ("asha", "pasha", "pareto", "fifo")
 FINAL_SIZE = 3
 
 

@@ -30,9 +30,9 @@ from tune_siamese.searching.preflight import MLFLOW_QUICK, allow_file_store, tem
 MLFLOW_RUN_FILE = "mlflow_run.json"
 EXPERIMENT_TAG = "tune_siamese.experiment"  # the experiment folder a run was made for
 # The settings logged as the parent run's params (the fixed config values follow as base.<name>)
-SEARCH_PARAMS = ("space", "num_samples", "max_epochs", "grace_period", "reduction_factor", "searcher", "rung_metric",
-                 "reproducible", "seed", "cpus_per_trial", "gpus_per_trial", "max_concurrent", "final", "final_size",
-                 "finalists", "finalist_seeds", "command")
+SEARCH_PARAMS = ("space", "num_samples", "max_epochs", "grace_period", "reduction_factor", "searcher", "scheduler",
+                 "rung_metric", "reproducible", "seed", "cpus_per_trial", "gpus_per_trial", "max_concurrent", "final",
+                 "final_size", "finalists", "finalist_seeds", "command")
 
 
 def _client(uri: str) -> MlflowClient:

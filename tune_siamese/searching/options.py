@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Sequence
 
 from tune_siamese.core.errors import InputError
-from tune_siamese.core.names import FINAL_POLICIES, RUNG_METRICS, SEARCHERS
+from tune_siamese.core.names import FINAL_POLICIES, RUNG_METRICS, SCHEDULERS, SEARCHERS
 
 # How a value is given: --opt VALUE; --opt (True); -v -v (a count); --opt A --opt B (a tuple); --opt / --no-opt
 Kind = Literal["value", "flag", "count", "repeatable", "boolean-optional"]
@@ -103,6 +103,12 @@ class SearchOptions:
         help="Optuna's sampler ({preset}): tpe (multivariate, constant liar for parallel trials), random, gp "
              "(Gaussian process; choices as unordered categories), cmaes (CMA-ES on the ranges only: choices are "
              "drawn at random; needs pip install cmaes), qmc (scrambled Sobol, seeded)")
+    scheduler: str | None = option(
+        None, SEARCHER, choices=SCHEDULERS,
+        help="what stops trials early: asha (ASHA on --rung-metric), pasha (progressive ASHA: the top rung starts at "
+             "the second and rises only while the trials' ranking there still changes), pareto (ASHA's rungs ranked by "
+             "non-dominated sorting over --objectives), fifo (nothing) (default: the preset's, else pareto with "
+             "several objectives, else asha)")
     grace_period: int | None = preset_or(2, SEARCHER, metavar="N",
                                          help="epochs before ASHA may stop a trial ({preset})")
     reduction_factor: float | None = preset_or(3.0, SEARCHER, metavar="X", help="ASHA's reduction factor ({preset})")
@@ -117,8 +123,8 @@ class SearchOptions:
     objectives: str | None = preset_or(
         "val_loss", SEARCHER, metavar="val_loss,OBJ",
         help="what the search minimises: val_loss, then any of params, flops, latency (ms per pair on the CPU, "
-             "batch 1); several make a multi-objective search (TPE's multi-objective mode, or --searcher nsga2), "
-             "ASHA still judging by val loss ({preset})")
+             "batch 1); several make a multi-objective search (TPE's multi-objective mode, or --searcher nsga2) "
+             "whose rungs judge every objective (--scheduler pareto) ({preset})")
     warm_start: str | None = option(
         None, SEARCHER, metavar="EXP[,EXP...]",
         help="start the study from earlier experiments of the same test data: their trials that fit this space join "

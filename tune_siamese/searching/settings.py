@@ -19,6 +19,7 @@ from tune_siamese.core.errors import InputError
 from tune_siamese.core.names import (
     FINAL_POLICIES,
     RUNG_METRICS,
+    SCHEDULERS,
     SEARCHERS,
     SETTINGS_FILE,
     SPACE_FILE,
@@ -61,6 +62,7 @@ class SearchSettings:
     mlflow: str = ""  # MLflow tracking URI each trial is logged to (absolute); "" = no MLflow
     searcher: str = "tpe"  # the Optuna sampler (SEARCHERS)
     rung_metric: str = "last"  # what ASHA judges a trial by at each rung (names.RUNG_METRICS)
+    scheduler: str = "asha"  # what stops trials early (names.SCHEDULERS); before 0.4.0 every search ran ASHA
     reproducible: bool = False  # batches of max_concurrent suggestions, no early stopping (tuner.build_tuner)
     finalists: int = 0  # after the search, retrain the top K configurations with fresh seeds (finalists.run_finalists)
     finalist_seeds: int = 0  # seeds per finalist (>= 1 when finalists > 0)
@@ -158,6 +160,7 @@ def resolve(options: SearchOptions, preset: Preset, started: str) -> tuple[Searc
     if len(objectives) > 1 and searcher == "cmaes":
         raise InputError(f"option --objectives={','.join(objectives)}: CMA-ES optimises one objective; use tpe "
                          "(default) or nsga2")
+    scheduler = "fifo" if reproducible else choose_scheduler(options, preset, objectives)
     # GPU trials replay each training step as a CUDA graph, which removes the per-kernel launch cost that dominates
     # a small net's step; a preset or --set cuda_graphs=false says otherwise. On a CPU it changes nothing.
     gpu_defaults = {"cuda_graphs": True} if options.gpus_per_trial else {}
@@ -176,7 +179,7 @@ def resolve(options: SearchOptions, preset: Preset, started: str) -> tuple[Searc
         storage_path=storage_path, name=name, max_failures=options.max_failures,
         study_storage=options.study_storage or default_study_storage(storage_path), study_name=name,
         retrain_cpus=options.retrain_cpus, retrain_gpus=options.retrain_gpus, mlflow=mlflow_uri(options.mlflow),
-        searcher=searcher, rung_metric=rung_metric, reproducible=reproducible, finalists=finalists,
+        searcher=searcher, rung_metric=rung_metric, scheduler=scheduler, reproducible=reproducible, finalists=finalists,
         finalist_seeds=finalist_seeds, final=final, final_size=final_size, not_searched=not_searched,
         objectives=objectives, pick=pick, warm_start=parse_warm_start(options.warm_start),
         command=options.command)
@@ -245,10 +248,23 @@ def check_final_policy(policy: str, size: int) -> None:
         raise InputError(f"option --final-size={size} must be >= 2 for --final folds (one fold is held out)")
 
 
+def choose_scheduler(options: SearchOptions, preset: Preset, objectives: list[str]) -> str:
+    """--scheduler as given, else the preset's, else pareto for several objectives and asha for one."""
+    default = "pareto" if len(objectives) > 1 else "asha"
+    scheduler = options.scheduler or preset_choice(preset.option_defaults.get("scheduler", default), "scheduler",
+                                                   SCHEDULERS, options)
+    if scheduler == "pareto" and len(objectives) < 2:
+        raise InputError(f"option --scheduler=pareto ranks trials by several objectives, and --objectives names only "
+                         f"{objectives[0]}; add one (e.g. --objectives val_loss,params) or use asha")
+    return scheduler
+
+
 def check_reproducible(options: SearchOptions) -> None:
     """The reproducible mode runs every trial to its end (no ASHA): refuse ASHA's options rather than ignore them."""
     given = [flag(name) for name in ("grace_period", "rung_metric", "reduction_factor")
              if getattr(options, name) is not None]
+    if options.scheduler not in (None, "fifo"):
+        given.append(f"--scheduler={options.scheduler}")
     if given:
         raise InputError(f"option --reproducible stops no trial early (no ASHA), so {', '.join(given)} would be "
                          "ignored; leave them out")

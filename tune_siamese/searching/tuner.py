@@ -10,6 +10,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from ray import tune
+from ray.tune.result import TRAINING_ITERATION
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher, SearchGenerator
 
@@ -25,6 +26,7 @@ from tune_siamese.data import PairData
 from tune_siamese.searching.callbacks import CompletionWatch, SearchProgress, mlflow_logger, running_watch
 from tune_siamese.searching.live_table import live_table
 from tune_siamese.searching.objectives import REPORTED
+from tune_siamese.searching.rung_rules import ParetoASHA, ProgressiveASHA
 from tune_siamese.searching.samplers import build_sampler
 from tune_siamese.searching.settings import SearchSettings, record_growth
 from tune_siamese.searching.spaces import write_space_data
@@ -157,14 +159,20 @@ class MovableSearchGenerator(SearchGenerator):
 
 
 def build_scheduler(settings: SearchSettings) -> TrialScheduler:
-    """ASHA, judging trials at each rung by --rung-metric; in the reproducible mode none (FIFO): ASHA's rung
-    cutoffs are taken from the results that have arrived so far, so which trial it stops depends on the order
-    in which concurrent trials report."""
-    if settings.reproducible:
+    """What stops trials early (--scheduler): ASHA judging each rung by --rung-metric, PASHA (the same, its top rung
+    rising only while the ranking changes), the Pareto rule (each rung by every objective) or nothing (FIFO). The
+    reproducible mode runs FIFO: ASHA's rung cutoffs are taken from the results that have arrived so far, so which
+    trial it stops depends on the order in which concurrent trials report."""
+    if settings.reproducible or settings.scheduler == "fifo":
         return FIFOScheduler()
-    return ASHAScheduler(time_attr="training_iteration", metric=RUNG_METRICS[settings.rung_metric], mode=MODE,
-                         max_t=settings.max_epochs, grace_period=settings.grace_period,
-                         reduction_factor=settings.reduction_factor)
+    rungs: dict[str, Any] = {"time_attr": TRAINING_ITERATION, "max_t": settings.max_epochs,
+                             "grace_period": settings.grace_period, "reduction_factor": settings.reduction_factor}
+    if settings.scheduler == "pareto":
+        return ParetoASHA(objectives=[RUNG_METRICS[settings.rung_metric],
+                                     *(REPORTED[name] for name in settings.objectives[1:])], **rungs)
+    if settings.scheduler == "pasha":
+        return ProgressiveASHA(metric=RUNG_METRICS[settings.rung_metric], mode=MODE, **rungs)
+    return ASHAScheduler(metric=RUNG_METRICS[settings.rung_metric], mode=MODE, **rungs)
 
 
 def restore_tuner(settings: SearchSettings, data: PairData) -> tune.Tuner:
