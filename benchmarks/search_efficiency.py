@@ -204,9 +204,10 @@ def num_samples(args: argparse.Namespace, method: Method) -> int:
     return max(2, math.ceil(search_budget(args, method) / per_trial), method.finalists * method.finalist_seeds)
 
 
-def build(args: argparse.Namespace, storage: str, name: str, method: Method, seed: int, samples: int) -> Any:
-    """SearchSettings as run_search.py builds them from these options; the trials' seed is then pinned to
-    --trial-seed (run_search.py uses --seed for both)."""
+def build(args: argparse.Namespace, storage: str, name: str, method: Method, seed: int, samples: int,
+          extra: dict[str, Any] | None = None) -> Any:
+    """SearchSettings as run_search.py builds them from these options (and `extra` ones, e.g. scheduler=...); the
+    trials' seed is then pinned to --trial-seed (run_search.py uses --seed for both)."""
     from tune_siamese.app.api import search_settings
 
     patience = args.patience or args.max_epochs + 1
@@ -226,7 +227,7 @@ def build(args: argparse.Namespace, storage: str, name: str, method: Method, see
                        reduction_factor=args.reduction_factor, rung_metric=method.rung)
     if method.finalists:
         options.update(finalists=method.finalists, finalist_seeds=method.finalist_seeds)
-    settings, _ = search_settings(**options)
+    settings, _ = search_settings(**options, **(extra or {}))
     base = {k: v for k, v in settings.base.items() if k != "width"}  # width comes from the space
     return dataclasses.replace(settings, base={**base, "seed": args.trial_seed})
 
@@ -267,8 +268,10 @@ def grid_tuner(settings: Any, data: Any, values: dict[str, list[Any]]) -> Any:
                                   failure_config=tune.FailureConfig(max_failures=settings.max_failures)))
 
 
-def search_tuner(settings: Any, data: Any, values: dict[str, list[Any]], budget: int) -> Any:
-    """tuner.build_tuner as run_search.py calls it, with only an epoch-budget stopper added to its RunConfig."""
+def search_tuner(settings: Any, data: Any, values: dict[str, list[Any]], budget: int, stopper: Any = None,
+                 warm: Any = None) -> Any:
+    """tuner.build_tuner as run_search.py calls it (with `warm`: a warm start's WarmStart), with only an epoch-budget
+    stopper (`stopper`, else epoch_budget_stopper(budget)) added to its RunConfig."""
     from ray import tune
 
     from tune_siamese.searching import tuner as tuner_module
@@ -276,12 +279,13 @@ def search_tuner(settings: Any, data: Any, values: dict[str, list[Any]], budget:
     original = tune.Tuner
 
     def tuner(*args: Any, run_config: Any, **kwargs: Any) -> Any:
-        run_config.stop = epoch_budget_stopper(budget)
+        run_config.stop = stopper or epoch_budget_stopper(budget)
         return original(*args, run_config=run_config, **kwargs)
 
     tune.Tuner = tuner  # only while build_tuner runs (Tune checks RunConfig's type, so that one stays)
     try:
-        return tuner_module.build_tuner(settings, data, {k: tune.choice(v) for k, v in values.items()}, [], verbose=0)
+        return tuner_module.build_tuner(settings, data, {k: tune.choice(v) for k, v in values.items()}, [], verbose=0,
+                                        warm=warm)
     finally:
         tune.Tuner = original
 
