@@ -158,22 +158,36 @@ class RayNodes:
         wait_for(lambda: self.alive_nodes() >= 1, 90, "Ray head")
 
     def add_worker(self, num_cpus: int = 1, num_gpus: int = 0) -> None:
-        """A worker joining the head; started once more (new ports) if the first one exits before it joins,
-        as a node can on a loaded machine (its agents late, a port taken between choosing and binding)."""
+        self.add_workers({"num_cpus": num_cpus, "num_gpus": num_gpus})
+
+    def add_workers(self, *specs: dict[str, int]) -> None:
+        """Workers joining the head, started together (each {"num_cpus": N, "num_gpus": M}). One that exits before
+        it joins, as a node can on a loaded machine (its agents late, a port taken between choosing and binding), is
+        started once more with new ports; a worker that never joins fails the wait with its log."""
         count = self.alive_nodes()
-        for attempt in (1, 2):
-            log = self.log_dir / f"worker{len(self.procs)}.log"
-            self._start(["--address", self.address, "--num-cpus", str(num_cpus), "--num-gpus", str(num_gpus)],
-                        log.name)
-            proc = self.procs[-1]
-            try:
-                wait_for(lambda: proc.poll() is not None or self.alive_nodes() > count, 180, "Ray worker")
-            except TimeoutError as error:
-                raise TimeoutError(f"{error}; its log:\n{tail(log)}") from None
-            if proc.poll() is None:
-                return
-            if attempt == 2:
-                raise RuntimeError(f"Ray worker exited twice before joining; its log:\n{tail(log)}")
+        started = {self._start_worker(spec): spec for spec in specs}
+        retried: set[int] = set()
+
+        def joined() -> bool:
+            for proc, spec in list(started.items()):
+                if proc.poll() is not None and id(spec) not in retried:
+                    retried.add(id(spec))
+                    del started[proc]
+                    started[self._start_worker(spec)] = spec
+            return self.alive_nodes() >= count + len(specs)
+
+        try:
+            wait_for(joined, 180, "Ray workers")
+        except TimeoutError as error:
+            logs = "\n".join(tail(proc.log_path) for proc in started)  # type: ignore[attr-defined]
+            raise TimeoutError(f"{error}; their logs:\n{logs}") from None
+
+    def _start_worker(self, spec: dict[str, int]) -> subprocess.Popen:
+        log = f"worker{len(self.procs)}.log"
+        self._start(["--address", self.address, "--num-cpus", str(spec.get("num_cpus", 1)),
+                     "--num-gpus", str(spec.get("num_gpus", 0))], log)
+        self.procs[-1].log_path = self.log_dir / log  # type: ignore[attr-defined]
+        return self.procs[-1]
 
     def nodes(self) -> list[dict]:
         """Alive nodes as the GCS sees them (NodeID, Resources), asked from a separate process so that this

@@ -40,9 +40,8 @@ def head(tmp_path_factory):
 def cluster(head):
     """The head, a 1-CPU worker (the one test_wait_for_resources added, if it ran) and a 1-CPU worker with one
     (logical) GPU."""
-    if head.alive_nodes() == 1:
-        head.add_worker(num_cpus=1)
-    head.add_worker(num_cpus=1, num_gpus=1)
+    gpu_worker = {"num_cpus": 1, "num_gpus": 1}
+    head.add_workers(*([{"num_cpus": 1}] if head.alive_nodes() == 1 else []), gpu_worker)
     ids = {node["NodeID"]: HEAD_RESOURCE in node["Resources"] for node in head.nodes()}
     head.head_id = next(node for node, is_head in ids.items() if is_head)
     head.worker_ids = {node for node, is_head in ids.items() if not is_head}
@@ -94,20 +93,37 @@ def test_wait_for_resources_waits_for_a_node_added_by_hand(head, tmp_path):
     assert len(analysis.load(tmp_path / "waited").trials) == 1
 
 
-def test_search_joins_the_cluster_named_by_ray_address(cluster, postgres_url, tmp_path):
-    argv = [sys.executable, "run_search.py", *SMOKE, "--num-samples", "3", "--max-epochs", "2",
-            "--grace-period", "2", "--storage-path", str(tmp_path), "--name", "joined",
+CHAOS_TRIALS, CHAOS_EPOCHS = 3, 2  # two at once: the third starts after the first two end
+
+
+def chaos_options(storage: Path) -> list[str]:
+    """The search the chaos test disturbs, and its calm twin: reproducible, so the two hand back the same."""
+    return [*SMOKE, "--num-samples", str(CHAOS_TRIALS), "--max-epochs", str(CHAOS_EPOCHS), "--reproducible",
+            "--max-concurrent", "2", "--max-failures", "100", "--storage-path", str(storage)]
+
+
+@pytest.fixture(scope="module")
+def calm(cluster, postgres_url, tmp_path_factory):
+    """The chaos search undisturbed, joining the cluster through RAY_ADDRESS, its study in PostgreSQL: the join
+    test's search, and what the chaos test must hand back."""
+    storage = tmp_path_factory.mktemp("calm")
+    argv = [sys.executable, "run_search.py", *chaos_options(storage), "--name", "joined",
             "--study-storage", postgres_url]
     done = run_process(argv, {**cluster.env, "RAY_ADDRESS": cluster.address})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + cluster.logs()
+    return storage / "joined", done
+
+
+def test_search_joins_the_cluster_named_by_ray_address(cluster, calm, postgres_url):
+    experiment, done = calm
     assert f"Joined the Ray cluster at {cluster.address}: 3 node(s), 2 CPUs, 1 GPUs" in done.stderr
-    check_ran_on_workers(tmp_path / "joined", cluster)
+    check_ran_on_workers(experiment, cluster)
 
     # The Optuna study in PostgreSQL holds every trial with the parameters and value Tune recorded.
-    exp = analysis.load(tmp_path / "joined")
+    exp = analysis.load(experiment)
     study = optuna.load_study(study_name="joined", storage=postgres_url)
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(completed) == len(exp.trials) == 3
+    assert len(completed) == len(exp.trials) == CHAOS_TRIALS
     tune_side = {}
     for trial_id, config in exp.configs.items():
         last = exp.history[exp.history["trial_id"] == trial_id].iloc[-1]
@@ -253,20 +269,12 @@ def _alive(pid: int) -> bool:
         return False
 
 
-CHAOS_TRIALS, CHAOS_EPOCHS = 3, 2  # two at once: the third starts after the first two end
-
-
-def test_a_chaos_search_loses_no_epoch_and_hands_back_what_a_calm_one_does(cluster, tmp_path):
+def test_a_chaos_search_loses_no_epoch_and_hands_back_what_a_calm_one_does(cluster, calm, tmp_path):
     """A search on the cluster while a killer ends a running trial's worker every few seconds and the driver once
     (SIGKILL, then --resume): every trial reaches its last epoch, each epoch trained once, no trial RUNNING in the
     study, and in the reproducible mode what an undisturbed search on the same cluster hands back. Last here: it
     kills processes on the cluster's nodes (its trials' only)."""
-    common = [*SMOKE, "--num-samples", str(CHAOS_TRIALS), "--max-epochs", str(CHAOS_EPOCHS), "--reproducible",
-              "--max-concurrent", "2", "--max-failures", "100", "--address", cluster.address,
-              "--storage-path", str(tmp_path)]
-    calm = run_process([sys.executable, "run_search.py", *common, "--name", "calm"], cluster.env)
-    assert calm.returncode == 0, calm.stdout[-3000:] + calm.stderr[-3000:]
-
+    common = [*chaos_options(tmp_path), "--address", cluster.address]
     experiment = tmp_path / "chaos"
     with Killer(experiment, CHAOS_EPOCHS) as killer:
         log = tmp_path / "chaos.log"
@@ -295,7 +303,7 @@ def test_a_chaos_search_loses_no_epoch_and_hands_back_what_a_calm_one_does(clust
     study = optuna.load_study(study_name="chaos", storage=f"sqlite:///{experiment / 'optuna.db'}")
     states = [t.state for t in study.trials]
     assert states == [optuna.trial.TrialState.COMPLETE] * CHAOS_TRIALS, states
-    calm_final = json.loads((tmp_path / "calm" / "final.json").read_text())
+    calm_final = json.loads((calm[0] / "final.json").read_text())
     chaos_final = json.loads((experiment / "final.json").read_text())
     assert chaos_final["best_config"] == calm_final["best_config"]
     assert chaos_final["test"] == calm_final["test"]
