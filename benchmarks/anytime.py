@@ -315,13 +315,7 @@ def run_arm(args: argparse.Namespace, storage: str, stamp: str, arm: Arm, seed: 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    started = time.time()
-    info = _common.machine_info(1)
-    print(_common.machine_line(info), flush=True)
-    args.data = "synthetic" if args.data == "synthetic" else str(Path(args.data or _common.default_lfw()).resolve())
-    values = se.space_values(args)
-    configs = len(list(itertools.product(*values.values())))
-    args.budget = args.budget or configs * args.max_epochs // 4
+    started, info, values = se.prepare(args)
     if any(a.warm for a in args.arms) and ARMS[PRIOR] not in args.arms:
         args.arms = [ARMS[PRIOR], *args.arms]  # the priors
     temp = tempfile.mkdtemp(prefix="anytime-")

@@ -509,15 +509,21 @@ def save_state(path: str | None, state: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def prepare(args: argparse.Namespace) -> tuple[float, dict[str, Any], dict[str, list[Any]]]:
+    """(start time, machine info, the space's values) of a run of this or a benchmark built on it; the machine line
+    printed, --data made absolute and --budget defaulted to a quarter of the grid's epochs."""
     started = time.time()
     info = _common.machine_info(1)
     print(_common.machine_line(info), flush=True)
     args.data = "synthetic" if args.data == "synthetic" else str(Path(args.data or _common.default_lfw()).resolve())
     values = space_values(args)
-    n_grid = len(list(itertools.product(*values.values())))
-    args.budget = args.budget or n_grid * args.max_epochs // 4
+    args.budget = args.budget or len(list(itertools.product(*values.values()))) * args.max_epochs // 4
+    return started, info, values
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started, info, values = prepare(args)
     for method in args.methods:
         if method.name != "grid" and search_budget(args, method) < args.max_epochs:
             raise SystemExit(f"search_efficiency: method {method.name}: the budget of {args.budget} epochs leaves "
