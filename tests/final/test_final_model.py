@@ -83,16 +83,24 @@ def test_retrain_is_one_model_on_train_and_val_with_the_trial_models_threshold(r
     assert final.record["policy"] == "retrain" and len(final.record["members"]) == 1
 
 
-def test_a_member_that_diverges_ends_the_final_model_in_one_line(ray_session, synthetic_small, tiny_config):
+def test_a_member_that_diverges_ends_the_final_model_in_one_line(ray_session, synthetic_small, tiny_config,
+                                                                  monkeypatch):
     """A diverged member came back as RayTaskError(Diverged), the worker's traceback in its message; now it is
-    Diverged itself, naming the member (hand_back_final records it), and its siblings are cancelled."""
+    Diverged itself, naming the member (hand_back_final records it), and its siblings are cancelled: forced, so
+    that no worker interrupted mid-import is reused (a later member then failed on a half-imported sympy)."""
+    import ray
+
     from tune_siamese.training.engine import Diverged
 
+    cancels: list[dict] = []
+    cancel = ray.cancel
+    monkeypatch.setattr(ray, "cancel", lambda future, **options: cancels.append(options) or cancel(future, **options))
     config = tiny_config(optimizer="sgd", lr=1e30, max_epochs=1)  # NaN weights in the first epoch
     with pytest.raises(Diverged) as diverged:
         build_final_model("seeds", 2, config, 1, synthetic_small, None, {"num_cpus": 1}, {"num_cpus": 1})
     assert type(diverged.value) is Diverged and "\n" not in str(diverged.value)
     assert re.fullmatch(r"seed [12]/2: training loss is .* at epoch 1.*", str(diverged.value)), str(diverged.value)
+    assert cancels and all(options == {"force": True} for options in cancels)
 
 
 @pytest.mark.parametrize("policy", ["seeds", "folds"])

@@ -118,7 +118,10 @@ def gathered(futures: Any) -> Any:
         if not isinstance(exc.cause, (Diverged, InputError)):
             raise
         for future in futures if isinstance(futures, list) else [futures]:
-            ray.cancel(future)
+            # force: the worker process ends. A plain cancel raises KeyboardInterrupt wherever the task is, also in
+            # the middle of an import (torch imports sympy lazily at the first optimizer), and Ray reuses that
+            # worker: its next task then met a half-imported module ("module 'sympy' has no attribute 'logic'").
+            ray.cancel(future, force=True)
         raise exc.cause from None
 
 
