@@ -77,7 +77,9 @@ class ProgressiveASHA(AsyncHyperBandScheduler):
         epoch = int(result[self._time_attr])
         self.curves.setdefault(trial.trial_id, {})[epoch] = -float(self._metric_op or -1.0) * float(value)
         if self.top < len(self.levels) - 1:
-            self.epsilon = self._noise() or self.epsilon
+            noise = self._noise()
+            if noise is not None:  # else the last estimate stands (0.0 is an estimate too)
+                self.epsilon = noise
             if self.ranking_changed():
                 self.top += 1
         if action == TrialScheduler.CONTINUE and epoch >= self.budget:
@@ -105,7 +107,7 @@ class ProgressiveASHA(AsyncHyperBandScheduler):
         late = [curve for curve in self.curves.values() if any(lower < epoch <= upper for epoch in curve)]
         gaps = []
         for first, second in itertools.combinations(late, 2):
-            for epoch in range(int(lower) + 1, int(upper) + 1):
+            for epoch in range(lower + 1, upper + 1):
                 if epoch in first and epoch in second and crossed_back(first, second, epoch):
                     gaps.append(abs(first[epoch] - second[epoch]))
         return float(np.percentile(gaps, NOISE_PERCENTILE)) if gaps else None
