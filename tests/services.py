@@ -155,7 +155,13 @@ class RayNodes:
             args.append(f"--autoscaling-config={config}")
             env = {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_enable_autoscaler_v2": "0"}
         self._start(args, "head.log", env)
-        wait_for(lambda: self.alive_nodes() >= 1, 90, "Ray head")
+        head, log = self.procs[-1], self.log_dir / "head.log"
+        try:  # `ray start --block` runs as long as its node: an exit is a failed start, said at once with its log
+            wait_for(lambda: head.poll() is not None or self.alive_nodes() >= 1, 90, "Ray head")
+        except TimeoutError as error:
+            raise TimeoutError(f"{error}; its log:\n{tail(log)}") from None
+        if head.poll() is not None:
+            raise RuntimeError(f"Ray head exited with code {head.returncode} before it was up; its log:\n{tail(log)}")
 
     def add_worker(self, num_cpus: int = 1, num_gpus: int = 0) -> None:
         self.add_workers({"num_cpus": num_cpus, "num_gpus": num_gpus})
@@ -163,31 +169,32 @@ class RayNodes:
     def add_workers(self, *specs: dict[str, int]) -> None:
         """Workers joining the head, started together (each {"num_cpus": N, "num_gpus": M}). One that exits before
         it joins, as a node can on a loaded machine (its agents late, a port taken between choosing and binding), is
-        started once more with new ports; a worker that never joins fails the wait with its log."""
+        started once more with new ports; one that exits again, or never joins, fails the wait with its log."""
         count = self.alive_nodes()
-        started = {self._start_worker(spec): spec for spec in specs}
-        retried: set[int] = set()
+        workers = [[spec, *self._start_worker(spec), False] for spec in specs]  # spec, process, log, restarted
 
         def joined() -> bool:
-            for proc, spec in list(started.items()):
-                if proc.poll() is not None and id(spec) not in retried:
-                    retried.add(id(spec))
-                    del started[proc]
-                    started[self._start_worker(spec)] = spec
+            for worker in workers:
+                spec, proc, log, restarted = worker
+                if proc.poll() is None:
+                    continue
+                if restarted:
+                    raise RuntimeError(f"Ray worker exited twice before joining; its log:\n{tail(log)}")
+                worker[1:] = [*self._start_worker(spec), True]
             return self.alive_nodes() >= count + len(specs)
 
         try:
             wait_for(joined, 180, "Ray workers")
         except TimeoutError as error:
-            logs = "\n".join(tail(proc.log_path) for proc in started)  # type: ignore[attr-defined]
+            logs = "\n".join(tail(log) for _, _, log, _ in workers)
             raise TimeoutError(f"{error}; their logs:\n{logs}") from None
 
-    def _start_worker(self, spec: dict[str, int]) -> subprocess.Popen:
+    def _start_worker(self, spec: dict[str, int]) -> tuple[subprocess.Popen, Path]:
+        """A worker process joining the head, and the file its output goes to."""
         log = f"worker{len(self.procs)}.log"
         self._start(["--address", self.address, "--num-cpus", str(spec.get("num_cpus", 1)),
                      "--num-gpus", str(spec.get("num_gpus", 0))], log)
-        self.procs[-1].log_path = self.log_dir / log  # type: ignore[attr-defined]
-        return self.procs[-1]
+        return self.procs[-1], self.log_dir / log
 
     def nodes(self) -> list[dict]:
         """Alive nodes as the GCS sees them (NodeID, Resources), asked from a separate process so that this
