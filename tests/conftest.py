@@ -11,6 +11,7 @@ from typing import Callable
 
 import numpy as np
 import pytest
+from helpers import SMALL_DATA
 from PIL import Image
 
 from tune_siamese.core.config import Config
@@ -157,7 +158,7 @@ def smoke_search(ray_session, tmp_path_factory):
         warnings.simplefilter("always")
         result = ts.search(space="smoke", seed=0, num_samples=6, max_epochs=3, grace_period=1, reduction_factor=2,
                            cpus_per_trial=1, gpus_per_trial=0.25, storage_path=str(storage), name="smoke", ensemble=2,
-                           mlflow=str(storage / "mlruns"))
+                           mlflow=str(storage / "mlruns"), set=SMALL_DATA)
     return {"experiment": storage / "smoke", "summary": result.summary, "model": result.model, "result": result,
             "printed": printed.getvalue(), "warned": [str(w.message) for w in warned if w.category is UserWarning]}
 

@@ -515,6 +515,20 @@ def test_synthetic_pairs_are_seeded_and_identity_disjoint(tiny_config):
     assert not np.array_equal(first.trainval, other.trainval)
 
 
+def test_drawn_pairs_sets_how_many_pairs_a_source_without_lists_draws(tiny_config, identity_folder, fake_lfw):
+    """drawn_pairs: a quarter of the synthetic pairs keeps the shares and the people apart; a folder draws the count
+    asked; pair lists fix their pairs, so a count there is refused rather than ignored."""
+    small = load_data(tiny_config(drawn_pairs=800))
+    assert (len(small.train), len(small.val), len(small.test)) == (495, 55, 250)
+    train, val, test = (small.identities_of(p) for p in (small.train, small.val, small.test))
+    assert not train & val and not train & test and not val & test
+    folder = load_data(tiny_config(data=str(identity_folder), drawn_pairs=60))
+    assert len(folder.train) + len(folder.val) + len(folder.test) == 60
+    for source in (str(fake_lfw), "lfw"):
+        with pytest.raises(InputError, match="drawn_pairs=800: .* has pair lists"):
+            load_data(tiny_config(data=source, drawn_pairs=800))
+
+
 def test_synthetic_splits(tiny_config):
     data = load_data(tiny_config())
     assert (len(data.train), len(data.val), len(data.test)) == (1980, 220, 1000)

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-from helpers import SMOKE, trial_frames
+from helpers import SMOKE, SMOKE_SPACE, trial_frames
 
 from tune_siamese.app import search_command
 from tune_siamese.artifacts.checkpoint import load_checkpoint
@@ -175,9 +175,10 @@ def test_finalists_are_trained_again_and_the_winner_is_exported(ray_session, ide
     from tune_siamese.final.finalists import run_finalists
     from tune_siamese.searching.trainable import train_siamese
 
-    args = search_command.parse_args(["--data", str(identity_folder), *SMOKE, "--num-samples", "4", "--max-epochs", "2",
-                                  "--finalists", "2", "--finalist-seeds", "2", "--cpus-per-trial", "1",
-                                  "--gpus-per-trial", "0.25", "--storage-path", str(tmp_path), "--name", "fin", "-q"])
+    args = search_command.parse_args(["--data", str(identity_folder), *SMOKE_SPACE, "--num-samples", "4",
+                                      "--max-epochs", "2", "--finalists", "2", "--finalist-seeds", "2",
+                                      "--cpus-per-trial", "1", "--gpus-per-trial", "0.25", "--storage-path",
+                                      str(tmp_path), "--name", "fin", "-q"])
     summary, _ = search_command.run(args)
     experiment = tmp_path / "fin"
     final = json.loads((experiment / FINAL_FILE).read_text())

@@ -29,7 +29,7 @@ smoke = PRESETS["smoke"]
 SPACE = Preset(
     space={"device": tune.choice(["cpu", "cuda:7"]), "lr": tune.choice([1e-3, 1e30]),
            "optimizer": tune.choice(["sgd"])},
-    fixed=smoke.fixed,
+    fixed={**smoke.fixed, "drawn_pairs": 800},  # tests/helpers.py SMALL_DATA
     # cuda:7 does not exist on a CPU worker with a (declared) GPU share (the trial raises);
     # lr=1e30 with SGD turns the weights to NaN in the first epoch.
     points=[{"device": "cuda:7", "lr": 1e-3, "optimizer": "sgd"}, {"device": "cpu", "lr": 1e30, "optimizer": "sgd"},
@@ -84,7 +84,8 @@ from search_spaces import PRESETS, Preset
 
 # SGD at lr 1e30 turns the weights to NaN in the first epoch; at 1e10 the losses stay finite but explode (1e9 and
 # more, AUC 0.5): before the loss ceiling, the NaN trial's stand-in loss 10 ranked first and crashed the end.
-SPACE = Preset(space={"lr": tune.choice([1e10, 1e30])}, fixed={**PRESETS["smoke"].fixed, "optimizer": "sgd"},
+SPACE = Preset(space={"lr": tune.choice([1e10, 1e30])},
+               fixed={**PRESETS["smoke"].fixed, "optimizer": "sgd", "drawn_pairs": 800},
                points=[{"lr": 1e10}, {"lr": 1e30}])
 '''
 

@@ -126,7 +126,8 @@ from ray import tune
 from search_spaces import Preset
 
 SPACE = Preset(space={"width": tune.choice([0.0625, 0.125]), "lr": tune.loguniform(1e-3, 1e-2)},
-               fixed={"image_size": 72, "embedding": 256, "init": "torch", "batchnorm": True})
+               fixed={"image_size": 72, "embedding": 256, "init": "torch", "batchnorm": True,
+                      "drawn_pairs": 800})
 '''
 
 

@@ -9,6 +9,7 @@ import shutil
 
 import optuna
 import pytest
+from helpers import SMALL_DATA
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
@@ -32,7 +33,7 @@ SMOKE = PRESETS["smoke"].space
 def new_settings(tmp_path, *experiments):
     """The settings of a new search of the smoke space on the same data, warm-started from `experiments`."""
     options = SearchOptions(space="smoke", num_samples=8, storage_path=str(tmp_path / "results"), name="new",
-                            warm_start=",".join(str(e) for e in experiments))
+                            warm_start=",".join(str(e) for e in experiments), set=SMALL_DATA)
     settings, _ = resolve(options, PRESETS["smoke"], "now")
     return settings
 
@@ -96,7 +97,7 @@ def test_another_space_starts_from_the_earlier_best_configurations(smoke_search,
     assert warm.points == [{"lr": t.params["lr"], "dropout": 0.0} for t in finished[:3]]  # dropout: as it ran
 
 
-@pytest.mark.parametrize("change", [{"data": "lfw"}, {"data_seed": 7}])
+@pytest.mark.parametrize("change", [{"data": "lfw"}, {"data_seed": 7}, {"drawn_pairs": 400}])
 def test_an_experiment_of_other_test_data_is_refused_naming_it(smoke_search, tmp_path, change):
     other = tmp_path / "other"
     other.mkdir()

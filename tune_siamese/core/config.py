@@ -36,6 +36,9 @@ class Config:
     val_pairs: str = setting("given", "all: every pair among the validation people, each class half (needs "
                              "val_split=identity)", choices=("given", "all"))
     data_seed: int = setting(0, "seed of the data: the train/val split, the mined pairs, the synthetic faces")
+    drawn_pairs: int = setting(0, "pairs drawn from a source without pair lists (the synthetic faces, an identity "
+                               "folder); 0 = the source's own count: 3200 for the synthetic faces (DevTrain's and "
+                               "DevTest's sizes), twice the images (40 to 6000) for a folder", ">= 0")
     allow_identity_overlap: bool = setting(False, "score a test list that shares people with training (warned, "
                                            "recorded)")
     # --- model ---

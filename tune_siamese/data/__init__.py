@@ -58,6 +58,7 @@ def load_raw(config: Config) -> RawData:
     if source == "synthetic":
         return load_synthetic(config)
     if source == "lfw":
+        refuse_drawn_pairs(config, "'lfw'")
         return load_torchvision_lfw(cache_dir() / "torchvision", config)
     root = Path(source).expanduser()
     if not root.exists():
@@ -65,8 +66,16 @@ def load_raw(config: Config) -> RawData:
     if not root.is_dir():
         raise InputError("data path is not a folder", root)
     if find_pair_lists(root) is not None:
+        refuse_drawn_pairs(config, str(root))
         return load_lfw_folder(root, config)
     return load_identity_folder(root, config)
+
+
+def refuse_drawn_pairs(config: Config, source: str) -> None:
+    """Pair lists fix the pairs: a drawn_pairs count would be ignored, so it is refused."""
+    if config.drawn_pairs:
+        raise InputError(f"drawn_pairs={config.drawn_pairs}: {source} has pair lists, which fix the pairs; "
+                         "drawn_pairs is for the synthetic faces and identity folders")
 
 
 def load_data(config: Config) -> PairData:

@@ -52,7 +52,7 @@ def load_identity_folder(root: Path, config: Config) -> RawData:
     identity = np.array([i for i, name in enumerate(names) for _ in files[name]], dtype=np.int32)
     key = "idf-" + content_key([f"idf v{CACHE_VERSION} {config.image_size} {config.crop}", *file_bytes(paths)])
     arrays = cached(key, lambda: {"images": decode_images(paths, config.image_size, config.crop)})
-    n_pairs = int(min(6000, max(40, 2 * len(paths))))
+    n_pairs = config.drawn_pairs or int(min(6000, max(40, 2 * len(paths))))
     try:
         return pairs_from_identities(arrays["images"], identity, names, config, n_pairs, test_share=0.2,
                           info={"source": f"identity folder {root}"})

@@ -57,6 +57,7 @@ def load_synthetic(config: Config, n_identities: int = 500, per_identity: int = 
     arrays = cached(key, lambda: dict(zip(("images", "identity"), render_synthetic(
         n_identities, per_identity, config.image_size, config.data_seed))))
     names = [f"synthetic_{i:04d}" for i in range(n_identities)]
-    # 3200 pairs: the sizes of LFW's DevTrain (2200) and DevTest (1000) lists.
-    return pairs_from_identities(arrays["images"], arrays["identity"].astype(np.int32), names, config, 3200,
+    # 3200 pairs unless drawn_pairs says otherwise: the sizes of LFW's DevTrain (2200) and DevTest (1000) lists.
+    n_pairs = config.drawn_pairs or 3200
+    return pairs_from_identities(arrays["images"], arrays["identity"].astype(np.int32), names, config, n_pairs,
                       test_share=1000 / 3200, info={"source": f"synthetic (seed {config.data_seed})"})

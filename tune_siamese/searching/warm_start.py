@@ -58,22 +58,23 @@ def earlier_settings(path: str) -> SearchSettings:
 def test_data(base: dict[str, Any]) -> tuple[str, Any]:
     """What fixes a search's test pairs: the data (a folder as its absolute path) and, where the test pairs are
     drawn from the data rather than read from a test list (synthetic faces, an identity folder, one pair list), the
-    data seed that draws them."""
+    data seed and the number of pairs that draw them."""
     from tune_siamese.data.lfw import find_pair_lists
 
+    drawn = f"data_seed {base.get('data_seed', 0)}, drawn_pairs {base.get('drawn_pairs', 0)}"
     data = str(base.get("data", "synthetic"))
     if data in ("synthetic", "lfw"):
-        return data, base.get("data_seed", 0) if data == "synthetic" else None
+        return data, drawn if data == "synthetic" else None
     root = Path(data).expanduser().resolve()
     lists = find_pair_lists(root) if root.is_dir() else None
-    return str(root), None if lists is not None and lists[1] is not None else base.get("data_seed", 0)
+    return str(root), None if lists is not None and lists[1] is not None else drawn
 
 
 def check_same_test_data(path: str, earlier: SearchSettings, settings: SearchSettings) -> None:
     theirs, ours = test_data(earlier.base), test_data(settings.base)
     if theirs != ours:
         def said(key: tuple[str, Any]) -> str:
-            return key[0] if key[1] is None else f"{key[0]}, data_seed {key[1]}"
+            return key[0] if key[1] is None else f"{key[0]}, {key[1]}"
 
         raise InputError(f"{OPTION}: experiment {path} tested on other data ({said(theirs)}, not {said(ours)}); its "
                          "trials would choose configurations with knowledge from elsewhere")

@@ -116,7 +116,8 @@ class EnsembleNet(nn.Module):
         return torch.stack(logits).mean(0)
 
 
-DATA_FIELDS = ("data", "image_size", "crop", "val_fraction", "val_split", "val_pairs", "data_seed")
+DATA_FIELDS = ("data", "image_size", "crop", "val_fraction", "val_split", "val_pairs", "data_seed",
+               "drawn_pairs")
 
 
 def ensemble_config(configs: list[Config]) -> Config:
