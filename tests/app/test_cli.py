@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import REPO
+from helpers import REPO, SMALL_DATA
 
 from tune_siamese.app import cli
 from tune_siamese.artifacts.checkpoint import (
@@ -331,8 +331,9 @@ def test_tune_siamese_search_is_run_search(tmp_path, capsys):
     assert cli.main(["search", "--space", "smoke", "--num-samples", "0", "--storage-path", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("tune-siamese search: error: option --num-samples=0 must be >= 1")
     # the installed console script runs a whole (tiny) search, recorded as its own command
-    done = subprocess.run(["tune-siamese", "search", "--space", "smoke", "--num-samples", "1", "--max-epochs", "1",
-                           "--no-retrain", "--storage-path", str(tmp_path), "--name", "cli"], cwd=tmp_path,
+    done = subprocess.run(["tune-siamese", "search", "--space", "smoke", "--set", *SMALL_DATA, "--num-samples", "1",
+                           "--max-epochs", "1", "--no-retrain", "--storage-path", str(tmp_path), "--name", "cli"],
+                          cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     settings = json.loads((tmp_path / "cli" / "search_settings.json").read_text())
