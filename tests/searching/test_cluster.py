@@ -94,8 +94,8 @@ def test_wait_for_resources_waits_for_a_node_added_by_hand(head, tmp_path):
 
 
 # Two at once: the third starts after the first two end. On the suite's small data an epoch takes about a second,
-# so the killer looks every second and a trial runs 3 epochs: it is still training when the killer looks.
-CHAOS_TRIALS, CHAOS_EPOCHS = 3, 3
+# so the killer looks every half second (Killer's `every`), while a trial is still training.
+CHAOS_TRIALS, CHAOS_EPOCHS = 3, 2
 
 
 def chaos_options(storage: Path) -> list[str]:
@@ -278,7 +278,7 @@ def test_a_chaos_search_loses_no_epoch_and_hands_back_what_a_calm_one_does(clust
     kills processes on the cluster's nodes (its trials' only)."""
     common = [*chaos_options(tmp_path), "--address", cluster.address]
     experiment = tmp_path / "chaos"
-    with Killer(experiment, CHAOS_EPOCHS, every=1.0) as killer:
+    with Killer(experiment, CHAOS_EPOCHS, every=0.5) as killer:
         log = tmp_path / "chaos.log"
         driver = subprocess.Popen([sys.executable, "run_search.py", *common, "--name", "chaos"], cwd=REPO,
                                   stdout=open(log, "w"), stderr=subprocess.STDOUT,

@@ -405,14 +405,6 @@ def test_resume_of_a_folder_without_experiment(tmp_path, capsys):
     assert "no experiment here" in capsys.readouterr().err
 
 
-
-
-
-
-
-
-
-
 @pytest.mark.slow
 def test_ctrl_c_after_every_trial_started_is_still_an_interrupt(tmp_path):
     """Tune marks the trials it stops on Ctrl-C TERMINATED; with every trial started, counting them looked like
