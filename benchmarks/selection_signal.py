@@ -24,12 +24,11 @@ from ray import tune  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from tune_siamese.artifacts.checkpoint import load_checkpoint  # noqa: E402
-from tune_siamese.core.config import Config  # noqa: E402
+from tune_siamese.core.config import DATA_FIELDS, Config  # noqa: E402
 from tune_siamese.core.names import STATE_FILE  # noqa: E402
 from tune_siamese.data import load_data  # noqa: E402
 from tune_siamese.final.policies import trial_model  # noqa: E402
 from tune_siamese.training.metrics import pair_metrics  # noqa: E402
-from tune_siamese.training.model import DATA_FIELDS  # noqa: E402
 from tune_siamese.training.scoring import images_on, predict  # noqa: E402
 
 LEARNS = 0.6  # DevTest AUC above which a trial counts as having learned (the others tie near 0.5)

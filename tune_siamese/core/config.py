@@ -23,6 +23,11 @@ def setting(default: Any, help: str, rule: str = "", choices: tuple[str, ...] = 
     return field(default=default, metadata={"help": help, "rule": rule, "choices": choices})
 
 
+# The fields of Config's data section: they shape the data read once for a whole search (and an ensemble's members
+# must share them).
+DATA_FIELDS = ("data", "image_size", "crop", "val_fraction", "val_split", "val_pairs", "data_seed", "drawn_pairs")
+
+
 @dataclass
 class Config:
     # --- data (fixed for a whole search; they shape the cached arrays) ---

@@ -16,7 +16,7 @@ from ray.tune.search import sample
 
 from search_spaces import PRESETS, Preset
 from tune_siamese.core import storage
-from tune_siamese.core.config import Config
+from tune_siamese.core.config import DATA_FIELDS, Config
 from tune_siamese.core.errors import InputError
 from tune_siamese.core.names import SPACE_FILE, SPACE_IN_EXPERIMENT
 from tune_siamese.searching.owners import space_source
@@ -29,6 +29,12 @@ def _validate(preset: Preset, source: str) -> Preset:
         unknown = sorted(set(keys) - known)
         if unknown:
             raise InputError(f"search space {source}: {where} names unknown option(s) {', '.join(unknown)}")
+    # The data are read once and shared by every trial: a trial given another data setting would train on data
+    # that its config does not describe.
+    searched_data = [key for key in preset.space if key in DATA_FIELDS]
+    if searched_data:
+        raise InputError(f"search space {source}: space searches data setting(s) {', '.join(searched_data)}, which "
+                         "the whole search shares (the data are read once); fix them with `fixed` or --set")
     for i, point in enumerate(preset.points):
         missing = sorted(set(preset.space) - set(point))
         if missing:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tune_siamese.core.config import Config
+from tune_siamese.core.config import DATA_FIELDS, Config
 from tune_siamese.core.errors import InputError
 from tune_siamese.training.preprocess import center_crop, in_layout, resize
 
@@ -114,10 +114,6 @@ class EnsembleNet(nn.Module):
             va, vb = (in_layout(resize(center_crop(x, config.zoom), config.model_input_size), config) for x in (a, b))
             logits.append(member(va, vb).float())
         return torch.stack(logits).mean(0)
-
-
-DATA_FIELDS = ("data", "image_size", "crop", "val_fraction", "val_split", "val_pairs", "data_seed",
-               "drawn_pairs")
 
 
 def ensemble_config(configs: list[Config]) -> Config:
