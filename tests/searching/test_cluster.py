@@ -232,17 +232,19 @@ def test_a_local_search_listens_on_loopback_only(tmp_path):
 
 class Killer:
     """Every `every` seconds, SIGKILL the worker of a random trial that is still training and has reported an epoch
-    since the last kill (so that the search moves on between kills); `killed` holds (trial, epochs, pid)."""
+    since the last kill (so that the search moves on between kills), `most` times at most (each kill costs a
+    worker's start); `killed` holds (trial, epochs, pid)."""
 
-    def __init__(self, experiment: Path, epochs: int, every: float = 3.0, seed: int = 0) -> None:
+    def __init__(self, experiment: Path, epochs: int, every: float = 3.0, most: int = 2, seed: int = 0) -> None:
         self.experiment, self.epochs, self.every, self.rng = experiment, epochs, every, random.Random(seed)
+        self.most = most
         self.killed: list[tuple[str, int, int]] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.seen: dict[str, int] = {}
 
     def _run(self) -> None:
-        while not self.stop.wait(self.every):
+        while len(self.killed) < self.most and not self.stop.wait(self.every):
             frames = trial_frames(self.experiment) if self.experiment.exists() else {}
             moved = [(name, len(frame), int(frame["pid"].iloc[-1])) for name, frame in frames.items()
                      if "pid" in frame and len(frame) < self.epochs and len(frame) > self.seen.get(name, 0)]
@@ -271,10 +273,10 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_chaos_search_loses_no_epoch_and_hands_back_what_a_calm_one_does(cluster, calm, tmp_path):
-    """A search on the cluster while a killer ends a running trial's worker every few seconds and the driver once
-    (SIGKILL, then --resume): every trial reaches its last epoch, each epoch trained once, no trial RUNNING in the
-    study, and in the reproducible mode what an undisturbed search on the same cluster hands back. Last here: it
-    kills processes on the cluster's nodes (its trials' only)."""
+    """A search on the cluster while a killer ends a running trial's worker twice (each after a new epoch) and the
+    driver once (SIGKILL, then --resume): every trial reaches its last epoch, each epoch trained once, no trial
+    RUNNING in the study, and in the reproducible mode what an undisturbed search on the same cluster hands back.
+    Last here: it kills processes on the cluster's nodes (its trials' only)."""
     common = [*chaos_options(tmp_path), "--address", cluster.address]
     experiment = tmp_path / "chaos"
     with Killer(experiment, CHAOS_EPOCHS, every=0.5) as killer:

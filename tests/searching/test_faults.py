@@ -43,8 +43,8 @@ def test_errored_and_diverged_trials_leave_the_search_standing(ray_session, tmp_
     space.write_text(FAULTY_SPACE)
     summary, _ = search_command.run(search_command.parse_args([
         "--space", f"{space}:SPACE", "--num-samples", "3", "--max-epochs", "2", "--grace-period", "2",
-        "--max-failures", "0", "--gpus-per-trial", "0.25", "--storage-path", str(tmp_path), "--name", "faulty",
-        "--no-retrain"]))
+        "--max-failures", "0", "--gpus-per-trial", "0.25", "--max-concurrent", "2", "--storage-path", str(tmp_path),
+        "--name", "faulty", "--no-retrain"]))
     frames = trial_frames(tmp_path / "faulty")
     by_config = {}
     for frame in frames.values():
