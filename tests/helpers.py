@@ -47,9 +47,11 @@ def cli_json(main, argv):
     return json.loads(out.getvalue())
 
 
-def spawn(argv: list[str], log: Path, env_extra: dict[str, str] | None = None) -> subprocess.Popen:
+def spawn(argv: list[str], log: Path, env_extra: dict[str, str] | None = None,
+          program: str = sys.executable) -> subprocess.Popen:
+    """`program argv` (Python by default) in its own session, its output in `log`."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
-    return subprocess.Popen([sys.executable, *argv], cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+    return subprocess.Popen([program, *argv], cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                             env=env, start_new_session=True)
 
 

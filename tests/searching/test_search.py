@@ -408,12 +408,13 @@ def test_resume_of_a_folder_without_experiment(tmp_path, capsys):
 @pytest.mark.slow
 def test_ctrl_c_after_every_trial_started_is_still_an_interrupt(tmp_path):
     """Tune marks the trials it stops on Ctrl-C TERMINATED; with every trial started, counting them looked like
-    a finished search (exit 0, the best of half a search retrained and exported)."""
+    a finished search (exit 0, the best of half a search retrained and exported). Run as the installed console
+    script `tune-siamese search`, which records itself as the command and prints what run_search.py does."""
     experiment = tmp_path / "late"
-    argv = ["run_search.py", *SMOKE, "--num-samples", "3", "--max-epochs", "3", "--grace-period", "3",
+    argv = ["search", *SMOKE, "--num-samples", "3", "--max-epochs", "3", "--grace-period", "3",
             "--storage-path", str(tmp_path), "--name", "late"]  # 2 at once (2 CPUs): the 3rd starts last
     log = tmp_path / "late.log"
-    proc = spawn(argv, log)
+    proc = spawn(argv, log, program="tune-siamese")
     try:
         deadline = time.time() + 240
         while time.time() < deadline:
@@ -429,3 +430,12 @@ def test_ctrl_c_after_every_trial_started_is_still_an_interrupt(tmp_path):
     output = log.read_text()
     assert "Search interrupted" in output and f"--resume {experiment}" in output
     assert not (experiment / FINAL_FILE).exists() and not (experiment / "export").exists()
+    settings = json.loads((experiment / "search_settings.json").read_text())
+    assert settings["command"].startswith("tune-siamese search --space smoke")
+    # the console: what is happening, said as it starts; the live table with what the search ranks by; none of the
+    # per-epoch checkpoint lines or per-trial config boxes that used to bury it, nor Tune's legacy lines that
+    # mislead (a negated loss, Ray's session folder as the result folder, finished trials counted as stopped)
+    assert "Reading the data (synthetic) ..." in output and "Starting a local Ray ..." in output
+    assert "[search] 1/3 trials ended" in output and "best val loss" in output
+    assert "Checkpoint successfully created" not in output and "started with configuration" not in output
+    assert "Bracket:" not in output and "Result logdir" not in output and "num_stopped" not in output
