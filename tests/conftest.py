@@ -171,7 +171,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
     if hasattr(config, "workerinput"):
         groups = {item.nodeid: group for item in items if (group := shared_work(item))}
-        items[:] = longest_first(items, groups)
         target = Path(os.environ[GROUPS_FILE])
         partial = target.with_name(f"{target.name}.{os.getpid()}")
         partial.write_text(json.dumps(groups))
@@ -201,7 +200,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
     from xdist.scheduler import LoadScopeScheduling
 
     class SharedWorkScheduling(LoadScopeScheduling):
-        """xdist's scope scheduling with a scope per group, else per test, in the workers' order."""
+        """xdist's scope scheduling (largest scopes first) with a scope per group, else per test."""
 
         groups: dict[str, str] | None = None
 
@@ -210,23 +209,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
                 self.groups = json.loads(Path(os.environ[GROUPS_FILE]).read_text())
             return self.groups.get(nodeid, nodeid)
 
-    config.option.loadscopereorder = False  # the workers ordered the work (longest_first)
     return SharedWorkScheduling(config, log)
-
-
-def longest_first(items: list[pytest.Item], groups: dict[str, str]) -> list[pytest.Item]:
-    """The items with the longest work first, each group together: a worker that takes the last long test while
-    the other runs out of work would end the suite alone. A slow test counts 20 s, any other half a second (the
-    suite's own figures, roughly); the scheduler keeps this order (--no-loadscope-reorder, below)."""
-    def scope(item: pytest.Item) -> str:
-        return groups.get(item.nodeid, item.nodeid)
-
-    weight: dict[str, float] = {}
-    first: dict[str, int] = {}
-    for index, item in enumerate(items):
-        weight[scope(item)] = weight.get(scope(item), 0.0) + (20.0 if item.get_closest_marker("slow") else 0.5)
-        first.setdefault(scope(item), index)
-    return sorted(items, key=lambda item: (-weight[scope(item)], first[scope(item)]))
 
 
 def shared_work(item: pytest.Item) -> str | None:
