@@ -26,7 +26,7 @@ _legacy.install(__name__)  # experiments written by earlier versions name moved 
 
 __all__ = ["Config", "FaceVerifier", "InputError", "SearchInterrupted", "SearchResult", "finalize", "load", "resume",
            "search"]
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 
 def __getattr__(name: str) -> Any:

@@ -304,7 +304,7 @@ def test_version_and_help_answer_without_loading_torch():
              "with contextlib.redirect_stdout(out):\n    codes = [cli.main(['--version']), cli.main(['--help'])]\n"
              "print(codes, 'torch' in sys.modules, out.getvalue().splitlines()[0])")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
-    assert done.stdout.strip() == "[0, 0] False tune-siamese 0.4.0", done.stderr[-2000:]
+    assert done.stdout.strip() == "[0, 0] False tune-siamese 0.5.0", done.stderr[-2000:]
 
 
 def test_search_help_and_a_misspelt_option_import_neither_ray_nor_torch():
