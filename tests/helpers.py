@@ -19,7 +19,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # The smoke preset on a quarter of the synthetic pairs (800): every search in the suite trains on it, so an epoch
-# takes a moment on 2 cores. SMOKE_SPACE alone is for data with pair lists, where drawn_pairs is refused.
+# takes a moment on 2 cores. SMOKE_SPACE alone is for other data: pair lists refuse drawn_pairs, and a tiny
+# identity folder draws its own count.
 SMOKE_SPACE = ["--space", "smoke", "--seed", "0"]
 SMALL_DATA = ("drawn_pairs=800",)
 SMOKE = [*SMOKE_SPACE, "--set", SMALL_DATA[0]]
