@@ -38,6 +38,11 @@ def tail(path: Path, chars: int = 3000) -> str:
     return path.read_text(errors="replace")[-chars:] if path.exists() else f"({path} not written)"
 
 
+def started(log: Path) -> bool:
+    """Whether the `ray start` writing `log` is up: it says so only once its node is registered in the GCS."""
+    return log.exists() and "Ray runtime started." in log.read_text(errors="replace")
+
+
 def wait_for(check, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -121,6 +126,7 @@ class RayNodes:
         self.env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_AUTH_MODE": "token",
                     "RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
         self.procs: list[subprocess.Popen] = []
+        self.workers: list[tuple[dict[str, int], subprocess.Popen]] = []  # each joined worker: spec, process
         self.temp_dirs: list[str] = []
         self.port = free_port()
         self.dashboard_port = free_port()
@@ -157,7 +163,7 @@ class RayNodes:
         self._start(args, "head.log", env)
         head, log = self.procs[-1], self.log_dir / "head.log"
         try:  # `ray start --block` runs as long as its node: an exit is a failed start, said at once with its log
-            wait_for(lambda: head.poll() is not None or self.alive_nodes() >= 1, 90, "Ray head")
+            wait_for(lambda: head.poll() is not None or started(log), 90, "Ray head")
         except TimeoutError as error:
             raise TimeoutError(f"{error}; its log:\n{tail(log)}") from None
         if head.poll() is not None:
@@ -170,7 +176,6 @@ class RayNodes:
         """Workers joining the head, started together (each {"num_cpus": N, "num_gpus": M}). One that exits before
         it joins, as a node can on a loaded machine (its agents late, a port taken between choosing and binding), is
         started once more with new ports; one that exits again, or never joins, fails the wait with its log."""
-        count = self.alive_nodes()
         workers = [[spec, *self._start_worker(spec), False] for spec in specs]  # spec, process, log, restarted
 
         def joined() -> bool:
@@ -181,13 +186,14 @@ class RayNodes:
                 if restarted:
                     raise RuntimeError(f"Ray worker exited twice before joining; its log:\n{tail(log)}")
                 worker[1:] = [*self._start_worker(spec), True]
-            return self.alive_nodes() >= count + len(specs)
+            return all(started(log) for _, _, log, _ in workers)
 
         try:
             wait_for(joined, 180, "Ray workers")
         except TimeoutError as error:
             logs = "\n".join(tail(log) for _, _, log, _ in workers)
             raise TimeoutError(f"{error}; their logs:\n{logs}") from None
+        self.workers += [(spec, proc) for spec, proc, _, _ in workers]
 
     def _start_worker(self, spec: dict[str, int]) -> tuple[subprocess.Popen, Path]:
         """A worker process joining the head, and the file its output goes to."""
@@ -195,6 +201,18 @@ class RayNodes:
         self._start(["--address", self.address, "--num-cpus", str(spec.get("num_cpus", 1)),
                      "--num-gpus", str(spec.get("num_gpus", 0))], log)
         return self.procs[-1], self.log_dir / log
+
+    def kill_worker(self, proc: subprocess.Popen) -> None:
+        """Lose a worker node at once, as when its machine dies: SIGKILL to its `ray start` and every process
+        below it (the raylet, its agents, and its Ray workers, which run in sessions of their own)."""
+        doomed = [proc.pid, *descendants(proc.pid)]
+        for pid in doomed:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)  # first stop all, so none starts another or reports once more
+        for pid in doomed:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
 
     def nodes(self) -> list[dict]:
         """Alive nodes as the GCS sees them (NodeID, Resources), asked from a separate process so that this
@@ -268,6 +286,23 @@ def s3_server(bucket: str) -> Iterator[str]:
         yield f"endpoint_override={host}:{port}&scheme=http"
     finally:
         server.stop()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children, their children, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
 
 
 def listening_addresses(session_id: int) -> list[str]:

@@ -16,7 +16,7 @@ from helpers import REPO, SMOKE, cli_json, enospc_open, fill_up, leftovers
 from services import S3_ENV, s3_server
 
 import analysis
-from tune_siamese.app import cli
+from tune_siamese.app import cli, search_command
 from tune_siamese.core import storage
 from tune_siamese.core.errors import InputError
 
@@ -93,19 +93,27 @@ def test_search_export_analysis_and_verify_on_s3(s3_query, s3_env, tmp_path, mak
 
 
 @pytest.mark.cluster
-def test_unwritable_targets_fail_before_the_search(s3_query, tmp_path):
+def test_unwritable_targets_fail_before_the_search(s3_query, s3_env, tmp_path, capsys, monkeypatch):
+    """The search command's own main (its exit status and messages), in this process: it must fail before it
+    connects to Ray, which is made to fail the test."""
+    from tune_siamese.searching import cluster
+
+    def no_ray(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the search reached Ray")
+
+    monkeypatch.setattr(cluster, "connect", no_ray)
     missing_bucket = f"s3://no-such-bucket/x?{s3_query}"
-    done = run_search([*SMOKE, "--storage-path", missing_bucket, "--name", "never"])
-    assert done.returncode == 2, done.stderr[-2000:]
-    assert "option --storage-path is not writable" in done.stderr and "Traceback" not in done.stderr
-    assert "Ray" not in done.stdout  # refused before Ray started
+    assert search_command.main([*SMOKE, "--storage-path", missing_bucket, "--name", "never"]) == 2
+    out, err = capsys.readouterr()
+    assert "option --storage-path is not writable" in err and "Traceback" not in err
+    assert "Ray" not in out
 
     not_a_folder = tmp_path / "a-file"
     not_a_folder.write_text("")
-    done = run_search([*SMOKE, "--storage-path", f"s3://results/ok?{s3_query}", "--name", "never",
-                       "--export-dir", str(not_a_folder / "export")])
-    assert done.returncode == 2, done.stderr[-2000:]
-    assert "option --export-dir is not writable" in done.stderr and "Traceback" not in done.stderr
+    assert search_command.main([*SMOKE, "--storage-path", f"s3://results/ok?{s3_query}", "--name", "never",
+                                "--export-dir", str(not_a_folder / "export")]) == 2
+    out, err = capsys.readouterr()
+    assert "option --export-dir is not writable" in err and "Traceback" not in err and "Ray" not in out
 
 
 OLD, NEW = '{"old": true}\n', '{"new": "' + "x" * 5000 + '"}\n'

@@ -41,11 +41,15 @@ def cluster(head):
     """The head, a 1-CPU worker (the one test_wait_for_resources added, if it ran) and a 1-CPU worker with one
     (logical) GPU."""
     gpu_worker = {"num_cpus": 1, "num_gpus": 1}
-    head.add_workers(*([{"num_cpus": 1}] if head.alive_nodes() == 1 else []), gpu_worker)
-    ids = {node["NodeID"]: HEAD_RESOURCE in node["Resources"] for node in head.nodes()}
-    head.head_id = next(node for node, is_head in ids.items() if is_head)
-    head.worker_ids = {node for node, is_head in ids.items() if not is_head}
+    head.add_workers(*([] if head.workers else [{"num_cpus": 1}]), gpu_worker)
+    nodes = head.nodes()
+    head.head_id = next(node["NodeID"] for node in nodes if HEAD_RESOURCE in node["Resources"])
+    head.worker_ids = {node["NodeID"] for node in nodes} - {head.head_id}
     assert len(head.worker_ids) == 2
+    # The worker without a GPU, which the last test here loses: its node id and its `ray start` process.
+    head.plain_worker = (next(node["NodeID"] for node in nodes if node["NodeID"] in head.worker_ids
+                              and "GPU" not in node["Resources"]),
+                         next(proc for spec, proc in head.workers if not spec.get("num_gpus")))
     return head
 
 
@@ -72,7 +76,7 @@ def check_ran_on_workers(experiment: Path, cluster: RayNodes, retrained: bool = 
 
 def test_wait_for_resources_waits_for_a_node_added_by_hand(head, tmp_path):
     """First in the module: the head alone, which no trial fits."""
-    assert head.alive_nodes() == 1, "runs before the tests that add the cluster's workers"
+    assert not head.workers, "runs before the tests that add the cluster's workers"
     common = [sys.executable, "run_search.py", *SMOKE, "--num-samples", "1", "--max-epochs", "1",
               "--grace-period", "1", "--storage-path", str(tmp_path), "--address", head.address, "--no-retrain"]
     refused = run_process([*common, "--name", "refused", "--wait-for-resources", "2"], head.env)
@@ -145,12 +149,12 @@ def test_search_submitted_as_a_ray_job(cluster, tmp_path):
 
 def test_autoscaling_cluster_adds_gpu_nodes_for_waiting_trials(tmp_path):
     """Ray's own autoscaler (fake multinode provider): the head has no CPU and no GPU, the GPU worker type
-    min_workers 0. Half a GPU per trial is accepted, the trials wait, the autoscaler launches nodes and the
-    search finishes; what no node type offers is refused at once."""
+    (2 CPUs, 1 GPU) min_workers 0. Half a GPU per trial is accepted, the trials wait, the autoscaler launches a
+    node that takes both and the search finishes; what no node type offers is refused at once."""
     nodes = RayNodes(tmp_path / "logs")
     try:
         nodes.start_head(num_cpus=0, autoscaling_workers={
-            "gpu_worker": {"resources": {"CPU": 1, "GPU": 1}, "max_workers": 2}})
+            "gpu_worker": {"resources": {"CPU": 2, "GPU": 1}, "max_workers": 1}})
         before = {node["NodeID"] for node in nodes.nodes()}
         common = [sys.executable, "run_search.py", *SMOKE, "--num-samples", "2", "--max-epochs", "2",
                   "--grace-period", "2", "--storage-path", str(tmp_path), "--address", nodes.address]
@@ -276,7 +280,7 @@ def test_a_chaos_search_loses_no_epoch_and_hands_back_what_a_calm_one_does(clust
     """A search on the cluster while a killer ends a running trial's worker twice (each after a new epoch) and the
     driver once (SIGKILL, then --resume): every trial reaches its last epoch, each epoch trained once, no trial
     RUNNING in the study, and in the reproducible mode what an undisturbed search on the same cluster hands back.
-    Last here: it kills processes on the cluster's nodes (its trials' only)."""
+    Next to last here: it kills processes on the cluster's nodes (its trials' only)."""
     common = [*chaos_options(tmp_path), "--address", cluster.address]
     experiment = tmp_path / "chaos"
     with Killer(experiment, CHAOS_EPOCHS, every=0.5) as killer:
@@ -310,3 +314,38 @@ def test_a_chaos_search_loses_no_epoch_and_hands_back_what_a_calm_one_does(clust
     chaos_final = json.loads((experiment / "final.json").read_text())
     assert chaos_final["best_config"] == calm_final["best_config"]
     assert chaos_final["test"] == calm_final["test"]
+
+
+def test_a_search_survives_losing_a_worker_node(cluster, tmp_path):
+    """Last here: it loses the worker without a GPU for good. Two trials, one per worker (1 CPU each, none on the
+    head); once the plain worker's trial has reported an epoch, that whole node is killed. The trial goes on from
+    its last checkpoint on the other worker: each trial reaches its last epoch, each epoch reported once."""
+    lost_id, lost_node = cluster.plain_worker
+    experiment = tmp_path / "nodeloss"
+    log = tmp_path / "nodeloss.log"
+    driver = subprocess.Popen([sys.executable, "run_search.py", *SMOKE, "--num-samples", "2", "--max-epochs", "4",
+                               "--grace-period", "4", "--storage-path", str(tmp_path), "--name", "nodeloss",
+                               "--no-retrain", "--address", cluster.address], cwd=REPO, stdout=open(log, "w"),
+                              stderr=subprocess.STDOUT, env={**cluster.env, "PYTHONUNBUFFERED": "1"},
+                              start_new_session=True)
+
+    def reported_on_the_lost_node() -> bool:
+        frames = trial_frames(experiment).values() if experiment.exists() else []
+        return driver.poll() is not None or any("node_id" in f and (f["node_id"] == lost_id).any() for f in frames)
+
+    try:
+        wait_for(reported_on_the_lost_node, 300, "an epoch on the plain worker")
+        assert driver.poll() is None, log.read_text()[-3000:]
+        cluster.kill_worker(lost_node)
+        assert driver.wait(timeout=400) == 0, log.read_text()[-3000:]
+    finally:
+        stop_group(driver)
+    frames = trial_frames(experiment)
+    assert len(frames) == 2
+    assert {f["node_id"].iloc[0] for f in frames.values()} == cluster.worker_ids  # one trial started on each
+    (moved,) = [f for f in frames.values() if (f["node_id"] == lost_id).any()]
+    assert moved["node_id"].iloc[-1] != lost_id  # it finished on the other worker
+    for frame in frames.values():
+        assert list(frame["epoch"]) == [1, 2, 3, 4]  # every trial finished, none restarted from zero
+    study = optuna.load_study(study_name="nodeloss", storage=f"sqlite:///{experiment / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2

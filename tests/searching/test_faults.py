@@ -1,4 +1,5 @@
-"""Faults during a search: errored and diverged trials, a killed worker, a killed driver, SIGTERM, a lost node.
+"""Faults during a search: errored and diverged trials, a killed worker, a killed driver, SIGTERM.
+(A lost node: tests/searching/test_cluster.py, on real `ray start` nodes.)
 
 Every test checks that the search finishes and that no finished trial is lost or run again.
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import REPO, SMOKE, leftovers, reap, resume_and_check, spawn, spawn_until_a_trial_finished, trial_frames
+from helpers import SMOKE, leftovers, reap, resume_and_check, spawn_until_a_trial_finished, trial_frames
 
 from tune_siamese.app import search_command
 from tune_siamese.core.names import DIVERGED_LOSS, FINAL_FILE
@@ -231,58 +232,3 @@ def test_killed_worker_restarts_from_its_last_checkpoint(ray_session, tmp_path):
     assert list(frame["epoch"]) == [1, 2, 3]  # continued at epoch 2, not from zero
     assert killed[0] in set(frame["pid"]) and len(set(frame["pid"])) == 2  # a new worker took over
     assert summary["errored_trials"] == 0
-
-
-NODE_LOSS_SCRIPT = """
-import json, sys, threading, time
-from pathlib import Path
-import ray
-from ray.cluster_utils import Cluster
-from tune_siamese.app import search_command
-from helpers import trial_frames
-
-cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-worker = cluster.add_node(num_cpus=1)
-ray.init(address=cluster.address)
-worker_id = worker.node_id
-experiment = Path(sys.argv[1]) / "nodeloss"
-
-def remove_worker_after_first_epoch():
-    while True:
-        frames = trial_frames(experiment) if experiment.exists() else {}
-        rows = [f for f in frames.values() if "node_id" in f and (f["node_id"] == worker_id).any()]
-        if rows:
-            cluster.remove_node(worker, allow_graceful=False)
-            print("REMOVED", worker_id, flush=True)
-            return
-        time.sleep(0.2)
-
-threading.Thread(target=remove_worker_after_first_epoch, daemon=True).start()
-summary, _ = search_command.run(search_command.parse_args(sys.argv[2:]))
-print("RESULT", json.dumps({"worker": worker_id, "errored": summary["errored_trials"]}), flush=True)
-ray.shutdown()
-cluster.shutdown()
-"""
-
-
-def test_two_node_cluster_uses_both_nodes_and_survives_losing_one(tmp_path):
-    script = tmp_path / "nodeloss.py"
-    script.write_text(NODE_LOSS_SCRIPT)
-    argv = [str(script), str(tmp_path), *SMOKE, "--num-samples", "2", "--max-epochs", "4", "--grace-period", "4",
-            "--storage-path", str(tmp_path), "--name", "nodeloss", "--no-retrain"]
-    log = tmp_path / "nodeloss.log"
-    proc = spawn(argv, log, {"PYTHONPATH": f"{REPO}:{REPO / 'tests'}"})
-    try:
-        assert proc.wait(timeout=400) == 0, log.read_text()[-4000:]
-    finally:
-        reap(proc)
-    result = json.loads(log.read_text().split("RESULT ", 1)[1].splitlines()[0])
-    frames = trial_frames(tmp_path / "nodeloss")
-    assert len(frames) == 2 and result["errored"] == 0
-    # One CPU per node and one per trial: the two trials start on different nodes of the simulated cluster.
-    assert len({f["node_id"].iloc[0] for f in frames.values()}) == 2
-    moved = [f for f in frames.values() if (f["node_id"] == result["worker"]).any()]
-    assert moved, "no trial ever ran on the removed node"
-    for frame in frames.values():
-        assert list(frame["epoch"]) == [1, 2, 3, 4]  # every trial finished, none restarted from zero
-    assert moved[0]["node_id"].iloc[-1] != result["worker"]  # it finished on the head node
