@@ -80,13 +80,13 @@ def spawn_until_a_trial_finished(argv: list[str], experiment: Path, log: Path, e
     pytest.fail("no trial finished in time:\n" + log.read_text()[-3000:])
 
 
-def resume_and_check(experiment: Path, log: Path, before: dict[str, int], trials: int, epochs: int) -> None:
-    """`run_search.py --resume` completes every trial; trials finished before are not run again."""
-    proc = spawn(["run_search.py", "--resume", str(experiment), "--no-retrain"], log)
-    try:
-        assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
-    finally:
-        reap(proc)
+def resume_and_check(experiment: Path, before: dict[str, int], trials: int, epochs: int) -> None:
+    """`--resume` completes every trial; trials finished before are not run again. The search command's main, in
+    this process: on the session's Ray when the test holds `ray_session` (a Ray start and an import of torch and Tune
+    fewer than `run_search.py` in a process of its own)."""
+    from tune_siamese.app import search_command
+
+    assert search_command.main(["--resume", str(experiment), "--no-retrain", "-q"]) == 0
     after = trial_frames(experiment)
     assert len(after) == trials
     for name, rows in before.items():

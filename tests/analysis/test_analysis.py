@@ -134,10 +134,11 @@ def test_trials_one_row_per_trial_with_documented_columns(exp, experiment):
         assert 1 <= row["best_epoch"] <= row["last_epoch"] <= 3
         assert row["best_val_loss"] <= row["last_val_loss"]
         assert row["wall_time_s"] > 0 and row["node_id"]
-        # when it ran, as datetimes: its span covers its wall time
+        # when it ran, as datetimes: its span covers its wall time, but for Tune's report timestamps, which are
+        # whole seconds (a trial of a few seconds spans up to 1 s less on them)
         assert row["start_time"] < row["end_time"] and str(row["start_time"].tz) == "UTC"
         assert exp.trials["start_time"].dtype == exp.trials["end_time"].dtype
-        assert (row["end_time"] - row["start_time"]).total_seconds() >= row["wall_time_s"] * 0.9
+        assert (row["end_time"] - row["start_time"]).total_seconds() > row["wall_time_s"] - 1
 
 
 def test_frames_follow_the_ecosystems_conventions(exp):

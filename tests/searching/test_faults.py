@@ -111,7 +111,7 @@ def test_a_search_without_a_usable_trial_says_so_and_exports_nothing(ray_session
     assert f"No usable trial: {final['no_usable_trial']}" in report
 
 
-def test_a_search_preempted_copied_and_killed_resumes_with_no_finished_trial_repeated(tmp_path):
+def test_a_search_preempted_copied_and_killed_resumes_with_no_finished_trial_repeated(ray_session, tmp_path):
     """One search through three faults a long search meets, one after another (one interrupted search shared, as
     three separate ones cost three times the Ray starts):
     - SIGTERM, what Kubernetes, Slurm and most schedulers send on preemption: exit 143 and the resume line (Ray's
@@ -119,8 +119,8 @@ def test_a_search_preempted_copied_and_killed_resumes_with_no_finished_trial_rep
     - the experiment copied under another name: the copy resumes into its own Optuna study, the original's is
       left as it was;
     - SIGKILL of that resumed driver and its Ray: nothing gets to save or clean up.
-    The last resume finishes: no trial finished before any fault runs again, and --set's value held in every
-    trial before and after."""
+    The last resume (in this process) finishes: no trial finished before any fault runs again, and --set's value
+    held in every trial before and after."""
     import hashlib
 
     import optuna
@@ -157,7 +157,7 @@ def test_a_search_preempted_copied_and_killed_resumes_with_no_finished_trial_rep
     assert all(killed[name] == before[name] for name in finished_before)
     assert len(killed) < TRIALS or any(rows < 2 for rows in killed.values())  # really cut short again
 
-    resume_and_check(experiment, tmp_path / "third.log", killed, trials=TRIALS, epochs=2)
+    resume_and_check(experiment, killed, trials=TRIALS, epochs=2)  # in this process, on the session's Ray
     assert json.loads((experiment / FINAL_FILE).read_text())["trials"] == TRIALS
     # The resumes wrote to the study in the copy (named as the search began); the original is untouched.
     study = optuna.load_study(study_name="interrupted", storage=f"sqlite:///{experiment / 'optuna.db'}")
