@@ -67,6 +67,7 @@ def test_local_storage_round_trip_and_unwritable_folder(tmp_path):
 def test_search_export_analysis_and_verify_on_s3(s3_query, s3_env, tmp_path, make_image):
     uri = f"s3://results/searches?{s3_query}"
     done = run_search([*SMOKE, "--num-samples", "2", "--max-epochs", "2", "--grace-period", "2",
+                       "--max-concurrent", "1",  # one trial actor, reused: a process start fewer
                        "--storage-path", uri, "--name", "on-s3", "--export-dir", str(tmp_path / "copy")])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     experiment = f"s3://results/searches/on-s3?{s3_query}"

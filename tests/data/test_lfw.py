@@ -8,6 +8,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,9 +91,16 @@ def test_one_epoch_on_real_faces(lfw, lfw_root, tiny_config):
 
 
 SNIPPET_MARK = "<!-- plain-torch snippet"
-# Runs a script in a fresh interpreter, then fails if anything it ran imported this package.
-RUN_WITHOUT_PACKAGE = ("import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__'); "
-                       "assert not [m for m in sys.modules if m.startswith('tune_siamese')], 'imported tune_siamese'")
+# Runs scripts one after another in one fresh interpreter (each with its own argv and namespace; one start of torch
+# for all), then fails if anything they ran imported this package.
+RUN_WITHOUT_PACKAGE = """
+import json, runpy, sys
+for argv in json.loads(sys.argv[1]):
+    sys.argv = argv
+    runpy.run_path(argv[0], run_name="__main__")
+    print("--- end of run", flush=True)
+assert not [m for m in sys.modules if m.startswith("tune_siamese")], "imported tune_siamese"
+"""
 
 
 def readme_snippet() -> str:
@@ -100,13 +108,19 @@ def readme_snippet() -> str:
     return after_mark.split("```python\n", 1)[1].split("```", 1)[0]
 
 
-def run_snippet(code: str, folder, *args) -> dict:
-    script = folder / "plain_verify.py"
-    script.write_text(code)
-    done = subprocess.run([sys.executable, "-c", RUN_WITHOUT_PACKAGE, str(script), *map(str, args)], cwd=folder,
+def run_snippets(folder: Path, runs: list[tuple[str, list]]) -> list[dict]:
+    """Each (code, args) as a script of its own; what each printed last, read as JSON."""
+    argvs = []
+    for number, (code, args) in enumerate(runs):
+        script = folder / f"plain_verify_{number}.py"
+        script.write_text(code)
+        argvs.append([str(script), *map(str, args)])
+    done = subprocess.run([sys.executable, "-c", RUN_WITHOUT_PACKAGE, json.dumps(argvs)], cwd=folder,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.splitlines()[-1])
+    printed = done.stdout.split("--- end of run\n")[:-1]
+    assert len(printed) == len(runs), done.stdout
+    return [json.loads(out.strip().splitlines()[-1]) for out in printed]
 
 
 @pytest.mark.slow
@@ -121,12 +135,12 @@ def test_readme_plain_torch_snippet_matches_verify(lfw, lfw_root, tiny_config, t
     assert len(code.strip().splitlines()) <= 10
     people = sorted(p for p in (lfw_root / "lfw2").iterdir() if len(list(p.glob("*.jpg"))) >= 2)
     same, other = sorted(people[0].glob("*.jpg"))[:2], sorted(people[1].glob("*.jpg"))[0]
-    plain = {}
-    for a, b in ((same[0], same[1]), (same[0], other)):
-        plain[b] = run_snippet(code, tmp_path, export, a, b)
+    pairs = [(same[0], same[1]), (same[0], other)]
+    *plain, bilinear = run_snippets(tmp_path, [*((code, [export, a, b]) for a, b in pairs),
+                                              (code.replace("LANCZOS", "BILINEAR"), [export, same[0], other])])
+    for (a, b), snippet in zip(pairs, plain):
         verified = cli_json(cli.main, ["verify", str(export), str(a), str(b)])
-        assert plain[b]["probability_same"] == pytest.approx(verified["probability_same"], abs=1e-4)
-        assert plain[b]["same_person"] == verified["same_person"]
+        assert snippet["probability_same"] == pytest.approx(verified["probability_same"], abs=1e-4)
+        assert snippet["same_person"] == verified["same_person"]
     # The comparison can tell decodings apart: a bilinear resize instead of Lanczos moves the probability.
-    bilinear = run_snippet(code.replace("LANCZOS", "BILINEAR"), tmp_path, export, same[0], other)
-    assert abs(bilinear["probability_same"] - plain[other]["probability_same"]) > 1e-4
+    assert abs(bilinear["probability_same"] - plain[1]["probability_same"]) > 1e-4

@@ -165,8 +165,8 @@ def best_of(frame) -> tuple[float, int]:
 
 @pytest.mark.slow
 def test_finalists_are_trained_again_and_the_winner_is_exported(ray_session, identity_folder, tmp_path):
-    """One real search (4 trials on a tiny identity folder, 2 epochs), then 2 finalists x 2 seeds; 2 at once, as
-    each trial actor started costs more than its epochs here."""
+    """One real search (4 trials on a tiny identity folder, 2 epochs), then 2 finalists x 2 seeds; one at once,
+    as each trial actor started costs more than its epochs here (Tune reuses the one actor)."""
     from ray import tune
 
     import analysis
@@ -178,7 +178,7 @@ def test_finalists_are_trained_again_and_the_winner_is_exported(ray_session, ide
 
     args = search_command.parse_args(["--data", str(identity_folder), *SMOKE_SPACE, "--num-samples", "4",
                                       "--max-epochs", "2", "--finalists", "2", "--finalist-seeds", "2",
-                                      "--cpus-per-trial", "1", "--gpus-per-trial", "0.25", "--max-concurrent", "2",
+                                      "--cpus-per-trial", "1", "--gpus-per-trial", "0.25", "--max-concurrent", "1",
                                       "--storage-path", str(tmp_path), "--name", "fin", "-q"])
     summary, _ = search_command.run(args)
     experiment = tmp_path / "fin"

@@ -75,23 +75,38 @@ def check_ran_on_workers(experiment: Path, cluster: RayNodes, retrained: bool = 
         assert json.loads((experiment / "final.json").read_text())["retrain_node"] in cluster.worker_ids
 
 
-def test_wait_for_resources_waits_for_a_node_added_by_hand(head, tmp_path):
-    """First in the module: the head alone, which no trial fits."""
-    assert not head.workers, "runs before the tests that add the cluster's workers"
-    common = [sys.executable, "run_search.py", *SMOKE, "--num-samples", "1", "--max-epochs", "1",
-              "--grace-period", "1", "--storage-path", str(tmp_path), "--address", head.address, "--no-retrain"]
-    refused = run_process([*common, "--name", "refused", "--wait-for-resources", "2"], head.env)
-    assert refused.returncode == 2, refused.stderr[-3000:]
-    assert "no node fits one trial after waiting 2 s" in refused.stderr.splitlines()[-1]
+IN_TURN = """
+import json, sys
+from tune_siamese.app.search_command import main
 
+for argv in json.loads(sys.argv[1]):
+    print(f"exit {main(argv)}", flush=True)
+"""
+
+
+def test_wait_for_resources_waits_for_a_node_added_by_hand(head, tmp_path):
+    """First in the module: the head alone, which no trial fits. Two runs of the search command's main, one after
+    the other in one process (one start of Python, torch and Tune): a short wait that ends in a refusal, then a
+    long one that a worker added by hand ends."""
+    assert not head.workers, "runs before the tests that add the cluster's workers"
+    common = [*SMOKE, "--num-samples", "1", "--max-epochs", "1", "--grace-period", "1", "--storage-path",
+              str(tmp_path), "--address", head.address, "--no-retrain"]
+    runs = [[*common, "--name", "refused", "--wait-for-resources", "2"],
+            [*common, "--name", "waited", "--wait-for-resources", "300"]]
     log = tmp_path / "waiting.log"
-    proc = subprocess.Popen([*common, "--name", "waited", "--wait-for-resources", "300"], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-c", IN_TURN, json.dumps(runs)], cwd=REPO,
                             env={**head.env, "PYTHONUNBUFFERED": "1"}, stdout=open(log, "w"),
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_for(lambda: "waiting up to 300 s" in log.read_text(), 120, "the search's wait")
+        wait_for(lambda: proc.poll() is not None or "waiting up to 300 s" in log.read_text(), 120, "the wait")
+        lines = log.read_text().splitlines()
+        assert "exit 2" in lines, log.read_text()[-3000:]
+        refusal = lines[lines.index("exit 2") - 1]  # one line, the last before the exit
+        assert refusal.startswith("run_search.py: error:") and "no node fits one trial after waiting 2 s" in refusal
         head.add_worker(num_cpus=1)
         assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+        ends = [line for line in log.read_text().splitlines() if line.startswith("exit ")]
+        assert ends == ["exit 2", "exit 0"], log.read_text()[-3000:]
     finally:
         stop_group(proc)
     assert len(analysis.load(tmp_path / "waited").trials) == 1
@@ -150,14 +165,16 @@ def test_autoscaling_cluster_adds_gpu_nodes_for_waiting_trials(tmp_path):
         nodes.start_head(num_cpus=0, autoscaling_workers={
             "gpu_worker": {"resources": {"CPU": 2, "GPU": 1}, "max_workers": 1}})
         before = {node["NodeID"] for node in nodes.nodes()}
-        common = [sys.executable, "run_search.py", *SMOKE, "--num-samples", "2", "--max-epochs", "2",
-                  "--grace-period", "2", "--storage-path", str(tmp_path), "--address", nodes.address]
-        refused = run_process([*common, "--name", "too-big", "--gpus-per-trial", "2"], nodes.env)
-        assert refused.returncode == 2, refused.stderr[-3000:]
-        assert "no node and no node type of the autoscaler fits one trial" in refused.stderr.splitlines()[-1]
-
-        done = run_process([*common, "--name", "scaled", "--gpus-per-trial", "0.5"], nodes.env)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + nodes.logs()
+        common = [*SMOKE, "--num-samples", "2", "--max-epochs", "2", "--grace-period", "2", "--storage-path",
+                  str(tmp_path), "--address", nodes.address]
+        runs = [[*common, "--name", "too-big", "--gpus-per-trial", "2"],  # one process, as in the test above
+                [*common, "--name", "scaled", "--gpus-per-trial", "0.5"]]
+        done = run_process([sys.executable, "-c", IN_TURN, json.dumps(runs)], nodes.env)
+        lines = done.stdout.splitlines()
+        assert done.returncode == 0 and [line for line in lines if line.startswith("exit ")] == ["exit 2", "exit 0"], \
+            done.stdout[-3000:] + done.stderr[-3000:] + nodes.logs()
+        errors = [line for line in done.stderr.splitlines() if line.startswith("run_search.py: error:")]
+        assert len(errors) == 1 and "no node and no node type of the autoscaler fits one trial" in errors[0], errors
         assert "the autoscaler can add nodes" in done.stderr
         exp = analysis.load(tmp_path / "scaled")
         used = set(exp.history["node_id"].dropna())

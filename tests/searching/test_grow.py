@@ -95,7 +95,7 @@ def test_growing_a_finished_search_runs_only_the_missing_trials(ray_session, tmp
 
     search_command.run(search_command.parse_args([
         *SMOKE, "--num-samples", "2", "--max-epochs", "2", "--grace-period", "2", "--final", "trial",
-        "--storage-path", str(tmp_path), "--name", "grow", "-q"]))
+        "--max-concurrent", "1", "--storage-path", str(tmp_path), "--name", "grow", "-q"]))  # 1 actor, reused
     experiment = tmp_path / "grow"
     before = trial_frames(experiment)
     first = json.loads((experiment / FINAL_FILE).read_text())
