@@ -228,9 +228,6 @@ class RayNodes:
         lines = out.stdout.strip().splitlines()
         return json.loads(lines[-1]) if out.returncode == 0 and lines else []
 
-    def alive_nodes(self) -> int:
-        return len(self.nodes())
-
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in self.log_dir.glob("*.log"))
 
@@ -288,15 +285,21 @@ def s3_server(bucket: str) -> Iterator[str]:
         server.stop()
 
 
+def process_stats() -> Iterator[tuple[Path, list[str]]]:
+    """Each process's /proc folder and the fields of its stat after the command name (state, ppid, pgrp,
+    session, ...); a process gone while read is left out."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            yield stat.parent, stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+
+
 def descendants(pid: int) -> list[int]:
     """Every process below `pid` (children, their children, ...), from /proc."""
     children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(stat.parent.name))
+    for folder, fields in process_stats():
+        children.setdefault(int(fields[1]), []).append(int(folder.name))
     found, todo = [], [pid]
     while todo:
         below = children.get(todo.pop(), [])
@@ -321,12 +324,12 @@ def listening_addresses(session_id: int) -> list[str]:
             if fields[3] == "0A":  # LISTEN
                 listening[fields[9]] = hex_ip(fields[1].split(":")[0])
     found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for folder, fields in process_stats():
+        if int(fields[3]) != session_id:
+            continue
         try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[3]) != session_id:
-                continue
-            links = [os.readlink(fd) for fd in (stat.parent / "fd").iterdir()]
-        except (OSError, IndexError, ValueError):
+            links = [os.readlink(fd) for fd in (folder / "fd").iterdir()]
+        except OSError:
             continue
         found += [listening[link[8:-1]] for link in links if link.startswith("socket:[") and link[8:-1] in listening]
     return found

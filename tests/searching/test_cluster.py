@@ -67,12 +67,17 @@ def run_process(argv: list[str], env: dict[str, str], cwd: Path = REPO, timeout:
                           timeout=timeout, start_new_session=True)
 
 
-def check_ran_on_workers(experiment: Path, cluster: RayNodes, retrained: bool = True) -> None:
+def start_process(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """run_process's command left running (in the repository, its own session), its output in `log`."""
+    return subprocess.Popen(argv, cwd=REPO, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def check_ran_on_workers(experiment: Path, cluster: RayNodes) -> None:
     exp = analysis.load(experiment)
     nodes = set(exp.history["node_id"].dropna())
     assert nodes == cluster.worker_ids, (nodes, cluster.worker_ids)  # both workers, never the head
-    if retrained:
-        assert json.loads((experiment / "final.json").read_text())["retrain_node"] in cluster.worker_ids
+    assert json.loads((experiment / "final.json").read_text())["retrain_node"] in cluster.worker_ids
 
 
 IN_TURN = """
@@ -94,9 +99,7 @@ def test_wait_for_resources_waits_for_a_node_added_by_hand(head, tmp_path):
     runs = [[*common, "--name", "refused", "--wait-for-resources", "2"],
             [*common, "--name", "waited", "--wait-for-resources", "300"]]
     log = tmp_path / "waiting.log"
-    proc = subprocess.Popen([sys.executable, "-c", IN_TURN, json.dumps(runs)], cwd=REPO,
-                            env={**head.env, "PYTHONUNBUFFERED": "1"}, stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = start_process([sys.executable, "-c", IN_TURN, json.dumps(runs)], head.env, log)
     try:
         wait_for(lambda: proc.poll() is not None or "waiting up to 300 s" in log.read_text(), 120, "the wait")
         lines = log.read_text().splitlines()
@@ -296,9 +299,7 @@ def test_a_chaos_search_loses_no_epoch_and_hands_back_what_a_calm_one_does(clust
     experiment = tmp_path / "chaos"
     with Killer(experiment, CHAOS_EPOCHS, every=0.5) as killer:
         log = tmp_path / "chaos.log"
-        driver = subprocess.Popen([sys.executable, "run_search.py", *common, "--name", "chaos"], cwd=REPO,
-                                  stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                                  env={**cluster.env, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+        driver = start_process([sys.executable, "run_search.py", *common, "--name", "chaos"], cluster.env, log)
         def finished_one() -> bool:
             return experiment.exists() and any(len(f) == CHAOS_EPOCHS for f in trial_frames(experiment).values())
 
@@ -334,11 +335,9 @@ def test_a_search_survives_losing_a_worker_node(cluster, tmp_path):
     lost_id, lost_node = cluster.plain_worker
     experiment = tmp_path / "nodeloss"
     log = tmp_path / "nodeloss.log"
-    driver = subprocess.Popen([sys.executable, "run_search.py", *SMOKE, "--num-samples", "2", "--max-epochs", "4",
-                               "--grace-period", "4", "--storage-path", str(tmp_path), "--name", "nodeloss",
-                               "--no-retrain", "--address", cluster.address], cwd=REPO, stdout=open(log, "w"),
-                              stderr=subprocess.STDOUT, env={**cluster.env, "PYTHONUNBUFFERED": "1"},
-                              start_new_session=True)
+    driver = start_process([sys.executable, "run_search.py", *SMOKE, "--num-samples", "2", "--max-epochs", "4",
+                            "--grace-period", "4", "--storage-path", str(tmp_path), "--name", "nodeloss",
+                            "--no-retrain", "--address", cluster.address], cluster.env, log)
 
     def reported_on_the_lost_node() -> bool:
         frames = trial_frames(experiment).values() if experiment.exists() else []
