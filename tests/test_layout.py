@@ -4,6 +4,8 @@ and experiments of earlier versions still unpickle."""
 from __future__ import annotations
 
 import ast
+import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -155,7 +157,8 @@ def test_the_presets_are_plain_data():
 def test_experiments_saved_under_the_old_module_names_still_unpickle():
     """Tune's saved state names classes and functions by module path: those of experiments written by earlier
     versions (tune_siamese.search, .tuning, .study, .study_search, .finish, .finalists) resolve through one table,
-    with a DeprecationWarning; and an old name must not replace the API function tune_siamese.search."""
+    with a DeprecationWarning; an old name must not replace the API function tune_siamese.search; and an old module
+    does not forward its own attributes (__file__), which tools that walk sys.modules read."""
     import pickle
 
     import tune_siamese as ts
@@ -171,4 +174,7 @@ def test_experiments_saved_under_the_old_module_names_still_unpickle():
         assert pickle.loads(b"ctune_siamese.finish\ntrain_finalist\n.") is train_finalist
     with pytest.raises(AttributeError):
         pickle.loads(b"ctune_siamese.tuning\nno_such_name\n.")
+    with warnings.catch_warnings():  # tools that walk sys.modules (inspect, torch.compile) ask every module
+        warnings.simplefilter("error")
+        assert getattr(sys.modules["tune_siamese.finish"], "__file__", None) is None
     assert callable(ts.search) and ts.search.__module__ == "tune_siamese.app.api"

@@ -32,6 +32,8 @@ MOVED: dict[str, tuple[str, ...]] = {
 
 class _MovedModule(types.ModuleType):
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # a module's own attributes (__file__, __path__) are not names that moved:
+            raise AttributeError(name)  # answering them would make tools that walk sys.modules warn
         for target in MOVED[self.__name__]:
             module = importlib.import_module(target)
             if hasattr(module, name):

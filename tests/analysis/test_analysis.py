@@ -529,13 +529,15 @@ def test_timeline_plots_need_timestamps(tmp_path):
             draw(exp)
 
 
-def test_importance_warns_below_the_reports_threshold(tmp_path):
+def test_importance_warns_below_the_reports_threshold(tmp_path, monkeypatch):
     """One threshold: below it Experiment.importance warns (at the caller's line) and the report cautions."""
     import sys
     import warnings
 
     from analysis.importance import methods
 
+    # what is checked is the warning and the caution, not the shares: one fANOVA forest per call, not ten
+    monkeypatch.setattr(sys.modules["analysis.importance"], "FANOVA_SEEDS", (0,))
     assert sys.modules["analysis.report"].FEW_TRIALS is analysis.FEW_TRIALS == 20
     few = analysis.load(write_experiment(tmp_path / "few", trials=analysis.FEW_TRIALS - 1))
     with pytest.warns(analysis.FewTrialsWarning, match="rest on 19 trials, fewer than 20") as caught:
