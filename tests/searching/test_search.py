@@ -390,6 +390,45 @@ def test_resume_refuses_a_study_that_lacks_the_experiments_trials(tmp_path, caps
     assert "Tune recorded 2" in err and len(err.splitlines()) == 1
 
 
+def test_a_resume_completes_no_trial_again_that_the_study_had_ended(tmp_path):
+    """The driver died after telling the study that trials ended and before Tune saved its state (the searcher's
+    with it). The resumed search runs those trials on from their last checkpoints and completes them again: the
+    study keeps what it recorded, and refuses nothing (a refusal became the trial's failure, and Tune retried the
+    trial until --max-failures: a chaos test's resume ran 10 minutes). The trial it had not ended goes on as ever."""
+    import optuna
+
+    from tune_siamese.searching.study_search import StudyRecordingSearch
+
+    def searcher() -> StudyRecordingSearch:
+        return StudyRecordingSearch(space={"lr": optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)},
+                                    metric="best_val_loss", mode="min", study_name="s", storage=storage)
+
+    def epoch(step: int, loss: float, **more) -> dict:
+        return {"training_iteration": step, "val_loss": loss, "best_val_loss": loss, **more}
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    before = searcher()
+    for trial_id in ("finished", "stopped", "running"):
+        before.suggest(trial_id)
+        before.on_trial_result(trial_id, epoch(1, 0.7))
+    before.save(str(tmp_path / "searcher-state.pkl"))  # Tune's last save before the driver was killed
+    before.on_trial_complete("finished", epoch(2, 0.6, stops_here=1))
+    before.on_trial_complete("stopped", epoch(1, 0.7, stops_here=0))  # ASHA stopped it
+    resumed = searcher()
+    resumed.restore(str(tmp_path / "searcher-state.pkl"))
+    resumed.on_trial_complete("finished", epoch(2, 0.6, stops_here=1))  # from its last checkpoint: no new epoch
+    resumed.on_trial_result("stopped", epoch(2, 0.65))  # ASHA's decision was not saved either
+    resumed.on_trial_complete("stopped", epoch(2, 0.65, stops_here=1))
+    resumed.on_trial_result("running", epoch(2, 0.5))
+    resumed.on_trial_complete("running", epoch(2, 0.5, stops_here=1))
+    study = optuna.load_study(study_name="s", storage=storage)
+    recorded = {trial.user_attrs["tune_trial_id"]: (trial.state.name, trial.value, trial.intermediate_values,
+                                                    trial.user_attrs["outcome"]) for trial in study.trials}
+    assert recorded == {"finished": ("COMPLETE", 0.6, {1: 0.7, 2: 0.6}, "finished"),
+                        "stopped": ("PRUNED", 0.7, {1: 0.7}, "asha_stopped"),  # its last value, as Optuna keeps
+                        "running": ("COMPLETE", 0.5, {1: 0.7, 2: 0.5}, "finished")}
+
+
 def test_default_study_storage_is_recorded_inside_the_experiment(tmp_path):
     settings, _ = settings_for(search_command.parse_args([*SMOKE, "--storage-path", str(tmp_path),
                                                                    "--name", "exp"]))

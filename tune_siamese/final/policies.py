@@ -108,16 +108,25 @@ def check_checkpoint(checkpoint: Any, config: Config) -> None:
                          "was built", where) from None
 
 
+# How long the siblings of a member that failed may take to end by themselves before they are cancelled.
+SIBLING_GRACE_S = 5.0
+
+
 def gathered(futures: Any) -> Any:
     """ray.get of a task or a list of them, where a task that diverged or met bad input ends the step with that
-    exception's own one line (not Ray's RayTaskError, which carries the worker's traceback); its siblings are
-    cancelled, so that their room is free at once."""
+    exception's own one line (not Ray's RayTaskError, which carries the worker's traceback); siblings that do not
+    end within SIBLING_GRACE_S are cancelled, so that their room is free."""
     try:
         return ray.get(futures)
     except RayTaskError as exc:
         if not isinstance(exc.cause, (Diverged, InputError)):
             raise
-        for future in futures if isinstance(futures, list) else [futures]:
+        siblings = futures if isinstance(futures, list) else [futures]
+        # Members of one configuration often diverge in the same epoch, and Ray aborts the driver when a cancel
+        # meets a task whose reply is on its way ("Tried to complete task that was not pending", a race in Ray's
+        # task submitter of the kind of ray-project/ray#54846). So the siblings ending about now are left to end.
+        _, running = ray.wait(siblings, num_returns=len(siblings), timeout=SIBLING_GRACE_S)
+        for future in running:
             # force: the worker process ends. A plain cancel raises KeyboardInterrupt wherever the task is, also in
             # the middle of an import (torch imports sympy lazily at the first optimizer), and Ray reuses that
             # worker: its next task then met a half-imported module ("module 'sympy' has no attribute 'logic'").

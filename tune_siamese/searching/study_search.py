@@ -52,6 +52,18 @@ class StudyRecordingSearch(OptunaSearch):
         self._warm_trials = list(warm_trials or [])  # earlier experiments' trials (warm_start.warm_start_for)
         super().__init__(*args, **kwargs)
         self._last_step: dict[str, int] = {}  # saved with the searcher's state: a resumed trial reports on
+        self._ended_in_study: set[str] = set()  # restore() finds them
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        # The study (a database) may hold a trial's end that this saved state missed: the driver died after
+        # telling the study and before Tune saved its own state. The resumed search then runs that trial again from
+        # its last checkpoint and completes it again, which Optuna refuses for a finished trial; Tune would count
+        # the refusal as the trial's failure and retry it until --max-failures. The study keeps what it recorded.
+        assert self._ot_study is not None  # the saved state holds the study
+        ended = {trial.number for trial in self._ot_study.get_trials(deepcopy=False) if trial.state.is_finished()}
+        self._ended_in_study = {trial_id for trial_id, trial in self._ot_trials.items()
+                                if trial_id not in self._completed_trials and trial.number in ended}
 
     def _setup_study(self, mode: Any) -> None:
         super()._setup_study(mode)
@@ -65,6 +77,8 @@ class StudyRecordingSearch(OptunaSearch):
         return config
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if trial_id in self._ended_in_study:
+            return
         if isinstance(self.metric, list) or trial_id in self._completed_trials:
             return super().on_trial_result(trial_id, result)  # no intermediate values for several objectives
         self._report(trial_id, result)
@@ -77,6 +91,9 @@ class StudyRecordingSearch(OptunaSearch):
         self._last_step[trial_id] = step
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        if trial_id in self._ended_in_study:
+            self._completed_trials.add(trial_id)
+            return
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result, error)
         ot_trial = self._ot_trials[trial_id]
