@@ -143,7 +143,7 @@ def ray_session(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smoke_search(ray_session, tmp_path_factory):
-    """One real search on synthetic data (6 trials, 0.25 GPU each on the declared GPU), logged to MLflow, run
+    """One real search on synthetic data (6 trials, two at a time on halves of the declared GPU), logged to MLflow, run
     through the Python API (ts.search) and shared by the API, search, analysis and MLflow tests. What it printed
     and warned is kept for the API's tests (it should print nothing)."""
     import contextlib
@@ -157,7 +157,7 @@ def smoke_search(ray_session, tmp_path_factory):
     with warnings.catch_warnings(record=True) as warned, contextlib.redirect_stdout(printed):
         warnings.simplefilter("always")
         result = ts.search(space="smoke", seed=0, num_samples=6, max_epochs=3, grace_period=1, reduction_factor=2,
-                           cpus_per_trial=1, gpus_per_trial=0.25, storage_path=str(storage), name="smoke", ensemble=2,
+                           cpus_per_trial=1, gpus_per_trial=0.5, storage_path=str(storage), name="smoke", ensemble=2,
                            mlflow=str(storage / "mlruns"), set=SMALL_DATA)
     return {"experiment": storage / "smoke", "summary": result.summary, "model": result.model, "result": result,
             "printed": printed.getvalue(), "warned": [str(w.message) for w in warned if w.category is UserWarning]}
@@ -213,11 +213,14 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 
 
 def shared_work(item: pytest.Item) -> str | None:
-    """The group of what `item` shares with other tests: "smoke_search", its module, or None."""
+    """The group of what `item` shares with other tests: "ray" (the smoke search, and every other test of the
+    inner loop on the session's Ray), its module, or None. The slow tests on the session's Ray go wherever a worker
+    is free: together they would load one worker for longer than the other's whole share."""
     info = getattr(item, "_fixtureinfo", None)
     if info is None:
         return None
-    if "smoke_search" in info.names_closure:
-        return "smoke_search"
+    if "smoke_search" in info.names_closure or ("ray_session" in info.names_closure
+                                                and item.get_closest_marker("slow") is None):
+        return "ray"
     scopes = {definition.scope for definitions in info.name2fixturedefs.values() for definition in definitions}
     return item.module.__name__ if scopes & {"module", "package", "class"} else None

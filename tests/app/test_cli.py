@@ -299,12 +299,14 @@ def test_module_entry_point_reports_bad_input_without_traceback(tmp_path):
 
 
 
-def test_version_and_help_answer_without_loading_torch():
+def test_version_help_and_a_bad_train_option_answer_without_loading_torch():
     probe = ("import contextlib, io, sys\nfrom tune_siamese.app import cli\nout = io.StringIO()\n"
-             "with contextlib.redirect_stdout(out):\n    codes = [cli.main(['--version']), cli.main(['--help'])]\n"
+             "with contextlib.redirect_stdout(out):\n    codes = [cli.main(['--version']), cli.main(['--help']), "
+             "cli.main(['train', '--data', 'synthetic', '--set', 'optimizer=rmsprop'])]\n"
              "print(codes, 'torch' in sys.modules, out.getvalue().splitlines()[0])")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
-    assert done.stdout.strip() == "[0, 0] False tune-siamese 0.5.0", done.stderr[-2000:]
+    assert done.stdout.strip() == "[0, 0, 2] False tune-siamese 0.5.0", done.stderr[-2000:]
+    assert "option optimizer='rmsprop' is not one of" in done.stderr
 
 
 def test_search_help_and_a_misspelt_option_import_neither_ray_nor_torch():

@@ -86,9 +86,10 @@ def test_one_trial_one_id(smoke_search):
 
 
 def test_trials_run_side_by_side_on_a_shared_gpu(smoke_search):
-    # The session's Ray node declares 4 CPUs and 1 GPU; at 0.25 GPU per trial four can share it. Without an
-    # explicit concurrency limit OptunaSearch would keep only one trial pending (ray #46965).
-    assert max_overlap(trial_frames(smoke_search["experiment"])) >= 3
+    # The session's Ray node declares 4 CPUs and 1 GPU; at 0.5 GPU per trial two share it. Without an explicit
+    # concurrency limit OptunaSearch would keep only one trial pending (ray #46965). (Two, not four at 0.25: each
+    # trial at once is one more process to start, and the suite's time is the CPU its processes use.)
+    assert max_overlap(trial_frames(smoke_search["experiment"])) >= 2
 
 
 def test_best_trial_retrained_tested_and_exported(smoke_search):

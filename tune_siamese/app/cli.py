@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+from pathlib import Path
 from typing import Any, Sequence
 
 from tune_siamese import __version__
+from tune_siamese.core.config import Config, parse_overrides
 from tune_siamese.core.errors import InputError, OneLineParser
 from tune_siamese.core.names import FINAL_POLICIES
 
@@ -137,6 +140,25 @@ def print_config_fields() -> int:
     return 0
 
 
+def build_config(config_file: str | None, data: str | None, overrides: Sequence[str]) -> Config:
+    """File values, then --data, then --set; every layer is validated by Config.from_dict."""
+    base = Config.load(config_file) if config_file else Config()
+    changes: dict[str, Any] = parse_overrides(overrides)
+    if data is not None:
+        changes = {"data": data, **changes}
+    return Config.from_dict({**base.to_dict(), **changes}, source="command line")
+
+
+def train_output(out: str | None) -> Path:
+    """--out, or runs/train-<timestamp>; refused when it is a file or already holds a run."""
+    path = Path(out) if out else Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
+    if path.exists() and not path.is_dir():
+        raise InputError("output path exists and is not a folder", path)
+    if path.is_dir() and any((path / name).exists() for name in ("checkpoint.pt", "metrics.json")):
+        raise InputError("output folder already holds a run; choose another --out", path)
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `tune-siamese` console script and of `python -m tune_siamese`."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -152,10 +174,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             from tune_siamese.app.finalize_command import cmd_finalize
 
             return cmd_finalize(args)
+        if args.command == "train":  # a bad option or --out answers before torch loads, in a moment
+            config, out = build_config(args.config, args.data, args.overrides), train_output(args.out)
         from tune_siamese.app import commands  # torch and the rest load only now: --help and --version stay quick
 
-        return {"train": commands.cmd_train, "evaluate": commands.cmd_evaluate,
-                "verify": commands.cmd_verify}[args.command](args)
+        if args.command == "train":
+            return commands.cmd_train(config, out, args.export)
+        return {"evaluate": commands.cmd_evaluate, "verify": commands.cmd_verify}[args.command](args)
     except InputError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

@@ -7,10 +7,9 @@ import csv
 import json
 import math
 import sys
-import time
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -20,7 +19,7 @@ from tune_siamese.artifacts.people import TrainedPeople, people_record
 from tune_siamese.artifacts.provenance import mismatch_warning
 from tune_siamese.artifacts.verifier import FaceVerifier, threshold_and_people
 from tune_siamese.core import storage
-from tune_siamese.core.config import Config, parse_overrides
+from tune_siamese.core.config import Config
 from tune_siamese.core.errors import InputError
 from tune_siamese.training.device import resolve_device
 from tune_siamese.training.engine import Diverged, print_epochs, train_and_test
@@ -30,24 +29,6 @@ from tune_siamese.training.oneshot import one_shot_report
 from tune_siamese.training.scoring import images_on, predict
 
 PROG = "tune-siamese"
-
-
-def build_config(config_file: str | None, data: str | None, overrides: Sequence[str]) -> Config:
-    """File values, then --data, then --set; every layer is validated by Config.from_dict."""
-    base = Config.load(config_file) if config_file else Config()
-    changes: dict[str, Any] = parse_overrides(overrides)
-    if data is not None:
-        changes = {"data": data, **changes}
-    return Config.from_dict({**base.to_dict(), **changes}, source="command line")
-
-
-def _prepare_out(out: str | None) -> Path:
-    path = Path(out) if out else Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
-    if path.exists() and not path.is_dir():
-        raise InputError("output path exists and is not a folder", path)
-    if path.is_dir() and any((path / name).exists() for name in ("checkpoint.pt", "metrics.json")):
-        raise InputError("output folder already holds a run; choose another --out", path)
-    return path
 
 
 def _finite(value: Any) -> Any:
@@ -71,9 +52,8 @@ def write_history(history: list[dict[str, Any]], path: Path) -> None:
         writer.writerows(history)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    config = build_config(args.config, args.data, args.overrides)
-    out = _prepare_out(args.out)
+def cmd_train(config: Config, out: Path, export: bool) -> int:
+    """Train `config` (checked, with `out`, by cli.py before torch loaded), test it, write into `out`."""
     resolve_device(config)  # an unusable device is bad input: refuse it before loading anything
     data = data_mod.load_data(config)
     print(data.summary(), file=sys.stderr)
@@ -94,7 +74,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                "val": report["val"], "test": {k: v for k, v in report["test"].items() if not k.startswith("roc_")}}
     storage.write_text(out / "metrics.json", json.dumps(_finite({**report, "data": data_mod.describe(data),
                                                                  "config": config.to_dict()}), indent=2) + "\n")
-    if args.export:
+    if export:
         export_model(result.model, config, out / "export", summary["test"], threshold, trained_people=people)
         summary["export"] = str(out / "export")
     print(json.dumps(_finite(summary), indent=2))
