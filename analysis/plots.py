@@ -23,10 +23,10 @@ from matplotlib.ticker import MaxNLocator
 
 from tune_siamese.core.errors import InputError
 
+from . import importance
 from .experiment import Experiment, config_column, counted
 from .figures import LABELS, LOSS_LABEL, STATUS_COLOURS, STYLES, NotebookFigure, finish_figure
 from .figures import save_figure as save_figure  # still importable from here, where it was before figures.py
-from .importance import FANOVA_SEEDS
 from .time_plots import optimisation_history as optimisation_history  # these three too: as before time_plots.py
 from .time_plots import trial_spans as trial_spans
 from .time_plots import trial_timeline as trial_timeline
@@ -243,7 +243,7 @@ def importance_chart(table: pd.DataFrame | Experiment, path: str | Path | None =
     y = np.arange(len(ordered))
     fanova = ax.barh(y + 0.2, ordered["fanova"], height=0.4, xerr=ordered["fanova_sd"], color="tab:blue",
                      error_kw={"elinewidth": 1, "capsize": 2},
-                     label=f"fANOVA, mean ± s.d. over {len(FANOVA_SEEDS)} seeds")
+                     label=f"fANOVA, mean ± s.d. over {len(importance.FANOVA_SEEDS)} seeds")
     ped = ax.barh(y - 0.2, ordered["ped_anova"], height=0.4, color="tab:orange", label="PED-ANOVA (Optuna's default)")
     ax.bar_label(fanova, fmt="%.2f", padding=3, fontsize=8)
     ax.bar_label(ped, fmt="%.2f", padding=3, fontsize=8)

@@ -13,9 +13,9 @@ from tune_siamese.core import storage
 from tune_siamese.core.errors import InputError
 from tune_siamese.core.names import final_label
 
-from . import parallel, plots, time_plots
+from . import importance, parallel, plots, time_plots
 from .experiment import Experiment, config_column, counted, load
-from .importance import FANOVA_SEEDS, FEW_TRIALS, FewTrialsWarning, methods
+from .importance import FEW_TRIALS, FewTrialsWarning, methods
 
 TOP = 5  # best trials shown in report.md; trials.csv has them all
 SETTING_KEYS = ["space", "searcher", "scheduler", "rung_metric", "reproducible", "num_samples", "max_epochs",
@@ -90,9 +90,10 @@ def report(experiment_path: str | Path, out_dir: str | Path | None = None, color
         differ = ("" if top_fanova == top_ped else f" The two methods disagree on what matters most "
                   f"(`{top_fanova}` against `{top_ped}`): fANOVA splits the variance of the loss over the whole "
                   "space, PED-ANOVA asks what sets the best 10 % of trials apart.")
+        seeds = len(importance.FANOVA_SEEDS)
         lines += [f"On the best val loss of {trials} trials, by two of Optuna's evaluators: fANOVA (the mean share "
-                  f"over {len(FANOVA_SEEDS)} seeds of its random forest, ± their s.d.) and PED-ANOVA (Optuna's "
-                  "default, what optuna-dashboard shows)." + differ + caution, "",
+                  f"over {seeds} seeds of its random forest, ± their s.d.) and PED-ANOVA (Optuna's default, what "
+                  "optuna-dashboard shows)." + differ + caution, "",
                   _table(table.reset_index().rename(columns={
                       "fanova": "fANOVA", "fanova_sd": "± s.d.", "ped_anova": "PED-ANOVA"})), "",
                   "![Hyperparameter importance](importance.png)", ""]

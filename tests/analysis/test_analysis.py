@@ -233,14 +233,16 @@ def test_importance_names_its_method_averages_fanova_over_seeds_and_shows_a_seco
     import optuna
     import pandas as pd
 
-    from analysis.importance import FANOVA_SEEDS, importances, methods
+    from analysis import importance
+    from analysis.importance import importances, methods
 
     with pytest.warns(analysis.FewTrialsWarning):
         default = exp.importance()
-    single = [importances(exp, optuna.importance.FanovaImportanceEvaluator(seed=seed)) for seed in FANOVA_SEEDS]
+    seeds = importance.FANOVA_SEEDS  # three here (conftest.py), ten in use
+    single = [importances(exp, optuna.importance.FanovaImportanceEvaluator(seed=seed)) for seed in seeds]
     mean = pd.concat(single, axis=1).mean(axis=1)
-    assert default.to_dict() == pytest.approx(mean.to_dict())
-    assert default.attrs["method"] == f"fANOVA, mean of {len(FANOVA_SEEDS)} seeds"
+    assert len(seeds) > 1 and default.to_dict() == pytest.approx(mean.to_dict())
+    assert default.attrs["method"] == f"fANOVA, mean of {len(seeds)} seeds"
     assert set(default.attrs["sd"]) == set(exp.hyperparameters)
     assert single[0].attrs["method"] == "Fanova"
     with pytest.warns(analysis.FewTrialsWarning):
@@ -255,7 +257,7 @@ def test_trial_spans_give_every_trial_its_time_on_the_cluster(exp):
     spans = plots.trial_spans(exp)
     assert sorted(spans["trial_id"]) == sorted(exp.trials["trial_id"]) and spans["start"].min() == 0
     assert (spans["end"] > spans["start"]).all() and spans["start"].is_monotonic_increasing
-    # trials ran side by side (4 at once on the session's declared GPU): some trial starts while another runs
+    # trials ran side by side (2 at once on the session's declared GPU): some trial starts while another runs
     assert any(((spans["start"] < row.start) & (spans["end"] > row.start)).any() for row in spans.itertuples())
 
 

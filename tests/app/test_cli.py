@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import REPO
+from helpers import REPO, SMALL_DATA
 
 from tune_siamese.app import cli
 from tune_siamese.artifacts.checkpoint import (
@@ -45,7 +45,8 @@ def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One `train --export` run on synthetic data (1 epoch, set on the command line over the file's 3)."""
+    """One `train --export` run on a quarter of the synthetic pairs (SMALL_DATA: 495 train, 55 val, 250 test), 1
+    epoch (set on the command line over the file's 3)."""
     root = tmp_path_factory.mktemp("cli")
     config_file = root / "tiny.json"
     config_file.write_text(json.dumps(TINY))
@@ -53,7 +54,7 @@ def trained(tmp_path_factory):
     stdout, stderr = io.StringIO(), io.StringIO()  # capsys is function-scoped: capture by hand
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         code = cli.main(["train", "--data", "synthetic", "--config", str(config_file), "--out", str(out),
-                         "--set", "max_epochs=1", "--set", "seed=3", "--export"])
+                         "--set", "max_epochs=1", "--set", "seed=3", "--set", SMALL_DATA[0], "--export"])
     assert code == 0, stderr.getvalue()
     return {"out": out, "summary": json.loads(stdout.getvalue()), "root": root, "stderr": stderr.getvalue()}
 
@@ -77,14 +78,14 @@ def test_train_writes_checkpoint_and_metrics(trained):
     assert {"train_loss", "val_loss", "val_auc", "val_accuracy", "lr"} <= set(rows[0])
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["auc"] == pytest.approx(summary["test"]["auc"])
-    assert metrics["data"]["test_pairs"] == 1000 and metrics["config"]["width"] == 0.0625
+    assert metrics["data"]["test_pairs"] == 250 and metrics["config"]["width"] == 0.0625
     assert summary["epochs"] == 1 and 0.0 <= summary["test"]["accuracy_at_threshold"] <= 1.0
     assert (out / "export" / "SHA256SUMS").is_file() and summary["export"] == str(out / "export")
 
 
 def test_train_records_whom_the_model_trained_on(trained, tiny_config):
     """checkpoint.pt and the export hold a salted SHA-256 digest of each train and val person, not the names."""
-    people = load_data(tiny_config()).training_people
+    people = load_data(tiny_config(drawn_pairs=800)).training_people
     export = trained["out"] / "export"
     assert "identities.json" in (export / "SHA256SUMS").read_text()
     records = [json.loads((export / "identities.json").read_text()),
@@ -100,7 +101,7 @@ def test_evaluate_checkpoint_reproduces_the_test_metrics(trained, capsys):
     assert code == 0
     result = json.loads(out)
     test = trained["summary"]["test"]
-    assert result["n_pairs"] == 1000
+    assert result["n_pairs"] == 250
     assert result["auc"] == pytest.approx(test["auc"], abs=1e-6)
     assert result["accuracy_at_threshold"] == pytest.approx(test["accuracy_at_threshold"])
     assert result["threshold_logit"] == trained["summary"]["threshold_logit"]
@@ -112,6 +113,18 @@ def test_evaluate_export_on_a_pair_list(trained, fake_lfw, capsys):
     assert code == 0
     result = json.loads(out)
     assert result["n_pairs"] == 4 and 0.0 <= result["accuracy_at_threshold"] <= 1.0
+
+
+def test_evaluate_on_other_data_leaves_the_count_of_drawn_pairs_behind(trained, fake_lfw, capsys):
+    """A model trained on drawn pairs (here a quarter of the synthetic faces) scored the test pairs of an LFW folder:
+    refused, "drawn_pairs=800: ... has pair lists", an option the user had not given. The count belongs to the data
+    it drew from; on the same data it stays, so the test pairs are the ones its training left out."""
+    checkpoint = trained["out"] / "checkpoint.pt"
+    code, printed, err = run_main(["evaluate", checkpoint, "--data", fake_lfw], capsys)
+    assert code == 0, err
+    assert json.loads(printed)["n_pairs"] == 4 and json.loads(printed)["data"] == str(fake_lfw)
+    code, printed, _ = run_main(["evaluate", checkpoint, "--data", "synthetic"], capsys)
+    assert code == 0 and json.loads(printed)["n_pairs"] == 250
 
 
 def test_evaluate_pairs_refuses_people_the_model_trained_on(trained, fake_lfw, tiny_config, tmp_path, capsys):

@@ -60,6 +60,7 @@ def test_the_best_presets_hand_back_three_seeds_averaged_and_an_option_beats_it(
     assert (settings.final, settings.final_size) == ("retrain", 1)
 
 
+@pytest.mark.slow  # 12-18 s: three fits and a Ray task; the inner loop's smoke search retrains end to end
 def test_retrain_is_one_model_on_train_and_val_with_the_trial_models_threshold(ray_session, synthetic_small,
                                                                                 tiny_config):
     """The `retrain` policy is what a search handed back before the policies: a model fitted on train + val for the
@@ -138,6 +139,7 @@ def test_a_failed_member_cancels_only_the_siblings_still_running(ray_session, mo
     assert ray.get(futures[1]) == 1
 
 
+@pytest.mark.slow  # 13-18 s for seeds: two members side by side need a second Ray worker started
 @pytest.mark.parametrize("policy", ["seeds", "folds"])
 def test_members_fit_side_by_side_and_are_averaged(ray_session, synthetic_small, tiny_config, policy):
     from tune_siamese.training.model import EnsembleNet

@@ -151,8 +151,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         people_of_pairs = (np.array([p.name_a for p in lines]), np.array([p.name_b for p in lines]))
         metrics.update(pairs=str(args.pairs))
     else:
-        if args.data is not None:
-            config = config.replace(data=args.data)
+        if args.data is not None and args.data != config.data:
+            # The model's count of drawn pairs was for the data it drew from: another source draws its own number
+            # (and one with pair lists none), as `train --data` there would.
+            config = config.replace(data=args.data, drawn_pairs=0)
         data = data_mod.load_data(config)
         test_people = {data.names[i] for i in data.identities_of(data.test)}
         overlap = people_overlap(people, args.source, [(None, test_people)], "the test pairs", config.data, allow)
