@@ -57,10 +57,13 @@ def spawn(argv: list[str], log: Path, env_extra: dict[str, str] | None = None,
 
 
 def reap(proc: subprocess.Popen) -> None:
+    """SIGKILL the process and its session, and wait until it is gone: a SIGKILLed driver can still be exiting
+    for a moment on a busy machine, and a resume right then found its experiment lock held by a live process."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)  # Ray's helper processes live in the same session
     except ProcessLookupError:
         pass
+    proc.wait(timeout=60)
 
 
 def spawn_until_a_trial_finished(argv: list[str], experiment: Path, log: Path, epochs: int,
